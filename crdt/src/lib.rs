@@ -1,0 +1,30 @@
+//! statusmesh-crdt: the availability model on Automerge.
+//!
+//! A deterministic, pure library: it takes no timestamps from the operating system, makes no
+//! IO and draws no ambient randomness. Time (`now_ms`), actor ids and seeds are arguments, so
+//! the simulator can run the very same code reproducibly from a seed.
+//!
+//! - [`model`]: validated names, states and observations.
+//! - [`doc`]: one service's Automerge document, local writes, remote changes, cell events.
+//! - [`replica`]: all documents of a node plus the liveness map.
+//! - [`liveness`]: reporter heartbeats outside history (max-wins map).
+//! - [`cursor`]: the mesh-wide cursor clients resume from.
+//! - [`view`]: derived statuses, freshness and the page indicator.
+#![forbid(unsafe_code)]
+
+pub mod cursor;
+pub mod doc;
+pub mod error;
+pub mod liveness;
+pub mod model;
+pub mod replica;
+pub mod view;
+
+pub use automerge::{ActorId, ChangeHash};
+pub use cursor::Cursor;
+pub use doc::{CellRead, ServiceDoc, StatusEvent};
+pub use error::CrdtError;
+pub use liveness::Liveness;
+pub use model::{Name, Observation, State, StatusWrite};
+pub use replica::{Replica, RemoteOutcome, WriteOutcome};
+pub use view::{Freshness, Indicator, StatusView};

@@ -1,0 +1,293 @@
+//! A node's replica: one document per service, the liveness map, and the actor it writes as.
+
+use std::collections::BTreeMap;
+
+use automerge::{ActorId, ChangeHash};
+
+use crate::cursor::Cursor;
+use crate::doc::{ServiceDoc, StatusEvent};
+use crate::error::CrdtError;
+use crate::liveness::Liveness;
+use crate::model::{Name, StatusWrite};
+use crate::view::{service_view, status_view, ServiceView, StatusView};
+
+/// Default bound on the number of services (documents) a replica holds.
+pub const SERVICES_MAX: usize = 1024;
+
+/// What a local write did.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// False when the cell already held this value: only liveness was refreshed.
+    pub changed: bool,
+    /// The encoded Automerge change to gossip, when `changed`.
+    pub change: Option<Vec<u8>>,
+    /// The cell events the write produced (empty when unchanged).
+    pub events: Vec<StatusEvent>,
+}
+
+/// What applying a batch from a peer did.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOutcome {
+    /// Changes that were new here.
+    pub new_changes: usize,
+    /// The cell events that became visible (dependencies may hold some back).
+    pub events: Vec<StatusEvent>,
+}
+
+/// All documents of one node.
+#[derive(Debug)]
+pub struct Replica {
+    actor: ActorId,
+    docs: BTreeMap<Name, ServiceDoc>,
+    liveness: Liveness,
+}
+
+impl Replica {
+    /// An empty replica writing as `actor`. The actor id must be new: a node that lost its
+    /// disk must not reuse one, or it would repeat sequence numbers peers already hold.
+    pub fn new(actor: ActorId) -> Self {
+        Self {
+            actor,
+            docs: BTreeMap::new(),
+            liveness: Liveness::default(),
+        }
+    }
+
+    /// Applies a validated local write at `now_ms`: refreshes liveness always, and makes an
+    /// Automerge change only when the value differs.
+    pub fn write_status(&mut self, now_ms: u64, write: &StatusWrite) -> Result<WriteOutcome, CrdtError> {
+        let doc = self.doc_mut(&write.service)?;
+        let before = doc.heads();
+        let change = doc.put_observation(now_ms, write)?;
+        let events = match &change {
+            Some(_) => doc.events_between(&before, &doc.heads()),
+            None => Vec::new(),
+        };
+        self.liveness.observe(&write.cell_key(), now_ms);
+        Ok(WriteOutcome {
+            changed: change.is_some(),
+            change: change.map(|mut c| c.bytes().into_owned()),
+            events,
+        })
+    }
+
+    /// Applies a batch of changes from a peer to one service's document; see
+    /// [`ServiceDoc::apply_remote`] for what is checked. Rejected batches change nothing.
+    pub fn apply_remote(&mut self, service: &str, changes: &[Vec<u8>]) -> Result<RemoteOutcome, CrdtError> {
+        let service = Name::parse("service", service)?;
+        let doc = self.doc_mut(&service)?;
+        let before = doc.heads();
+        let new_changes = doc.apply_remote(changes)?;
+        let after = doc.heads();
+        let events = if before == after {
+            Vec::new()
+        } else {
+            doc.events_between(&before, &after)
+        };
+        Ok(RemoteOutcome { new_changes, events })
+    }
+
+    /// The liveness map.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// Merges liveness entries from a peer; returns those that moved forward.
+    pub fn merge_liveness(&mut self, entries: &Liveness) -> Vec<(String, u64)> {
+        self.liveness.merge(entries)
+    }
+
+    /// The document of a service, if this replica holds it.
+    pub fn doc(&self, service: &Name) -> Option<&ServiceDoc> {
+        self.docs.get(service)
+    }
+
+    /// Every document, ordered by service.
+    pub fn docs(&self) -> impl Iterator<Item = &ServiceDoc> {
+        self.docs.values()
+    }
+
+    /// Heads of every document, as a cursor: "everything this replica holds now".
+    pub fn cursor(&self) -> Cursor {
+        Cursor::new(self.docs.iter().map(|(k, d)| (k.clone(), d.heads())).collect())
+    }
+
+    /// The events a client at `cursor` has not seen, coalesced per cell. `None` when this
+    /// replica does not hold every change the cursor names (it cannot tell: the caller sends
+    /// a snapshot instead).
+    pub fn events_since(&self, cursor: &Cursor) -> Option<Vec<StatusEvent>> {
+        for (service, heads) in cursor.iter() {
+            match self.docs.get(service) {
+                Some(doc) if doc.has_all(heads) => {}
+                _ => return None,
+            }
+        }
+        let mut events = Vec::new();
+        for (service, doc) in &self.docs {
+            let after = doc.heads();
+            let before = cursor.heads_of(service);
+            if before != after.as_slice() {
+                events.extend(doc.events_between(before, &after));
+            }
+        }
+        Some(events)
+    }
+
+    /// The changes of `service` that a peer with `their_heads` lacks.
+    pub fn changes_since(&self, service: &Name, their_heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.docs
+            .get(service)
+            .map(|d| d.changes_since(their_heads))
+            .unwrap_or_default()
+    }
+
+    /// The view of every service (or only `service`) at `now_ms`.
+    pub fn view(&self, now_ms: u64, service: Option<&Name>) -> StatusView {
+        let services: Vec<ServiceView> = self
+            .docs
+            .values()
+            .filter(|d| service.is_none_or(|s| d.service() == s))
+            .map(|d| service_view(d, &self.liveness, now_ms))
+            .collect();
+        status_view(services)
+    }
+
+    fn doc_mut(&mut self, service: &Name) -> Result<&mut ServiceDoc, CrdtError> {
+        if !self.docs.contains_key(service) && self.docs.len() >= SERVICES_MAX {
+            return Err(CrdtError::InvalidField {
+                field: "service",
+                value: service.to_string(),
+                reason: format!("this node already holds the maximum of {SERVICES_MAX} services"),
+            });
+        }
+        let actor = self.actor.clone();
+        Ok(self
+            .docs
+            .entry(service.clone())
+            .or_insert_with(|| ServiceDoc::new(service.clone(), actor)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Observation, State};
+
+    fn replica(n: u8) -> Replica {
+        Replica::new(ActorId::from(vec![n; 16]))
+    }
+
+    fn write(component: &str, region: &str, state: State, message: &str) -> StatusWrite {
+        StatusWrite::parse(
+            "api",
+            component,
+            region,
+            Observation {
+                state,
+                message: message.into(),
+                reporter: "probe".into(),
+                observed_at_ms: 1_000,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("valid write")
+    }
+
+    fn sync(from: &Replica, to: &mut Replica) {
+        for doc in from.docs() {
+            let heads = to.doc(doc.service()).map(|d| d.heads()).unwrap_or_default();
+            let changes = from.changes_since(doc.service(), &heads);
+            to.apply_remote(doc.service().as_str(), &changes).expect("valid changes");
+        }
+    }
+
+    #[test]
+    fn same_value_rewritten_ten_thousand_times_does_not_grow_history() {
+        let mut r = replica(1);
+        let w = write("db", "eu-west", State::Operational, "ok");
+        assert!(r.write_status(1, &w).expect("write").changed);
+        let service = w.service.clone();
+        let size_before = r.doc(&service).expect("doc").save().len();
+        for now in 2..10_002 {
+            let outcome = r.write_status(now, &w).expect("write");
+            assert!(!outcome.changed);
+        }
+        let doc = r.doc(&service).expect("doc");
+        assert_eq!(doc.history_len(), 1);
+        assert_eq!(doc.save().len(), size_before);
+        assert_eq!(r.liveness().last_seen("api/db/eu-west"), Some(10_001));
+    }
+
+    #[test]
+    fn remote_changes_converge_and_produce_events() {
+        let mut a = replica(1);
+        let mut b = replica(2);
+        let out = a.write_status(5, &write("db", "eu-west", State::MajorOutage, "down")).expect("write");
+        assert_eq!(out.events.len(), 1);
+        let change = out.change.expect("a change");
+        let remote = b.apply_remote("api", &[change.clone()]).expect("apply");
+        assert_eq!(remote.new_changes, 1);
+        assert_eq!(remote.events.len(), 1);
+        assert_eq!(remote.events[0].observation.as_ref().map(|o| o.state), Some(State::MajorOutage));
+        // The same change again is not new and shows nothing.
+        let again = b.apply_remote("api", &[change]).expect("apply");
+        assert_eq!(again.new_changes, 0);
+        assert!(again.events.is_empty());
+        assert_eq!(a.cursor(), b.cursor());
+    }
+
+    #[test]
+    fn concurrent_writes_to_one_cell_keep_the_loser_as_a_conflict() {
+        let mut a = replica(1);
+        let mut b = replica(2);
+        a.write_status(5, &write("db", "eu-west", State::MajorOutage, "a")).expect("write");
+        b.write_status(5, &write("db", "eu-west", State::Operational, "b")).expect("write");
+        sync(&a, &mut b);
+        sync(&b, &mut a);
+        let view_a = serde_json::to_value(a.view(10, None)).expect("json");
+        let view_b = serde_json::to_value(b.view(10, None)).expect("json");
+        assert_eq!(view_a, view_b);
+        let cell = &view_a["services"][0]["components"][0]["regions"][0];
+        assert_eq!(cell["conflicts"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_change_that_breaks_the_schema_is_rejected_whole() {
+        use automerge::transaction::Transactable;
+        let mut rogue = automerge::AutoCommit::new().with_actor(ActorId::from(vec![9; 16]));
+        rogue.put(automerge::ROOT, "obs/db/eu-west", "not json").expect("put");
+        let bad = rogue.save();
+        let good = {
+            let mut a = replica(1);
+            a.write_status(5, &write("db", "eu-west", State::Operational, "ok"))
+                .expect("write")
+                .change
+                .expect("change")
+        };
+        let mut b = replica(2);
+        let bad_change = automerge::Automerge::load(&bad).expect("load").get_changes(&[])[0].bytes().into_owned();
+        let err = b.apply_remote("api", &[good, bad_change]).expect_err("rejected");
+        assert!(matches!(err, CrdtError::ChangeSchema { .. }), "{err}");
+        assert!(b.doc(&Name::parse("service", "api").expect("name")).is_none_or(|d| d.heads().is_empty()));
+        assert!(b.apply_remote("api", &[vec![1, 2, 3]]).is_err());
+    }
+
+    #[test]
+    fn events_since_a_cursor_are_exactly_the_unseen_cells() {
+        let mut a = replica(1);
+        a.write_status(1, &write("db", "eu-west", State::Operational, "")).expect("write");
+        let seen = a.cursor();
+        a.write_status(2, &write("web", "us-east", State::PartialOutage, "")).expect("write");
+        let mut b = replica(2);
+        sync(&a, &mut b);
+        let decoded = Cursor::decode(&seen.encode()).expect("cursor");
+        let events = b.events_since(&decoded).expect("known cursor");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].component.as_str(), "web");
+        assert_eq!(b.events_since(&b.cursor()).map(|e| e.len()), Some(0));
+        // A cursor naming changes this replica lacks cannot be answered.
+        let mut c = replica(3);
+        c.write_status(1, &write("x", "y", State::Operational, "")).expect("write");
+        assert!(b.events_since(&c.cursor()).is_none());
+    }
+}
