@@ -83,7 +83,8 @@ impl Cursor {
             if tail.len() < name_len + 1 {
                 return Err(bad("truncated service name"));
             }
-            let name = std::str::from_utf8(&tail[..name_len]).map_err(|_| bad("service is not UTF-8"))?;
+            let name =
+                std::str::from_utf8(&tail[..name_len]).map_err(|_| bad("service is not UTF-8"))?;
             let service = Name::parse("service", name).map_err(|_| bad("invalid service name"))?;
             let count = usize::from(tail[name_len]);
             if count == 0 || count > HEADS_PER_DOC_MAX {

@@ -32,6 +32,10 @@ pub struct StatusEvent {
     pub observation: Option<Observation>,
     /// True when concurrent writes left more than one value in the cell.
     pub conflict: bool,
+    /// The node whose change set the winning value (from the change's message), if known.
+    pub origin_node: Option<String>,
+    /// When that change was made, on its origin's clock, in milliseconds since the epoch.
+    pub changed_at_ms: Option<u64>,
 }
 
 /// What a cell holds: the winning value and the values that lost a concurrent write.
@@ -39,6 +43,10 @@ pub struct StatusEvent {
 pub struct CellRead {
     pub observation: Observation,
     pub conflicts: Vec<Observation>,
+    /// The node whose change set the winning value, if the change names one.
+    pub origin_node: Option<String>,
+    /// When that change was made, on its origin's clock.
+    pub changed_at_ms: Option<u64>,
 }
 
 /// One service's document.
@@ -78,11 +86,13 @@ impl ServiceDoc {
         &self.service
     }
 
-    /// Writes an observation. Returns the new change, or `None` when the cell already held
-    /// the same value (no Automerge change, no history growth).
+    /// Writes an observation as `origin_node` (recorded as the change's message: the audit
+    /// trail says which node wrote what). Returns the new change, or `None` when the cell
+    /// already held the same value (no Automerge change, no history growth).
     pub fn put_observation(
         &mut self,
         now_ms: u64,
+        origin_node: &str,
         write: &StatusWrite,
     ) -> Result<Option<Change>, CrdtError> {
         let key = observation_key(&write.component, &write.region);
@@ -91,12 +101,18 @@ impl ServiceDoc {
                 return Ok(None);
             }
         }
-        let json = serde_json::to_string(&write.observation)
-            .map_err(|e| CrdtError::Load { service: self.service.to_string(), reason: e.to_string() })?;
+        let json = serde_json::to_string(&write.observation).map_err(|e| CrdtError::Load {
+            service: self.service.to_string(),
+            reason: e.to_string(),
+        })?;
         let time = i64::try_from(now_ms).unwrap_or(i64::MAX);
         self.doc
             .transact_with::<_, _, automerge::AutomergeError, _>(
-                |_| CommitOptions::default().with_time(time),
+                |_| {
+                    CommitOptions::default()
+                        .with_time(time)
+                        .with_message(origin_node)
+                },
                 |tx| {
                     tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?;
                     Ok(())
@@ -142,7 +158,9 @@ impl ServiceDoc {
 
     /// True when every hash in `heads` is a change this document holds.
     pub fn has_all(&self, heads: &[ChangeHash]) -> bool {
-        heads.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
+        heads
+            .iter()
+            .all(|h| self.doc.get_change_by_hash(h).is_some())
     }
 
     /// The changes a peer lacks, given the heads it reported. Hashes this document does not
@@ -181,6 +199,8 @@ impl ServiceDoc {
                 component,
                 region,
                 conflict: read.as_ref().is_some_and(|r| !r.conflicts.is_empty()),
+                origin_node: read.as_ref().and_then(|r| r.origin_node.clone()),
+                changed_at_ms: read.as_ref().and_then(|r| r.changed_at_ms),
                 observation: read.map(|r| r.observation),
             });
         }
@@ -214,13 +234,30 @@ impl ServiceDoc {
     fn read_cell_key(&self, key: &str) -> Option<CellRead> {
         let winner = self.doc.get(ROOT, key).ok()??;
         let all = self.doc.get_all(ROOT, key).ok()?;
-        cell_from_values(winner, all)
+        let origin = self.origin_of(&winner.1);
+        cell_from_values(winner, all, origin)
     }
 
     fn read_cell_key_at(&self, key: &str, heads: &[ChangeHash]) -> Option<CellRead> {
         let winner = self.doc.get_at(ROOT, key, heads).ok()??;
         let all = self.doc.get_all_at(ROOT, key, heads).ok()?;
-        cell_from_values(winner, all)
+        let origin = self.origin_of(&winner.1);
+        cell_from_values(winner, all, origin)
+    }
+
+    /// The origin node and time of the change that made the op `id`.
+    fn origin_of(&self, id: &ObjId) -> (Option<String>, Option<u64>) {
+        let Some(meta) = self
+            .doc
+            .hash_for_opid(id)
+            .and_then(|hash| self.doc.get_change_meta_by_hash(&hash))
+        else {
+            return (None, None);
+        };
+        (
+            meta.message.as_deref().map(str::to_owned),
+            u64::try_from(meta.timestamp).ok(),
+        )
     }
 }
 
@@ -230,6 +267,7 @@ impl ServiceDoc {
 fn cell_from_values(
     winner: (Value<'_>, ObjId),
     all: Vec<(Value<'_>, ObjId)>,
+    (origin_node, changed_at_ms): (Option<String>, Option<u64>),
 ) -> Option<CellRead> {
     let observation = observation_from_value(&winner.0)?;
     let conflicts = all
@@ -240,6 +278,8 @@ fn cell_from_values(
     Some(CellRead {
         observation,
         conflicts,
+        origin_node,
+        changed_at_ms,
     })
 }
 

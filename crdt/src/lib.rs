@@ -26,5 +26,5 @@ pub use doc::{CellRead, ServiceDoc, StatusEvent};
 pub use error::CrdtError;
 pub use liveness::Liveness;
 pub use model::{Name, Observation, State, StatusWrite};
-pub use replica::{Replica, RemoteOutcome, WriteOutcome};
+pub use replica::{RemoteOutcome, Replica, WriteOutcome};
 pub use view::{Freshness, Indicator, StatusView};

@@ -46,10 +46,9 @@ impl Name {
         if !first_ok {
             return Err(invalid("must start with a lower-case letter or a digit"));
         }
-        if let Some(bad) = value
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
-        {
+        if let Some(bad) = value.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        }) {
             return Err(invalid(&format!(
                 "character {bad:?} is not allowed (use a-z, 0-9, '-', '_', '.')"
             )));
@@ -265,9 +264,17 @@ mod tests {
         };
         assert!(obs.validate().is_ok());
         obs.ttl_ms = 5;
-        assert!(obs.validate().expect_err("ttl").to_string().contains("ttl_ms"));
+        assert!(obs
+            .validate()
+            .expect_err("ttl")
+            .to_string()
+            .contains("ttl_ms"));
         obs.ttl_ms = 60_000;
         obs.message = "x".repeat(MESSAGE_LEN_MAX + 1);
-        assert!(obs.validate().expect_err("msg").to_string().contains("message"));
+        assert!(obs
+            .validate()
+            .expect_err("msg")
+            .to_string()
+            .contains("message"));
     }
 }

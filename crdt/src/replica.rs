@@ -37,6 +37,7 @@ pub struct RemoteOutcome {
 /// All documents of one node.
 #[derive(Debug)]
 pub struct Replica {
+    node: String,
     actor: ActorId,
     docs: BTreeMap<Name, ServiceDoc>,
     liveness: Liveness,
@@ -45,8 +46,10 @@ pub struct Replica {
 impl Replica {
     /// An empty replica writing as `actor`. The actor id must be new: a node that lost its
     /// disk must not reuse one, or it would repeat sequence numbers peers already hold.
-    pub fn new(actor: ActorId) -> Self {
+    /// `node` is recorded on every change as its origin.
+    pub fn new(node: &str, actor: ActorId) -> Self {
         Self {
+            node: node.to_owned(),
             actor,
             docs: BTreeMap::new(),
             liveness: Liveness::default(),
@@ -55,10 +58,15 @@ impl Replica {
 
     /// Applies a validated local write at `now_ms`: refreshes liveness always, and makes an
     /// Automerge change only when the value differs.
-    pub fn write_status(&mut self, now_ms: u64, write: &StatusWrite) -> Result<WriteOutcome, CrdtError> {
+    pub fn write_status(
+        &mut self,
+        now_ms: u64,
+        write: &StatusWrite,
+    ) -> Result<WriteOutcome, CrdtError> {
+        let node = self.node.clone();
         let doc = self.doc_mut(&write.service)?;
         let before = doc.heads();
-        let change = doc.put_observation(now_ms, write)?;
+        let change = doc.put_observation(now_ms, &node, write)?;
         let events = match &change {
             Some(_) => doc.events_between(&before, &doc.heads()),
             None => Vec::new(),
@@ -73,7 +81,11 @@ impl Replica {
 
     /// Applies a batch of changes from a peer to one service's document; see
     /// [`ServiceDoc::apply_remote`] for what is checked. Rejected batches change nothing.
-    pub fn apply_remote(&mut self, service: &str, changes: &[Vec<u8>]) -> Result<RemoteOutcome, CrdtError> {
+    pub fn apply_remote(
+        &mut self,
+        service: &str,
+        changes: &[Vec<u8>],
+    ) -> Result<RemoteOutcome, CrdtError> {
         let service = Name::parse("service", service)?;
         let doc = self.doc_mut(&service)?;
         let before = doc.heads();
@@ -84,7 +96,10 @@ impl Replica {
         } else {
             doc.events_between(&before, &after)
         };
-        Ok(RemoteOutcome { new_changes, events })
+        Ok(RemoteOutcome {
+            new_changes,
+            events,
+        })
     }
 
     /// The liveness map.
@@ -109,7 +124,12 @@ impl Replica {
 
     /// Heads of every document, as a cursor: "everything this replica holds now".
     pub fn cursor(&self) -> Cursor {
-        Cursor::new(self.docs.iter().map(|(k, d)| (k.clone(), d.heads())).collect())
+        Cursor::new(
+            self.docs
+                .iter()
+                .map(|(k, d)| (k.clone(), d.heads()))
+                .collect(),
+        )
     }
 
     /// The events a client at `cursor` has not seen, coalesced per cell. `None` when this
@@ -174,7 +194,7 @@ mod tests {
     use crate::model::{Observation, State};
 
     fn replica(n: u8) -> Replica {
-        Replica::new(ActorId::from(vec![n; 16]))
+        Replica::new(&format!("n{n}"), ActorId::from(vec![n; 16]))
     }
 
     fn write(component: &str, region: &str, state: State, message: &str) -> StatusWrite {
@@ -197,7 +217,8 @@ mod tests {
         for doc in from.docs() {
             let heads = to.doc(doc.service()).map(|d| d.heads()).unwrap_or_default();
             let changes = from.changes_since(doc.service(), &heads);
-            to.apply_remote(doc.service().as_str(), &changes).expect("valid changes");
+            to.apply_remote(doc.service().as_str(), &changes)
+                .expect("valid changes");
         }
     }
 
@@ -222,13 +243,18 @@ mod tests {
     fn remote_changes_converge_and_produce_events() {
         let mut a = replica(1);
         let mut b = replica(2);
-        let out = a.write_status(5, &write("db", "eu-west", State::MajorOutage, "down")).expect("write");
+        let out = a
+            .write_status(5, &write("db", "eu-west", State::MajorOutage, "down"))
+            .expect("write");
         assert_eq!(out.events.len(), 1);
         let change = out.change.expect("a change");
         let remote = b.apply_remote("api", &[change.clone()]).expect("apply");
         assert_eq!(remote.new_changes, 1);
         assert_eq!(remote.events.len(), 1);
-        assert_eq!(remote.events[0].observation.as_ref().map(|o| o.state), Some(State::MajorOutage));
+        assert_eq!(
+            remote.events[0].observation.as_ref().map(|o| o.state),
+            Some(State::MajorOutage)
+        );
         // The same change again is not new and shows nothing.
         let again = b.apply_remote("api", &[change]).expect("apply");
         assert_eq!(again.new_changes, 0);
@@ -240,8 +266,10 @@ mod tests {
     fn concurrent_writes_to_one_cell_keep_the_loser_as_a_conflict() {
         let mut a = replica(1);
         let mut b = replica(2);
-        a.write_status(5, &write("db", "eu-west", State::MajorOutage, "a")).expect("write");
-        b.write_status(5, &write("db", "eu-west", State::Operational, "b")).expect("write");
+        a.write_status(5, &write("db", "eu-west", State::MajorOutage, "a"))
+            .expect("write");
+        b.write_status(5, &write("db", "eu-west", State::Operational, "b"))
+            .expect("write");
         sync(&a, &mut b);
         sync(&b, &mut a);
         let view_a = serde_json::to_value(a.view(10, None)).expect("json");
@@ -255,7 +283,9 @@ mod tests {
     fn a_change_that_breaks_the_schema_is_rejected_whole() {
         use automerge::transaction::Transactable;
         let mut rogue = automerge::AutoCommit::new().with_actor(ActorId::from(vec![9; 16]));
-        rogue.put(automerge::ROOT, "obs/db/eu-west", "not json").expect("put");
+        rogue
+            .put(automerge::ROOT, "obs/db/eu-west", "not json")
+            .expect("put");
         let bad = rogue.save();
         let good = {
             let mut a = replica(1);
@@ -265,19 +295,29 @@ mod tests {
                 .expect("change")
         };
         let mut b = replica(2);
-        let bad_change = automerge::Automerge::load(&bad).expect("load").get_changes(&[])[0].bytes().into_owned();
-        let err = b.apply_remote("api", &[good, bad_change]).expect_err("rejected");
+        let bad_change = automerge::Automerge::load(&bad)
+            .expect("load")
+            .get_changes(&[])[0]
+            .bytes()
+            .into_owned();
+        let err = b
+            .apply_remote("api", &[good, bad_change])
+            .expect_err("rejected");
         assert!(matches!(err, CrdtError::ChangeSchema { .. }), "{err}");
-        assert!(b.doc(&Name::parse("service", "api").expect("name")).is_none_or(|d| d.heads().is_empty()));
+        assert!(b
+            .doc(&Name::parse("service", "api").expect("name"))
+            .is_none_or(|d| d.heads().is_empty()));
         assert!(b.apply_remote("api", &[vec![1, 2, 3]]).is_err());
     }
 
     #[test]
     fn events_since_a_cursor_are_exactly_the_unseen_cells() {
         let mut a = replica(1);
-        a.write_status(1, &write("db", "eu-west", State::Operational, "")).expect("write");
+        a.write_status(1, &write("db", "eu-west", State::Operational, ""))
+            .expect("write");
         let seen = a.cursor();
-        a.write_status(2, &write("web", "us-east", State::PartialOutage, "")).expect("write");
+        a.write_status(2, &write("web", "us-east", State::PartialOutage, ""))
+            .expect("write");
         let mut b = replica(2);
         sync(&a, &mut b);
         let decoded = Cursor::decode(&seen.encode()).expect("cursor");
@@ -287,7 +327,8 @@ mod tests {
         assert_eq!(b.events_since(&b.cursor()).map(|e| e.len()), Some(0));
         // A cursor naming changes this replica lacks cannot be answered.
         let mut c = replica(3);
-        c.write_status(1, &write("x", "y", State::Operational, "")).expect("write");
+        c.write_status(1, &write("x", "y", State::Operational, ""))
+            .expect("write");
         assert!(b.events_since(&c.cursor()).is_none());
     }
 }

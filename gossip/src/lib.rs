@@ -1,1 +1,16 @@
-pub fn placeholder() {}
+//! statusmesh-gossip: the sans-IO protocol core.
+//!
+//! A deterministic protocol implementation that takes no timestamps from the operating
+//! system, opens no sockets and draws no ambient randomness, in the shape of quinn-proto:
+//! `handle_*(now_ms, …)` in; `poll_transmit`, `poll_event`, `poll_timeout` out. The node
+//! process (tokio + quinn) and the simulator (virtual time) are two drivers of the same
+//! [`Node`].
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod error;
+pub mod node;
+
+pub use codec::Frame;
+pub use error::GossipError;
+pub use node::{Config, Event, Node, NodeId, Peer, PeerState, Stats, Transmit};

@@ -1,0 +1,149 @@
+//! The wire: one versioned frame format. bincode 2 for envelopes; changes inside are
+//! Automerge's own binary encoding, carried as opaque bytes.
+//!
+//! This is the only module that knows about bincode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::GossipError;
+
+/// Version of the frame format. A frame of another version is rejected, not guessed at.
+pub const WIRE_VERSION: u8 = 1;
+/// Hard upper bound on an encoded frame, in bytes; the transport enforces it too.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Everything that crosses the wire between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u8,
+    pub frame: Frame,
+}
+
+/// The frames of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Automerge changes of one service, pushed eagerly or sent as repair.
+    Changes {
+        service: String,
+        changes: Vec<Vec<u8>>,
+    },
+    /// Anti-entropy opener: a few bytes that say "this is what I hold".
+    Digest { docs: u64, liveness: u64 },
+    /// Heads of every document the sender holds; the receiver answers with what the sender
+    /// lacks, and with its own heads when `reply_wanted`.
+    Heads {
+        docs: Vec<(String, Vec<[u8; 32]>)>,
+        reply_wanted: bool,
+    },
+    /// Liveness entries (cell key → last seen ms); the receiver answers with the entries that
+    /// are newer on its side when `reply_wanted`.
+    Liveness {
+        entries: Vec<(String, u64)>,
+        reply_wanted: bool,
+    },
+}
+
+impl Frame {
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Changes { .. } => "changes",
+            Frame::Digest { .. } => "digest",
+            Frame::Heads { .. } => "heads",
+            Frame::Liveness { .. } => "liveness",
+        }
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Encodes a frame. Fails only when the frame exceeds [`FRAME_BYTES_MAX`].
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, GossipError> {
+    let envelope = Envelope {
+        version: WIRE_VERSION,
+        frame: frame.clone(),
+    };
+    let bytes = bincode::serde::encode_to_vec(&envelope, config())
+        .map_err(|e| GossipError::Encode(e.to_string()))?;
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(GossipError::FrameTooLarge {
+            bytes: bytes.len(),
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a frame from a peer. Never panics; every error says what was wrong.
+pub fn decode(bytes: &[u8]) -> Result<Frame, GossipError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(GossipError::FrameTooLarge {
+            bytes: bytes.len(),
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    let (envelope, used): (Envelope, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| GossipError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(GossipError::Decode(format!(
+            "{} trailing bytes after the frame",
+            bytes.len() - used
+        )));
+    }
+    if envelope.version != WIRE_VERSION {
+        return Err(GossipError::Version {
+            got: envelope.version,
+            expected: WIRE_VERSION,
+        });
+    }
+    Ok(envelope.frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::Changes {
+                service: "api".into(),
+                changes: vec![vec![1, 2, 3], vec![]],
+            },
+            Frame::Digest {
+                docs: 7,
+                liveness: 9,
+            },
+            Frame::Heads {
+                docs: vec![("api".into(), vec![[3; 32]])],
+                reply_wanted: true,
+            },
+            Frame::Liveness {
+                entries: vec![("a/b/c".into(), 5)],
+                reply_wanted: false,
+            },
+        ];
+        for frame in frames {
+            let bytes = encode(&frame).expect("encode");
+            assert_eq!(decode(&bytes).expect("decode"), frame);
+        }
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_errors() {
+        assert!(decode(&[]).is_err());
+        assert!(decode(&[0xff; 64]).is_err());
+        let mut bytes = encode(&Frame::Digest {
+            docs: 1,
+            liveness: 2,
+        })
+        .expect("encode");
+        bytes[0] = WIRE_VERSION + 1;
+        assert!(matches!(decode(&bytes), Err(GossipError::Version { .. })));
+        // A length prefix that claims more than the limit must not allocate it.
+        let huge = [0u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode(&huge).is_err());
+    }
+}

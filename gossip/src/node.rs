@@ -1,0 +1,683 @@
+//! The protocol state machine of one node.
+//!
+//! # Flow
+//! 1. The driver calls [`Node::local_write`] when a client writes. A changed value becomes an
+//!    Automerge change that is pushed at once to every peer ([`Frame::Changes`]); a value that
+//!    did not change only refreshes liveness, pushed as [`Frame::Liveness`].
+//! 2. The driver calls [`Node::handle_frame`] for every frame a peer sent. Changes are
+//!    validated and applied; liveness merges (max wins).
+//! 3. The driver calls [`Node::handle_timeout`] when [`Node::poll_timeout`] says so. Each
+//!    anti-entropy round sends a [`Frame::Digest`] (a few bytes) to one random peer; a peer
+//!    whose digest differs answers with its heads, and each side then sends the changes the
+//!    other lacks. This repairs lost pushes, partitions and restarts with an empty disk.
+//! 4. After every call the driver drains [`Node::poll_transmit`] (frames to send) and then
+//!    [`Node::poll_event`] (what happened), and re-arms its timer from [`Node::poll_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use statusmesh_crdt::liveness::Fnv64;
+use statusmesh_crdt::{ChangeHash, Cursor, Liveness, Name, Replica, StatusEvent, StatusWrite};
+
+use crate::codec::{self, Frame};
+use crate::error::GossipError;
+
+/// A node's identity: its id from regions.toml, bound to its certificate by the transport.
+pub type NodeId = String;
+
+/// Tuning and bounds of the protocol. Every queue has a bound here.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time between anti-entropy rounds, in milliseconds. Default 1,000.
+    pub anti_entropy_interval_ms: u64,
+    /// Most frames waiting for the driver to send; the oldest is dropped (and counted) beyond
+    /// it, since anti-entropy repairs whatever is dropped. Default 65,536.
+    pub transmit_queue_max: usize,
+    /// Most events waiting for the driver; the oldest is dropped (and counted) beyond it.
+    /// Default 65,536.
+    pub event_queue_max: usize,
+    /// Most changes per [`Frame::Changes`]; larger repairs are split. Default 512.
+    pub changes_per_frame_max: usize,
+    /// Most liveness entries per [`Frame::Liveness`]; larger maps are split. Default 4,096.
+    pub liveness_per_frame_max: usize,
+}
+
+impl Config {
+    /// Settings for nodes on one local network: frequent repair.
+    pub fn lan() -> Self {
+        Self {
+            anti_entropy_interval_ms: 500,
+            ..Self::wan()
+        }
+    }
+
+    /// Settings for nodes across regions.
+    pub fn wan() -> Self {
+        Self {
+            anti_entropy_interval_ms: 1_000,
+            transmit_queue_max: 65_536,
+            event_queue_max: 65_536,
+            changes_per_frame_max: 512,
+            liveness_per_frame_max: 4_096,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::wan()
+    }
+}
+
+/// Another member of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub region: String,
+}
+
+/// A frame for the driver to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: NodeId,
+    pub bytes: Vec<u8>,
+}
+
+/// Something the driver (and its clients) may want to know.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A cell changed here, by a local write or a remote change. `cursor` is the replica's
+    /// cursor after the change: a client that has seen this event resumes from it.
+    Status { event: StatusEvent, cursor: Cursor },
+    /// Liveness of a cell moved forward (a heartbeat, no value change).
+    Heartbeat { key: String, last_seen_ms: u64 },
+    /// The first frame from a peer, or the first after it was silent.
+    PeerContact { peer: NodeId },
+    /// A peer sent a frame that does not decode or breaks the schema; it was ignored.
+    FrameRejected { from: NodeId, reason: String },
+}
+
+/// Counters for metrics; they only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_rejected: u64,
+    pub changes_applied: u64,
+    pub transmits_dropped: u64,
+    pub events_dropped: u64,
+    pub anti_entropy_rounds: u64,
+}
+
+/// What a peer is known to hold, and when it was last heard.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    pub region: String,
+    pub last_heard_ms: Option<u64>,
+    /// Heads per service the peer reported in its last [`Frame::Heads`].
+    pub heads: BTreeMap<Name, Vec<ChangeHash>>,
+}
+
+/// One node's protocol state machine. See the module docs for the flow.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    config: Config,
+    replica: Replica,
+    peers: BTreeMap<NodeId, PeerState>,
+    rng: ChaCha8Rng,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_anti_entropy_ms: u64,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node with identity `id`, the other members `peers`, its replica and an RNG seed.
+    /// Nothing is sent until the driver calls [`Node::handle_timeout`].
+    pub fn new(id: NodeId, config: Config, peers: Vec<Peer>, replica: Replica, seed: u64) -> Self {
+        let peers = peers
+            .into_iter()
+            .filter(|p| p.id != id)
+            .map(|p| {
+                (
+                    p.id,
+                    PeerState {
+                        region: p.region,
+                        ..PeerState::default()
+                    },
+                )
+            })
+            .collect();
+        Self {
+            id,
+            config,
+            replica,
+            peers,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_anti_entropy_ms: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Applies a client's write. A changed value is pushed to every peer at once; an
+    /// unchanged one refreshes liveness only. Errors leave the state unchanged.
+    pub fn local_write(&mut self, now_ms: u64, write: &StatusWrite) -> Result<bool, GossipError> {
+        let outcome = self.replica.write_status(now_ms, write)?;
+        if let Some(change) = outcome.change {
+            let frame = Frame::Changes {
+                service: write.service.to_string(),
+                changes: vec![change],
+            };
+            self.broadcast(&frame);
+            self.emit_status(outcome.events);
+        } else {
+            let key = write.cell_key();
+            let frame = Frame::Liveness {
+                entries: vec![(key.clone(), now_ms)],
+                reply_wanted: false,
+            };
+            self.broadcast(&frame);
+            self.push_event(Event::Heartbeat {
+                key,
+                last_seen_ms: now_ms,
+            });
+        }
+        Ok(outcome.changed)
+    }
+
+    /// Handles a frame that arrived from `from` (the transport vouches for the identity).
+    /// Bad frames are counted, reported as [`Event::FrameRejected`] and otherwise ignored.
+    pub fn handle_frame(&mut self, now_ms: u64, from: &str, bytes: &[u8]) {
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let Some(peer) = self.peers.get_mut(from) else {
+            self.reject(from, &GossipError::UnknownPeer(from.to_owned()));
+            return;
+        };
+        let first_contact = peer.last_heard_ms.is_none();
+        peer.last_heard_ms = Some(now_ms);
+        if first_contact {
+            self.push_event(Event::PeerContact {
+                peer: from.to_owned(),
+            });
+        }
+        let frame = match codec::decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.reject(from, &e);
+                return;
+            }
+        };
+        match frame {
+            Frame::Changes { service, changes } => self.on_changes(from, &service, &changes),
+            Frame::Digest { docs, liveness } => self.on_digest(from, docs, liveness),
+            Frame::Heads { docs, reply_wanted } => self.on_heads(from, docs, reply_wanted),
+            Frame::Liveness {
+                entries,
+                reply_wanted,
+            } => self.on_liveness(from, entries, reply_wanted),
+        }
+    }
+
+    /// Runs what is due at `now_ms`: the anti-entropy round.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms < self.next_anti_entropy_ms {
+            return;
+        }
+        // Jitter of ±25% keeps nodes from running rounds in lockstep.
+        let interval = self.config.anti_entropy_interval_ms.max(1);
+        let jitter = self.rng.random_range(0..=interval / 2);
+        self.next_anti_entropy_ms = now_ms + interval - interval / 4 + jitter;
+        if self.peers.is_empty() {
+            return;
+        }
+        let index = self.rng.random_range(0..self.peers.len());
+        let Some(peer) = self.peers.keys().nth(index).cloned() else {
+            return;
+        };
+        self.stats.anti_entropy_rounds += 1;
+        let frame = Frame::Digest {
+            docs: self.docs_digest(),
+            liveness: self.replica.liveness().digest(),
+        };
+        self.send(&peer, &frame);
+    }
+
+    /// The next frame to send, oldest first.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, oldest first. Drain after [`Node::poll_transmit`].
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should be called next (ms). It changes only when
+    /// `handle_timeout` runs a round.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        Some(self.next_anti_entropy_ms)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The replica, for local reads.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The peers and what is known of them.
+    pub fn peers(&self) -> &BTreeMap<NodeId, PeerState> {
+        &self.peers
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn on_changes(&mut self, from: &str, service: &str, changes: &[Vec<u8>]) {
+        match self.replica.apply_remote(service, changes) {
+            Ok(outcome) => {
+                self.stats.changes_applied += outcome.new_changes as u64;
+                self.emit_status(outcome.events);
+            }
+            Err(e) => self.reject(from, &GossipError::Crdt(e)),
+        }
+    }
+
+    fn on_digest(&mut self, from: &str, docs: u64, liveness: u64) {
+        if docs != self.docs_digest() {
+            let frame = Frame::Heads {
+                docs: self.all_heads(),
+                reply_wanted: true,
+            };
+            self.send(from, &frame);
+        }
+        if liveness != self.replica.liveness().digest() {
+            let entries: Vec<(String, u64)> = self
+                .replica
+                .liveness()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            self.send_liveness(from, entries, true);
+        }
+    }
+
+    fn on_heads(&mut self, from: &str, docs: Vec<(String, Vec<[u8; 32]>)>, reply_wanted: bool) {
+        let mut theirs: BTreeMap<Name, Vec<ChangeHash>> = BTreeMap::new();
+        for (service, heads) in docs {
+            match Name::parse("service", &service) {
+                Ok(name) => {
+                    theirs.insert(name, heads.into_iter().map(ChangeHash).collect());
+                }
+                Err(e) => {
+                    self.reject(from, &GossipError::Crdt(e));
+                    return;
+                }
+            }
+        }
+        // Send what they lack, service by service, in bounded frames.
+        let services: Vec<Name> = self.replica.docs().map(|d| d.service().clone()).collect();
+        for service in &services {
+            let their_heads = theirs.get(service).cloned().unwrap_or_default();
+            let changes = self.replica.changes_since(service, &their_heads);
+            for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
+                let frame = Frame::Changes {
+                    service: service.to_string(),
+                    changes: chunk.to_vec(),
+                };
+                self.send(from, &frame);
+            }
+        }
+        // Ask for what we lack: they hold heads we do not know.
+        let we_lack = theirs.iter().any(|(service, heads)| {
+            self.replica
+                .doc(service)
+                .is_none_or(|doc| !doc.has_all(heads))
+        });
+        if reply_wanted && we_lack {
+            let frame = Frame::Heads {
+                docs: self.all_heads(),
+                reply_wanted: false,
+            };
+            self.send(from, &frame);
+        }
+        if let Some(peer) = self.peers.get_mut(from) {
+            peer.heads = theirs;
+        }
+    }
+
+    fn on_liveness(&mut self, from: &str, entries: Vec<(String, u64)>, reply_wanted: bool) {
+        let theirs: Liveness = entries.into_iter().collect();
+        for (key, last_seen_ms) in self.replica.merge_liveness(&theirs) {
+            self.push_event(Event::Heartbeat { key, last_seen_ms });
+        }
+        if reply_wanted {
+            let newer: Vec<(String, u64)> = self
+                .replica
+                .liveness()
+                .iter()
+                .filter(|(k, v)| theirs.last_seen(k).is_none_or(|t| t < *v))
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            if !newer.is_empty() {
+                self.send_liveness(from, newer, false);
+            }
+        }
+    }
+
+    fn send_liveness(&mut self, to: &str, entries: Vec<(String, u64)>, reply_wanted: bool) {
+        for chunk in entries.chunks(self.config.liveness_per_frame_max.max(1)) {
+            let frame = Frame::Liveness {
+                entries: chunk.to_vec(),
+                reply_wanted,
+            };
+            self.send(to, &frame);
+        }
+    }
+
+    fn emit_status(&mut self, events: Vec<StatusEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let cursor = self.replica.cursor();
+        for event in events {
+            self.push_event(Event::Status {
+                event,
+                cursor: cursor.clone(),
+            });
+        }
+    }
+
+    fn all_heads(&self) -> Vec<(String, Vec<[u8; 32]>)> {
+        self.replica
+            .docs()
+            .map(|d| {
+                (
+                    d.service().to_string(),
+                    d.heads().into_iter().map(|h| h.0).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn docs_digest(&self) -> u64 {
+        let mut hash = Fnv64::new();
+        for doc in self.replica.docs() {
+            hash.write(doc.service().as_str().as_bytes());
+            for head in doc.heads() {
+                hash.write(&head.0);
+            }
+        }
+        hash.finish()
+    }
+
+    fn broadcast(&mut self, frame: &Frame) {
+        let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.send(&peer, frame);
+        }
+    }
+
+    fn send(&mut self, to: &str, frame: &Frame) {
+        let bytes = match codec::encode(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Only an oversized frame fails, which chunking prevents; count it as a drop.
+                debug_assert!(false, "frame does not encode: {e}");
+                self.stats.transmits_dropped += 1;
+                return;
+            }
+        };
+        if self.transmits.len() >= self.config.transmit_queue_max {
+            self.transmits.pop_front();
+            self.stats.transmits_dropped += 1;
+        }
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        self.transmits.push_back(Transmit {
+            to: to.to_owned(),
+            bytes,
+        });
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= self.config.event_queue_max {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn reject(&mut self, from: &str, error: &GossipError) {
+        self.stats.frames_rejected += 1;
+        self.push_event(Event::FrameRejected {
+            from: from.to_owned(),
+            reason: error.to_string(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statusmesh_crdt::{ActorId, Observation, State};
+
+    /// A tiny network on virtual time: every frame takes `latency_ms`; `drop_every` > 0
+    /// drops every n-th frame.
+    struct Harness {
+        nodes: Vec<Node>,
+        in_flight: Vec<(u64, usize, String, Vec<u8>)>,
+        now_ms: u64,
+        latency_ms: u64,
+        cut: Option<usize>,
+        drop_every: u64,
+        sent: u64,
+    }
+
+    impl Harness {
+        fn new(count: usize) -> Self {
+            let peers: Vec<Peer> = (0..count)
+                .map(|i| Peer {
+                    id: format!("n{i}"),
+                    region: format!("r{}", i % 3),
+                })
+                .collect();
+            let nodes = (0..count)
+                .map(|i| {
+                    let replica =
+                        Replica::new(&format!("n{i}"), ActorId::from(vec![i as u8 + 1; 16]));
+                    Node::new(
+                        format!("n{i}"),
+                        Config::lan(),
+                        peers.clone(),
+                        replica,
+                        i as u64,
+                    )
+                })
+                .collect();
+            Self {
+                nodes,
+                in_flight: Vec::new(),
+                now_ms: 1_000,
+                latency_ms: 5,
+                cut: None,
+                drop_every: 0,
+                sent: 0,
+            }
+        }
+
+        fn index(id: &str) -> usize {
+            id[1..].parse().expect("node id")
+        }
+
+        fn drain(&mut self, i: usize) {
+            while let Some(t) = self.nodes[i].poll_transmit() {
+                self.sent += 1;
+                let to = Self::index(&t.to);
+                let cut = self.cut.is_some_and(|c| c == i || c == to);
+                let dropped = self.drop_every > 0 && self.sent % self.drop_every == 0;
+                if !cut && !dropped {
+                    let from = self.nodes[i].id().to_owned();
+                    self.in_flight
+                        .push((self.now_ms + self.latency_ms, to, from, t.bytes));
+                }
+            }
+            while self.nodes[i].poll_event().is_some() {}
+        }
+
+        fn write(&mut self, i: usize, component: &str, state: State) {
+            let write = StatusWrite::parse(
+                "api",
+                component,
+                "r0",
+                Observation {
+                    state,
+                    message: String::new(),
+                    reporter: "probe".into(),
+                    observed_at_ms: self.now_ms,
+                    ttl_ms: 60_000,
+                },
+            )
+            .expect("valid");
+            self.nodes[i]
+                .local_write(self.now_ms, &write)
+                .expect("write");
+            self.drain(i);
+        }
+
+        fn run_for(&mut self, duration_ms: u64) {
+            let end = self.now_ms + duration_ms;
+            while self.now_ms < end {
+                self.now_ms += 1;
+                let due: Vec<_> = {
+                    let now = self.now_ms;
+                    let (due, rest) = std::mem::take(&mut self.in_flight)
+                        .into_iter()
+                        .partition(|f| f.0 <= now);
+                    self.in_flight = rest;
+                    due
+                };
+                for (_, to, from, bytes) in due {
+                    self.nodes[to].handle_frame(self.now_ms, &from, &bytes);
+                    self.drain(to);
+                }
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i]
+                        .poll_timeout()
+                        .is_some_and(|t| t <= self.now_ms)
+                    {
+                        self.nodes[i].handle_timeout(self.now_ms);
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+
+        fn converged(&self) -> bool {
+            let first = self.nodes[0].replica().cursor();
+            self.nodes.iter().all(|n| n.replica().cursor() == first)
+        }
+    }
+
+    #[test]
+    fn a_change_reaches_all_nodes_in_one_hop() {
+        let mut h = Harness::new(5);
+        h.write(0, "db", State::MajorOutage);
+        h.run_for(h.latency_ms + 1);
+        assert!(h.converged());
+        assert!(!h.nodes[4].replica().cursor().encode().is_empty());
+    }
+
+    #[test]
+    fn a_lost_broadcast_is_repaired_by_anti_entropy() {
+        let mut h = Harness::new(4);
+        h.drop_every = 1; // every push is lost
+        h.write(1, "db", State::PartialOutage);
+        h.drop_every = 0;
+        h.run_for(20);
+        assert!(!h.converged());
+        h.run_for(10_000);
+        assert!(h.converged());
+    }
+
+    #[test]
+    fn a_partitioned_node_catches_up_after_heal() {
+        let mut h = Harness::new(4);
+        h.cut = Some(3);
+        for (i, c) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            h.write(i % 3, c, State::DegradedPerformance);
+            h.run_for(50);
+        }
+        h.write(3, "z", State::MajorOutage);
+        h.run_for(2_000);
+        assert!(!h.converged());
+        h.cut = None;
+        h.run_for(10_000);
+        assert!(h.converged());
+        let view = serde_json::to_value(h.nodes[3].replica().view(h.now_ms, None)).expect("json");
+        assert_eq!(
+            view["services"][0]["components"].as_array().map(Vec::len),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn liveness_heartbeats_spread_without_history() {
+        let mut h = Harness::new(3);
+        h.write(0, "db", State::Operational);
+        h.run_for(10);
+        h.now_ms += 5_000;
+        h.write(0, "db", State::Operational);
+        h.run_for(10);
+        let key = "api/db/r0";
+        for node in &h.nodes {
+            assert_eq!(
+                node.replica().liveness().last_seen(key),
+                Some(h.now_ms - 10)
+            );
+            let doc = node.replica().docs().next().expect("doc");
+            assert_eq!(doc.history_len(), 1);
+        }
+    }
+
+    #[test]
+    fn garbage_frames_change_nothing_and_are_counted() {
+        let mut h = Harness::new(2);
+        h.write(0, "db", State::Operational);
+        h.run_for(10);
+        let before = h.nodes[1].replica().cursor();
+        let bad_changes = codec::encode(&Frame::Changes {
+            service: "api".into(),
+            changes: vec![vec![0xde, 0xad]],
+        })
+        .expect("encode");
+        for bytes in [vec![], vec![0xff; 100], bad_changes] {
+            h.nodes[1].handle_frame(h.now_ms, "n0", &bytes);
+        }
+        h.nodes[1].handle_frame(h.now_ms, "stranger", &[1, 2, 3]);
+        assert_eq!(h.nodes[1].stats().frames_rejected, 4);
+        assert_eq!(h.nodes[1].replica().cursor(), before);
+        let mut rejected = 0;
+        while let Some(e) = h.nodes[1].poll_event() {
+            if matches!(e, Event::FrameRejected { .. }) {
+                rejected += 1;
+            }
+        }
+        assert_eq!(rejected, 4);
+    }
+}
