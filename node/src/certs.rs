@@ -1,0 +1,255 @@
+//! The cluster CA and node certificates for mutual TLS between nodes.
+//!
+//! Each node certificate carries the node id as its only DNS name and is signed by the
+//! cluster CA. A peer must present such a certificate to connect, and its identity is the id
+//! the certificate is valid for: a node cannot claim another node's id.
+//!
+//! Directory layout: `ca.pem`, `ca.key`, and `<node-id>.pem`, `<node-id>.key` per node.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate error; it names the file or node it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// Key or certificate generation failed.
+    #[error("cannot generate a certificate for {subject}: {reason}")]
+    Generate { subject: String, reason: String },
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    /// A file does not hold what it should.
+    #[error("{path}: not a valid PEM {what}: {reason}")]
+    Pem {
+        path: String,
+        what: &'static str,
+        reason: String,
+    },
+}
+
+/// A cluster CA: it signs node certificates.
+#[derive(Debug)]
+pub struct ClusterCa {
+    subject: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// A node certificate and its key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct NodeCertPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What a node needs for mutual TLS: the CA it trusts, and its own chain and key.
+#[derive(Debug)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub ca: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for NodeIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            node_id: self.node_id.clone(),
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl ClusterCa {
+    /// A new CA for `cluster`, with a fresh key.
+    pub fn generate(cluster: &str) -> Result<Self, CertError> {
+        let subject = ca_subject(cluster);
+        let fail = |e: rcgen::Error| CertError::Generate {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        };
+        let params = ca_params(&subject).map_err(fail)?;
+        let key = KeyPair::generate().map_err(fail)?;
+        let cert = params.self_signed(&key).map_err(fail)?;
+        Ok(Self {
+            subject,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Reads `ca.pem` and `ca.key` of `cluster` from `dir`.
+    pub fn load(dir: &Path, cluster: &str) -> Result<Self, CertError> {
+        Ok(Self {
+            subject: ca_subject(cluster),
+            cert_pem: read(&dir.join("ca.pem"))?,
+            key_pem: read(&dir.join("ca.key"))?,
+        })
+    }
+
+    /// Writes `ca.pem` and `ca.key` (owner-only) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        write(&dir.join("ca.pem"), &self.cert_pem, false)?;
+        write(&dir.join("ca.key"), &self.key_pem, true)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a certificate for `node_id`, valid for both ends of a mutual-TLS connection.
+    pub fn issue(&self, node_id: &str) -> Result<NodeCertPem, CertError> {
+        let fail = |e: rcgen::Error| CertError::Generate {
+            subject: node_id.to_owned(),
+            reason: e.to_string(),
+        };
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(fail)?;
+        // The issuer is rebuilt from the CA's subject and key: that is all a signature needs.
+        let issuer = Issuer::new(ca_params(&self.subject).map_err(fail)?, ca_key);
+        let mut params = CertificateParams::new(vec![node_id.to_owned()]).map_err(fail)?;
+        params.distinguished_name.push(DnType::CommonName, node_id);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().map_err(fail)?;
+        let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+        Ok(NodeCertPem {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The identity of `node_id` from a freshly issued certificate, without touching disk
+    /// (for `statusmesh dev`).
+    pub fn identity(&self, node_id: &str) -> Result<NodeIdentity, CertError> {
+        let issued = self.issue(node_id)?;
+        identity_from_pem(node_id, &self.cert_pem, &issued, "(in memory)")
+    }
+}
+
+/// Makes a CA (or reuses the one in `dir`) and a certificate for each node id into `dir`.
+/// Returns the files written.
+pub fn write_cluster(
+    dir: &Path,
+    cluster: &str,
+    node_ids: &[String],
+) -> Result<Vec<PathBuf>, CertError> {
+    std::fs::create_dir_all(dir).map_err(|e| CertError::Io {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut written = Vec::new();
+    let ca = if dir.join("ca.pem").exists() && dir.join("ca.key").exists() {
+        ClusterCa::load(dir, cluster)?
+    } else {
+        let ca = ClusterCa::generate(cluster)?;
+        ca.write(dir)?;
+        written.extend([dir.join("ca.pem"), dir.join("ca.key")]);
+        ca
+    };
+    for id in node_ids {
+        let issued = ca.issue(id)?;
+        let (cert, key) = node_paths(dir, id);
+        write(&cert, &issued.cert_pem, false)?;
+        write(&key, &issued.key_pem, true)?;
+        written.extend([cert, key]);
+    }
+    Ok(written)
+}
+
+/// Loads the identity of `node_id` from a directory made by [`write_cluster`].
+pub fn load_identity(dir: &Path, node_id: &str) -> Result<NodeIdentity, CertError> {
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let (cert, key) = node_paths(dir, node_id);
+    let issued = NodeCertPem {
+        cert_pem: read(&cert)?,
+        key_pem: read(&key)?,
+    };
+    identity_from_pem(node_id, &ca_pem, &issued, &dir.display().to_string())
+}
+
+fn identity_from_pem(
+    node_id: &str,
+    ca_pem: &str,
+    issued: &NodeCertPem,
+    origin: &str,
+) -> Result<NodeIdentity, CertError> {
+    let pem_err = |what: &'static str, file: String| {
+        move |e: rustls_pki_types::pem::Error| CertError::Pem {
+            path: file,
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(pem_err("certificate", format!("{origin}/ca.pem")))?;
+    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_err("certificate", format!("{origin}/{node_id}.pem")))?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .map_err(pem_err("private key", format!("{origin}/{node_id}.key")))?;
+    Ok(NodeIdentity {
+        node_id: node_id.to_owned(),
+        ca,
+        chain,
+        key,
+    })
+}
+
+fn ca_subject(cluster: &str) -> String {
+    format!("statusmesh cluster {cluster} CA")
+}
+
+fn ca_params(subject: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, subject);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn node_paths(dir: &Path, node_id: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{node_id}.pem")),
+        dir.join(format!("{node_id}.key")),
+    )
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(|e| CertError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    let io = |e: std::io::Error| CertError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::write(path, contents).map_err(io)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! The HTTP side: JSON reads and writes, Server-Sent Events, health.
+//!
+//! Every error is JSON `{"error", "field", "detail"}` with the right status code.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::json;
+use statusmesh_crdt::liveness::Fnv64;
+use statusmesh_crdt::{CrdtError, Cursor, Name, Observation, StatusWrite};
+use statusmesh_gossip::GossipError;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::runtime::{now_ms, NodeHandle, Published, Subscription, Unavailable};
+
+/// Largest request body accepted, in bytes.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// What clients are told to wait before reconnecting.
+const SSE_RETRY: Duration = Duration::from_millis(1_000);
+/// Comment lines on idle streams keep proxies from closing them.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// An HTTP error with its JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    field: Option<String>,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        field: Option<&str>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            error,
+            field: field.map(str::to_owned),
+            detail: detail.into(),
+        }
+    }
+
+    fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            None,
+            "the node is shutting down",
+        )
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(_: Unavailable) -> Self {
+        Self::unavailable()
+    }
+}
+
+impl From<CrdtError> for ApiError {
+    fn from(e: CrdtError) -> Self {
+        let status = match &e {
+            CrdtError::InvalidField { .. } | CrdtError::InvalidCursor(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            CrdtError::TooManyCells { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, "invalid", e.field(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "field": self.field, "detail": self.detail });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The router of one node.
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/v1/status", get(get_status_all))
+        .route("/v1/status/{service}", get(get_status_one))
+        .route("/v1/status/{service}/{component}/{region}", put(put_status))
+        .route("/v1/events", get(get_events))
+        .route("/v1/nodes", get(get_nodes))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(get_ready))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                "no such path; see /v1/status",
+            )
+        })
+        .with_state(node)
+}
+
+async fn get_status_all(
+    State(node): State<NodeHandle>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (view, cursor) = node.status(None).await?;
+    Ok(json_with_etag(&headers, &view, &cursor))
+}
+
+async fn get_status_one(
+    State(node): State<NodeHandle>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let service = Name::parse("service", &service)?;
+    let (view, cursor) = node.status(Some(service.clone())).await?;
+    let found = view["services"].as_array().is_some_and(|s| !s.is_empty());
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            Some("service"),
+            format!("no status has been written for service {service:?}"),
+        ));
+    }
+    Ok(json_with_etag(&headers, &view["services"][0], &cursor))
+}
+
+/// A JSON body with an ETag over its bytes; 304 when the client already has it.
+fn json_with_etag(headers: &HeaderMap, value: &serde_json::Value, cursor: &str) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut hash = Fnv64::new();
+    hash.write(&body);
+    let etag = format!("\"{:016x}\"", hash.finish());
+    let cache = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, "no-cache".to_owned()),
+        (
+            header::HeaderName::from_static("x-statusmesh-cursor"),
+            cursor.to_owned(),
+        ),
+    ];
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (cache, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutStatusBody {
+    state: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default = "default_ttl_s")]
+    ttl_s: u64,
+    reporter: Option<String>,
+}
+
+fn default_ttl_s() -> u64 {
+    60
+}
+
+async fn put_status(
+    State(node): State<NodeHandle>,
+    Path((service, component, region)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(&node, request.headers())?;
+    let body = read_body(request.into_body()).await?;
+    let parsed: PutStatusBody = serde_json::from_slice(&body).map_err(|e| {
+        let field = json_error_field(&e.to_string());
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            field.as_deref(),
+            e.to_string(),
+        )
+    })?;
+    let state = parsed.state.parse()?;
+    let ttl_ms = parsed.ttl_s.saturating_mul(1000);
+    let observation = Observation {
+        state,
+        message: parsed.message,
+        reporter: parsed.reporter.unwrap_or_else(|| "api".to_owned()),
+        observed_at_ms: now_ms(),
+        ttl_ms,
+    };
+    let write =
+        StatusWrite::parse(&service, &component, &region, observation).map_err(|e| match e {
+            // The body says ttl_s, so the error should too.
+            CrdtError::InvalidField {
+                field: "ttl_ms",
+                value,
+                reason,
+            } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                Some("ttl_s"),
+                format!(
+                    "invalid ttl_s {}: {reason}",
+                    value
+                        .parse::<u64>()
+                        .map_or(value, |ms| (ms / 1000).to_string())
+                ),
+            ),
+            other => other.into(),
+        })?;
+    match node.write(write).await? {
+        Ok(reply) => Ok(Json(reply).into_response()),
+        Err(GossipError::Crdt(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            None,
+            e.to_string(),
+        )),
+    }
+}
+
+/// serde_json says "unknown field `x`" or "missing field `x`"; the field is what is quoted.
+fn json_error_field(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                Some("body"),
+                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+            )
+        })
+}
+
+fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("authorization"),
+            "writes need an Authorization: Bearer <token> header",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), node.info.token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("authorization"),
+            "the bearer token is not valid for this cluster",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    service: Option<String>,
+    region: Option<String>,
+    last_event_id: Option<String>,
+}
+
+async fn get_events(
+    State(node): State<NodeHandle>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    for (field, value) in [("service", &query.service), ("region", &query.region)] {
+        if let Some(v) = value {
+            Name::parse(field, v)?;
+        }
+    }
+    let resume_text = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_event_id.clone());
+    let resume = match resume_text.as_deref() {
+        Some(text) if !text.is_empty() => Some(Cursor::decode(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some("last_event_id"),
+                e.to_string(),
+            )
+        })?),
+        _ => None,
+    };
+    let subscription = node.subscribe(resume, query.service.clone()).await?;
+    let stream = event_stream(node, subscription, query.service, query.region);
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_HEARTBEAT).text("heartbeat"))
+        .into_response();
+    // Tell reverse proxies not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct StreamState {
+    node: NodeHandle,
+    pending: VecDeque<Published>,
+    live: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    service: Option<String>,
+    region: Option<String>,
+    sent_retry: bool,
+}
+
+fn event_stream(
+    node: NodeHandle,
+    subscription: Subscription,
+    service: Option<String>,
+    region: Option<String>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = StreamState {
+        node,
+        pending: subscription.initial.into(),
+        live: subscription.live,
+        service,
+        region,
+        sent_retry: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(published) = state.pending.pop_front() {
+                let mut event = to_sse(&published);
+                if !state.sent_retry {
+                    event = event.retry(SSE_RETRY);
+                    state.sent_retry = true;
+                }
+                return Some((Ok(event), state));
+            }
+            match state.live.recv().await {
+                Ok(published) => {
+                    if matches_filter(
+                        &published,
+                        state.service.as_deref(),
+                        state.region.as_deref(),
+                    ) {
+                        state.pending.push_back((*published).clone());
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow to keep up: the truth is re-sent whole instead of piling up.
+                    let Ok(fresh) = state.node.subscribe(None, state.service.clone()).await else {
+                        return None;
+                    };
+                    state.live = fresh.live;
+                    state.pending = fresh.initial.into();
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn matches_filter(published: &Published, service: Option<&str>, region: Option<&str>) -> bool {
+    let service_ok = service.is_none_or(|s| published.service.as_deref().is_none_or(|p| p == s));
+    let region_ok = region.is_none_or(|r| published.region.as_deref().is_none_or(|p| p == r));
+    service_ok && region_ok
+}
+
+fn to_sse(published: &Published) -> SseEvent {
+    SseEvent::default()
+        .event(published.kind)
+        .id(published.id.clone())
+        .data(published.data.to_string())
+}
+
+async fn get_nodes(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
+    Ok(Json(node.nodes().await?).into_response())
+}
+
+async fn get_ready(State(node): State<NodeHandle>) -> Response {
+    if node.is_ready() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "detail": "no peer heard from yet" })),
+        )
+            .into_response()
+    }
+}

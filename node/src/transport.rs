@@ -1,0 +1,396 @@
+//! QUIC between nodes: quinn with rustls mutual TLS on the cluster CA.
+//!
+//! Each node dials every peer and sends its frames on that outgoing connection, one
+//! unidirectional stream per frame; it receives on the connections peers dial to it. A
+//! peer's identity is the node id its certificate is valid for, checked against the
+//! topology: without a certificate from the cluster CA a peer cannot even finish the
+//! handshake, and with one it cannot claim another node's id.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rand::Rng;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::certs::NodeIdentity;
+use statusmesh_gossip::codec::FRAME_BYTES_MAX;
+
+/// ALPN protocol id of the node-to-node protocol.
+pub const ALPN: &[u8] = b"statusmesh/1";
+/// Frames waiting per peer before new ones are dropped (anti-entropy repairs drops).
+pub const PEER_QUEUE_MAX: usize = 4096;
+/// Connections accepted at once from peers.
+pub const INBOUND_CONNECTIONS_MAX: usize = 256;
+/// Streams a peer may have open towards us at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A transport error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// TLS configuration failed (bad key or certificate).
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind QUIC on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// A frame that arrived from an authenticated peer.
+#[derive(Debug)]
+pub struct Inbound {
+    pub from: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Counters of one peer link.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+/// The running transport of one node.
+#[derive(Debug)]
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    links: BTreeMap<String, (mpsc::Sender<Vec<u8>>, Arc<LinkStats>)>,
+}
+
+impl Transport {
+    /// Binds `bind`, accepts authenticated peers (frames go to `inbound`) and starts one
+    /// sender per peer in `peers` (id → address). Stops when `shutdown` turns true.
+    pub fn start(
+        identity: &NodeIdentity,
+        bind: SocketAddr,
+        peers: &[(String, SocketAddr)],
+        inbound: mpsc::Sender<Inbound>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, TransportError> {
+        let server = server_config(identity)?;
+        let mut endpoint =
+            quinn::Endpoint::server(server, bind).map_err(|e| TransportError::Bind {
+                addr: bind,
+                reason: e.to_string(),
+            })?;
+        endpoint.set_default_client_config(client_config(identity)?);
+        let known: Arc<Vec<String>> = Arc::new(peers.iter().map(|(id, _)| id.clone()).collect());
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            known,
+            inbound,
+            shutdown.clone(),
+        ));
+        let mut links = BTreeMap::new();
+        for (id, addr) in peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let stats = Arc::new(LinkStats::default());
+            tokio::spawn(send_loop(
+                endpoint.clone(),
+                id.clone(),
+                *addr,
+                rx,
+                stats.clone(),
+                shutdown.clone(),
+            ));
+            links.insert(id.clone(), (tx, stats));
+        }
+        Ok(Self { endpoint, links })
+    }
+
+    /// Queues a frame for `to`. Returns false when it was dropped (unknown peer or full
+    /// queue); the drop is counted.
+    pub fn send(&self, to: &str, bytes: Vec<u8>) -> bool {
+        let Some((tx, stats)) = self.links.get(to) else {
+            return false;
+        };
+        match tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(_) => {
+                stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("statusmesh_transport_frames_dropped_total", "peer" => to.to_owned())
+                    .increment(1);
+                false
+            }
+        }
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Counters per peer.
+    pub fn link_stats(&self) -> impl Iterator<Item = (&str, &LinkStats)> {
+        self.links
+            .iter()
+            .map(|(id, (_, s))| (id.as_str(), s.as_ref()))
+    }
+
+    /// Closes every connection and waits briefly for the close to be sent.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The rustls provider: ring, TLS 1.3 only (QUIC requires it).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(identity: &NodeIdentity) -> Result<Arc<rustls::RootCertStore>, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(identity.ca.clone())
+        .map_err(|e| TransportError::Tls(format!("cluster CA: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
+        config.max_idle_timeout(Some(idle));
+    }
+    config.max_concurrent_uni_streams(STREAMS_PER_CONNECTION_MAX.into());
+    config.max_concurrent_bidi_streams(0u32.into());
+    Arc::new(config)
+}
+
+/// The server side: requires a client certificate from the cluster CA.
+pub fn server_config(identity: &NodeIdentity) -> Result<quinn::ServerConfig, TransportError> {
+    let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
+            .build()
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(tls)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic =
+        QuicServerConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// The client side: trusts only the cluster CA and presents this node's certificate.
+pub fn client_config(identity: &NodeIdentity) -> Result<quinn::ClientConfig, TransportError> {
+    let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots(identity)?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(tls)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic =
+        QuicClientConfig::try_from(crypto).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// Which of the `known` node ids the peer's certificate is valid for (the chain itself was
+/// already verified against the cluster CA during the handshake).
+pub fn peer_node_id(connection: &quinn::Connection, known: &[String]) -> Option<String> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let mut matches = known.iter().filter(|id| {
+        ServerName::try_from(id.as_str())
+            .ok()
+            .is_some_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    });
+    let first = matches.next()?.clone();
+    // A certificate valid for two node ids identifies neither.
+    matches.next().is_none().then_some(first)
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    known: Arc<Vec<String>>,
+    inbound: mpsc::Sender<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.changed() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            metrics::counter!("statusmesh_transport_connections_refused_total").increment(1);
+            continue;
+        };
+        let known = known.clone();
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%remote, error = %e, "peer handshake failed");
+                    metrics::counter!("statusmesh_transport_handshakes_failed_total").increment(1);
+                    return;
+                }
+            };
+            let Some(peer) = peer_node_id(&connection, &known) else {
+                warn!(%remote, "peer certificate names no member of this cluster; closing");
+                connection.close(1u32.into(), b"unknown node id");
+                return;
+            };
+            debug!(%remote, %peer, "peer connected");
+            receive_frames(connection, peer, inbound).await;
+        });
+    }
+}
+
+async fn receive_frames(
+    connection: quinn::Connection,
+    peer: String,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    loop {
+        let mut stream = match connection.accept_uni().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, error = %e, "peer connection ended");
+                return;
+            }
+        };
+        // Read one frame at a time per connection: the bounded inbound queue then pushes
+        // back on a peer that sends faster than the node applies.
+        match stream.read_to_end(FRAME_BYTES_MAX).await {
+            Ok(bytes) => {
+                metrics::counter!("statusmesh_frames_in_total", "peer" => peer.clone())
+                    .increment(1);
+                metrics::counter!("statusmesh_bytes_in_total", "peer" => peer.clone())
+                    .increment(bytes.len() as u64);
+                if inbound
+                    .send(Inbound {
+                        from: peer.clone(),
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "frame too large or stream broken; ignored");
+                metrics::counter!("statusmesh_frames_rejected_total", "peer" => peer.clone())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+async fn send_loop(
+    endpoint: quinn::Endpoint,
+    peer: String,
+    addr: SocketAddr,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<LinkStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut connection: Option<quinn::Connection> = None;
+    loop {
+        let conn = match &connection {
+            Some(c) if c.close_reason().is_none() => c.clone(),
+            _ => {
+                match connect(&endpoint, &peer, addr).await {
+                    Ok(c) => {
+                        info!(%peer, %addr, "connected to peer");
+                        stats.connects.fetch_add(1, Ordering::Relaxed);
+                        backoff = BACKOFF_MIN;
+                        connection = Some(c.clone());
+                        c
+                    }
+                    Err(reason) => {
+                        debug!(%peer, %addr, %reason, "connect failed; backing off");
+                        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        // Frames queued while the peer is unreachable are dropped, not held:
+                        // anti-entropy brings the peer up to date when it is back.
+                        let sleep = tokio::time::sleep(jittered);
+                        tokio::pin!(sleep);
+                        loop {
+                            tokio::select! {
+                                _ = &mut sleep => break,
+                                frame = frames.recv() => match frame {
+                                    Some(_) => { stats.frames_dropped.fetch_add(1, Ordering::Relaxed); }
+                                    None => return,
+                                },
+                                _ = shutdown.changed() => return,
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let frame = tokio::select! {
+            frame = frames.recv() => frame,
+            _ = shutdown.changed() => return,
+        };
+        let Some(bytes) = frame else { return };
+        let len = bytes.len() as u64;
+        match send_frame(&conn, &bytes).await {
+            Ok(()) => {
+                stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                metrics::counter!("statusmesh_frames_out_total", "peer" => peer.clone())
+                    .increment(1);
+                metrics::counter!("statusmesh_bytes_out_total", "peer" => peer.clone())
+                    .increment(len);
+            }
+            Err(reason) => {
+                debug!(%peer, %reason, "send failed; reconnecting");
+                stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint.connect(addr, peer).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+async fn send_frame(connection: &quinn::Connection, bytes: &[u8]) -> Result<(), String> {
+    let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    stream.finish().map_err(|e| e.to_string())?;
+    Ok(())
+}
