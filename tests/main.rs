@@ -1,1 +1,8 @@
+//! Integration tests: they start real `statusmesh` processes on loopback.
+//!
+//! One test binary (ripgrep's layout) over a harness that picks free ports, waits on
+//! conditions with bounded timeouts and kills only the processes it started.
 
+mod harness;
+mod mesh;
+mod tls;

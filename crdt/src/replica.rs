@@ -248,7 +248,7 @@ mod tests {
             .expect("write");
         assert_eq!(out.events.len(), 1);
         let change = out.change.expect("a change");
-        let remote = b.apply_remote("api", &[change.clone()]).expect("apply");
+        let remote = b.apply_remote("api", std::slice::from_ref(&change)).expect("apply");
         assert_eq!(remote.new_changes, 1);
         assert_eq!(remote.events.len(), 1);
         assert_eq!(

@@ -530,7 +530,7 @@ mod tests {
                 self.sent += 1;
                 let to = Self::index(&t.to);
                 let cut = self.cut.is_some_and(|c| c == i || c == to);
-                let dropped = self.drop_every > 0 && self.sent % self.drop_every == 0;
+                let dropped = self.drop_every > 0 && self.sent.is_multiple_of(self.drop_every);
                 if !cut && !dropped {
                     let from = self.nodes[i].id().to_owned();
                     self.in_flight

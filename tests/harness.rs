@@ -1,0 +1,314 @@
+//! The test harness: topologies on free loopback ports, node processes, an SSE reader.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+/// How long any one condition may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_statusmesh");
+
+/// A free loopback TCP port (bound and released; the kernel does not hand it out again soon).
+pub fn free_tcp() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    listener.local_addr().expect("addr")
+}
+
+/// A free loopback UDP port.
+pub fn free_udp() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    socket.local_addr().expect("addr")
+}
+
+/// One node of a test topology.
+#[derive(Debug, Clone)]
+pub struct TestNode {
+    pub id: String,
+    pub region: String,
+    pub gossip: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl TestNode {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+}
+
+/// Regions with real coordinates, as in the repository's regions.toml.
+const REGIONS: [(&str, f64, f64); 3] = [
+    ("eu-west", 53.35, -6.26),
+    ("us-east", 39.04, -77.49),
+    ("ap-southeast", 1.35, 103.82),
+];
+
+/// A topology with `per_region` nodes in each of the three regions, on free ports,
+/// written as regions.toml into `dir`.
+pub fn topology(dir: &Path, per_region: usize) -> (PathBuf, Vec<TestNode>) {
+    let mut text = String::from("[cluster]\nname = \"test\"\n\n");
+    let mut nodes = Vec::new();
+    for (region, lat, lon) in REGIONS {
+        text.push_str(&format!(
+            "[[region]]\nname = \"{region}\"\nlat = {lat}\nlon = {lon}\n\n"
+        ));
+        for i in 1..=per_region {
+            nodes.push(TestNode {
+                id: format!("{region}-{i}"),
+                region: region.to_owned(),
+                gossip: free_udp(),
+                http: free_tcp(),
+            });
+        }
+    }
+    for n in &nodes {
+        text.push_str(&format!(
+            "[[node]]\nid = \"{}\"\nregion = \"{}\"\ngossip = \"{}\"\nhttp = \"{}\"\n\n",
+            n.id, n.region, n.gossip, n.http
+        ));
+    }
+    let path = dir.join("regions.toml");
+    std::fs::write(&path, text).expect("write regions.toml");
+    (path, nodes)
+}
+
+/// Runs `statusmesh certs` for a topology into `out`.
+pub fn make_certs(config: &Path, out: &Path) {
+    let status = Command::new(BIN)
+        .args(["certs", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run statusmesh certs");
+    assert!(status.success(), "statusmesh certs failed");
+}
+
+/// A child process that is killed (by its own pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("clone log");
+        command.stdout(file).stderr(err).env("RUST_LOG", "info");
+        let child = command.spawn().expect("spawn statusmesh");
+        Self { child, log }
+    }
+
+    /// The process's output so far, for failure messages.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `statusmesh run` for one node.
+pub fn run_node(dir: &Path, config: &Path, certs: &Path, node: &TestNode, token: &str) -> Proc {
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--node", &node.id, "--certs"])
+        .arg(certs)
+        .args(["--token", token]);
+    Proc::spawn(command, dir.join(format!("{}.log", node.id)))
+}
+
+/// Polls `check` until it returns Some, at most [`WAIT`]; panics with `what` otherwise.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Waits until every node answers /healthz.
+pub async fn wait_healthy(client: &reqwest::Client, nodes: &[TestNode]) {
+    for node in nodes {
+        wait_for(&format!("{} /healthz", node.id), || async {
+            let response = client.get(node.url("/healthz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+}
+
+/// Waits until every node answers /readyz with 200 (it has heard from a peer).
+pub async fn wait_ready(client: &reqwest::Client, nodes: &[TestNode]) {
+    for node in nodes {
+        wait_for(&format!("{} /readyz", node.id), || async {
+            let response = client.get(node.url("/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: serde_json::Value,
+}
+
+/// A minimal SSE reader over reqwest's byte stream.
+pub struct SseReader {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn connect(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = client.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("connect SSE");
+        assert_eq!(response.status(), 200, "SSE status");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "content-type {content_type}"
+        );
+        Self {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), within [`WAIT`].
+    pub async fn next(&mut self) -> SseEvent {
+        tokio::time::timeout(WAIT, self.next_inner())
+            .await
+            .expect("timed out waiting for an SSE event")
+    }
+
+    /// The next event that satisfies `pred`, within [`WAIT`] in all.
+    pub async fn next_matching(&mut self, pred: impl Fn(&SseEvent) -> bool) -> SseEvent {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let event = self.next_inner().await;
+                if pred(&event) {
+                    return event;
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a matching SSE event")
+    }
+
+    async fn next_inner(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event.event.is_empty() && data.is_empty() {
+                    continue; // a heartbeat comment or a bare retry
+                }
+                event.data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                return event;
+            }
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("SSE stream ended")
+                .expect("SSE stream error");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// PUTs a status and returns the JSON reply.
+pub async fn put_status(
+    client: &reqwest::Client,
+    node: &TestNode,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .put(node.url(&format!("/v1/status/{path}")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The state of one cell in a node's GET /v1/status, if present.
+pub async fn cell_state(
+    client: &reqwest::Client,
+    node: &TestNode,
+    service: &str,
+    component: &str,
+    region: &str,
+) -> Option<String> {
+    let view: serde_json::Value = client
+        .get(node.url("/v1/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let services = view["services"].as_array()?;
+    let service = services.iter().find(|s| s["name"] == service)?;
+    let component = service["components"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == component)?;
+    let cell = component["regions"]
+        .as_array()?
+        .iter()
+        .find(|r| r["region"] == region)?;
+    cell["state"].as_str().map(str::to_owned)
+}
