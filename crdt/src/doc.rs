@@ -81,6 +81,11 @@ impl ServiceDoc {
         })
     }
 
+    /// Writes as `actor` from now on.
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.doc.set_actor(actor);
+    }
+
     /// The service this document describes.
     pub fn service(&self) -> &Name {
         &self.service

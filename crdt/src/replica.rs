@@ -56,6 +56,17 @@ impl Replica {
         }
     }
 
+    /// A replica restored from documents loaded from disk, writing as `actor` from now on.
+    /// The actor must not be one that wrote before (see [`Replica::new`]).
+    pub fn from_docs(node: &str, actor: ActorId, docs: Vec<ServiceDoc>) -> Self {
+        let mut replica = Self::new(node, actor.clone());
+        for mut doc in docs {
+            doc.set_actor(actor.clone());
+            replica.docs.insert(doc.service().clone(), doc);
+        }
+        replica
+    }
+
     /// Applies a validated local write at `now_ms`: refreshes liveness always, and makes an
     /// Automerge change only when the value differs.
     pub fn write_status(
