@@ -1,10 +1,20 @@
 //! One service's availability as an Automerge document.
 //!
-//! Layout: the root map holds one key per (component, region) cell, `obs/<component>/<region>`,
-//! whose value is the whole observation as one JSON string. Flat keys and scalar values mean
-//! that no two replicas ever create the same object concurrently (which Automerge would
-//! resolve by hiding one object wholesale), and that a concurrent write to one cell is a plain
-//! register conflict: one value wins everywhere, the others stay visible as `conflicts`.
+//! Layout: the root map holds one key per record, each value one JSON string:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `obs/<component>/<region>` | [`Observation`] |
+//! | `inc/<incident>` | [`Incident`] (the header) |
+//! | `upd/<incident>/<update-key>` | [`IncidentUpdate`] (append-only) |
+//! | `mnt/<window>` | [`Maintenance`] |
+//! | `ovr/<component>` | [`Override`] |
+//!
+//! Flat keys and scalar values mean that no two replicas ever create the same object
+//! concurrently (which Automerge would resolve by hiding one object wholesale), that a
+//! concurrent write to one record is a plain register conflict (one value wins everywhere,
+//! the others stay visible as `conflicts`), and that incident updates, each under a key of
+//! its own, never conflict at all.
 
 use std::collections::BTreeMap;
 
@@ -12,15 +22,206 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
     ActorId, Automerge, Change, ChangeHash, ObjId, PatchAction, ReadDoc, ScalarValue, Value, ROOT,
 };
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::CrdtError;
 use crate::model::{Name, Observation, StatusWrite};
+use crate::records::{Incident, IncidentUpdate, Maintenance, Override, UPDATES_MAX};
 
-/// Prefix of the root keys that hold observations.
-const OBSERVATION_PREFIX: &str = "obs/";
 /// Most changes accepted from a peer in one batch; a larger batch is a protocol error.
 pub const REMOTE_BATCH_MAX: usize = 4096;
+/// Most records one document may hold (observations, incidents, updates, windows, overrides).
+pub const RECORDS_MAX: usize = 100_000;
+/// Longest update key, in bytes.
+const UPDATE_KEY_LEN_MAX: usize = 128;
+
+/// Where a record lives in the document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordKey {
+    Observation { component: Name, region: Name },
+    Incident { id: Name },
+    Update { incident: Name, key: String },
+    Maintenance { id: Name },
+    Override { component: Name },
+}
+
+impl RecordKey {
+    /// The root key in the document.
+    pub fn to_key(&self) -> String {
+        match self {
+            RecordKey::Observation { component, region } => format!("obs/{component}/{region}"),
+            RecordKey::Incident { id } => format!("inc/{id}"),
+            RecordKey::Update { incident, key } => format!("upd/{incident}/{key}"),
+            RecordKey::Maintenance { id } => format!("mnt/{id}"),
+            RecordKey::Override { component } => format!("ovr/{component}"),
+        }
+    }
+
+    /// Parses a root key; `None` for anything outside the schema.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (kind, rest) = key.split_once('/')?;
+        let name = |field: &'static str, value: &str| Name::parse(field, value).ok();
+        match kind {
+            "obs" => {
+                let (component, region) = rest.split_once('/')?;
+                Some(RecordKey::Observation {
+                    component: name("component", component)?,
+                    region: name("region", region)?,
+                })
+            }
+            "inc" => Some(RecordKey::Incident {
+                id: name("incident", rest)?,
+            }),
+            "upd" => {
+                let (incident, update) = rest.split_once('/')?;
+                let valid = !update.is_empty()
+                    && update.len() <= UPDATE_KEY_LEN_MAX
+                    && update.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'-' | b'_' | b'.')
+                    });
+                if !valid {
+                    return None;
+                }
+                Some(RecordKey::Update {
+                    incident: name("incident", incident)?,
+                    key: update.to_owned(),
+                })
+            }
+            "mnt" => Some(RecordKey::Maintenance {
+                id: name("maintenance", rest)?,
+            }),
+            "ovr" => Some(RecordKey::Override {
+                component: name("component", rest)?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the record may be deleted. Incidents and their updates are the audit trail:
+    /// never deleted, only resolved.
+    fn deletable(&self) -> bool {
+        matches!(
+            self,
+            RecordKey::Observation { .. }
+                | RecordKey::Maintenance { .. }
+                | RecordKey::Override { .. }
+        )
+    }
+
+    /// Checks that `json` is a valid value for this key.
+    fn validate_json(&self, json: &str) -> Result<(), String> {
+        fn check<T: DeserializeOwned>(
+            json: &str,
+            validate: impl Fn(&T) -> Result<(), CrdtError>,
+        ) -> Result<(), String> {
+            let value: T =
+                serde_json::from_str(json).map_err(|e| format!("value does not parse: {e}"))?;
+            validate(&value).map_err(|e| e.to_string())
+        }
+        match self {
+            RecordKey::Observation { .. } => check::<Observation>(json, Observation::validate),
+            RecordKey::Incident { .. } => check::<Incident>(json, Incident::validate),
+            RecordKey::Update { .. } => check::<IncidentUpdate>(json, IncidentUpdate::validate),
+            RecordKey::Maintenance { .. } => check::<Maintenance>(json, Maintenance::validate),
+            RecordKey::Override { .. } => check::<Override>(json, Override::validate),
+        }
+    }
+}
+
+/// One record write: a key and its new value (`None` deletes, where allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Observation {
+        component: Name,
+        region: Name,
+        observation: Observation,
+    },
+    Incident {
+        id: Name,
+        incident: Incident,
+    },
+    Update {
+        incident: Name,
+        key: String,
+        update: IncidentUpdate,
+    },
+    Maintenance {
+        id: Name,
+        window: Option<Maintenance>,
+    },
+    Override {
+        component: Name,
+        value: Option<Override>,
+    },
+}
+
+impl Put {
+    fn key(&self) -> RecordKey {
+        match self {
+            Put::Observation {
+                component, region, ..
+            } => RecordKey::Observation {
+                component: component.clone(),
+                region: region.clone(),
+            },
+            Put::Incident { id, .. } => RecordKey::Incident { id: id.clone() },
+            Put::Update { incident, key, .. } => RecordKey::Update {
+                incident: incident.clone(),
+                key: key.clone(),
+            },
+            Put::Maintenance { id, .. } => RecordKey::Maintenance { id: id.clone() },
+            Put::Override { component, .. } => RecordKey::Override {
+                component: component.clone(),
+            },
+        }
+    }
+
+    /// The JSON to store, or `None` for a delete.
+    fn json(&self) -> Result<Option<String>, CrdtError> {
+        let encode = |r: serde_json::Result<String>| {
+            r.map(Some).map_err(|e| CrdtError::InvalidField {
+                field: "value",
+                value: String::new(),
+                reason: e.to_string(),
+            })
+        };
+        match self {
+            Put::Observation { observation, .. } => encode(serde_json::to_string(observation)),
+            Put::Incident { incident, .. } => encode(serde_json::to_string(incident)),
+            Put::Update { update, .. } => encode(serde_json::to_string(update)),
+            Put::Maintenance {
+                window: Some(w), ..
+            } => encode(serde_json::to_string(w)),
+            Put::Override { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::Maintenance { window: None, .. } | Put::Override { value: None, .. } => Ok(None),
+        }
+    }
+
+    /// Validates the value before anything is written.
+    fn validate(&self) -> Result<(), CrdtError> {
+        match self {
+            Put::Observation { observation, .. } => observation.validate(),
+            Put::Incident { incident, .. } => incident.validate(),
+            Put::Update { key, update, .. } => {
+                if RecordKey::parse(&self.key().to_key()).is_none() {
+                    return Err(CrdtError::InvalidField {
+                        field: "update_key",
+                        value: key.clone(),
+                        reason: "must be 1-128 characters of a-z, 0-9, '-', '_', '.'".into(),
+                    });
+                }
+                update.validate()
+            }
+            Put::Maintenance { window, .. } => {
+                window.as_ref().map_or(Ok(()), Maintenance::validate)
+            }
+            Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
+        }
+    }
+}
 
 /// A change to one observation cell, as clients see it on the event stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,22 +239,75 @@ pub struct StatusEvent {
     pub changed_at_ms: Option<u64>,
 }
 
-/// What a cell holds: the winning value and the values that lost a concurrent write.
+/// A change to an incident: its header now, and the updates that are new.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CellRead {
-    pub observation: Observation,
-    pub conflicts: Vec<Observation>,
+pub struct IncidentEvent {
+    pub service: Name,
+    pub id: Name,
+    /// The header now; `None` when updates arrived before the header did.
+    pub incident: Option<Incident>,
+    /// Updates that appeared with this change, oldest first.
+    pub new_updates: Vec<IncidentUpdate>,
+}
+
+/// A change to a maintenance window (`None`: cancelled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MaintenanceEvent {
+    pub service: Name,
+    pub id: Name,
+    pub window: Option<Maintenance>,
+}
+
+/// A change to an operator override (`None`: cleared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverrideEvent {
+    pub service: Name,
+    pub component: Name,
+    pub value: Option<Override>,
+}
+
+/// Anything a client may be told about a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DocEvent {
+    Status(StatusEvent),
+    Incident(IncidentEvent),
+    Maintenance(MaintenanceEvent),
+    Override(OverrideEvent),
+}
+
+impl DocEvent {
+    /// The service the event is about.
+    pub fn service(&self) -> &Name {
+        match self {
+            DocEvent::Status(e) => &e.service,
+            DocEvent::Incident(e) => &e.service,
+            DocEvent::Maintenance(e) => &e.service,
+            DocEvent::Override(e) => &e.service,
+        }
+    }
+}
+
+/// What a record holds: the winning value and the values that lost a concurrent write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Read<T> {
+    pub value: T,
+    pub conflicts: Vec<T>,
     /// The node whose change set the winning value, if the change names one.
     pub origin_node: Option<String>,
     /// When that change was made, on its origin's clock.
     pub changed_at_ms: Option<u64>,
 }
 
+/// An observation cell as read.
+pub type CellRead = Read<Observation>;
+
 /// One service's document.
 #[derive(Debug)]
 pub struct ServiceDoc {
     service: Name,
     doc: Automerge,
+    records: usize,
 }
 
 impl ServiceDoc {
@@ -63,6 +317,7 @@ impl ServiceDoc {
         Self {
             service,
             doc: Automerge::new().with_actor(actor),
+            records: 0,
         }
     }
 
@@ -75,9 +330,11 @@ impl ServiceDoc {
         for change in doc.get_changes(&[]) {
             validate_change(&change)?;
         }
+        let records = doc.length(ROOT);
         Ok(Self {
             service,
             doc: doc.with_actor(actor),
+            records,
         })
     }
 
@@ -100,16 +357,61 @@ impl ServiceDoc {
         origin_node: &str,
         write: &StatusWrite,
     ) -> Result<Option<Change>, CrdtError> {
-        let key = observation_key(&write.component, &write.region);
-        if let Some(current) = self.read_cell_key(&key) {
-            if current.conflicts.is_empty() && current.observation.same_value(&write.observation) {
-                return Ok(None);
+        let put = Put::Observation {
+            component: write.component.clone(),
+            region: write.region.clone(),
+            observation: write.observation.clone(),
+        };
+        self.apply_puts(now_ms, origin_node, std::slice::from_ref(&put))
+    }
+
+    /// Writes a batch of records as ONE Automerge change (group commit: one change, one
+    /// hash, one history entry for the whole batch). Every put is validated first; an invalid
+    /// one rejects the batch and nothing is written. Puts that would not change a value are
+    /// skipped; `None` when nothing changed at all.
+    pub fn apply_puts(
+        &mut self,
+        now_ms: u64,
+        origin_node: &str,
+        puts: &[Put],
+    ) -> Result<Option<Change>, CrdtError> {
+        let mut writes: Vec<(String, Option<String>)> = Vec::with_capacity(puts.len());
+        let mut new_keys = 0;
+        for put in puts {
+            put.validate()?;
+            let key = put.key().to_key();
+            let current = self.raw_values(&key);
+            if unchanged(put, &current) {
+                continue;
             }
+            if let Put::Update { incident, .. } = put {
+                let count = self
+                    .doc
+                    .map_range(ROOT, format!("upd/{incident}/")..format!("upd/{incident}0"))
+                    .count();
+                if count >= UPDATES_MAX {
+                    return Err(CrdtError::InvalidField {
+                        field: "updates",
+                        value: count.to_string(),
+                        reason: format!("an incident holds at most {UPDATES_MAX} updates"),
+                    });
+                }
+            }
+            if current.is_empty() {
+                new_keys += 1;
+            }
+            writes.push((key, put.json()?));
         }
-        let json = serde_json::to_string(&write.observation).map_err(|e| CrdtError::Load {
-            service: self.service.to_string(),
-            reason: e.to_string(),
-        })?;
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        if self.records + new_keys > RECORDS_MAX {
+            return Err(CrdtError::TooManyCells {
+                service: self.service.to_string(),
+                count: self.records,
+                limit: RECORDS_MAX,
+            });
+        }
         let time = i64::try_from(now_ms).unwrap_or(i64::MAX);
         self.doc
             .transact_with::<_, _, automerge::AutomergeError, _>(
@@ -119,11 +421,19 @@ impl ServiceDoc {
                         .with_message(origin_node)
                 },
                 |tx| {
-                    tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?;
+                    for (key, json) in &writes {
+                        match json {
+                            Some(json) => {
+                                tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?
+                            }
+                            None => tx.delete(ROOT, key.as_str())?,
+                        }
+                    }
                     Ok(())
                 },
             )
             .map_err(|failure| CrdtError::Automerge(failure.error))?;
+        self.records = self.doc.length(ROOT);
         Ok(self.doc.get_last_local_change())
     }
 
@@ -138,20 +448,20 @@ impl ServiceDoc {
                 limit: REMOTE_BATCH_MAX,
             });
         }
-        let mut decoded = Vec::with_capacity(changes.len());
+        let mut fresh = Vec::with_capacity(changes.len());
         for bytes in changes {
             let change = Change::try_from(bytes.as_slice())
                 .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
+            if self.doc.get_change_by_hash(&change.hash()).is_some() {
+                continue;
+            }
             validate_change(&change)?;
-            decoded.push(change);
+            fresh.push(change);
         }
-        let fresh: Vec<Change> = decoded
-            .into_iter()
-            .filter(|c| self.doc.get_change_by_hash(&c.hash()).is_none())
-            .collect();
         let count = fresh.len();
         if count > 0 {
             self.doc.apply_changes(fresh)?;
+            self.records = self.doc.length(ROOT);
         }
         Ok(count)
     }
@@ -183,10 +493,11 @@ impl ServiceDoc {
             .collect()
     }
 
-    /// The cell events between two sets of heads, both held by this document, coalesced to
-    /// the latest value per cell.
-    pub fn events_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<StatusEvent> {
+    /// The events between two sets of heads, both held by this document, coalesced to the
+    /// latest value per record (an incident's new updates are listed in full).
+    pub fn doc_events_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<DocEvent> {
         let mut events = Vec::new();
+        let mut incidents: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
         for patch in self.doc.diff(before, after) {
             if !patch.path.is_empty() {
                 continue;
@@ -195,35 +506,133 @@ impl ServiceDoc {
                 PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key,
                 _ => continue,
             };
-            let Some((component, region)) = parse_observation_key(key) else {
+            let Some(record) = RecordKey::parse(key) else {
                 continue;
             };
-            let read = self.read_cell_key_at(key, after);
-            events.push(StatusEvent {
+            match record {
+                RecordKey::Observation { component, region } => {
+                    let read: Option<CellRead> = self.read_at(key, Some(after));
+                    events.push(DocEvent::Status(StatusEvent {
+                        service: self.service.clone(),
+                        component,
+                        region,
+                        conflict: read.as_ref().is_some_and(|r| !r.conflicts.is_empty()),
+                        origin_node: read.as_ref().and_then(|r| r.origin_node.clone()),
+                        changed_at_ms: read.as_ref().and_then(|r| r.changed_at_ms),
+                        observation: read.map(|r| r.value),
+                    }));
+                }
+                RecordKey::Incident { id } => {
+                    incidents.entry(id).or_default();
+                }
+                RecordKey::Update { incident, .. } => {
+                    let update: Option<Read<IncidentUpdate>> = self.read_at(key, Some(after));
+                    let updates = incidents.entry(incident).or_default();
+                    updates.extend(update.map(|r| r.value));
+                }
+                RecordKey::Maintenance { id } => {
+                    let window: Option<Read<Maintenance>> = self.read_at(key, Some(after));
+                    events.push(DocEvent::Maintenance(MaintenanceEvent {
+                        service: self.service.clone(),
+                        id,
+                        window: window.map(|r| r.value),
+                    }));
+                }
+                RecordKey::Override { component } => {
+                    let value: Option<Read<Override>> = self.read_at(key, Some(after));
+                    events.push(DocEvent::Override(OverrideEvent {
+                        service: self.service.clone(),
+                        component,
+                        value: value.map(|r| r.value),
+                    }));
+                }
+            }
+        }
+        for (id, mut new_updates) in incidents {
+            new_updates.sort_by_key(|u| u.at_ms);
+            let header: Option<Read<Incident>> = self.read_at(&format!("inc/{id}"), Some(after));
+            events.push(DocEvent::Incident(IncidentEvent {
                 service: self.service.clone(),
-                component,
-                region,
-                conflict: read.as_ref().is_some_and(|r| !r.conflicts.is_empty()),
-                origin_node: read.as_ref().and_then(|r| r.origin_node.clone()),
-                changed_at_ms: read.as_ref().and_then(|r| r.changed_at_ms),
-                observation: read.map(|r| r.observation),
-            });
+                id,
+                incident: header.map(|r| r.value),
+                new_updates,
+            }));
         }
         events
     }
 
+    /// The observation events between two sets of heads (see [`Self::doc_events_between`]).
+    pub fn events_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<StatusEvent> {
+        self.doc_events_between(before, after)
+            .into_iter()
+            .filter_map(|e| match e {
+                DocEvent::Status(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every cell with its current value, ordered by (component, region).
     pub fn cells(&self) -> BTreeMap<(Name, Name), CellRead> {
-        let mut cells = BTreeMap::new();
-        for key in self.doc.keys(ROOT) {
-            let Some(cell) = parse_observation_key(&key) else {
-                continue;
-            };
-            if let Some(read) = self.read_cell_key(&key) {
-                cells.insert(cell, read);
+        self.records_with_prefix("obs/")
+            .filter_map(|(key, read)| match key {
+                RecordKey::Observation { component, region } => Some(((component, region), read)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every incident with its updates (oldest first), ordered by id.
+    pub fn incidents(&self) -> Vec<(Name, Read<Incident>, Vec<IncidentUpdate>)> {
+        let mut updates: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
+        for (key, read) in self.records_with_prefix::<IncidentUpdate>("upd/") {
+            if let RecordKey::Update { incident, .. } = key {
+                updates.entry(incident).or_default().push(read.value);
             }
         }
-        cells
+        self.records_with_prefix::<Incident>("inc/")
+            .filter_map(|(key, read)| match key {
+                RecordKey::Incident { id } => {
+                    let mut list = updates.remove(&id).unwrap_or_default();
+                    list.sort_by_key(|u| u.at_ms);
+                    Some((id, read, list))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The number of updates an incident holds.
+    pub fn update_count(&self, incident: &Name) -> usize {
+        self.doc
+            .map_range(ROOT, format!("upd/{incident}/")..format!("upd/{incident}0"))
+            .count()
+    }
+
+    /// Every maintenance window, ordered by id.
+    pub fn maintenance(&self) -> Vec<(Name, Maintenance)> {
+        self.records_with_prefix::<Maintenance>("mnt/")
+            .filter_map(|(key, read)| match key {
+                RecordKey::Maintenance { id } => Some((id, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every override, by component.
+    pub fn overrides(&self) -> BTreeMap<Name, Override> {
+        self.records_with_prefix::<Override>("ovr/")
+            .filter_map(|(key, read)| match key {
+                RecordKey::Override { component } => Some((component, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One incident's header, if it exists.
+    pub fn incident(&self, id: &Name) -> Option<Incident> {
+        self.read_at::<Incident>(&format!("inc/{id}"), None)
+            .map(|r| r.value)
     }
 
     /// Number of changes in the history (for limits and metrics).
@@ -231,23 +640,85 @@ impl ServiceDoc {
         self.doc.get_changes_meta(&[]).len()
     }
 
+    /// Every change in causal order, for history walks.
+    pub(crate) fn all_changes(&self) -> Vec<Change> {
+        self.doc.get_changes(&[])
+    }
+
     /// The whole document, compressed.
     pub fn save(&self) -> Vec<u8> {
         self.doc.save()
     }
 
-    fn read_cell_key(&self, key: &str) -> Option<CellRead> {
-        let winner = self.doc.get(ROOT, key).ok()??;
-        let all = self.doc.get_all(ROOT, key).ok()?;
-        let origin = self.origin_of(&winner.1);
-        cell_from_values(winner, all, origin)
+    /// Incremental save: the changes since `heads` (a snapshot's heads), each in Automerge's
+    /// own change encoding, for an append-only log. Load them back with
+    /// [`Self::load_incremental`].
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.changes_since(heads)
     }
 
-    fn read_cell_key_at(&self, key: &str, heads: &[ChangeHash]) -> Option<CellRead> {
-        let winner = self.doc.get_at(ROOT, key, heads).ok()??;
-        let all = self.doc.get_all_at(ROOT, key, heads).ok()?;
-        let origin = self.origin_of(&winner.1);
-        cell_from_values(winner, all, origin)
+    /// Applies changes saved by [`Self::save_after`], in bounded batches, validating every
+    /// change as if it came from a peer. Returns the number of changes that were new.
+    pub fn load_incremental(&mut self, changes: &[Vec<u8>]) -> Result<usize, CrdtError> {
+        let mut applied = 0;
+        for batch in changes.chunks(REMOTE_BATCH_MAX) {
+            applied += self.apply_remote(batch)?;
+        }
+        Ok(applied)
+    }
+
+    fn records_with_prefix<'a, T: DeserializeOwned + 'a>(
+        &'a self,
+        prefix: &str,
+    ) -> impl Iterator<Item = (RecordKey, Read<T>)> + 'a {
+        // Prefixes end in '/', and '0' is the next byte after '/': the range is the prefix.
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
+        self.doc
+            .map_range(ROOT, prefix.to_owned()..end)
+            .filter_map(move |item| {
+                let key = RecordKey::parse(&item.key)?;
+                let read = self.read_at(&item.key, None)?;
+                Some((key, read))
+            })
+    }
+
+    fn raw_values(&self, key: &str) -> Vec<String> {
+        self.doc
+            .get_all(ROOT, key)
+            .map(|values| values.iter().filter_map(|(v, _)| str_of(v)).collect())
+            .unwrap_or_default()
+    }
+
+    fn read_at<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        heads: Option<&[ChangeHash]>,
+    ) -> Option<Read<T>> {
+        let (winner, all) = match heads {
+            Some(h) => (
+                self.doc.get_at(ROOT, key, h).ok()??,
+                self.doc.get_all_at(ROOT, key, h).ok()?,
+            ),
+            None => (
+                self.doc.get(ROOT, key).ok()??,
+                self.doc.get_all(ROOT, key).ok()?,
+            ),
+        };
+        let (origin_node, changed_at_ms) = self.origin_of(&winner.1);
+        let value: T = serde_json::from_str(&str_of(&winner.0)?).ok()?;
+        // The winner is what Automerge's `get` returns, the same on every replica; the other
+        // values of `get_all` lost a concurrent write.
+        let conflicts = all
+            .iter()
+            .filter(|(_, id)| *id != winner.1)
+            .filter_map(|(v, _)| serde_json::from_str(&str_of(v)?).ok())
+            .collect();
+        Some(Read {
+            value,
+            conflicts,
+            origin_node,
+            changed_at_ms,
+        })
     }
 
     /// The origin node and time of the change that made the op `id`.
@@ -266,54 +737,37 @@ impl ServiceDoc {
     }
 }
 
-/// The winner is what Automerge's `get` returns, the same on every replica; the other values
-/// of `get_all` lost a concurrent write. Values that do not parse were rejected on the way in
-/// and are skipped defensively.
-fn cell_from_values(
-    winner: (Value<'_>, ObjId),
-    all: Vec<(Value<'_>, ObjId)>,
-    (origin_node, changed_at_ms): (Option<String>, Option<u64>),
-) -> Option<CellRead> {
-    let observation = observation_from_value(&winner.0)?;
-    let conflicts = all
-        .iter()
-        .filter(|(_, id)| *id != winner.1)
-        .filter_map(|(v, _)| observation_from_value(v))
-        .collect();
-    Some(CellRead {
-        observation,
-        conflicts,
-        origin_node,
-        changed_at_ms,
-    })
+/// True when writing `put` over the values a key holds now would change nothing. For an
+/// observation the time it was made is not part of the value: re-asserting a state only
+/// refreshes liveness.
+fn unchanged(put: &Put, current: &[String]) -> bool {
+    let Ok(new) = put.json() else { return false };
+    match (new, current) {
+        (None, []) => true,
+        (None, _) | (Some(_), []) => false,
+        (Some(new), [only]) => match put {
+            Put::Observation { observation, .. } => serde_json::from_str::<Observation>(only)
+                .is_ok_and(|old| old.same_value(observation)),
+            _ => &new == only,
+        },
+        // A conflict is resolved by writing, even the same value.
+        (Some(_), _) => false,
+    }
 }
 
-fn observation_from_value(value: &Value<'_>) -> Option<Observation> {
+fn str_of(value: &Value<'_>) -> Option<String> {
     match value {
         Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(text) => serde_json::from_str(text).ok(),
+            ScalarValue::Str(text) => Some(text.to_string()),
             _ => None,
         },
         Value::Object(_) => None,
     }
 }
 
-fn observation_key(component: &Name, region: &Name) -> String {
-    format!("{OBSERVATION_PREFIX}{component}/{region}")
-}
-
-fn parse_observation_key(key: &str) -> Option<(Name, Name)> {
-    let rest = key.strip_prefix(OBSERVATION_PREFIX)?;
-    let (component, region) = rest.split_once('/')?;
-    Some((
-        Name::parse("component", component).ok()?,
-        Name::parse("region", region).ok()?,
-    ))
-}
-
-/// Checks that a change only touches what the schema allows: root keys `obs/<c>/<r>` set to a
-/// valid observation, or deleted.
-fn validate_change(change: &Change) -> Result<(), CrdtError> {
+/// Checks that a change only touches what the schema allows: root keys of the layout above,
+/// set to a valid JSON value of their kind, or deleted where deleting is allowed.
+pub(crate) fn validate_change(change: &Change) -> Result<(), CrdtError> {
     use automerge::legacy::{Key, ObjectId, OpType};
     let expanded = change.decode();
     for op in &expanded.operations {
@@ -333,17 +787,16 @@ fn validate_change(change: &Change) -> Result<(), CrdtError> {
         if op.obj != ObjectId::Root {
             return Err(schema("only root keys are part of the schema"));
         }
-        if parse_observation_key(&key).is_none() {
-            return Err(schema("not an observation key obs/<component>/<region>"));
-        }
+        let Some(record) = RecordKey::parse(&key) else {
+            return Err(schema("not a key of the schema"));
+        };
         match &op.action {
-            OpType::Delete => {}
+            OpType::Delete if record.deletable() => {}
+            OpType::Delete => return Err(schema("incidents and their updates are never deleted")),
             OpType::Put(ScalarValue::Str(text)) => {
-                let observation: Observation = serde_json::from_str(text)
-                    .map_err(|e| schema(&format!("observation does not parse: {e}")))?;
-                observation.validate().map_err(|e| schema(&e.to_string()))?;
+                record.validate_json(text).map_err(|r| schema(&r))?
             }
-            _ => return Err(schema("observations are JSON strings")),
+            _ => return Err(schema("records are JSON strings")),
         }
     }
     Ok(())

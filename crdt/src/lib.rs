@@ -5,8 +5,10 @@
 //! the simulator can run the very same code reproducibly from a seed.
 //!
 //! - [`model`]: validated names, states and observations.
-//! - [`doc`]: one service's Automerge document, local writes, remote changes, cell events.
+//! - [`doc`]: one service's Automerge document, local writes, remote changes, events.
+//! - [`records`]: incidents, updates, maintenance windows, operator overrides.
 //! - [`replica`]: all documents of a node plus the liveness map.
+//! - [`history`]: timelines and uptime from the Automerge history.
 //! - [`liveness`]: reporter heartbeats outside history (max-wins map).
 //! - [`cursor`]: the mesh-wide cursor clients resume from.
 //! - [`view`]: derived statuses, freshness and the page indicator.
@@ -15,16 +17,22 @@
 pub mod cursor;
 pub mod doc;
 pub mod error;
+pub mod history;
 pub mod liveness;
 pub mod model;
+pub mod records;
 pub mod replica;
 pub mod view;
 
 pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;
-pub use doc::{CellRead, ServiceDoc, StatusEvent};
+pub use doc::{
+    CellRead, DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey,
+    ServiceDoc, StatusEvent,
+};
 pub use error::CrdtError;
 pub use liveness::Liveness;
 pub use model::{Name, Observation, State, StatusWrite};
+pub use records::{Impact, Incident, IncidentStatus, IncidentUpdate, Maintenance, Override};
 pub use replica::{RemoteOutcome, Replica, WriteOutcome};
 pub use view::{Freshness, Indicator, StatusView};

@@ -21,9 +21,23 @@ pub const TTL_MS_MIN: u64 = 1000;
 
 /// A service, component, region or reporter name: 1 to 64 bytes of `[a-z0-9_.-]`,
 /// starting with a letter or digit. The charset keeps names safe in paths, keys and logs.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Name(String);
+
+impl TryFrom<String> for Name {
+    type Error = CrdtError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Name::parse("name", &value)
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> Self {
+        name.0
+    }
+}
 
 impl Name {
     /// Validates `value` as a name; `field` says which input it came from, for the error.

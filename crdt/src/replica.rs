@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use automerge::{ActorId, ChangeHash};
 
 use crate::cursor::Cursor;
-use crate::doc::{ServiceDoc, StatusEvent};
+use crate::doc::{DocEvent, Put, ServiceDoc, StatusEvent};
 use crate::error::CrdtError;
 use crate::liveness::Liveness;
 use crate::model::{Name, StatusWrite};
+use crate::records::{Impact, Incident, IncidentStatus, IncidentUpdate};
 use crate::view::{service_view, status_view, ServiceView, StatusView};
 
 /// Default bound on the number of services (documents) a replica holds.
@@ -23,6 +24,20 @@ pub struct WriteOutcome {
     pub change: Option<Vec<u8>>,
     /// The cell events the write produced (empty when unchanged).
     pub events: Vec<StatusEvent>,
+    /// Every event the write produced, observations and records alike.
+    pub doc_events: Vec<DocEvent>,
+}
+
+/// What a client asks to change in an incident; `None` fields keep their value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentChange {
+    pub status: Option<IncidentStatus>,
+    pub impact: Option<Impact>,
+    pub title: Option<String>,
+    pub components: Option<Vec<Name>>,
+    /// The text of the timeline entry this change appends; `None` appends none.
+    pub text: Option<String>,
+    pub author: String,
 }
 
 /// What applying a batch from a peer did.
@@ -32,6 +47,8 @@ pub struct RemoteOutcome {
     pub new_changes: usize,
     /// The cell events that became visible (dependencies may hold some back).
     pub events: Vec<StatusEvent>,
+    /// Every event that became visible, observations and records alike.
+    pub doc_events: Vec<DocEvent>,
 }
 
 /// All documents of one node.
@@ -74,19 +91,144 @@ impl Replica {
         now_ms: u64,
         write: &StatusWrite,
     ) -> Result<WriteOutcome, CrdtError> {
+        let put = Put::Observation {
+            component: write.component.clone(),
+            region: write.region.clone(),
+            observation: write.observation.clone(),
+        };
+        let outcome = self.write_records(now_ms, &write.service, std::slice::from_ref(&put))?;
+        self.liveness.observe(&write.cell_key(), now_ms);
+        Ok(outcome)
+    }
+
+    /// Applies many status writes at once, one Automerge change per service (group commit):
+    /// this is what keeps history small and throughput high under load. All writes are
+    /// validated before any is applied. Returns one outcome per service touched.
+    pub fn write_status_batch(
+        &mut self,
+        now_ms: u64,
+        writes: &[StatusWrite],
+    ) -> Result<Vec<WriteOutcome>, CrdtError> {
+        let mut by_service: BTreeMap<&Name, Vec<Put>> = BTreeMap::new();
+        for write in writes {
+            write.observation.validate()?;
+            by_service
+                .entry(&write.service)
+                .or_default()
+                .push(Put::Observation {
+                    component: write.component.clone(),
+                    region: write.region.clone(),
+                    observation: write.observation.clone(),
+                });
+        }
+        let mut outcomes = Vec::with_capacity(by_service.len());
+        for (service, puts) in by_service {
+            outcomes.push(self.write_records(now_ms, service, &puts)?);
+        }
+        for write in writes {
+            self.liveness.observe(&write.cell_key(), now_ms);
+        }
+        Ok(outcomes)
+    }
+
+    /// Opens incident `id` of `service` with its first timeline entry.
+    pub fn open_incident(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+        id: &Name,
+        incident: Incident,
+        text: &str,
+    ) -> Result<WriteOutcome, CrdtError> {
+        if self.doc(service).and_then(|d| d.incident(id)).is_some() {
+            return Err(CrdtError::InvalidField {
+                field: "id",
+                value: id.to_string(),
+                reason: "an incident with this id exists already".into(),
+            });
+        }
+        let update = IncidentUpdate {
+            at_ms: now_ms,
+            status: incident.status,
+            text: text.to_owned(),
+            author: incident.author.clone(),
+        };
+        let puts = [
+            Put::Incident {
+                id: id.clone(),
+                incident,
+            },
+            self.update_put(service, id, update),
+        ];
+        self.write_records(now_ms, service, &puts)
+    }
+
+    /// Changes incident `id`: its header fields and/or a new timeline entry. Resolving sets
+    /// the resolution time; any other status clears it (a re-opened incident).
+    pub fn change_incident(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+        id: &Name,
+        change: IncidentChange,
+    ) -> Result<WriteOutcome, CrdtError> {
+        let Some(mut incident) = self.doc(service).and_then(|d| d.incident(id)) else {
+            return Err(CrdtError::InvalidField {
+                field: "id",
+                value: id.to_string(),
+                reason: format!("no incident with this id in service {service}"),
+            });
+        };
+        if let Some(status) = change.status {
+            incident.status = status;
+            incident.resolved_at_ms = (status == IncidentStatus::Resolved).then_some(now_ms);
+        }
+        if let Some(impact) = change.impact {
+            incident.impact = impact;
+        }
+        if let Some(title) = change.title {
+            incident.title = title;
+        }
+        if let Some(components) = change.components {
+            incident.components = components;
+        }
+        let mut puts = Vec::new();
+        if let Some(text) = change.text {
+            let update = IncidentUpdate {
+                at_ms: now_ms,
+                status: incident.status,
+                text,
+                author: change.author,
+            };
+            puts.push(self.update_put(service, id, update));
+        }
+        puts.push(Put::Incident {
+            id: id.clone(),
+            incident,
+        });
+        self.write_records(now_ms, service, &puts)
+    }
+
+    /// Writes records of one service as one change (see [`ServiceDoc::apply_puts`]).
+    pub fn write_records(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+        puts: &[Put],
+    ) -> Result<WriteOutcome, CrdtError> {
         let node = self.node.clone();
-        let doc = self.doc_mut(&write.service)?;
+        let doc = self.doc_mut(service)?;
         let before = doc.heads();
-        let change = doc.put_observation(now_ms, &node, write)?;
-        let events = match &change {
-            Some(_) => doc.events_between(&before, &doc.heads()),
+        let change = doc.apply_puts(now_ms, &node, puts)?;
+        let doc_events = match &change {
+            Some(_) => doc.doc_events_between(&before, &doc.heads()),
             None => Vec::new(),
         };
-        self.liveness.observe(&write.cell_key(), now_ms);
         Ok(WriteOutcome {
             changed: change.is_some(),
             change: change.map(|mut c| c.bytes().into_owned()),
-            events,
+            events: status_only(&doc_events),
+            doc_events,
         })
     }
 
@@ -102,14 +244,15 @@ impl Replica {
         let before = doc.heads();
         let new_changes = doc.apply_remote(changes)?;
         let after = doc.heads();
-        let events = if before == after {
+        let doc_events = if before == after {
             Vec::new()
         } else {
-            doc.events_between(&before, &after)
+            doc.doc_events_between(&before, &after)
         };
         Ok(RemoteOutcome {
             new_changes,
-            events,
+            events: status_only(&doc_events),
+            doc_events,
         })
     }
 
@@ -143,10 +286,15 @@ impl Replica {
         )
     }
 
-    /// The events a client at `cursor` has not seen, coalesced per cell. `None` when this
+    /// The observation events a client at `cursor` has not seen (see [`Self::doc_events_since`]).
+    pub fn events_since(&self, cursor: &Cursor) -> Option<Vec<StatusEvent>> {
+        self.doc_events_since(cursor).map(|e| status_only(&e))
+    }
+
+    /// The events a client at `cursor` has not seen, coalesced per record. `None` when this
     /// replica does not hold every change the cursor names (it cannot tell: the caller sends
     /// a snapshot instead).
-    pub fn events_since(&self, cursor: &Cursor) -> Option<Vec<StatusEvent>> {
+    pub fn doc_events_since(&self, cursor: &Cursor) -> Option<Vec<DocEvent>> {
         for (service, heads) in cursor.iter() {
             match self.docs.get(service) {
                 Some(doc) if doc.has_all(heads) => {}
@@ -158,7 +306,7 @@ impl Replica {
             let after = doc.heads();
             let before = cursor.heads_of(service);
             if before != after.as_slice() {
-                events.extend(doc.events_between(before, &after));
+                events.extend(doc.doc_events_between(before, &after));
             }
         }
         Some(events)
@@ -183,6 +331,28 @@ impl Replica {
         status_view(services)
     }
 
+    /// The put of a timeline entry, under a key that sorts by time and is unique per node.
+    fn update_put(&self, service: &Name, id: &Name, update: IncidentUpdate) -> Put {
+        let count = self.doc(service).map_or(0, |d| d.update_count(id));
+        let node: String = self
+            .node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(48)
+            .collect();
+        Put::Update {
+            incident: id.clone(),
+            key: format!("{:015}-{node}-{count}", update.at_ms),
+            update,
+        }
+    }
+
     fn doc_mut(&mut self, service: &Name) -> Result<&mut ServiceDoc, CrdtError> {
         if !self.docs.contains_key(service) && self.docs.len() >= SERVICES_MAX {
             return Err(CrdtError::InvalidField {
@@ -197,6 +367,16 @@ impl Replica {
             .entry(service.clone())
             .or_insert_with(|| ServiceDoc::new(service.clone(), actor)))
     }
+}
+
+fn status_only(events: &[DocEvent]) -> Vec<StatusEvent> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DocEvent::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -259,7 +439,9 @@ mod tests {
             .expect("write");
         assert_eq!(out.events.len(), 1);
         let change = out.change.expect("a change");
-        let remote = b.apply_remote("api", std::slice::from_ref(&change)).expect("apply");
+        let remote = b
+            .apply_remote("api", std::slice::from_ref(&change))
+            .expect("apply");
         assert_eq!(remote.new_changes, 1);
         assert_eq!(remote.events.len(), 1);
         assert_eq!(

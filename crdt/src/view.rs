@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::doc::{CellRead, ServiceDoc};
 use crate::liveness::Liveness;
 use crate::model::{cell_key, Name, Observation, State};
+use crate::records::{Impact, Incident, IncidentStatus, IncidentUpdate, Maintenance, Override};
+
+/// How long a resolved incident stays on the page, in milliseconds (7 days).
+pub const RESOLVED_INCIDENT_SHOWN_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Whether this node has heard the reporter of an observation within its `ttl_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +40,16 @@ impl Indicator {
             State::DegradedPerformance => Indicator::Minor,
             State::PartialOutage => Indicator::Major,
             State::MajorOutage => Indicator::Critical,
+        }
+    }
+
+    /// The indicator an open incident contributes to the page.
+    pub fn of_impact(impact: Impact) -> Self {
+        match impact {
+            Impact::None => Indicator::None,
+            Impact::Minor => Indicator::Minor,
+            Impact::Major => Indicator::Major,
+            Impact::Critical => Indicator::Critical,
         }
     }
 
@@ -70,16 +84,48 @@ pub struct ServiceView {
     pub name: Name,
     pub indicator: Indicator,
     pub components: Vec<ComponentView>,
+    /// Open incidents, and those resolved in the last 7 days; newest first.
+    pub incidents: Vec<IncidentView>,
+    /// Maintenance windows that are active or still to come, soonest first.
+    pub scheduled_maintenances: Vec<MaintenanceView>,
+}
+
+/// An incident with its timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentView {
+    pub id: Name,
+    #[serde(flatten)]
+    pub incident: Incident,
+    /// Oldest first.
+    pub updates: Vec<IncidentUpdate>,
+}
+
+/// A maintenance window, and whether it is open now.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceView {
+    pub id: Name,
+    #[serde(flatten)]
+    pub window: Maintenance,
+    pub active: bool,
 }
 
 /// One component, with its derived status and each region's observation.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentView {
     pub name: Name,
-    /// The worst fresh observation; the worst stale one when none is fresh.
+    /// The derived status: the worst fresh observation (the worst stale one when none is
+    /// fresh), `under_maintenance` during an active window, an operator override on top.
     pub status: State,
     /// `stale` when no region's observation of this component is fresh.
     pub freshness: Freshness,
+    /// What the regions observe, before maintenance and overrides are applied.
+    pub observed_status: State,
+    /// Ids of the maintenance windows open now for this component.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<Name>,
+    /// The operator override in force, if any.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub operator_override: Option<Override>,
     pub regions: Vec<RegionView>,
 }
 
@@ -115,23 +161,107 @@ pub fn service_view(doc: &ServiceDoc, liveness: &Liveness, now_ms: u64) -> Servi
                 name: component,
                 status: State::Operational,
                 freshness: Freshness::Stale,
+                observed_status: State::Operational,
+                maintenance: Vec::new(),
+                operator_override: None,
                 regions: vec![region_view],
             }),
         }
     }
+    let windows = doc.maintenance();
+    let overrides = doc.overrides();
+    // Components named only by a window or an override still show.
+    for name in windows
+        .iter()
+        .flat_map(|(_, w)| w.components.iter())
+        .chain(overrides.keys())
+    {
+        if !components.iter().any(|c| &c.name == name) {
+            components.push(ComponentView {
+                name: name.clone(),
+                status: State::Operational,
+                freshness: Freshness::Fresh,
+                observed_status: State::Operational,
+                maintenance: Vec::new(),
+                operator_override: None,
+                regions: Vec::new(),
+            });
+        }
+    }
+    components.sort_by(|a, b| a.name.cmp(&b.name));
     for component in &mut components {
         derive_component_status(component);
+        component.maintenance = windows
+            .iter()
+            .filter(|(_, w)| w.is_active(now_ms) && w.components.contains(&component.name))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !component.maintenance.is_empty() {
+            component.status = State::UnderMaintenance;
+            component.freshness = Freshness::Fresh;
+        }
+        if let Some(o) = overrides
+            .get(&component.name)
+            .filter(|o| o.is_active(now_ms))
+        {
+            component.status = o.state;
+            component.freshness = Freshness::Fresh;
+            component.operator_override = Some(o.clone());
+        }
     }
-    let indicator = components
+    let mut incidents: Vec<IncidentView> = doc
+        .incidents()
+        .into_iter()
+        .filter(|(_, read, _)| {
+            read.value
+                .resolved_at_ms
+                .is_none_or(|at| now_ms.saturating_sub(at) <= RESOLVED_INCIDENT_SHOWN_MS)
+        })
+        .map(|(id, read, updates)| IncidentView {
+            id,
+            incident: read.value,
+            updates,
+        })
+        .collect();
+    incidents.sort_by(|a, b| {
+        b.incident
+            .opened_at_ms
+            .cmp(&a.incident.opened_at_ms)
+            .then(a.id.cmp(&b.id))
+    });
+    let mut scheduled_maintenances: Vec<MaintenanceView> = windows
+        .into_iter()
+        .filter(|(_, w)| w.ends_at_ms > now_ms)
+        .map(|(id, window)| MaintenanceView {
+            active: window.is_active(now_ms),
+            id,
+            window,
+        })
+        .collect();
+    scheduled_maintenances.sort_by(|a, b| {
+        a.window
+            .starts_at_ms
+            .cmp(&b.window.starts_at_ms)
+            .then(a.id.cmp(&b.id))
+    });
+    let from_components = components
         .iter()
         .filter(|c| c.freshness == Freshness::Fresh)
-        .map(|c| Indicator::of(c.status))
+        .map(|c| Indicator::of(c.status));
+    let from_incidents = incidents
+        .iter()
+        .filter(|i| i.incident.status != IncidentStatus::Resolved)
+        .map(|i| Indicator::of_impact(i.incident.impact));
+    let indicator = from_components
+        .chain(from_incidents)
         .max()
         .unwrap_or(Indicator::None);
     ServiceView {
         name: doc.service().clone(),
         indicator,
         components,
+        incidents,
+        scheduled_maintenances,
     }
 }
 
@@ -162,11 +292,11 @@ fn region_view(
     let heard = liveness
         .last_seen(&cell_key(service, component, &region))
         .unwrap_or(0);
-    let last_seen_ms = heard.max(cell.observation.observed_at_ms);
+    let last_seen_ms = heard.max(cell.value.observed_at_ms);
     RegionView {
-        freshness: freshness(&cell.observation, last_seen_ms, now_ms),
+        freshness: freshness(&cell.value, last_seen_ms, now_ms),
         region,
-        observation: cell.observation,
+        observation: cell.value,
         last_seen_ms,
         conflicts: cell.conflicts,
     }
@@ -188,4 +318,5 @@ fn derive_component_status(component: &mut ComponentView) {
         component.status = state;
         component.freshness = Freshness::Stale;
     }
+    component.observed_status = component.status;
 }
