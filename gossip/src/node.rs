@@ -188,6 +188,7 @@ impl Node {
                 last_seen_ms: now_ms,
             });
         }
+        debug_assert_invariants(self);
         Ok(outcome.changed)
     }
 
@@ -223,6 +224,7 @@ impl Node {
                 reply_wanted,
             } => self.on_liveness(from, entries, reply_wanted),
         }
+        debug_assert_invariants(self);
     }
 
     /// Runs what is due at `now_ms`: the anti-entropy round.
@@ -247,6 +249,7 @@ impl Node {
             liveness: self.replica.liveness().digest(),
         };
         self.send(&peer, &frame);
+        debug_assert_invariants(self);
     }
 
     /// The next frame to send, oldest first.
@@ -286,6 +289,21 @@ impl Node {
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The settings this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Frames waiting in the transmit queue (bounded by `transmit_queue_max`).
+    pub fn transmits_queued(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Events waiting in the event queue (bounded by `event_queue_max`).
+    pub fn events_queued(&self) -> usize {
+        self.events.len()
     }
 
     fn on_changes(&mut self, from: &str, service: &str, changes: &[Vec<u8>]) {
@@ -469,6 +487,15 @@ impl Node {
             from: from.to_owned(),
             reason: error.to_string(),
         });
+    }
+}
+
+/// The cheap protocol invariants after every input, in debug builds.
+fn debug_assert_invariants(node: &Node) {
+    if cfg!(debug_assertions) {
+        if let Err(broken) = crate::invariants::check(node) {
+            debug_assert!(false, "gossip invariant broken: {broken}");
+        }
     }
 }
 

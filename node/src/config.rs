@@ -1,13 +1,15 @@
 //! regions.toml: the deployment, parsed into validated types.
 //!
-//! Raw serde structs (unknown keys are errors) are converted into [`Topology`]; every error
-//! names the file, the key, the value and the rule.
+//! A thin layer over [`statusmesh_gossip::topology`], which parses the file (shared with the
+//! simulator); this layer adds what only a deployment needs: every node listed with valid,
+//! unique addresses, and no simulator node counts. Every error names the file, the key, the
+//! value and the rule.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use statusmesh_gossip::topology::{self as shared, TopologyError};
 
 /// The repository's regions.toml, embedded so that `statusmesh dev` needs no set-up.
 pub const EMBEDDED_REGIONS: &str = include_str!("../../regions.toml");
@@ -31,41 +33,6 @@ pub enum ConfigError {
         value: String,
         rule: String,
     },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    cluster: RawCluster,
-    #[serde(default)]
-    region: Vec<RawRegion>,
-    #[serde(default)]
-    node: Vec<RawNode>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegion {
-    name: String,
-    lat: f64,
-    lon: f64,
-    /// Simulator only: a node count instead of listed nodes.
-    nodes: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    id: String,
-    region: String,
-    gossip: String,
-    http: String,
 }
 
 /// A deployment: the cluster, its regions and nodes.
@@ -106,47 +73,18 @@ impl Topology {
 
     /// Validates the text of a regions.toml; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            file: file.to_owned(),
-            reason: e.to_string().trim_end().to_owned(),
-        })?;
+        let parsed = shared::Topology::parse(file, text).map_err(ConfigError::from)?;
         let invalid = |key: String, value: String, rule: &str| ConfigError::Invalid {
             file: file.to_owned(),
             key,
             value,
             rule: rule.to_owned(),
         };
-        check_name(&raw.cluster.name)
-            .map_err(|rule| invalid("cluster.name".into(), raw.cluster.name.clone(), rule))?;
-        let mut regions = Vec::new();
-        let mut region_names = BTreeSet::new();
-        for (i, r) in raw.region.iter().enumerate() {
-            let key = |field: &str| format!("region[{i}].{field}");
-            check_name(&r.name).map_err(|rule| invalid(key("name"), r.name.clone(), rule))?;
-            if !region_names.insert(r.name.clone()) {
-                return Err(invalid(
-                    key("name"),
-                    r.name.clone(),
-                    "region names must be unique",
-                ));
-            }
-            if !(-90.0..=90.0).contains(&r.lat) {
-                return Err(invalid(
-                    key("lat"),
-                    r.lat.to_string(),
-                    "latitude must be within -90..=90",
-                ));
-            }
-            if !(-180.0..=180.0).contains(&r.lon) {
-                return Err(invalid(
-                    key("lon"),
-                    r.lon.to_string(),
-                    "longitude must be within -180..=180",
-                ));
-            }
+        let mut regions = Vec::with_capacity(parsed.regions.len());
+        for (i, r) in parsed.regions.iter().enumerate() {
             if let Some(n) = r.nodes {
                 return Err(invalid(
-                    key("nodes"),
+                    format!("region[{i}].nodes"),
                     n.to_string(),
                     "node counts are for simulator topologies; list [[node]] entries for a deployment",
                 ));
@@ -157,43 +95,25 @@ impl Topology {
                 lon: r.lon,
             });
         }
-        if regions.is_empty() {
-            return Err(invalid(
-                "region".into(),
-                String::new(),
-                "at least one [[region]] is required",
-            ));
-        }
-        let mut nodes = Vec::new();
-        let mut ids = BTreeSet::new();
+        let mut nodes = Vec::with_capacity(parsed.nodes.len());
         let mut addrs = BTreeSet::new();
-        for (i, n) in raw.node.iter().enumerate() {
+        for (i, n) in parsed.nodes.iter().enumerate() {
             let key = |field: &str| format!("node[{i}].{field}");
-            check_node_id(&n.id).map_err(|rule| invalid(key("id"), n.id.clone(), rule))?;
-            if !ids.insert(n.id.clone()) {
-                return Err(invalid(key("id"), n.id.clone(), "node ids must be unique"));
-            }
-            if !region_names.contains(&n.region) {
-                return Err(invalid(
-                    key("region"),
-                    n.region.clone(),
-                    "must name a [[region]] of this file",
-                ));
-            }
-            let gossip: SocketAddr = n.gossip.parse().map_err(|_| {
-                invalid(
-                    key("gossip"),
-                    n.gossip.clone(),
-                    "must be an IP:port socket address",
-                )
-            })?;
-            let http: SocketAddr = n.http.parse().map_err(|_| {
-                invalid(
-                    key("http"),
-                    n.http.clone(),
-                    "must be an IP:port socket address",
-                )
-            })?;
+            let address =
+                |field: &str, value: &Option<String>| -> Result<SocketAddr, ConfigError> {
+                    let text = value.as_deref().ok_or_else(|| {
+                        invalid(key(field), String::new(), "is required for a deployment")
+                    })?;
+                    text.parse().map_err(|_| {
+                        invalid(
+                            key(field),
+                            text.to_owned(),
+                            "must be an IP:port socket address",
+                        )
+                    })
+                };
+            let gossip = address("gossip", &n.gossip)?;
+            let http = address("http", &n.http)?;
             for (field, addr) in [("gossip", gossip), ("http", http)] {
                 if !addrs.insert((field == "gossip", addr)) {
                     return Err(invalid(
@@ -218,7 +138,7 @@ impl Topology {
             ));
         }
         Ok(Self {
-            cluster: raw.cluster.name,
+            cluster: parsed.cluster,
             regions,
             nodes,
         })
@@ -250,27 +170,27 @@ impl Topology {
     }
 }
 
-fn check_name(value: &str) -> Result<(), &'static str> {
-    statusmesh_crdt::Name::parse("name", value)
-        .map(|_| ())
-        .map_err(|_| {
-            "must be 1-64 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
-        })
-}
-
-/// Node ids end up as DNS names in certificates, so they use the DNS label charset.
-fn check_node_id(value: &str) -> Result<(), &'static str> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err("must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")
+impl From<TopologyError> for ConfigError {
+    fn from(error: TopologyError) -> Self {
+        match error {
+            TopologyError::Syntax { file, reason } => ConfigError::Syntax { file, reason },
+            TopologyError::Invalid {
+                file,
+                key,
+                value,
+                rule,
+            } => ConfigError::Invalid {
+                file,
+                key,
+                value,
+                rule,
+            },
+            // The shared error is non-exhaustive; a future variant still names the file.
+            other => ConfigError::Syntax {
+                file: String::new(),
+                reason: other.to_string(),
+            },
+        }
     }
 }
 
@@ -305,5 +225,29 @@ mod tests {
             .expect_err("bad addr")
             .to_string();
         assert!(err.contains("node[0].gossip"), "{err}");
+    }
+
+    #[test]
+    fn simulator_node_counts_are_rejected_for_a_deployment() {
+        let text = EMBEDDED_REGIONS.replacen("lon = -6.26", "lon = -6.26\nnodes = 4", 1);
+        let err = Topology::parse("x.toml", &text)
+            .expect_err("node count")
+            .to_string();
+        assert!(
+            err.contains("region[0].nodes") && err.contains('4'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_node_without_an_address_is_rejected() {
+        let text = EMBEDDED_REGIONS.replacen("http = \"127.0.0.1:8101\"\n", "", 1);
+        let err = Topology::parse("x.toml", &text)
+            .expect_err("no http")
+            .to_string();
+        assert!(
+            err.contains("node[0].http") && err.contains("required"),
+            "{err}"
+        );
     }
 }
