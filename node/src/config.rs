@@ -229,12 +229,17 @@ mod tests {
 
     #[test]
     fn simulator_node_counts_are_rejected_for_a_deployment() {
-        let text = EMBEDDED_REGIONS.replacen("lon = -6.26", "lon = -6.26\nnodes = 4", 1);
+        // A new region, so that its generated ids do not collide with listed nodes.
+        let text = EMBEDDED_REGIONS.replacen(
+            "[[node]]",
+            "[[region]]\nname = \"eu-north\"\nlat = 59.33\nlon = 18.07\nnodes = 4\n\n[[node]]",
+            1,
+        );
         let err = Topology::parse("x.toml", &text)
             .expect_err("node count")
             .to_string();
         assert!(
-            err.contains("region[0].nodes") && err.contains('4'),
+            err.contains("region[3].nodes") && err.contains('4'),
             "{err}"
         );
     }
