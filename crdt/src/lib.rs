@@ -34,5 +34,5 @@ pub use error::CrdtError;
 pub use liveness::Liveness;
 pub use model::{Name, Observation, State, StatusWrite};
 pub use records::{Impact, Incident, IncidentStatus, IncidentUpdate, Maintenance, Override};
-pub use replica::{RemoteOutcome, Replica, WriteOutcome};
+pub use replica::{IncidentChange, RemoteOutcome, Replica, WriteOutcome};
 pub use view::{Freshness, Indicator, StatusView};
