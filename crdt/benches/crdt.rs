@@ -150,8 +150,13 @@ fn load(c: &mut Criterion) {
         }
         let api = Name::parse("service", "api").expect("name");
         let bytes = r.doc(&api).expect("doc").save();
-        group.bench_function(format!("{count}_changes_{}_bytes", bytes.len()), |b| {
+        group.bench_function(format!("validated_{count}_changes_{}_bytes", bytes.len()), |b| {
             b.iter(|| black_box(ServiceDoc::load(api.clone(), &bytes, ActorId::from(vec![3; 16])).expect("load")));
+        });
+        group.bench_function(format!("trusted_{count}_changes_{}_bytes", bytes.len()), |b| {
+            b.iter(|| {
+                black_box(ServiceDoc::load_trusted(api.clone(), &bytes, ActorId::from(vec![3; 16])).expect("load"))
+            });
         });
     }
     group.finish();
