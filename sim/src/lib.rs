@@ -1,0 +1,170 @@
+//! statusmesh-sim: a deterministic simulator that runs the real statusmesh gossip core.
+//!
+//! Pure like the crates it drives: time is virtual, randomness comes from one seeded RNG,
+//! and the only IO is in `main` (reading a topology, writing an SVG). The same seed and
+//! commit give byte-identical reports.
+//!
+//! - [`scenario`]: named fault mixes and workloads, and the swarm mix a seed picks.
+//! - [`sim`]: the discrete-event simulator and its checkers.
+//! - [`report`]: figures, the human and JSON reports, the SVG timeline.
+#![forbid(unsafe_code)]
+
+pub mod report;
+pub mod scenario;
+pub mod sim;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use statusmesh_gossip::topology::Topology;
+
+pub use scenario::{Plan, SCENARIOS};
+pub use sim::{Outcome, Sim, Spec};
+
+/// The global topology (19 regions, 200 nodes), the default of `run`.
+pub const GLOBAL_TOPOLOGY: &str = include_str!("../topologies/global.toml");
+/// Where [`GLOBAL_TOPOLOGY`] lives in the repository (for replay commands).
+pub const GLOBAL_TOPOLOGY_PATH: &str = "sim/topologies/global.toml";
+/// The small swarm topology (6 regions, 12 nodes), the default of `swarm`.
+pub const SWARM_TOPOLOGY: &str = include_str!("../topologies/swarm.toml");
+/// Where [`SWARM_TOPOLOGY`] lives in the repository.
+pub const SWARM_TOPOLOGY_PATH: &str = "sim/topologies/swarm.toml";
+/// Separates the plan's RNG stream from the simulator's, which is seeded with the seed itself.
+const PLAN_STREAM: u64 = 0x5eed_0f_91a0;
+
+/// What to run, as the command line says it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub seed: u64,
+    pub scenario: String,
+    /// The topology's text and how to name it in a replay command.
+    pub topology_text: String,
+    pub topology_arg: String,
+    /// Redistribute the topology's region node counts to this many nodes in all.
+    pub nodes: Option<usize>,
+    /// Length of the safety phase, in seconds.
+    pub duration_s: Option<u64>,
+}
+
+/// The three outputs of a run and whether it passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    pub passed: bool,
+    pub text: String,
+    pub json: String,
+    pub svg: String,
+    pub replay: String,
+    pub failure: Option<String>,
+}
+
+/// Builds the run's spec: parses the topology, scales it, draws the plan.
+pub fn spec(request: &Request) -> Result<Spec, String> {
+    let mut topology = Topology::parse(&request.topology_arg, &request.topology_text)
+        .map_err(|e| e.to_string())?;
+    let mut flags = Vec::new();
+    if let Some(nodes) = request.nodes {
+        topology = scale(&topology, nodes).map_err(|e| format!("--nodes {nodes}: {e}"))?;
+        flags.push(format!("--nodes {nodes}"));
+    }
+    if let Some(duration_s) = request.duration_s {
+        flags.push(format!("--duration-s {duration_s}"));
+    }
+    let mut plan_rng = ChaCha8Rng::seed_from_u64(request.seed ^ PLAN_STREAM);
+    let plan = Plan::named(
+        &request.scenario,
+        request.duration_s.map(|s| s.saturating_mul(1_000)),
+        &mut plan_rng,
+    )?;
+    Ok(Spec {
+        seed: request.seed,
+        topology,
+        topology_arg: request.topology_arg.clone(),
+        plan,
+        replay_flags: flags.join(" "),
+    })
+}
+
+/// Runs one seed and renders its reports.
+pub fn run(request: &Request) -> Result<RunOutput, String> {
+    let spec = spec(request)?;
+    let outcome = Sim::new(spec.clone())?.run();
+    Ok(RunOutput {
+        passed: outcome.failure.is_none(),
+        text: report::text(&spec, &outcome),
+        json: report::json(&spec, &outcome),
+        svg: report::svg(&spec, &outcome),
+        replay: report::replay_command(&spec),
+        failure: outcome.failure,
+    })
+}
+
+/// Redistributes the region node counts of a simulator topology to `nodes` in all, in
+/// proportion to the counts (largest remainder; ties go to the earlier region).
+pub fn scale(topology: &Topology, nodes: usize) -> Result<Topology, String> {
+    if !topology.nodes.is_empty() {
+        return Err("scaling needs a topology with `nodes = N` per region and no [[node]]".into());
+    }
+    if nodes == 0 || nodes > statusmesh_gossip::topology::NODES_MAX {
+        return Err(format!(
+            "must be between 1 and {}",
+            statusmesh_gossip::topology::NODES_MAX
+        ));
+    }
+    let weights: Vec<u64> = topology
+        .regions
+        .iter()
+        .map(|r| u64::from(r.nodes.unwrap_or(0)))
+        .collect();
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return Err("the topology has no region node counts to scale".into());
+    }
+    let target = nodes as u64;
+    let mut counts: Vec<u64> = weights.iter().map(|w| w * target / total).collect();
+    let mut remainders: Vec<(u64, usize)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w * target % total, i))
+        .collect();
+    // Largest remainder first; equal remainders in region order.
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let assigned: u64 = counts.iter().sum();
+    for &(_, i) in remainders.iter().take((target - assigned) as usize) {
+        counts[i] += 1;
+    }
+    let mut scaled = topology.clone();
+    for (region, count) in scaled.regions.iter_mut().zip(counts) {
+        region.nodes = u32::try_from(count).ok().filter(|&c| c > 0);
+    }
+    Ok(scaled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_global_topology_has_19_regions_and_200_nodes() {
+        let topology = Topology::parse(GLOBAL_TOPOLOGY_PATH, GLOBAL_TOPOLOGY).expect("valid");
+        assert_eq!(topology.regions.len(), 19);
+        assert_eq!(topology.members().len(), 200);
+        let swarm = Topology::parse(SWARM_TOPOLOGY_PATH, SWARM_TOPOLOGY).expect("valid");
+        assert_eq!(swarm.members().len(), 12);
+    }
+
+    #[test]
+    fn scaling_keeps_the_total_and_the_proportions() {
+        let topology = Topology::parse(GLOBAL_TOPOLOGY_PATH, GLOBAL_TOPOLOGY).expect("valid");
+        for nodes in [1, 19, 50, 200, 333] {
+            let scaled = scale(&topology, nodes).expect("scales");
+            assert_eq!(scaled.members().len(), nodes);
+        }
+        let fifty = scale(&topology, 50).expect("scales");
+        let us_east = fifty.regions[0].nodes;
+        assert_eq!(
+            us_east,
+            Some(5),
+            "18 of 200 is 4.5 of 50, rounded up by remainder"
+        );
+        assert!(scale(&topology, 0).is_err());
+    }
+}

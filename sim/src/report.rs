@@ -1,0 +1,471 @@
+//! What a run measured, as a human report, a JSON report and an SVG timeline.
+//!
+//! Every figure is computed from the [`Outcome`] alone with fixed formatting, so the same seed
+//! gives the same bytes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use crate::sim::{Outcome, Spec, FRAME_KINDS};
+
+/// Most writes drawn on the SVG timeline; later ones are left out (the report says so).
+const SVG_WRITES_MAX: usize = 400;
+
+/// Percentiles of a sample (nearest rank).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of `values` (order does not matter).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let index = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+            values[index]
+        };
+        Self {
+            count: values.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: values[values.len() - 1],
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "count": self.count,
+            "p50": round3(self.p50),
+            "p99": round3(self.p99),
+            "max": round3(self.max),
+        })
+    }
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    pub nodes: usize,
+    pub regions: usize,
+    /// Per (write, receiving node): delivery delay, in ms.
+    pub delivery_ms: Percentiles,
+    /// Per (write, receiving node): delay over the shortest-path lower bound.
+    pub delivery_ratio: Percentiles,
+    /// Per write: time until the last node held it, in ms.
+    pub full_mesh_ms: Percentiles,
+    /// Per write: full-mesh time over the largest lower bound from its origin.
+    pub full_mesh_ratio: Percentiles,
+    pub copies_per_node_per_change: f64,
+    pub payload_bytes_per_change: f64,
+    pub traffic_bytes_per_change: f64,
+    pub idle_bytes_per_s_per_node: f64,
+    pub convergence_after_heal_ms: Option<f64>,
+    pub writes_lost_with_disk: usize,
+}
+
+impl Figures {
+    /// Computes the figures from a run's outcome.
+    pub fn of(outcome: &Outcome) -> Self {
+        let nodes = outcome.members.len();
+        let region_of = |i: usize| outcome.members[i].region;
+        let mut delivery_ms = Vec::new();
+        let mut delivery_ratio = Vec::new();
+        let mut full_ms = Vec::new();
+        let mut full_ratio = Vec::new();
+        let mut copies: u64 = 0;
+        for write in &outcome.writes {
+            copies += write.copies;
+            if write.under_faults {
+                continue;
+            }
+            let origin = region_of(write.node);
+            let mut last: Option<f64> = Some(0.0);
+            let mut bound: f64 = 0.0;
+            for (node, delivered) in write.delivered_us.iter().enumerate() {
+                if node == write.node {
+                    continue;
+                }
+                let lower = outcome.shortest_ms[origin][region_of(node)];
+                bound = bound.max(lower);
+                match delivered {
+                    Some(us) => {
+                        let ms = *us as f64 / 1_000.0;
+                        delivery_ms.push(ms);
+                        delivery_ratio.push(ms / lower.max(f64::MIN_POSITIVE));
+                        last = last.map(|l| l.max(ms));
+                    }
+                    None => last = None,
+                }
+            }
+            if let (Some(last), true) = (last, nodes > 1) {
+                full_ms.push(last);
+                full_ratio.push(last / bound.max(f64::MIN_POSITIVE));
+            }
+        }
+        let changes = outcome.writes.len() as f64;
+        let per_change = |total: f64| if changes > 0.0 { total / changes } else { 0.0 };
+        let idle_s = outcome.idle_us as f64 / 1e6;
+        Self {
+            nodes,
+            regions: outcome.region_names.len(),
+            delivery_ms: Percentiles::of(delivery_ms),
+            delivery_ratio: Percentiles::of(delivery_ratio),
+            full_mesh_ms: Percentiles::of(full_ms),
+            full_mesh_ratio: Percentiles::of(full_ratio),
+            copies_per_node_per_change: per_change(copies as f64) / (nodes.max(2) - 1) as f64,
+            payload_bytes_per_change: per_change(outcome.bytes_sent[0] as f64),
+            traffic_bytes_per_change: per_change(outcome.bytes_sent_safety as f64),
+            idle_bytes_per_s_per_node: if idle_s > 0.0 {
+                outcome.idle_bytes as f64 / idle_s / nodes as f64
+            } else {
+                0.0
+            },
+            convergence_after_heal_ms: outcome.converged_us.map(|us| us as f64 / 1_000.0),
+            writes_lost_with_disk: outcome.writes.iter().filter(|w| w.lost_with_disk).count(),
+        }
+    }
+}
+
+/// The command that replays a run.
+pub fn replay_command(spec: &Spec) -> String {
+    let mut command = format!(
+        "statusmesh-sim run --topology {} --scenario {} --seed {}",
+        spec.topology_arg, spec.plan.scenario, spec.seed
+    );
+    if !spec.replay_flags.is_empty() {
+        command.push(' ');
+        command.push_str(&spec.replay_flags);
+    }
+    command
+}
+
+/// The human report.
+pub fn text(spec: &Spec, outcome: &Outcome) -> String {
+    let f = Figures::of(outcome);
+    let plan = &spec.plan;
+    let mut out = String::new();
+    let ms = |us: u64| us as f64 / 1_000.0;
+    let _ = writeln!(
+        out,
+        "statusmesh-sim: scenario {}, seed {}, topology {} ({} nodes in {} regions)",
+        plan.scenario, spec.seed, spec.topology_arg, f.nodes, f.regions
+    );
+    let _ = writeln!(out, "faults: {}", plan.faults.summary());
+    let _ = writeln!(
+        out,
+        "phases: safety {:.1} s, heal at {:.1} s, liveness bound {:.1} s, end at {:.1} s",
+        plan.safety_ms as f64 / 1_000.0,
+        ms(outcome.heal_us) / 1_000.0,
+        plan.liveness_bound_ms as f64 / 1_000.0,
+        ms(outcome.end_us) / 1_000.0
+    );
+    let _ = writeln!(
+        out,
+        "writes: {} acknowledged changes, {} heartbeats (no change), {} lost with every disk that held them",
+        outcome.writes.len(),
+        outcome.heartbeats,
+        f.writes_lost_with_disk
+    );
+    let _ = writeln!(out, "delivery (fault-free writes, per receiving node):");
+    let _ = writeln!(
+        out,
+        "  delay ms            p50 {:>9.2}  p99 {:>9.2}  max {:>9.2}  ({} deliveries)",
+        f.delivery_ms.p50, f.delivery_ms.p99, f.delivery_ms.max, f.delivery_ms.count
+    );
+    let _ = writeln!(
+        out,
+        "  / lower bound       p50 {:>9.3}  p99 {:>9.3}  max {:>9.3}",
+        f.delivery_ratio.p50, f.delivery_ratio.p99, f.delivery_ratio.max
+    );
+    let _ = writeln!(
+        out,
+        "  full mesh ms        p50 {:>9.2}  p99 {:>9.2}  max {:>9.2}  ({} writes)",
+        f.full_mesh_ms.p50, f.full_mesh_ms.p99, f.full_mesh_ms.max, f.full_mesh_ms.count
+    );
+    let _ = writeln!(
+        out,
+        "  / lower bound       p50 {:>9.3}  p99 {:>9.3}  max {:>9.3}",
+        f.full_mesh_ratio.p50, f.full_mesh_ratio.p99, f.full_mesh_ratio.max
+    );
+    let _ = writeln!(
+        out,
+        "cost: {:.3} payload copies per node per change, {:.0} payload bytes per change, {:.0} bytes of all traffic per change",
+        f.copies_per_node_per_change, f.payload_bytes_per_change, f.traffic_bytes_per_change
+    );
+    let _ = writeln!(
+        out,
+        "idle: {:.1} bytes/s per node over {:.1} s without writes",
+        f.idle_bytes_per_s_per_node,
+        ms(outcome.idle_us) / 1_000.0
+    );
+    match f.convergence_after_heal_ms {
+        Some(c) => {
+            let _ = writeln!(out, "convergence after heal: {c:.1} ms");
+        }
+        None => {
+            let _ = writeln!(out, "convergence after heal: not reached");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "detection: not measured (the gossip core has no failure detector yet)"
+    );
+    let _ = write!(out, "frames:");
+    for (k, kind) in FRAME_KINDS.iter().enumerate() {
+        let _ = write!(
+            out,
+            " {kind} {} ({} B)",
+            outcome.frames_sent[k], outcome.bytes_sent[k]
+        );
+    }
+    let _ = writeln!(out);
+    let empty_disk = outcome.crashes.iter().filter(|c| c.2).count();
+    let _ = writeln!(
+        out,
+        "network: {} lost to partitions, {} lost to loss, {} to crashed nodes, {} duplicated; {} partition spans; {} crashes ({} with an empty disk)",
+        outcome.dropped_partition,
+        outcome.dropped_loss,
+        outcome.dropped_down,
+        outcome.duplicated,
+        outcome.partitions.len(),
+        outcome.crashes.len(),
+        empty_disk
+    );
+    let _ = writeln!(
+        out,
+        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots",
+        outcome.subscriber_events, outcome.reconnects, outcome.snapshots
+    );
+    let _ = writeln!(
+        out,
+        "events processed: {}, trace digest {:016x}",
+        outcome.events_processed, outcome.trace_digest
+    );
+    match &outcome.failure {
+        None => {
+            let _ = writeln!(out, "result: PASS");
+        }
+        Some(reason) => {
+            let _ = writeln!(out, "result: FAIL {reason}");
+            let _ = writeln!(out, "replay: {}", replay_command(spec));
+        }
+    }
+    out
+}
+
+/// The JSON report (keys sorted, so the bytes are stable).
+pub fn json(spec: &Spec, outcome: &Outcome) -> String {
+    let f = Figures::of(outcome);
+    let frames: BTreeMap<&str, serde_json::Value> = FRAME_KINDS
+        .iter()
+        .enumerate()
+        .map(|(k, kind)| {
+            (
+                *kind,
+                json!({"frames": outcome.frames_sent[k], "bytes": outcome.bytes_sent[k]}),
+            )
+        })
+        .collect();
+    let value = json!({
+        "seed": spec.seed,
+        "scenario": spec.plan.scenario,
+        "topology": spec.topology_arg,
+        "nodes": f.nodes,
+        "regions": f.regions,
+        "faults": spec.plan.faults.summary(),
+        "safety_ms": spec.plan.safety_ms,
+        "heal_ms": outcome.heal_us / 1_000,
+        "end_ms": outcome.end_us / 1_000,
+        "writes": outcome.writes.len(),
+        "heartbeats": outcome.heartbeats,
+        "writes_lost_with_disk": f.writes_lost_with_disk,
+        "delivery_ms": f.delivery_ms.json(),
+        "delivery_over_lower_bound": f.delivery_ratio.json(),
+        "full_mesh_ms": f.full_mesh_ms.json(),
+        "full_mesh_over_lower_bound": f.full_mesh_ratio.json(),
+        "payload_copies_per_node_per_change": round3(f.copies_per_node_per_change),
+        "payload_bytes_per_change": round3(f.payload_bytes_per_change),
+        "traffic_bytes_per_change": round3(f.traffic_bytes_per_change),
+        "idle_bytes_per_s_per_node": round3(f.idle_bytes_per_s_per_node),
+        "convergence_after_heal_ms": f.convergence_after_heal_ms.map(round3),
+        "frames": frames,
+        "dropped": {
+            "partition": outcome.dropped_partition,
+            "loss": outcome.dropped_loss,
+            "down": outcome.dropped_down,
+        },
+        "duplicated": outcome.duplicated,
+        "partitions": outcome.partitions.len(),
+        "crashes": outcome.crashes.len(),
+        "crashes_empty_disk": outcome.crashes.iter().filter(|c| c.2).count(),
+        "subscriber_events": outcome.subscriber_events,
+        "reconnects": outcome.reconnects,
+        "snapshots": outcome.snapshots,
+        "events_processed": outcome.events_processed,
+        "trace_digest": format!("{:016x}", outcome.trace_digest),
+        "result": if outcome.failure.is_none() { "pass" } else { "fail" },
+        "failure": outcome.failure,
+        "replay": replay_command(spec),
+    });
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{e}"));
+    text.push('\n');
+    text
+}
+
+/// The SVG timeline: one row per region; a dot where a change was written, a tick where a
+/// region first held it, partitions shaded over the regions they cut off, crashes as crosses.
+pub fn svg(spec: &Spec, outcome: &Outcome) -> String {
+    const LEFT: f64 = 130.0;
+    const WIDTH: f64 = 1_000.0;
+    const ROW: f64 = 22.0;
+    const TOP: f64 = 40.0;
+    let regions = outcome.region_names.len();
+    let height = TOP + ROW * regions as f64 + 40.0;
+    let end_us = outcome.end_us.max(1) as f64;
+    let x = |us: u64| LEFT + WIDTH * (us as f64 / end_us);
+    let y = |region: usize| TOP + ROW * region as f64 + ROW / 2.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{height:.0}" font-family="monospace" font-size="11">"#,
+        LEFT + WIDTH + 20.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="4" y="16">statusmesh-sim {} seed {} ({} nodes): which region saw a change when</text>"#,
+        xml(&spec.plan.scenario),
+        spec.seed,
+        outcome.members.len()
+    );
+    for span in &outcome.partitions {
+        for &region in &span.regions {
+            let _ = writeln!(
+                out,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{ROW:.1}" fill="#f4c7c3" opacity="0.7"><title>partition</title></rect>"##,
+                x(span.start_us),
+                TOP + ROW * region as f64,
+                (x(span.end_us) - x(span.start_us)).max(1.0)
+            );
+        }
+    }
+    for (r, name) in outcome.region_names.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r##"<text x="4" y="{:.1}">{}</text><line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            y(r) + 4.0,
+            xml(name),
+            y(r),
+            LEFT + WIDTH,
+            y(r)
+        );
+    }
+    let heal = x(outcome.heal_us);
+    let _ = writeln!(
+        out,
+        r##"<line x1="{heal:.1}" y1="{TOP}" x2="{heal:.1}" y2="{:.1}" stroke="#393" stroke-dasharray="4"/><text x="{heal:.1}" y="{:.1}">heal</text>"##,
+        TOP + ROW * regions as f64,
+        TOP - 4.0
+    );
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf",
+    ];
+    for (w, write) in outcome.writes.iter().take(SVG_WRITES_MAX).enumerate() {
+        let color = COLORS[w % COLORS.len()];
+        let origin = outcome.members[write.node].region;
+        let mut first: BTreeMap<usize, u64> = BTreeMap::new();
+        for (node, delivered) in write.delivered_us.iter().enumerate() {
+            if let Some(us) = delivered {
+                let region = outcome.members[node].region;
+                let seen = first.entry(region).or_insert(*us);
+                *seen = (*seen).min(*us);
+            }
+        }
+        for (region, us) in first {
+            if region == origin {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="{color}"/>"#,
+                x(write.at_us + us),
+                y(region) - 6.0,
+                y(region) + 6.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>write #{w}</title></circle>"#,
+            x(write.at_us),
+            y(origin)
+        );
+    }
+    for (at_us, node, empty_disk) in &outcome.crashes {
+        let (cx, cy) = (x(*at_us), y(outcome.members[*node].region));
+        let _ = writeln!(
+            out,
+            r##"<path d="M{:.1} {:.1} l8 8 m0 -8 l-8 8" stroke="#c00"><title>crash {}{}</title></path>"##,
+            cx - 4.0,
+            cy - 4.0,
+            xml(&outcome.members[*node].id),
+            if *empty_disk { " (empty disk)" } else { "" }
+        );
+    }
+    let seconds = end_us / 1e6;
+    let step = [
+        1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1_800.0, 3_600.0,
+    ]
+    .into_iter()
+    .find(|s| seconds / s <= 12.0)
+    .unwrap_or(7_200.0);
+    let axis = TOP + ROW * regions as f64 + 16.0;
+    let mut t = 0.0;
+    while t <= seconds {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{axis:.1}">{t:.0}s</text>"#,
+            x((t * 1e6) as u64)
+        );
+        t += step;
+    }
+    if outcome.writes.len() > SVG_WRITES_MAX {
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{:.1}">first {SVG_WRITES_MAX} of {} writes drawn</text>"#,
+            axis + 14.0,
+            outcome.writes.len()
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1_000.0).round() / 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect());
+        assert_eq!((p.count, p.p50, p.p99, p.max), (100, 50.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(Vec::new()), Percentiles::default());
+    }
+}

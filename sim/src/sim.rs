@@ -1,0 +1,1423 @@
+//! The discrete-event simulator: real [`Node`]s on virtual time over a simulated network.
+//!
+//! # Flow of a run
+//! 1. Every member of the topology gets a [`Node`] with a fresh [`Replica`]; all randomness
+//!    (latency jitter, faults, workload, node seeds, actor ids) comes from one ChaCha RNG
+//!    seeded with the run's seed.
+//! 2. Safety phase: the workload writes, the faults of the [`Plan`] are on, and after every
+//!    event the simulator runs [`invariants::check`] on the node it touched and the
+//!    subscriber checks on its event stream.
+//! 3. Heal: faults off, crashed nodes restart, writes stop. Liveness phase: every node must
+//!    hold the same heads and liveness within `liveness_bound_ms`.
+//! 4. After an idle window (which measures idle traffic), the final checks: equal cursors,
+//!    equal views at equal time, every acknowledged write present everywhere.
+//!
+//! Time is kept in microseconds so that 1 ms intra-region latencies can carry jitter; nodes
+//! see milliseconds since the Unix epoch, shifted by their clock skew.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::rc::Rc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use statusmesh_crdt::doc::CellRead;
+use statusmesh_crdt::liveness::Fnv64;
+use statusmesh_crdt::{
+    ActorId, ChangeHash, Cursor, Name, Observation, Replica, ServiceDoc, State, StatusEvent,
+    StatusWrite,
+};
+use statusmesh_gossip::topology::{LatencyModel, Member, Topology};
+use statusmesh_gossip::{codec, invariants, Config, Event, Frame, Node, Peer};
+
+use crate::scenario::{PartitionMode, Plan, Workload};
+
+/// Node clocks read as milliseconds since the Unix epoch; the run starts here (Nov 2023).
+const CLOCK_BASE_MS: u64 = 1_700_000_000_000;
+/// How often the liveness phase checks for convergence, in microseconds.
+const PROBE_INTERVAL_US: u64 = 10_000;
+/// Most events one run may process; a run that needs more is reported as a failure rather
+/// than left to spin.
+const EVENTS_MAX: u64 = 100_000_000;
+/// Nodes a subscriber tries before it accepts a snapshot on reconnect.
+const RECONNECT_ATTEMPTS: usize = 3;
+/// Jitter on top of every one-way latency: up to this fraction of it...
+const JITTER_FRACTION: f64 = 0.05;
+/// ...plus up to this many microseconds (queueing inside a data centre).
+const JITTER_US: u64 = 100;
+/// Time-to-live of written observations: longer than any phase, so staleness flips only
+/// where a reporter's clock is skewed far.
+const OBSERVATION_TTL_MS: u64 = 600_000;
+/// Most writes a run tracks for the acknowledgement and delivery checks.
+const WRITES_TRACKED_MAX: usize = 200_000;
+/// Services and components the workload writes to.
+const SERVICES: [&str; 4] = ["checkout", "search", "payments", "identity"];
+const COMPONENTS: [&str; 6] = ["api", "db", "web", "queue", "cache", "auth"];
+
+/// Frame kinds, in report order.
+pub const FRAME_KINDS: [&str; 4] = ["changes", "digest", "heads", "liveness"];
+
+/// A run's inputs: everything that determines its output.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub seed: u64,
+    pub topology: Topology,
+    /// How the topology was named on the command line, for the replay command.
+    pub topology_arg: String,
+    pub plan: Plan,
+    /// Extra flags the replay command must repeat (`--nodes 50 --duration-s 60`).
+    pub replay_flags: String,
+}
+
+/// One partition interval, for the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionSpan {
+    pub start_us: u64,
+    pub end_us: u64,
+    /// Regions with at least one node on the cut-off side.
+    pub regions: Vec<usize>,
+}
+
+/// One acknowledged write: `local_write` returned `Ok(true)`.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub node: usize,
+    pub service: Name,
+    pub hash: ChangeHash,
+    pub at_us: u64,
+    /// When each node first held the change, microseconds after the write.
+    pub delivered_us: Vec<Option<u64>>,
+    /// Frames that carried this change.
+    pub copies: u64,
+    /// Every node that held it lost its disk before it spread: it may be gone.
+    pub lost_with_disk: bool,
+    /// Written during the safety phase with faults on (excluded from latency figures).
+    pub under_faults: bool,
+}
+
+/// Everything a run measured; [`crate::report`] turns it into text, JSON and SVG.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub failure: Option<String>,
+    pub members: Vec<Member>,
+    pub region_names: Vec<String>,
+    /// Shortest-path one-way latency between regions, in milliseconds.
+    pub shortest_ms: Vec<Vec<f64>>,
+    pub writes: Vec<WriteRecord>,
+    pub heartbeats: u64,
+    pub frames_sent: [u64; 4],
+    pub bytes_sent: [u64; 4],
+    pub bytes_sent_safety: u64,
+    pub dropped_partition: u64,
+    pub dropped_loss: u64,
+    pub dropped_down: u64,
+    pub duplicated: u64,
+    pub crashes: Vec<(u64, usize, bool)>,
+    pub partitions: Vec<PartitionSpan>,
+    pub heal_us: u64,
+    pub converged_us: Option<u64>,
+    pub idle_bytes: u64,
+    pub idle_us: u64,
+    pub end_us: u64,
+    pub subscriber_events: u64,
+    pub reconnects: u64,
+    pub snapshots: u64,
+    pub events_processed: u64,
+    pub frames_rejected: u64,
+    pub trace_digest: u64,
+}
+
+#[derive(Debug)]
+struct Payload {
+    bytes: Vec<u8>,
+    kind: usize,
+    /// Indices of tracked writes whose changes the frame carries.
+    writes: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        payload: Rc<Payload>,
+    },
+    Timer {
+        node: usize,
+        incarnation: u32,
+        local_ms: u64,
+    },
+    Write,
+    BroadcastWrite {
+        node: usize,
+    },
+    PartitionOn,
+    PartitionOff,
+    Crash,
+    Restart {
+        node: usize,
+    },
+    Roam,
+    Heal,
+    Probe,
+    End,
+}
+
+impl Ev {
+    fn tag(&self) -> u8 {
+        match self {
+            Ev::Deliver { .. } => 0,
+            Ev::Timer { .. } => 1,
+            Ev::Write => 2,
+            Ev::BroadcastWrite { .. } => 3,
+            Ev::PartitionOn => 4,
+            Ev::PartitionOff => 5,
+            Ev::Crash => 6,
+            Ev::Restart { .. } => 7,
+            Ev::Roam => 8,
+            Ev::Heal => 9,
+            Ev::Probe => 10,
+            Ev::End => 11,
+        }
+    }
+}
+
+/// An event in the heap; equal times are broken by the order of scheduling.
+#[derive(Debug)]
+struct Scheduled {
+    at_us: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
+    }
+}
+
+/// What a subscriber holds of one cell: the event's value without its key.
+type CellState = (Observation, bool, Option<String>, Option<u64>);
+type CellKey = (Name, Name, Name);
+
+#[derive(Debug)]
+struct Slot {
+    node: Option<Node>,
+    incarnation: u32,
+    skew_ms: i64,
+    timer_local_ms: Option<u64>,
+    /// The saved documents of a crashed node that kept its disk.
+    disk: Option<Vec<(Name, Vec<u8>)>>,
+    /// Tracked writes the disk holds, for the lost-write accounting.
+    disk_writes: BTreeSet<usize>,
+    /// Last state this node wrote per (service, component), to repeat it as a heartbeat.
+    last_written: BTreeMap<(usize, usize), State>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    node: usize,
+    cursor: Cursor,
+    cells: BTreeMap<CellKey, CellState>,
+}
+
+/// The simulator of one run.
+#[derive(Debug)]
+pub struct Sim {
+    spec: Spec,
+    members: Vec<Member>,
+    latency: LatencyModel,
+    rng: ChaCha8Rng,
+    now_us: u64,
+    seq: u64,
+    heap: BinaryHeap<Reverse<Scheduled>>,
+    slots: Vec<Slot>,
+    index: HashMap<String, usize>,
+    peers: Vec<Peer>,
+    /// True for nodes on the cut-off side of the plan's partition.
+    cut: Vec<bool>,
+    cut_regions: Vec<usize>,
+    partition_active: bool,
+    faults_on: bool,
+    /// The plan has faults at all (writes under them are left out of latency figures).
+    faulty: bool,
+    safety_end_us: u64,
+    write_by_hash: HashMap<ChangeHash, usize>,
+    subscribers: Vec<Subscriber>,
+    last_payload: Option<Rc<Payload>>,
+    trace: Fnv64,
+    out: Outcome,
+    idle_start: Option<(u64, u64)>,
+}
+
+impl Sim {
+    /// A simulator for `spec`, with every node constructed and its first timer armed.
+    pub fn new(spec: Spec) -> Result<Self, String> {
+        let members = spec.topology.members();
+        if members.is_empty() {
+            return Err("the topology has no nodes".to_owned());
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        // Draw the plan's choices first, so a plan reads the same RNG stream every time.
+        let (cut, cut_regions) = choose_cut(&spec, &members, &mut rng);
+        let latency = LatencyModel::new(&spec.topology.regions);
+        let shortest_ms = latency.shortest_paths_ms();
+        let peers: Vec<Peer> = members
+            .iter()
+            .map(|m| Peer {
+                id: m.id.clone(),
+                region: spec.topology.regions[m.region].name.clone(),
+            })
+            .collect();
+        let index = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id.clone(), i))
+            .collect();
+        let skew = spec.plan.faults.clock_skew_ms as i64;
+        let mut slots = Vec::with_capacity(members.len());
+        for (i, member) in members.iter().enumerate() {
+            let skew_ms = if skew > 0 {
+                rng.random_range(-skew..=skew)
+            } else {
+                0
+            };
+            let replica = Replica::new(&member.id, actor_id(spec.seed, i, 0));
+            let node = Node::new(
+                member.id.clone(),
+                Config::wan(),
+                peers.clone(),
+                replica,
+                node_seed(spec.seed, i, 0),
+            );
+            slots.push(Slot {
+                node: Some(node),
+                incarnation: 0,
+                skew_ms,
+                timer_local_ms: None,
+                disk: None,
+                disk_writes: BTreeSet::new(),
+                last_written: BTreeMap::new(),
+            });
+        }
+        let regions_with_nodes = spec
+            .topology
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| members.iter().any(|m| m.region == *r))
+            .count() as u64;
+        let safety_end_us = match spec.plan.workload {
+            Workload::Broadcast { spacing_ms } => {
+                (1_000 + regions_with_nodes * spacing_ms + 2_000).max(spec.plan.safety_ms) * 1_000
+            }
+            Workload::Flips { .. } => spec.plan.safety_ms * 1_000,
+        };
+        let subscribers = (0..spec.plan.subscribers.min(members.len()))
+            .map(|k| Subscriber {
+                node: k * members.len() / spec.plan.subscribers.max(1),
+                cursor: Cursor::default(),
+                cells: BTreeMap::new(),
+            })
+            .collect();
+        let out = Outcome {
+            failure: None,
+            members: members.clone(),
+            region_names: spec
+                .topology
+                .regions
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
+            shortest_ms,
+            writes: Vec::new(),
+            heartbeats: 0,
+            frames_sent: [0; 4],
+            bytes_sent: [0; 4],
+            bytes_sent_safety: 0,
+            dropped_partition: 0,
+            dropped_loss: 0,
+            dropped_down: 0,
+            duplicated: 0,
+            crashes: Vec::new(),
+            partitions: Vec::new(),
+            heal_us: safety_end_us,
+            converged_us: None,
+            idle_bytes: 0,
+            idle_us: 0,
+            end_us: 0,
+            subscriber_events: 0,
+            reconnects: 0,
+            snapshots: 0,
+            events_processed: 0,
+            frames_rejected: 0,
+            trace_digest: 0,
+        };
+        let mut sim = Self {
+            members,
+            latency,
+            rng,
+            now_us: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            slots,
+            index,
+            peers,
+            cut,
+            cut_regions,
+            partition_active: false,
+            faults_on: true,
+            faulty: spec.plan.faults != crate::scenario::Faults::none(),
+            safety_end_us,
+            write_by_hash: HashMap::new(),
+            subscribers,
+            last_payload: None,
+            trace: Fnv64::new(),
+            out,
+            idle_start: None,
+            spec,
+        };
+        sim.schedule_start();
+        Ok(sim)
+    }
+
+    /// Runs to the end (or the first failure) and returns what was measured.
+    pub fn run(mut self) -> Outcome {
+        while let Some(Reverse(scheduled)) = self.heap.pop() {
+            if self.out.failure.is_some() {
+                break;
+            }
+            self.out.events_processed += 1;
+            if self.out.events_processed > EVENTS_MAX {
+                self.fail(format!("event budget of {EVENTS_MAX} exhausted"));
+                break;
+            }
+            debug_assert!(scheduled.at_us >= self.now_us, "time went backwards");
+            self.now_us = scheduled.at_us;
+            self.trace.write(&scheduled.at_us.to_le_bytes());
+            self.trace.write(&[scheduled.ev.tag()]);
+            if matches!(scheduled.ev, Ev::End) {
+                self.finish();
+                break;
+            }
+            self.handle(scheduled.ev);
+        }
+        if self.out.failure.is_none() && self.out.end_us == 0 {
+            self.fail("the run ended without reaching its end event".to_owned());
+        }
+        self.out.trace_digest = self.trace.finish();
+        for slot in &self.slots {
+            if let Some(node) = &slot.node {
+                self.out.frames_rejected += node.stats().frames_rejected;
+            }
+        }
+        self.out
+    }
+
+    fn schedule_start(&mut self) {
+        for i in 0..self.slots.len() {
+            self.rearm(i);
+        }
+        let plan = self.spec.plan.clone();
+        match plan.workload {
+            Workload::Flips { .. } => self.schedule(1_000_000, Ev::Write),
+            Workload::Broadcast { spacing_ms } => {
+                let mut at_us = 1_000_000;
+                for region in 0..self.spec.topology.regions.len() {
+                    if let Some(node) = self.members.iter().position(|m| m.region == region) {
+                        self.schedule(at_us, Ev::BroadcastWrite { node });
+                        at_us += spacing_ms * 1_000;
+                    }
+                }
+            }
+        }
+        if let Some(partition) = &plan.faults.partition {
+            if partition.start_ms * 1_000 < self.safety_end_us {
+                self.schedule(partition.start_ms * 1_000, Ev::PartitionOn);
+            }
+        }
+        if let Some(crash) = &plan.faults.crash {
+            let first = self
+                .rng
+                .random_range(crash.interval_ms / 2..=crash.interval_ms);
+            self.schedule(first * 1_000, Ev::Crash);
+        }
+        if !self.subscribers.is_empty() {
+            self.schedule(plan.roam_interval_ms.max(1) * 1_000, Ev::Roam);
+        }
+        self.schedule(self.safety_end_us, Ev::Heal);
+    }
+
+    fn schedule(&mut self, at_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse(Scheduled {
+            at_us: at_us.max(self.now_us),
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                incarnation,
+                payload,
+            } => self.deliver(from, to, incarnation, &payload),
+            Ev::Timer {
+                node,
+                incarnation,
+                local_ms,
+            } => {
+                let slot = &self.slots[node];
+                if slot.incarnation != incarnation || slot.timer_local_ms != Some(local_ms) {
+                    return;
+                }
+                let now_ms = self.local_ms(node);
+                if let Some(n) = self.slots[node].node.as_mut() {
+                    n.handle_timeout(now_ms);
+                    self.after_call(node);
+                }
+            }
+            Ev::Write => self.workload_tick(),
+            Ev::BroadcastWrite { node } => {
+                let state = State::ALL[self.rng.random_range(1..State::ALL.len())];
+                self.write(node, 0, 0, state);
+            }
+            Ev::PartitionOn => {
+                if !self.faults_on {
+                    return;
+                }
+                self.partition_active = true;
+                self.out.partitions.push(PartitionSpan {
+                    start_us: self.now_us,
+                    end_us: self.safety_end_us,
+                    regions: self.cut_regions.clone(),
+                });
+                if let Some((on_ms, _)) = self.flapping() {
+                    self.schedule(self.now_us + on_ms * 1_000, Ev::PartitionOff);
+                }
+            }
+            Ev::PartitionOff => {
+                self.end_partition();
+                if let Some((_, off_ms)) = self.flapping() {
+                    if self.faults_on {
+                        self.schedule(self.now_us + off_ms * 1_000, Ev::PartitionOn);
+                    }
+                }
+            }
+            Ev::Crash => self.crash(),
+            Ev::Restart { node } => self.restart(node),
+            Ev::Roam => {
+                if let Some(sub) = self.subscribers.first() {
+                    let from = sub.node;
+                    self.reconnect(0, from);
+                }
+                let interval = self.spec.plan.roam_interval_ms.max(1) * 1_000;
+                if self.now_us + interval < self.safety_end_us {
+                    self.schedule(self.now_us + interval, Ev::Roam);
+                }
+            }
+            Ev::Heal => self.heal(),
+            Ev::Probe => self.probe(),
+            Ev::End => {}
+        }
+    }
+
+    fn flapping(&self) -> Option<(u64, u64)> {
+        self.spec
+            .plan
+            .faults
+            .partition
+            .as_ref()
+            .and_then(|p| p.flapping)
+    }
+
+    fn end_partition(&mut self) {
+        if self.partition_active {
+            self.partition_active = false;
+            if let Some(span) = self.out.partitions.last_mut() {
+                span.end_us = self.now_us;
+            }
+        }
+    }
+
+    fn local_ms(&self, node: usize) -> u64 {
+        let ms = (CLOCK_BASE_MS + self.now_us / 1_000) as i64 + self.slots[node].skew_ms;
+        ms.max(0) as u64
+    }
+
+    /// Drains what a node produced after an input: invariants first (the queues are still
+    /// full), then frames, then events; then re-arms its timer.
+    fn after_call(&mut self, i: usize) {
+        let Some(node) = self.slots[i].node.as_mut() else {
+            return;
+        };
+        if let Err(broken) = invariants::check(node) {
+            let id = node.id().to_owned();
+            self.fail(format!("invariant broken on {id}: {broken}"));
+            return;
+        }
+        let mut transmits = Vec::new();
+        while let Some(t) = node.poll_transmit() {
+            transmits.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = node.poll_event() {
+            events.push(e);
+        }
+        for t in transmits {
+            self.send(i, t.to, t.bytes);
+        }
+        let mut status: Vec<(StatusEvent, Cursor)> = Vec::new();
+        for event in events {
+            match event {
+                Event::Status { event, cursor } => status.push((event, cursor)),
+                Event::FrameRejected { from, reason } => {
+                    // Only honest nodes exist here, so a rejected frame is a bug.
+                    let id = self.members[i].id.clone();
+                    self.fail(format!("{id} rejected a frame from {from}: {reason}"));
+                    return;
+                }
+                Event::Heartbeat { .. } | Event::PeerContact { .. } => {}
+            }
+        }
+        self.check_subscribers(i, status);
+        self.rearm(i);
+    }
+
+    fn rearm(&mut self, i: usize) {
+        let slot = &self.slots[i];
+        let Some(node) = slot.node.as_ref() else {
+            return;
+        };
+        let next = node.poll_timeout();
+        if next == slot.timer_local_ms {
+            return;
+        }
+        self.slots[i].timer_local_ms = next;
+        if let Some(local_ms) = next {
+            let sim_ms = local_ms as i64 - CLOCK_BASE_MS as i64 - self.slots[i].skew_ms;
+            let at_us = (sim_ms.max(0) as u64).saturating_mul(1_000);
+            let incarnation = self.slots[i].incarnation;
+            self.schedule(
+                at_us,
+                Ev::Timer {
+                    node: i,
+                    incarnation,
+                    local_ms,
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, from: usize, to_id: String, bytes: Vec<u8>) {
+        let Some(&to) = self.index.get(&to_id) else {
+            self.fail(format!(
+                "{} sent to unknown node {to_id}",
+                self.members[from].id
+            ));
+            return;
+        };
+        let payload = match &self.last_payload {
+            // A broadcast queues the same bytes for every peer: decode them once.
+            Some(p) if p.bytes == bytes => Rc::clone(p),
+            _ => match self.decode_payload(bytes) {
+                Ok(p) => {
+                    let p = Rc::new(p);
+                    self.last_payload = Some(Rc::clone(&p));
+                    p
+                }
+                Err(e) => {
+                    self.fail(format!(
+                        "{} sent a frame that does not decode: {e}",
+                        self.members[from].id
+                    ));
+                    return;
+                }
+            },
+        };
+        let len = payload.bytes.len() as u64;
+        self.out.frames_sent[payload.kind] += 1;
+        self.out.bytes_sent[payload.kind] += len;
+        if self.now_us < self.safety_end_us {
+            self.out.bytes_sent_safety += len;
+        }
+        for &w in &payload.writes {
+            self.out.writes[w].copies += 1;
+        }
+        self.trace.write(&(from as u32).to_le_bytes());
+        self.trace.write(&(to as u32).to_le_bytes());
+        self.trace.write(&len.to_le_bytes());
+        if self.faults_on && self.partition_active && self.blocked(from, to) {
+            self.out.dropped_partition += 1;
+            return;
+        }
+        let faults = &self.spec.plan.faults;
+        if self.faults_on && faults.loss > 0.0 && self.rng.random_bool(faults.loss) {
+            self.out.dropped_loss += 1;
+            return;
+        }
+        let copies =
+            if self.faults_on && faults.duplicate > 0.0 && self.rng.random_bool(faults.duplicate) {
+                self.out.duplicated += 1;
+                2
+            } else {
+                1
+            };
+        for _ in 0..copies {
+            let delay = self.delay_us(from, to);
+            let incarnation = self.slots[to].incarnation;
+            self.schedule(
+                self.now_us + delay,
+                Ev::Deliver {
+                    from,
+                    to,
+                    incarnation,
+                    payload: Rc::clone(&payload),
+                },
+            );
+        }
+    }
+
+    fn decode_payload(&self, bytes: Vec<u8>) -> Result<Payload, String> {
+        let frame = codec::decode(&bytes).map_err(|e| e.to_string())?;
+        let kind = match frame.kind() {
+            "changes" => 0,
+            "digest" => 1,
+            "heads" => 2,
+            _ => 3,
+        };
+        let mut writes = Vec::new();
+        if let Frame::Changes { changes, .. } = &frame {
+            for change in changes {
+                let change = automerge::Change::try_from(change.as_slice())
+                    .map_err(|e| format!("change does not parse: {e}"))?;
+                if let Some(&w) = self.write_by_hash.get(&change.hash()) {
+                    writes.push(w);
+                }
+            }
+        }
+        Ok(Payload {
+            bytes,
+            kind,
+            writes,
+        })
+    }
+
+    fn blocked(&self, from: usize, to: usize) -> bool {
+        let symmetric = self
+            .spec
+            .plan
+            .faults
+            .partition
+            .as_ref()
+            .is_none_or(|p| p.symmetric);
+        self.cut[from] != self.cut[to] && (symmetric || self.cut[from])
+    }
+
+    fn delay_us(&mut self, from: usize, to: usize) -> u64 {
+        let (a, b) = (self.members[from].region, self.members[to].region);
+        let base_us = self.latency.one_way_ms(a, b) * 1_000.0;
+        let jitter = self.rng.random_range(0.0..=JITTER_FRACTION) * base_us;
+        let mut delay = (base_us + jitter) as u64 + self.rng.random_range(0..=JITTER_US);
+        if self.faults_on {
+            let faults = &self.spec.plan.faults;
+            if faults.reorder_ms > 0 {
+                delay += self.rng.random_range(0..=faults.reorder_ms * 1_000);
+            }
+            if faults.spike_probability > 0.0 && self.rng.random_bool(faults.spike_probability) {
+                let (low, high) = faults.spike_ms;
+                delay += self.rng.random_range(low..=high.max(low)) * 1_000;
+            }
+        }
+        delay.max(1)
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, incarnation: u32, payload: &Payload) {
+        if self.slots[to].incarnation != incarnation || self.slots[to].node.is_none() {
+            self.out.dropped_down += 1;
+            return;
+        }
+        let now_ms = self.local_ms(to);
+        let from_id = self.members[from].id.clone();
+        if let Some(node) = self.slots[to].node.as_mut() {
+            node.handle_frame(now_ms, &from_id, &payload.bytes);
+        }
+        for &w in &payload.writes {
+            self.note_delivery(w, to);
+        }
+        self.after_call(to);
+    }
+
+    fn note_delivery(&mut self, w: usize, to: usize) {
+        let record = &self.out.writes[w];
+        if record.delivered_us[to].is_some() {
+            return;
+        }
+        if self.holds(to, w) {
+            let delay = self.now_us - record.at_us;
+            self.out.writes[w].delivered_us[to] = Some(delay);
+        }
+    }
+
+    fn holds(&self, node: usize, w: usize) -> bool {
+        let record = &self.out.writes[w];
+        self.slots[node]
+            .node
+            .as_ref()
+            .and_then(|n| n.replica().doc(&record.service))
+            .is_some_and(|d| d.has_all(&[record.hash]))
+    }
+
+    fn live_nodes(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].node.is_some())
+            .collect()
+    }
+
+    fn workload_tick(&mut self) {
+        if self.now_us >= self.safety_end_us {
+            return;
+        }
+        let Workload::Flips {
+            interval_ms,
+            services,
+            components,
+            burst_probability,
+            burst_size,
+            heartbeat_probability,
+        } = self.spec.plan.workload
+        else {
+            return;
+        };
+        let count = if burst_probability > 0.0 && self.rng.random_bool(burst_probability) {
+            burst_size.max(1)
+        } else {
+            1
+        };
+        for _ in 0..count {
+            let live = self.live_nodes();
+            if live.is_empty() {
+                break;
+            }
+            let node = live[self.rng.random_range(0..live.len())];
+            let service = self.rng.random_range(0..services.clamp(1, SERVICES.len()));
+            let component = self
+                .rng
+                .random_range(0..components.clamp(1, COMPONENTS.len()));
+            let repeat = self.slots[node]
+                .last_written
+                .get(&(service, component))
+                .copied()
+                .filter(|_| self.rng.random_bool(heartbeat_probability.clamp(0.0, 1.0)));
+            let state =
+                repeat.unwrap_or_else(|| State::ALL[self.rng.random_range(0..State::ALL.len())]);
+            self.write(node, service, component, state);
+        }
+        let interval_us = interval_ms.max(1) * 1_000;
+        let next = self
+            .rng
+            .random_range(interval_us / 2..=interval_us + interval_us / 2);
+        self.schedule(self.now_us + next.max(1), Ev::Write);
+    }
+
+    fn write(&mut self, node: usize, service: usize, component: usize, state: State) {
+        let now_ms = self.local_ms(node);
+        let member = &self.members[node];
+        let region = &self.spec.topology.regions[member.region].name;
+        let observation = Observation {
+            state,
+            message: String::new(),
+            reporter: member.id.clone(),
+            observed_at_ms: now_ms,
+            ttl_ms: OBSERVATION_TTL_MS,
+        };
+        let write = match StatusWrite::parse(
+            SERVICES[service],
+            COMPONENTS[component],
+            region,
+            observation,
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                self.fail(format!("the workload made an invalid write: {e}"));
+                return;
+            }
+        };
+        let Some(n) = self.slots[node].node.as_mut() else {
+            return;
+        };
+        match n.local_write(now_ms, &write) {
+            Ok(true) => {
+                let heads = n
+                    .replica()
+                    .doc(&write.service)
+                    .map(|d| d.heads())
+                    .unwrap_or_default();
+                // A local change depends on every head, so it is the only head now.
+                let [hash] = heads.as_slice() else {
+                    let id = n.id().to_owned();
+                    self.fail(format!("{id}: after a local write the heads are {heads:?}"));
+                    return;
+                };
+                if self.out.writes.len() < WRITES_TRACKED_MAX {
+                    let mut delivered_us = vec![None; self.slots.len()];
+                    delivered_us[node] = Some(0);
+                    self.write_by_hash.insert(*hash, self.out.writes.len());
+                    self.out.writes.push(WriteRecord {
+                        node,
+                        service: write.service.clone(),
+                        hash: *hash,
+                        at_us: self.now_us,
+                        delivered_us,
+                        copies: 0,
+                        lost_with_disk: false,
+                        under_faults: self.faulty && self.faults_on,
+                    });
+                }
+                self.slots[node]
+                    .last_written
+                    .insert((service, component), state);
+            }
+            Ok(false) => self.out.heartbeats += 1,
+            Err(e) => {
+                let id = self.members[node].id.clone();
+                self.fail(format!("{id} refused a valid write: {e}"));
+                return;
+            }
+        }
+        self.after_call(node);
+    }
+
+    fn crash(&mut self) {
+        let Some(plan) = self.spec.plan.faults.crash.clone() else {
+            return;
+        };
+        if !self.faults_on {
+            return;
+        }
+        let next = self
+            .rng
+            .random_range(plan.interval_ms / 2..=plan.interval_ms + plan.interval_ms / 2);
+        self.schedule(self.now_us + next.max(1) * 1_000, Ev::Crash);
+        let live = self.live_nodes();
+        let down = self.slots.len() - live.len();
+        if down >= plan.down_max || live.len() <= 1 {
+            return;
+        }
+        let node = live[self.rng.random_range(0..live.len())];
+        let empty_disk = self
+            .rng
+            .random_bool(plan.empty_disk_probability.clamp(0.0, 1.0));
+        let down_ms = self
+            .rng
+            .random_range(plan.down_ms.0..=plan.down_ms.1.max(plan.down_ms.0));
+        self.out.crashes.push((self.now_us, node, empty_disk));
+        let Some(crashed) = self.slots[node].node.take() else {
+            return;
+        };
+        let held: BTreeSet<usize> = (0..self.out.writes.len())
+            .filter(|&w| {
+                crashed
+                    .replica()
+                    .doc(&self.out.writes[w].service)
+                    .is_some_and(|d| d.has_all(&[self.out.writes[w].hash]))
+            })
+            .collect();
+        if empty_disk {
+            self.slots[node].disk = None;
+            self.slots[node].disk_writes.clear();
+            for w in held {
+                if !self.out.writes[w].lost_with_disk && !self.held_elsewhere(w, node) {
+                    self.out.writes[w].lost_with_disk = true;
+                }
+            }
+        } else {
+            let docs = crashed
+                .replica()
+                .docs()
+                .map(|d| (d.service().clone(), d.save()))
+                .collect();
+            self.slots[node].disk = Some(docs);
+            self.slots[node].disk_writes = held;
+        }
+        self.slots[node].incarnation += 1;
+        self.slots[node].timer_local_ms = None;
+        self.schedule(self.now_us + down_ms * 1_000, Ev::Restart { node });
+        for s in 0..self.subscribers.len() {
+            if self.subscribers[s].node == node {
+                self.reconnect(s, node);
+            }
+        }
+    }
+
+    fn held_elsewhere(&self, w: usize, except: usize) -> bool {
+        (0..self.slots.len()).filter(|&i| i != except).any(|i| {
+            self.holds(i, w)
+                || (self.slots[i].node.is_none()
+                    && self.slots[i].disk.is_some()
+                    && self.slots[i].disk_writes.contains(&w))
+        })
+    }
+
+    fn restart(&mut self, node: usize) {
+        if self.slots[node].node.is_some() {
+            return;
+        }
+        let incarnation = self.slots[node].incarnation;
+        let actor = actor_id(self.spec.seed, node, incarnation);
+        let id = self.members[node].id.clone();
+        let replica = match self.slots[node].disk.take() {
+            Some(saved) => {
+                let mut docs = Vec::with_capacity(saved.len());
+                for (service, bytes) in saved {
+                    match ServiceDoc::load(service.clone(), &bytes, actor.clone()) {
+                        Ok(doc) => docs.push(doc),
+                        Err(e) => {
+                            self.fail(format!("{id}: saved document {service} does not load: {e}"));
+                            return;
+                        }
+                    }
+                }
+                Replica::from_docs(&id, actor, docs)
+            }
+            None => Replica::new(&id, actor),
+        };
+        self.slots[node].disk_writes.clear();
+        self.slots[node].node = Some(Node::new(
+            id,
+            Config::wan(),
+            self.peers.clone(),
+            replica,
+            node_seed(self.spec.seed, node, incarnation),
+        ));
+        self.after_call(node);
+    }
+
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.end_partition();
+        for node in 0..self.slots.len() {
+            self.restart(node);
+        }
+        self.out.heal_us = self.now_us;
+        self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+    }
+
+    fn probe(&mut self) {
+        if self.converged() {
+            self.out.converged_us = Some(self.now_us - self.out.heal_us);
+            let sent: u64 = self.out.bytes_sent.iter().sum();
+            self.idle_start = Some((self.now_us, sent));
+            self.schedule(self.now_us + self.spec.plan.idle_ms * 1_000, Ev::End);
+            return;
+        }
+        if self.now_us - self.out.heal_us > self.spec.plan.liveness_bound_ms * 1_000 {
+            let behind = self.divergent_nodes();
+            self.fail(format!(
+                "no convergence within {} ms of the heal; nodes that differ from {}: {}",
+                self.spec.plan.liveness_bound_ms,
+                self.members[0].id,
+                behind.join(", ")
+            ));
+            return;
+        }
+        self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+    }
+
+    fn converged(&self) -> bool {
+        self.divergent_nodes().is_empty()
+    }
+
+    /// Nodes whose heads or liveness differ from the first node's (at most ten named).
+    fn divergent_nodes(&self) -> Vec<String> {
+        let Some(first) = self.slots[0].node.as_ref() else {
+            return vec![self.members[0].id.clone()];
+        };
+        let cursor = first.replica().cursor();
+        let liveness = first.replica().liveness().digest();
+        let mut differ = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let same = slot.node.as_ref().is_some_and(|n| {
+                n.replica().liveness().digest() == liveness && n.replica().cursor() == cursor
+            });
+            if !same {
+                differ.push(self.members[i].id.clone());
+                if differ.len() >= 10 {
+                    break;
+                }
+            }
+        }
+        differ
+    }
+
+    fn finish(&mut self) {
+        self.out.end_us = self.now_us;
+        if let Some((start_us, sent_before)) = self.idle_start {
+            let sent: u64 = self.out.bytes_sent.iter().sum();
+            self.out.idle_bytes = sent - sent_before;
+            self.out.idle_us = self.now_us - start_us;
+        }
+        if !self.converged() {
+            self.fail("nodes diverged again during the idle window".to_owned());
+            return;
+        }
+        // Equal views at equal time: the same JSON on every node.
+        let now_ms = CLOCK_BASE_MS + self.now_us / 1_000;
+        let mut first_view: Option<String> = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(node) = &slot.node else {
+                continue;
+            };
+            let view = match serde_json::to_string(&node.replica().view(now_ms, None)) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.fail(format!("view does not serialize: {e}"));
+                    return;
+                }
+            };
+            match &first_view {
+                None => first_view = Some(view),
+                Some(first) if *first != view => {
+                    let id = self.members[i].id.clone();
+                    self.fail(format!(
+                        "{id} shows another view than {} at the same time",
+                        self.members[0].id
+                    ));
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        // Every acknowledged write that did not go down with every disk that held it.
+        for w in 0..self.out.writes.len() {
+            if self.out.writes[w].lost_with_disk {
+                continue;
+            }
+            for node in 0..self.slots.len() {
+                if !self.holds(node, w) {
+                    let record = &self.out.writes[w];
+                    self.fail(format!(
+                        "acknowledged write #{w} by {} at {} ms is missing on {}",
+                        self.members[record.node].id,
+                        record.at_us / 1_000,
+                        self.members[node].id
+                    ));
+                    return;
+                }
+            }
+        }
+        for s in 0..self.subscribers.len() {
+            let node = self.subscribers[s].node;
+            self.check_subscriber_state(s, node, "at the end");
+        }
+    }
+
+    /// Feeds a node's status events to its subscribers and checks each stream: no duplicate,
+    /// no gap (the subscriber's cells equal the node's after the batch), never backwards
+    /// (the new cursor covers the old).
+    fn check_subscribers(&mut self, node: usize, events: Vec<(StatusEvent, Cursor)>) {
+        for s in 0..self.subscribers.len() {
+            if self.subscribers[s].node != node || self.out.failure.is_some() {
+                continue;
+            }
+            let Some(n) = self.slots[node].node.as_ref() else {
+                continue;
+            };
+            let node_cursor = n.replica().cursor();
+            if events.is_empty() && node_cursor == self.subscribers[s].cursor {
+                continue;
+            }
+            for (event, _) in &events {
+                if let Err(e) = apply_event(&mut self.subscribers[s].cells, event) {
+                    self.fail(format!("subscriber {s} on {}: {e}", self.members[node].id));
+                    return;
+                }
+                self.out.subscriber_events += 1;
+            }
+            let new_cursor = events
+                .last()
+                .map(|(_, c)| c.clone())
+                .unwrap_or(node_cursor.clone());
+            if new_cursor != node_cursor {
+                self.fail(format!(
+                    "subscriber {s} on {}: the last event's cursor is not the node's cursor",
+                    self.members[node].id
+                ));
+                return;
+            }
+            self.advance_cursor(s, node, new_cursor);
+            self.check_subscriber_state(s, node, "after an event batch");
+        }
+    }
+
+    fn advance_cursor(&mut self, s: usize, node: usize, new_cursor: Cursor) {
+        let Some(n) = self.slots[node].node.as_ref() else {
+            return;
+        };
+        if let Err(e) = covers(n.replica(), &self.subscribers[s].cursor, &new_cursor) {
+            self.fail(format!(
+                "subscriber {s} on {} went backwards: {e}",
+                self.members[node].id
+            ));
+            return;
+        }
+        self.subscribers[s].cursor = new_cursor;
+    }
+
+    fn check_subscriber_state(&mut self, s: usize, node: usize, when: &str) {
+        let Some(n) = self.slots[node].node.as_ref() else {
+            return;
+        };
+        let truth = node_cells(n.replica());
+        let sub = &self.subscribers[s];
+        if sub.cells != truth {
+            let missing = truth
+                .iter()
+                .find(|(k, v)| sub.cells.get(*k) != Some(*v))
+                .map(|(k, _)| format!("{}/{}/{}", k.0, k.1, k.2))
+                .or_else(|| {
+                    sub.cells
+                        .keys()
+                        .find(|k| !truth.contains_key(*k))
+                        .map(|k| format!("{}/{}/{} (extra)", k.0, k.1, k.2))
+                })
+                .unwrap_or_default();
+            self.fail(format!(
+                "subscriber {s} on {} has a gap {when}: cell {missing} differs from the node",
+                self.members[node].id
+            ));
+        }
+    }
+
+    /// The subscriber reconnects with its cursor (through its text form, as `Last-Event-ID`)
+    /// to another live node; after a few nodes that cannot tell, it accepts a snapshot.
+    fn reconnect(&mut self, s: usize, from: usize) {
+        let live: Vec<usize> = self
+            .live_nodes()
+            .into_iter()
+            .filter(|&i| i != from)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        self.out.reconnects += 1;
+        let text = self.subscribers[s].cursor.encode();
+        let cursor = match Cursor::decode(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(format!("subscriber {s}: its cursor does not decode: {e}"));
+                return;
+            }
+        };
+        if cursor != self.subscribers[s].cursor {
+            self.fail(format!("subscriber {s}: its cursor does not round-trip"));
+            return;
+        }
+        for _ in 0..RECONNECT_ATTEMPTS {
+            let target = live[self.rng.random_range(0..live.len())];
+            let Some(n) = self.slots[target].node.as_ref() else {
+                continue;
+            };
+            let Some(events) = n.replica().events_since(&cursor) else {
+                continue;
+            };
+            let target_cursor = n.replica().cursor();
+            self.subscribers[s].node = target;
+            for event in &events {
+                if let Err(e) = apply_event(&mut self.subscribers[s].cells, event) {
+                    self.fail(format!(
+                        "subscriber {s} resuming on {}: {e}",
+                        self.members[target].id
+                    ));
+                    return;
+                }
+                self.out.subscriber_events += 1;
+            }
+            self.advance_cursor(s, target, target_cursor);
+            self.check_subscriber_state(s, target, "after resuming with its cursor");
+            return;
+        }
+        // Nobody could tell: a fresh snapshot, as the SSE contract allows.
+        let target = live[self.rng.random_range(0..live.len())];
+        if let Some(n) = self.slots[target].node.as_ref() {
+            self.out.snapshots += 1;
+            let sub = &mut self.subscribers[s];
+            sub.node = target;
+            sub.cells = node_cells(n.replica());
+            sub.cursor = n.replica().cursor();
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.out.failure.is_none() {
+            self.out.failure = Some(format!("at {} ms: {reason}", self.now_us / 1_000));
+        }
+    }
+}
+
+/// Picks the cut-off side of the plan's partition from the RNG.
+fn choose_cut(spec: &Spec, members: &[Member], rng: &mut ChaCha8Rng) -> (Vec<bool>, Vec<usize>) {
+    let n = members.len();
+    let regions = &spec.topology.regions;
+    let Some(plan) = &spec.plan.faults.partition else {
+        return (vec![false; n], Vec::new());
+    };
+    let populated: Vec<usize> = (0..regions.len())
+        .filter(|r| members.iter().any(|m| m.region == *r))
+        .collect();
+    let region_cut = |rng: &mut ChaCha8Rng| {
+        let region = populated[rng.random_range(0..populated.len())];
+        members
+            .iter()
+            .map(|m| m.region == region)
+            .collect::<Vec<bool>>()
+    };
+    let mut cut = match plan.mode {
+        PartitionMode::Region => region_cut(rng),
+        PartitionMode::Continent => {
+            let americas = rng.random_bool(0.5);
+            let side: Vec<bool> = members
+                .iter()
+                .map(|m| {
+                    let lon = regions[m.region].lon;
+                    if americas {
+                        lon < -30.0
+                    } else {
+                        lon > 60.0
+                    }
+                })
+                .collect();
+            if side.iter().all(|&c| c) || side.iter().all(|&c| !c) {
+                region_cut(rng)
+            } else {
+                side
+            }
+        }
+        PartitionMode::IsolateNode => {
+            let node = rng.random_range(0..n);
+            (0..n).map(|i| i == node).collect()
+        }
+        PartitionMode::RandomHalves => (0..n).map(|_| rng.random_bool(0.5)).collect(),
+    };
+    // A partition needs two sides; with one node or an unlucky coin, cut node 0 off.
+    if n > 1 && (cut.iter().all(|&c| c) || cut.iter().all(|&c| !c)) {
+        cut = (0..n).map(|i| i == 0).collect();
+    }
+    let cut_regions: BTreeSet<usize> = members
+        .iter()
+        .zip(&cut)
+        .filter(|(_, &c)| c)
+        .map(|(m, _)| m.region)
+        .collect();
+    (cut, cut_regions.into_iter().collect())
+}
+
+/// A fresh actor id per node and incarnation, never reused: the index and incarnation are in
+/// the bytes, the rest comes from the seed.
+fn actor_id(seed: u64, node: usize, incarnation: u32) -> ActorId {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&(node as u32).to_be_bytes());
+    bytes.extend_from_slice(&incarnation.to_be_bytes());
+    bytes.extend_from_slice(&node_seed(seed, node, incarnation).to_be_bytes());
+    ActorId::from(bytes)
+}
+
+/// The gossip RNG seed of a node incarnation, derived from the run's seed.
+fn node_seed(seed: u64, node: usize, incarnation: u32) -> u64 {
+    let mut hash = Fnv64::new();
+    hash.write(&seed.to_le_bytes());
+    hash.write(&(node as u64).to_le_bytes());
+    hash.write(&incarnation.to_le_bytes());
+    hash.finish()
+}
+
+fn apply_event(
+    cells: &mut BTreeMap<CellKey, CellState>,
+    event: &StatusEvent,
+) -> Result<(), String> {
+    let key = (
+        event.service.clone(),
+        event.component.clone(),
+        event.region.clone(),
+    );
+    let value = event.observation.clone().map(|o| {
+        (
+            o,
+            event.conflict,
+            event.origin_node.clone(),
+            event.changed_at_ms,
+        )
+    });
+    if cells.get(&key) == value.as_ref() {
+        return Err(format!("duplicate event for {}/{}/{}", key.0, key.1, key.2));
+    }
+    match value {
+        Some(v) => {
+            cells.insert(key, v);
+        }
+        None => {
+            cells.remove(&key);
+        }
+    }
+    Ok(())
+}
+
+fn node_cells(replica: &Replica) -> BTreeMap<CellKey, CellState> {
+    let mut cells = BTreeMap::new();
+    for doc in replica.docs() {
+        for ((component, region), read) in doc.cells() {
+            let CellRead {
+                value,
+                conflicts,
+                origin_node,
+                changed_at_ms,
+            } = read;
+            cells.insert(
+                (doc.service().clone(), component, region),
+                (value, !conflicts.is_empty(), origin_node, changed_at_ms),
+            );
+        }
+    }
+    cells
+}
+
+/// True when `new` names every change `old` names, or a descendant of it: everything `new`
+/// lacks, `old` lacked too. Judged on `replica`, which must hold both.
+fn covers(replica: &Replica, old: &Cursor, new: &Cursor) -> Result<(), String> {
+    for (service, old_heads) in old.iter() {
+        let doc = replica
+            .doc(service)
+            .ok_or_else(|| format!("the node does not hold service {service}"))?;
+        let new_heads = new.heads_of(service);
+        if !doc.has_all(old_heads) || !doc.has_all(new_heads) {
+            return Err(format!("the node lacks heads of {service}"));
+        }
+        let lacked_before: BTreeSet<Vec<u8>> = doc.changes_since(old_heads).into_iter().collect();
+        if doc
+            .changes_since(new_heads)
+            .iter()
+            .any(|c| !lacked_before.contains(c))
+        {
+            return Err(format!("the new cursor of {service} lost changes"));
+        }
+    }
+    Ok(())
+}
