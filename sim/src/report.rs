@@ -242,8 +242,8 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
     );
     let _ = writeln!(
         out,
-        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots",
-        outcome.subscriber_events, outcome.reconnects, outcome.snapshots
+        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots, {} conflict flags changed without an event",
+        outcome.subscriber_events, outcome.reconnects, outcome.snapshots, outcome.conflict_flags_missed
     );
     let _ = writeln!(
         out,
@@ -310,6 +310,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "subscriber_events": outcome.subscriber_events,
         "reconnects": outcome.reconnects,
         "snapshots": outcome.snapshots,
+        "conflict_flags_missed": outcome.conflict_flags_missed,
         "events_processed": outcome.events_processed,
         "trace_digest": format!("{:016x}", outcome.trace_digest),
         "result": if outcome.failure.is_none() { "pass" } else { "fail" },

