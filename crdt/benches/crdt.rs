@@ -9,7 +9,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use statusmesh_crdt::{ActorId, Name, Observation, Replica, ServiceDoc, State, StatusWrite};
 
-const REGIONS: [&str; 5] = ["eu-west", "eu-central", "us-east", "us-west", "ap-southeast"];
+const REGIONS: [&str; 5] = [
+    "eu-west",
+    "eu-central",
+    "us-east",
+    "us-west",
+    "ap-southeast",
+];
 
 fn write(component: usize, region: usize, n: u64) -> StatusWrite {
     StatusWrite::parse(
@@ -37,7 +43,11 @@ fn remote_changes(count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| {
             let w = write(i % 200, i, i as u64 + 1);
-            source.write_status(i as u64 + 1, &w).expect("write").change.expect("a change")
+            source
+                .write_status(i as u64 + 1, &w)
+                .expect("write")
+                .change
+                .expect("a change")
         })
         .collect()
 }
@@ -83,7 +93,10 @@ fn remote_apply(c: &mut Criterion) {
             || replica(2),
             |mut r| {
                 for change in &changes {
-                    black_box(r.apply_remote("api", std::slice::from_ref(change)).expect("apply"));
+                    black_box(
+                        r.apply_remote("api", std::slice::from_ref(change))
+                            .expect("apply"),
+                    );
                 }
             },
             BatchSize::LargeInput,
@@ -105,8 +118,12 @@ fn remote_apply(c: &mut Criterion) {
     let mut source = replica(9);
     let grouped: Vec<Vec<u8>> = (0..10)
         .map(|k| {
-            let writes: Vec<StatusWrite> = (0..100).map(|i| write(i, k, (k * 100 + i) as u64 + 1)).collect();
-            source.write_status_batch(k as u64 + 1, &writes).expect("batch")[0]
+            let writes: Vec<StatusWrite> = (0..100)
+                .map(|i| write(i, k, (k * 100 + i) as u64 + 1))
+                .collect();
+            source
+                .write_status_batch(k as u64 + 1, &writes)
+                .expect("batch")[0]
                 .change
                 .clone()
                 .expect("change")
@@ -126,11 +143,13 @@ fn remote_apply(c: &mut Criterion) {
 fn events_after_cursor(c: &mut Criterion) {
     let mut r = replica(1);
     for i in 0..1000u64 {
-        r.write_status(i + 1, &write(i as usize % 200, i as usize, i + 1)).expect("write");
+        r.write_status(i + 1, &write(i as usize % 200, i as usize, i + 1))
+            .expect("write");
     }
     let cursor = r.cursor();
     for i in 1000..1100u64 {
-        r.write_status(i + 1, &write(i as usize % 200, i as usize, i + 1)).expect("write");
+        r.write_status(i + 1, &write(i as usize % 200, i as usize, i + 1))
+            .expect("write");
     }
     let mut group = c.benchmark_group("events_after_cursor");
     group.bench_function("100_changes_behind_in_1100", |b| {
@@ -146,21 +165,42 @@ fn load(c: &mut Criterion) {
     for count in [10_000usize, 100_000] {
         let mut r = replica(1);
         for i in 0..count {
-            r.write_status(i as u64 + 1, &write(i % 200, i, i as u64 + 1)).expect("write");
+            r.write_status(i as u64 + 1, &write(i % 200, i, i as u64 + 1))
+                .expect("write");
         }
         let api = Name::parse("service", "api").expect("name");
         let bytes = r.doc(&api).expect("doc").save();
-        group.bench_function(format!("validated_{count}_changes_{}_bytes", bytes.len()), |b| {
-            b.iter(|| black_box(ServiceDoc::load(api.clone(), &bytes, ActorId::from(vec![3; 16])).expect("load")));
-        });
-        group.bench_function(format!("trusted_{count}_changes_{}_bytes", bytes.len()), |b| {
-            b.iter(|| {
-                black_box(ServiceDoc::load_trusted(api.clone(), &bytes, ActorId::from(vec![3; 16])).expect("load"))
-            });
-        });
+        group.bench_function(
+            format!("validated_{count}_changes_{}_bytes", bytes.len()),
+            |b| {
+                b.iter(|| {
+                    black_box(
+                        ServiceDoc::load(api.clone(), &bytes, ActorId::from(vec![3; 16]))
+                            .expect("load"),
+                    )
+                });
+            },
+        );
+        group.bench_function(
+            format!("trusted_{count}_changes_{}_bytes", bytes.len()),
+            |b| {
+                b.iter(|| {
+                    black_box(
+                        ServiceDoc::load_trusted(api.clone(), &bytes, ActorId::from(vec![3; 16]))
+                            .expect("load"),
+                    )
+                });
+            },
+        );
     }
     group.finish();
 }
 
-criterion_group!(benches, local_writes, remote_apply, events_after_cursor, load);
+criterion_group!(
+    benches,
+    local_writes,
+    remote_apply,
+    events_after_cursor,
+    load
+);
 criterion_main!(benches);

@@ -1,12 +1,22 @@
-//! Memory per component once loaded: builds documents of 1,000 components × 5 regions and
-//! reports the resident-set growth per component (Linux /proc; prints nothing elsewhere).
+//! Memory per component once loaded: documents of components × 5 regions are built and
+//! saved, then a fresh child process loads them and reports its resident-set growth per
+//! component (a fresh process, so memory freed by the builder cannot hide the cost).
 //!
 //! Run: `cargo bench -p statusmesh-crdt --bench memory`
 
+use std::path::PathBuf;
+use std::process::Command;
+
 use statusmesh_crdt::{ActorId, Name, Observation, Replica, ServiceDoc, State, StatusWrite};
 
-const REGIONS: [&str; 5] = ["eu-west", "eu-central", "us-east", "us-west", "ap-southeast"];
-const COMPONENTS: usize = 1_000;
+const REGIONS: [&str; 5] = [
+    "eu-west",
+    "eu-central",
+    "us-east",
+    "us-west",
+    "ap-southeast",
+];
+const COMPONENTS: usize = 200;
 const SERVICES: usize = 10;
 
 fn rss_kib() -> Option<u64> {
@@ -15,61 +25,112 @@ fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    // Build the documents on a writer, save them, and measure loading on a fresh replica:
-    // "once loaded" is what a restarted node holds.
+fn write(service: usize, component: usize, region: &str, state: State, at: u64) -> StatusWrite {
+    StatusWrite::parse(
+        &format!("svc{service}"),
+        &format!("c{component}"),
+        region,
+        Observation {
+            state,
+            message: "all good".into(),
+            reporter: "probe".into(),
+            observed_at_ms: at,
+            ttl_ms: 60_000,
+        },
+    )
+    .expect("valid")
+}
+
+/// Builds the documents with `flips` state changes per cell, one Automerge change per
+/// write (the worst case for history), and saves them into `dir`.
+fn build(dir: &std::path::Path, flips: usize) -> Vec<PathBuf> {
     let mut writer = Replica::new("writer", ActorId::from(vec![1; 16]));
-    let mut saved = Vec::new();
+    let mut paths = Vec::new();
+    let mut at = 0;
     for s in 0..SERVICES {
-        let service = format!("svc{s}");
-        let writes: Vec<StatusWrite> = (0..COMPONENTS)
-            .flat_map(|c| {
-                REGIONS.iter().map(move |r| {
-                    StatusWrite::parse(
-                        &format!("svc{s}"),
-                        &format!("c{c}"),
-                        r,
-                        Observation {
-                            state: State::Operational,
-                            message: "all good".into(),
-                            reporter: "probe".into(),
-                            observed_at_ms: 1,
-                            ttl_ms: 60_000,
-                        },
-                    )
-                    .expect("valid")
-                })
-            })
-            .collect();
-        for chunk in writes.chunks(500) {
-            writer.write_status_batch(1, chunk).expect("batch");
+        for flip in 0..flips {
+            for c in 0..COMPONENTS {
+                for r in REGIONS {
+                    at += 1;
+                    let state = if flip % 2 == 0 {
+                        State::Operational
+                    } else {
+                        State::DegradedPerformance
+                    };
+                    writer
+                        .write_status(at, &write(s, c, r, state, at))
+                        .expect("write");
+                }
+            }
         }
-        let name = Name::parse("service", &service).expect("name");
-        saved.push((name.clone(), writer.doc(&name).expect("doc").save()));
+        let name = Name::parse("service", &format!("svc{s}")).expect("name");
+        let path = dir.join(format!("svc{s}.am"));
+        std::fs::write(&path, writer.doc(&name).expect("doc").save()).expect("save");
+        paths.push(path);
     }
-    drop(writer);
+    paths
+}
+
+fn child(paths: &[String]) {
     let Some(before) = rss_kib() else {
-        println!("memory: /proc/self/status not available; nothing measured");
+        println!("0");
         return;
     };
-    let docs: Vec<ServiceDoc> = saved
+    let docs: Vec<ServiceDoc> = paths
         .iter()
-        .map(|(name, bytes)| ServiceDoc::load(name.clone(), bytes, ActorId::from(vec![2; 16])).expect("load"))
+        .enumerate()
+        .map(|(i, p)| {
+            let bytes = std::fs::read(p).expect("read");
+            let name = Name::parse("service", &format!("svc{i}")).expect("name");
+            ServiceDoc::load_trusted(name, &bytes, ActorId::from(vec![2; 16])).expect("load")
+        })
         .collect();
     let after = rss_kib().unwrap_or(before);
-    let components = (SERVICES * COMPONENTS) as f64;
-    let per_component = (after.saturating_sub(before) as f64 * 1024.0) / components;
-    println!(
-        "memory: {} services x {} components x {} regions loaded: RSS +{} KiB, {:.0} bytes per component (saved form {:.0} bytes per component)",
-        SERVICES,
-        COMPONENTS,
-        REGIONS.len(),
-        after.saturating_sub(before),
-        per_component,
-        saved.iter().map(|(_, b)| b.len()).sum::<usize>() as f64 / components,
-    );
+    println!("{}", after.saturating_sub(before));
     std::hint::black_box(docs);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1..]);
+        return;
+    }
+    if rss_kib().is_none() {
+        println!("memory: /proc/self/status not available; nothing measured");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("statusmesh-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for flips in [1usize, 4] {
+        let paths = build(&dir, flips);
+        let saved: u64 = paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let exe = std::env::current_exe().expect("exe");
+        let output = Command::new(exe)
+            .arg("--child")
+            .args(&paths)
+            .output()
+            .expect("child");
+        let grown_kib: f64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        let components = (SERVICES * COMPONENTS) as f64;
+        println!(
+            "memory: {SERVICES} services x {COMPONENTS} components x {} regions, {flips} change(s) per cell \
+             ({} changes): RSS +{grown_kib:.0} KiB loaded = {:.0} bytes per component; saved {:.0} bytes per component",
+            REGIONS.len(),
+            SERVICES * COMPONENTS * REGIONS.len() * flips,
+            grown_kib * 1024.0 / components,
+            saved as f64 / components,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,7 @@
 //! the others stay visible as `conflicts`), and that incident updates, each under a key of
 //! its own, never conflict at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
@@ -302,12 +302,29 @@ pub struct Read<T> {
 /// An observation cell as read.
 pub type CellRead = Read<Observation>;
 
+/// Most changes held back for missing dependencies whose keys are remembered.
+const HELD_BACK_MAX: usize = 10_000;
+
+/// What applying remote changes did.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteApplied {
+    /// Changes that were new here (some may be held back for missing dependencies).
+    pub new_changes: usize,
+    /// Keys written by the changes that became part of the document.
+    pub keys: BTreeSet<String>,
+    /// True when more changes were held back than their keys could be remembered for: the
+    /// caller must compute events by diffing heads instead.
+    pub keys_incomplete: bool,
+}
+
 /// One service's document.
 #[derive(Debug)]
 pub struct ServiceDoc {
     service: Name,
     doc: Automerge,
     records: usize,
+    /// Keys of remote changes Automerge holds back until their dependencies arrive.
+    held_back: BTreeMap<ChangeHash, Vec<String>>,
 }
 
 impl ServiceDoc {
@@ -318,6 +335,7 @@ impl ServiceDoc {
             service,
             doc: Automerge::new().with_actor(actor),
             records: 0,
+            held_back: BTreeMap::new(),
         }
     }
 
@@ -335,6 +353,7 @@ impl ServiceDoc {
             service,
             doc: doc.with_actor(actor),
             records,
+            held_back: BTreeMap::new(),
         })
     }
 
@@ -351,6 +370,7 @@ impl ServiceDoc {
             service,
             doc: doc.with_actor(actor),
             records,
+            held_back: BTreeMap::new(),
         })
     }
 
@@ -391,6 +411,18 @@ impl ServiceDoc {
         origin_node: &str,
         puts: &[Put],
     ) -> Result<Option<Change>, CrdtError> {
+        Ok(self
+            .apply_puts_keys(now_ms, origin_node, puts)?
+            .map(|(change, _)| change))
+    }
+
+    /// [`Self::apply_puts`], also returning the keys the change wrote.
+    pub fn apply_puts_keys(
+        &mut self,
+        now_ms: u64,
+        origin_node: &str,
+        puts: &[Put],
+    ) -> Result<Option<(Change, BTreeSet<String>)>, CrdtError> {
         let mut writes: Vec<(String, Option<String>)> = Vec::with_capacity(puts.len());
         let mut new_keys = 0;
         for put in puts {
@@ -449,8 +481,16 @@ impl ServiceDoc {
                 },
             )
             .map_err(|failure| CrdtError::Automerge(failure.error))?;
-        self.records = self.doc.length(ROOT);
-        Ok(self.doc.get_last_local_change())
+        if writes.iter().any(|(_, json)| json.is_none()) {
+            self.records = self.doc.length(ROOT);
+        } else {
+            self.records += new_keys;
+        }
+        let keys = writes.into_iter().map(|(key, _)| key).collect();
+        Ok(self
+            .doc
+            .get_last_local_change()
+            .map(|change| (change, keys)))
     }
 
     /// Applies change bytes from a peer. Every change is decoded and checked against the
@@ -458,6 +498,13 @@ impl ServiceDoc {
     /// Changes whose dependencies are missing are held by Automerge until they arrive.
     /// Returns the number of changes that were new here.
     pub fn apply_remote(&mut self, changes: &[Vec<u8>]) -> Result<usize, CrdtError> {
+        self.apply_remote_keys(changes)
+            .map(|applied| applied.new_changes)
+    }
+
+    /// [`Self::apply_remote`], also returning the keys of every change that became part of the
+    /// document, including held-back changes whose dependencies just arrived.
+    pub fn apply_remote_keys(&mut self, changes: &[Vec<u8>]) -> Result<RemoteApplied, CrdtError> {
         if changes.len() > REMOTE_BATCH_MAX {
             return Err(CrdtError::BatchTooLarge {
                 count: changes.len(),
@@ -465,21 +512,48 @@ impl ServiceDoc {
             });
         }
         let mut fresh = Vec::with_capacity(changes.len());
+        let mut fresh_keys = Vec::with_capacity(changes.len());
         for bytes in changes {
             let change = Change::try_from(bytes.as_slice())
                 .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
             if self.doc.get_change_by_hash(&change.hash()).is_some() {
                 continue;
             }
-            validate_change(&change)?;
+            fresh_keys.push((change.hash(), validate_change(&change)?));
             fresh.push(change);
         }
-        let count = fresh.len();
-        if count > 0 {
-            self.doc.apply_changes(fresh)?;
-            self.records = self.doc.length(ROOT);
+        let new_changes = fresh.len();
+        let mut applied = RemoteApplied {
+            new_changes,
+            ..RemoteApplied::default()
+        };
+        if new_changes == 0 {
+            return Ok(applied);
         }
-        Ok(count)
+        self.doc.apply_changes(fresh)?;
+        for (hash, keys) in fresh_keys {
+            if self.doc.get_change_by_hash(&hash).is_some() {
+                applied.keys.extend(keys);
+            } else if self.held_back.len() < HELD_BACK_MAX {
+                self.held_back.insert(hash, keys);
+            } else {
+                // Beyond the bound the keys are forgotten: the caller diffs instead.
+                applied.keys_incomplete = true;
+            }
+        }
+        let arrived: Vec<ChangeHash> = self
+            .held_back
+            .keys()
+            .filter(|h| self.doc.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
+        for hash in arrived {
+            applied
+                .keys
+                .extend(self.held_back.remove(&hash).unwrap_or_default());
+        }
+        self.records = self.doc.length(ROOT);
+        Ok(applied)
     }
 
     /// The current heads.
@@ -512,22 +586,36 @@ impl ServiceDoc {
     /// The events between two sets of heads, both held by this document, coalesced to the
     /// latest value per record (an incident's new updates are listed in full).
     pub fn doc_events_between(&self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<DocEvent> {
+        let keys: BTreeSet<String> = self
+            .doc
+            .diff(before, after)
+            .into_iter()
+            .filter(|patch| patch.path.is_empty())
+            .filter_map(|patch| match patch.action {
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key),
+                _ => None,
+            })
+            .collect();
+        self.events_for_keys(&keys, Some(after))
+    }
+
+    /// The events for records whose keys changed, with their values at `heads` (now when
+    /// `None`). This costs in proportion to the keys, not to the document: local writes and
+    /// remote changes know which keys they touched.
+    pub fn events_for_keys(
+        &self,
+        keys: &BTreeSet<String>,
+        heads: Option<&[ChangeHash]>,
+    ) -> Vec<DocEvent> {
         let mut events = Vec::new();
         let mut incidents: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
-        for patch in self.doc.diff(before, after) {
-            if !patch.path.is_empty() {
-                continue;
-            }
-            let key = match &patch.action {
-                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key,
-                _ => continue,
-            };
+        for key in keys {
             let Some(record) = RecordKey::parse(key) else {
                 continue;
             };
             match record {
                 RecordKey::Observation { component, region } => {
-                    let read: Option<CellRead> = self.read_at(key, Some(after));
+                    let read: Option<CellRead> = self.read_at(key, heads);
                     events.push(DocEvent::Status(StatusEvent {
                         service: self.service.clone(),
                         component,
@@ -542,12 +630,12 @@ impl ServiceDoc {
                     incidents.entry(id).or_default();
                 }
                 RecordKey::Update { incident, .. } => {
-                    let update: Option<Read<IncidentUpdate>> = self.read_at(key, Some(after));
+                    let update: Option<Read<IncidentUpdate>> = self.read_at(key, heads);
                     let updates = incidents.entry(incident).or_default();
                     updates.extend(update.map(|r| r.value));
                 }
                 RecordKey::Maintenance { id } => {
-                    let window: Option<Read<Maintenance>> = self.read_at(key, Some(after));
+                    let window: Option<Read<Maintenance>> = self.read_at(key, heads);
                     events.push(DocEvent::Maintenance(MaintenanceEvent {
                         service: self.service.clone(),
                         id,
@@ -555,7 +643,7 @@ impl ServiceDoc {
                     }));
                 }
                 RecordKey::Override { component } => {
-                    let value: Option<Read<Override>> = self.read_at(key, Some(after));
+                    let value: Option<Read<Override>> = self.read_at(key, heads);
                     events.push(DocEvent::Override(OverrideEvent {
                         service: self.service.clone(),
                         component,
@@ -566,7 +654,7 @@ impl ServiceDoc {
         }
         for (id, mut new_updates) in incidents {
             new_updates.sort_by_key(|u| u.at_ms);
-            let header: Option<Read<Incident>> = self.read_at(&format!("inc/{id}"), Some(after));
+            let header: Option<Read<Incident>> = self.read_at(&format!("inc/{id}"), heads);
             events.push(DocEvent::Incident(IncidentEvent {
                 service: self.service.clone(),
                 id,
@@ -783,9 +871,10 @@ fn str_of(value: &Value<'_>) -> Option<String> {
 
 /// Checks that a change only touches what the schema allows: root keys of the layout above,
 /// set to a valid JSON value of their kind, or deleted where deleting is allowed.
-pub(crate) fn validate_change(change: &Change) -> Result<(), CrdtError> {
+pub(crate) fn validate_change(change: &Change) -> Result<Vec<String>, CrdtError> {
     use automerge::legacy::{Key, ObjectId, OpType};
     let expanded = change.decode();
+    let mut keys = Vec::with_capacity(expanded.operations.len());
     for op in &expanded.operations {
         let key = match &op.key {
             Key::Map(k) => k.to_string(),
@@ -814,6 +903,7 @@ pub(crate) fn validate_change(change: &Change) -> Result<(), CrdtError> {
             }
             _ => return Err(schema("records are JSON strings")),
         }
+        keys.push(key);
     }
-    Ok(())
+    Ok(keys)
 }

@@ -28,7 +28,7 @@ pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;
 pub use doc::{
     CellRead, DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey,
-    ServiceDoc, StatusEvent,
+    RemoteApplied, ServiceDoc, StatusEvent,
 };
 pub use error::CrdtError;
 pub use liveness::Liveness;

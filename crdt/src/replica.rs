@@ -218,15 +218,18 @@ impl Replica {
     ) -> Result<WriteOutcome, CrdtError> {
         let node = self.node.clone();
         let doc = self.doc_mut(service)?;
-        let before = doc.heads();
-        let change = doc.apply_puts(now_ms, &node, puts)?;
-        let doc_events = match &change {
-            Some(_) => doc.doc_events_between(&before, &doc.heads()),
-            None => Vec::new(),
+        let Some((mut change, keys)) = doc.apply_puts_keys(now_ms, &node, puts)? else {
+            return Ok(WriteOutcome {
+                changed: false,
+                change: None,
+                events: Vec::new(),
+                doc_events: Vec::new(),
+            });
         };
+        let doc_events = doc.events_for_keys(&keys, None);
         Ok(WriteOutcome {
-            changed: change.is_some(),
-            change: change.map(|mut c| c.bytes().into_owned()),
+            changed: true,
+            change: Some(change.bytes().into_owned()),
             events: status_only(&doc_events),
             doc_events,
         })
@@ -242,15 +245,14 @@ impl Replica {
         let service = Name::parse("service", service)?;
         let doc = self.doc_mut(&service)?;
         let before = doc.heads();
-        let new_changes = doc.apply_remote(changes)?;
-        let after = doc.heads();
-        let doc_events = if before == after {
-            Vec::new()
+        let applied = doc.apply_remote_keys(changes)?;
+        let doc_events = if applied.keys_incomplete {
+            doc.doc_events_between(&before, &doc.heads())
         } else {
-            doc.doc_events_between(&before, &after)
+            doc.events_for_keys(&applied.keys, None)
         };
         Ok(RemoteOutcome {
-            new_changes,
+            new_changes: applied.new_changes,
             events: status_only(&doc_events),
             doc_events,
         })
@@ -501,6 +503,35 @@ mod tests {
             .doc(&Name::parse("service", "api").expect("name"))
             .is_none_or(|d| d.heads().is_empty()));
         assert!(b.apply_remote("api", &[vec![1, 2, 3]]).is_err());
+    }
+
+    #[test]
+    fn a_change_that_arrives_before_its_dependency_shows_when_the_dependency_does() {
+        let mut a = replica(1);
+        let first = a
+            .write_status(1, &write("db", "eu-west", State::Operational, "one"))
+            .expect("write")
+            .change
+            .expect("change");
+        let second = a
+            .write_status(2, &write("web", "eu-west", State::MajorOutage, "two"))
+            .expect("write")
+            .change
+            .expect("change");
+        let mut b = replica(2);
+        let early = b
+            .apply_remote("api", std::slice::from_ref(&second))
+            .expect("held back");
+        assert_eq!(early.new_changes, 1);
+        assert!(
+            early.events.is_empty(),
+            "nothing is visible before its dependency"
+        );
+        let late = b.apply_remote("api", &[first]).expect("apply");
+        let mut components: Vec<&str> = late.events.iter().map(|e| e.component.as_str()).collect();
+        components.sort_unstable();
+        assert_eq!(components, ["db", "web"]);
+        assert_eq!(a.cursor(), b.cursor());
     }
 
     #[test]

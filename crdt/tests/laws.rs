@@ -10,8 +10,18 @@ const SERVICES: [&str; 2] = ["api", "billing"];
 
 #[derive(Debug, Clone)]
 enum Step {
-    Write { replica: usize, service: usize, component: usize, region: usize, state: usize, message: u8 },
-    Sync { from: usize, to: usize },
+    Write {
+        replica: usize,
+        service: usize,
+        component: usize,
+        region: usize,
+        state: usize,
+        message: u8,
+    },
+    Sync {
+        from: usize,
+        to: usize,
+    },
 }
 
 fn step(replicas: usize) -> impl Strategy<Value = Step> {
@@ -50,7 +60,8 @@ fn sync(from: &Replica, to: &mut Replica) {
     for doc in from.docs() {
         let heads = to.doc(doc.service()).map(|d| d.heads()).unwrap_or_default();
         let changes = from.changes_since(doc.service(), &heads);
-        to.apply_remote(doc.service().as_str(), &changes).expect("valid changes");
+        to.apply_remote(doc.service().as_str(), &changes)
+            .expect("valid changes");
     }
     to.merge_liveness(from.liveness());
 }
@@ -63,9 +74,22 @@ fn run(replicas: usize, steps: &[Step]) -> Vec<Replica> {
     let mut rs: Vec<Replica> = (0..replicas).map(replica).collect();
     for (now, s) in steps.iter().enumerate() {
         match *s {
-            Step::Write { replica, service, component, region, state, message } => {
-                write(&mut rs[replica], now as u64 + 1, service, component, region, state, message)
-            }
+            Step::Write {
+                replica,
+                service,
+                component,
+                region,
+                state,
+                message,
+            } => write(
+                &mut rs[replica],
+                now as u64 + 1,
+                service,
+                component,
+                region,
+                state,
+                message,
+            ),
             Step::Sync { from, to } if from != to => {
                 let (a, b) = if from < to {
                     let (l, r) = rs.split_at_mut(to);

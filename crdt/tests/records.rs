@@ -47,7 +47,11 @@ fn sync(from: &Replica, to: &mut Replica) -> Vec<DocEvent> {
     for doc in from.docs() {
         let heads = to.doc(doc.service()).map(|d| d.heads()).unwrap_or_default();
         let changes = from.changes_since(doc.service(), &heads);
-        events.extend(to.apply_remote(doc.service().as_str(), &changes).expect("valid").doc_events);
+        events.extend(
+            to.apply_remote(doc.service().as_str(), &changes)
+                .expect("valid")
+                .doc_events,
+        );
     }
     events
 }
@@ -57,10 +61,16 @@ fn an_incident_goes_from_investigating_to_resolved_with_its_timeline() {
     let mut a = replica(1);
     let api = name("api");
     let id = name("inc-1");
-    let opened = a.open_incident(1_000, &api, &id, incident(1_000), "We are looking into it").expect("open");
+    let opened = a
+        .open_incident(1_000, &api, &id, incident(1_000), "We are looking into it")
+        .expect("open");
     assert!(opened.changed);
     assert!(matches!(&opened.doc_events[0], DocEvent::Incident(e) if e.new_updates.len() == 1));
-    assert!(a.open_incident(1_001, &api, &id, incident(1_001), "again").is_err(), "ids are unique");
+    assert!(
+        a.open_incident(1_001, &api, &id, incident(1_001), "again")
+            .is_err(),
+        "ids are unique"
+    );
     for (now, status, text) in [
         (2_000, IncidentStatus::Identified, "Bad deploy"),
         (3_000, IncidentStatus::Monitoring, "Rolled back"),
@@ -80,16 +90,34 @@ fn an_incident_goes_from_investigating_to_resolved_with_its_timeline() {
     let inc = &view["services"][0]["incidents"][0];
     assert_eq!(inc["status"], "resolved");
     assert_eq!(inc["resolved_at_ms"], 4_000);
-    let texts: Vec<&str> = inc["updates"].as_array().expect("updates").iter().filter_map(|u| u["text"].as_str()).collect();
-    assert_eq!(texts, ["We are looking into it", "Bad deploy", "Rolled back", "All clear"]);
+    let texts: Vec<&str> = inc["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .filter_map(|u| u["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "We are looking into it",
+            "Bad deploy",
+            "Rolled back",
+            "All clear"
+        ]
+    );
     // A resolved incident no longer raises the page indicator.
     assert_eq!(view["page"]["indicator"], "none");
 
     // Another replica sees the same incident through remote changes, with events.
     let mut b = replica(2);
     let events = sync(&a, &mut b);
-    assert!(events.iter().any(|e| matches!(e, DocEvent::Incident(i) if i.new_updates.len() == 4)));
-    assert_eq!(serde_json::to_value(b.view(5_000, None)).expect("json"), view);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, DocEvent::Incident(i) if i.new_updates.len() == 4)));
+    assert_eq!(
+        serde_json::to_value(b.view(5_000, None)).expect("json"),
+        view
+    );
 }
 
 #[test]
@@ -97,7 +125,8 @@ fn concurrent_incident_updates_from_two_nodes_both_stay_in_the_timeline() {
     let api = name("api");
     let id = name("inc-2");
     let mut a = replica(1);
-    a.open_incident(1_000, &api, &id, incident(1_000), "opened").expect("open");
+    a.open_incident(1_000, &api, &id, incident(1_000), "opened")
+        .expect("open");
     let mut b = replica(2);
     sync(&a, &mut b);
     let note = |text: &str| IncidentChange {
@@ -108,13 +137,23 @@ fn concurrent_incident_updates_from_two_nodes_both_stay_in_the_timeline() {
         text: Some(text.into()),
         author: "oncall".into(),
     };
-    a.change_incident(2_000, &api, &id, note("from a")).expect("a");
-    b.change_incident(2_000, &api, &id, note("from b")).expect("b");
+    a.change_incident(2_000, &api, &id, note("from a"))
+        .expect("a");
+    b.change_incident(2_000, &api, &id, note("from b"))
+        .expect("b");
     sync(&a, &mut b);
     sync(&b, &mut a);
     let view = serde_json::to_value(a.view(3_000, None)).expect("json");
-    assert_eq!(view["services"][0]["incidents"][0]["updates"].as_array().map(Vec::len), Some(3));
-    assert_eq!(view, serde_json::to_value(b.view(3_000, None)).expect("json"));
+    assert_eq!(
+        view["services"][0]["incidents"][0]["updates"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(
+        view,
+        serde_json::to_value(b.view(3_000, None)).expect("json")
+    );
 }
 
 #[test]
@@ -124,7 +163,10 @@ fn maintenance_and_overrides_shape_the_derived_status() {
     observe(&mut r, 1_000, "db", "eu-west", State::MajorOutage);
     observe(&mut r, 1_000, "db", "us-east", State::Operational);
     let view = serde_json::to_value(r.view(1_000, None)).expect("json");
-    assert_eq!(view["services"][0]["components"][0]["status"], "major_outage");
+    assert_eq!(
+        view["services"][0]["components"][0]["status"],
+        "major_outage"
+    );
     assert_eq!(view["page"]["indicator"], "critical");
 
     let window = Maintenance {
@@ -134,13 +176,23 @@ fn maintenance_and_overrides_shape_the_derived_status() {
         ends_at_ms: 3_000,
         author: "ops".into(),
     };
-    r.write_records(1_500, &api, &[Put::Maintenance { id: name("mw-1"), window: Some(window) }])
-        .expect("maintenance");
+    r.write_records(
+        1_500,
+        &api,
+        &[Put::Maintenance {
+            id: name("mw-1"),
+            window: Some(window),
+        }],
+    )
+    .expect("maintenance");
     let during = serde_json::to_value(r.view(2_500, None)).expect("json");
     let db = &during["services"][0]["components"][0];
     assert_eq!(db["status"], "under_maintenance");
     assert_eq!(db["observed_status"], "major_outage");
-    assert_eq!(during["services"][0]["scheduled_maintenances"][0]["active"], true);
+    assert_eq!(
+        during["services"][0]["scheduled_maintenances"][0]["active"],
+        true
+    );
 
     let word = Override {
         state: State::PartialOutage,
@@ -149,19 +201,42 @@ fn maintenance_and_overrides_shape_the_derived_status() {
         at_ms: 2_600,
         until_ms: Some(10_000),
     };
-    r.write_records(2_600, &api, &[Put::Override { component: name("db"), value: Some(word) }])
-        .expect("override");
+    r.write_records(
+        2_600,
+        &api,
+        &[Put::Override {
+            component: name("db"),
+            value: Some(word),
+        }],
+    )
+    .expect("override");
     let overridden = serde_json::to_value(r.view(2_700, None)).expect("json");
-    assert_eq!(overridden["services"][0]["components"][0]["status"], "partial_outage");
-    assert_eq!(overridden["services"][0]["components"][0]["override"]["reason"], "customers report errors");
+    assert_eq!(
+        overridden["services"][0]["components"][0]["status"],
+        "partial_outage"
+    );
+    assert_eq!(
+        overridden["services"][0]["components"][0]["override"]["reason"],
+        "customers report errors"
+    );
     // Cleared: back to what the regions observe (the window has ended by then).
     let cleared = r
-        .write_records(3_500, &api, &[Put::Override { component: name("db"), value: None }])
+        .write_records(
+            3_500,
+            &api,
+            &[Put::Override {
+                component: name("db"),
+                value: None,
+            }],
+        )
         .expect("clear");
     assert!(cleared.changed);
     assert!(matches!(&cleared.doc_events[0], DocEvent::Override(o) if o.value.is_none()));
     let after = serde_json::to_value(r.view(3_500, None)).expect("json");
-    assert_eq!(after["services"][0]["components"][0]["status"], "major_outage");
+    assert_eq!(
+        after["services"][0]["components"][0]["status"],
+        "major_outage"
+    );
 }
 
 #[test]
@@ -170,7 +245,9 @@ fn invalid_records_are_refused_before_anything_is_written() {
     let api = name("api");
     let mut bad = incident(1_000);
     bad.title = String::new();
-    let err = r.open_incident(1_000, &api, &name("inc-3"), bad, "x").expect_err("empty title");
+    let err = r
+        .open_incident(1_000, &api, &name("inc-3"), bad, "x")
+        .expect_err("empty title");
     assert!(err.to_string().contains("title"), "{err}");
     assert!(r.doc(&api).is_none_or(|d| d.history_len() == 0));
     let window = Maintenance {
@@ -181,7 +258,14 @@ fn invalid_records_are_refused_before_anything_is_written() {
         author: "ops".into(),
     };
     let err = r
-        .write_records(1, &api, &[Put::Maintenance { id: name("mw"), window: Some(window) }])
+        .write_records(
+            1,
+            &api,
+            &[Put::Maintenance {
+                id: name("mw"),
+                window: Some(window),
+            }],
+        )
         .expect_err("ends before start");
     assert!(err.to_string().contains("ends_at_ms"), "{err}");
 }
@@ -191,12 +275,22 @@ fn a_remote_change_that_deletes_an_incident_is_rejected() {
     use automerge::transaction::Transactable;
     let mut a = replica(1);
     let api = name("api");
-    a.open_incident(1_000, &api, &name("inc-4"), incident(1_000), "opened").expect("open");
+    a.open_incident(1_000, &api, &name("inc-4"), incident(1_000), "opened")
+        .expect("open");
     let saved = a.doc(&api).expect("doc").save();
-    let mut rogue = automerge::AutoCommit::load(&saved).expect("load").with_actor(ActorId::from(vec![7; 16]));
+    let mut rogue = automerge::AutoCommit::load(&saved)
+        .expect("load")
+        .with_actor(ActorId::from(vec![7; 16]));
     rogue.delete(automerge::ROOT, "inc/inc-4").expect("delete");
-    let last = rogue.get_last_local_change().expect("change").raw_bytes().to_vec();
+    let last = rogue
+        .get_last_local_change()
+        .expect("change")
+        .raw_bytes()
+        .to_vec();
     let err = a.apply_remote("api", &[last]).expect_err("rejected");
     assert!(err.to_string().contains("never deleted"), "{err}");
-    assert!(a.doc(&api).and_then(|d| d.incident(&name("inc-4"))).is_some());
+    assert!(a
+        .doc(&api)
+        .and_then(|d| d.incident(&name("inc-4")))
+        .is_some());
 }
