@@ -516,7 +516,7 @@ impl ServiceDoc {
         for bytes in changes {
             let change = Change::try_from(bytes.as_slice())
                 .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
-            if self.doc.get_change_by_hash(&change.hash()).is_some() {
+            if self.has_change(&change.hash()) {
                 continue;
             }
             fresh_keys.push((change.hash(), validate_change(&change)?));
@@ -532,7 +532,7 @@ impl ServiceDoc {
         }
         self.doc.apply_changes(fresh)?;
         for (hash, keys) in fresh_keys {
-            if self.doc.get_change_by_hash(&hash).is_some() {
+            if self.has_change(&hash) {
                 applied.keys.extend(keys);
             } else if self.held_back.len() < HELD_BACK_MAX {
                 self.held_back.insert(hash, keys);
@@ -544,7 +544,7 @@ impl ServiceDoc {
         let arrived: Vec<ChangeHash> = self
             .held_back
             .keys()
-            .filter(|h| self.doc.get_change_by_hash(h).is_some())
+            .filter(|h| self.has_change(h))
             .copied()
             .collect();
         for hash in arrived {
@@ -563,9 +563,7 @@ impl ServiceDoc {
 
     /// True when every hash in `heads` is a change this document holds.
     pub fn has_all(&self, heads: &[ChangeHash]) -> bool {
-        heads
-            .iter()
-            .all(|h| self.doc.get_change_by_hash(h).is_some())
+        heads.iter().all(|h| self.has_change(h))
     }
 
     /// The changes a peer lacks, given the heads it reported. Hashes this document does not
@@ -574,7 +572,7 @@ impl ServiceDoc {
         let known: Vec<ChangeHash> = their_heads
             .iter()
             .copied()
-            .filter(|h| self.doc.get_change_by_hash(h).is_some())
+            .filter(|h| self.has_change(h))
             .collect();
         self.doc
             .get_changes(&known)
@@ -597,6 +595,48 @@ impl ServiceDoc {
             })
             .collect();
         self.events_for_keys(&keys, Some(after))
+    }
+
+    /// The events of a local write: built from the puts themselves (the values, the origin and
+    /// the time are known), so a write costs nothing more to announce. `keys` are those the
+    /// write actually changed. A local put overwrites every visible value: no conflict remains.
+    pub fn events_for_local_puts(
+        &self,
+        puts: &[Put],
+        keys: &BTreeSet<String>,
+        origin_node: &str,
+        now_ms: u64,
+    ) -> Vec<DocEvent> {
+        let mut events = Vec::with_capacity(keys.len());
+        let mut other_keys = BTreeSet::new();
+        for put in puts {
+            let key = put.key().to_key();
+            if !keys.contains(&key) {
+                continue;
+            }
+            match put {
+                Put::Observation {
+                    component,
+                    region,
+                    observation,
+                } => events.push(DocEvent::Status(StatusEvent {
+                    service: self.service.clone(),
+                    component: component.clone(),
+                    region: region.clone(),
+                    observation: Some(observation.clone()),
+                    conflict: false,
+                    origin_node: Some(origin_node.to_owned()),
+                    changed_at_ms: Some(now_ms),
+                })),
+                _ => {
+                    other_keys.insert(key);
+                }
+            }
+        }
+        if !other_keys.is_empty() {
+            events.extend(self.events_for_keys(&other_keys, None));
+        }
+        events
     }
 
     /// The events for records whose keys changed, with their values at `heads` (now when
@@ -823,6 +863,12 @@ impl ServiceDoc {
             origin_node,
             changed_at_ms,
         })
+    }
+
+    /// Whether the document holds the change `hash`. Automerge's `get_change_by_hash` would
+    /// rebuild the whole change; its metadata lookup is an index probe.
+    fn has_change(&self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_meta_by_hash(hash).is_some()
     }
 
     /// The origin node and time of the change that made the op `id`.

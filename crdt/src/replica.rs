@@ -226,7 +226,7 @@ impl Replica {
                 doc_events: Vec::new(),
             });
         };
-        let doc_events = doc.events_for_keys(&keys, None);
+        let doc_events = doc.events_for_local_puts(puts, &keys, &node, now_ms);
         Ok(WriteOutcome {
             changed: true,
             change: Some(change.bytes().into_owned()),
