@@ -312,6 +312,10 @@ pub struct RemoteApplied {
     pub new_changes: usize,
     /// Keys written by the changes that became part of the document.
     pub keys: BTreeSet<String>,
+    /// The batch's changes that the document now holds (new or not), and held-back changes
+    /// that just became part of it, each with its origin node (the change's message): what
+    /// a receiver acknowledges to the origin.
+    pub held: Vec<(ChangeHash, Option<String>)>,
     /// True when more changes were held back than their keys could be remembered for: the
     /// caller must compute events by diffing heads instead.
     pub keys_incomplete: bool,
@@ -323,8 +327,8 @@ pub struct ServiceDoc {
     service: Name,
     doc: Automerge,
     records: usize,
-    /// Keys of remote changes Automerge holds back until their dependencies arrive.
-    held_back: BTreeMap<ChangeHash, Vec<String>>,
+    /// Origin and keys of remote changes Automerge holds back until their dependencies arrive.
+    held_back: BTreeMap<ChangeHash, (Option<String>, Vec<String>)>,
 }
 
 impl ServiceDoc {
@@ -513,29 +517,35 @@ impl ServiceDoc {
         }
         let mut fresh = Vec::with_capacity(changes.len());
         let mut fresh_keys = Vec::with_capacity(changes.len());
+        let mut held = Vec::with_capacity(changes.len());
         for bytes in changes {
             let change = Change::try_from(bytes.as_slice())
                 .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
+            let origin = change.message().map(str::to_owned);
             if self.has_change(&change.hash()) {
+                held.push((change.hash(), origin));
                 continue;
             }
-            fresh_keys.push((change.hash(), validate_change(&change)?));
+            let keys = validate_change(&change)?;
+            fresh_keys.push((change.hash(), origin, keys));
             fresh.push(change);
         }
         let new_changes = fresh.len();
         let mut applied = RemoteApplied {
             new_changes,
+            held,
             ..RemoteApplied::default()
         };
         if new_changes == 0 {
             return Ok(applied);
         }
         self.doc.apply_changes(fresh)?;
-        for (hash, keys) in fresh_keys {
+        for (hash, origin, keys) in fresh_keys {
             if self.has_change(&hash) {
+                applied.held.push((hash, origin));
                 applied.keys.extend(keys);
             } else if self.held_back.len() < HELD_BACK_MAX {
-                self.held_back.insert(hash, keys);
+                self.held_back.insert(hash, (origin, keys));
             } else {
                 // Beyond the bound the keys are forgotten: the caller diffs instead.
                 applied.keys_incomplete = true;
@@ -548,9 +558,10 @@ impl ServiceDoc {
             .copied()
             .collect();
         for hash in arrived {
-            applied
-                .keys
-                .extend(self.held_back.remove(&hash).unwrap_or_default());
+            if let Some((origin, keys)) = self.held_back.remove(&hash) {
+                applied.held.push((hash, origin));
+                applied.keys.extend(keys);
+            }
         }
         self.records = self.doc.length(ROOT);
         Ok(applied)

@@ -22,6 +22,8 @@ pub struct WriteOutcome {
     pub changed: bool,
     /// The encoded Automerge change to gossip, when `changed`.
     pub change: Option<Vec<u8>>,
+    /// Its hash: what peers acknowledge.
+    pub change_hash: Option<ChangeHash>,
     /// The cell events the write produced (empty when unchanged).
     pub events: Vec<StatusEvent>,
     /// Every event the write produced, observations and records alike.
@@ -49,6 +51,8 @@ pub struct RemoteOutcome {
     pub events: Vec<StatusEvent>,
     /// Every event that became visible, observations and records alike.
     pub doc_events: Vec<DocEvent>,
+    /// Changes this replica now holds, with their origin node: what it acknowledges.
+    pub held: Vec<(ChangeHash, Option<String>)>,
 }
 
 /// All documents of one node.
@@ -222,6 +226,7 @@ impl Replica {
             return Ok(WriteOutcome {
                 changed: false,
                 change: None,
+                change_hash: None,
                 events: Vec::new(),
                 doc_events: Vec::new(),
             });
@@ -229,6 +234,7 @@ impl Replica {
         let doc_events = doc.events_for_local_puts(puts, &keys, &node, now_ms);
         Ok(WriteOutcome {
             changed: true,
+            change_hash: Some(change.hash()),
             change: Some(change.bytes().into_owned()),
             events: status_only(&doc_events),
             doc_events,
@@ -255,6 +261,7 @@ impl Replica {
             new_changes: applied.new_changes,
             events: status_only(&doc_events),
             doc_events,
+            held: applied.held,
         })
     }
 

@@ -35,6 +35,12 @@ pub enum Frame {
         docs: Vec<(String, Vec<[u8; 32]>)>,
         reply_wanted: bool,
     },
+    /// The changes of one service the sender now holds, in answer to [`Frame::Changes`]:
+    /// how a writer learns which peers (and so which regions) have its change.
+    Ack {
+        service: String,
+        changes: Vec<[u8; 32]>,
+    },
     /// Liveness entries (cell key → last seen ms); the receiver answers with the entries that
     /// are newer on its side when `reply_wanted`.
     Liveness {
@@ -51,6 +57,7 @@ impl Frame {
             Frame::Digest { .. } => "digest",
             Frame::Heads { .. } => "heads",
             Frame::Liveness { .. } => "liveness",
+            Frame::Ack { .. } => "ack",
         }
     }
 }
@@ -123,6 +130,10 @@ mod tests {
             Frame::Liveness {
                 entries: vec![("a/b/c".into(), 5)],
                 reply_wanted: false,
+            },
+            Frame::Ack {
+                service: "api".into(),
+                changes: vec![[7; 32]],
             },
         ];
         for frame in frames {

@@ -13,7 +13,7 @@
 //! 4. After every call the driver drains [`Node::poll_transmit`] (frames to send) and then
 //!    [`Node::poll_event`] (what happened), and re-arms its timer from [`Node::poll_timeout`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -121,10 +121,21 @@ pub struct PeerState {
     pub heads: BTreeMap<Name, Vec<ChangeHash>>,
 }
 
+/// Most local changes whose acknowledgements are tracked; the oldest is forgotten beyond it.
+pub const PENDING_ACKS_MAX: usize = 65_536;
+
+/// Who holds one of this node's own changes.
+#[derive(Debug, Clone)]
+struct PendingAck {
+    made_at_ms: u64,
+    acked_by: BTreeSet<NodeId>,
+}
+
 /// One node's protocol state machine. See the module docs for the flow.
 #[derive(Debug)]
 pub struct Node {
     id: NodeId,
+    region: String,
     config: Config,
     replica: Replica,
     peers: BTreeMap<NodeId, PeerState>,
@@ -133,12 +144,22 @@ pub struct Node {
     events: VecDeque<Event>,
     next_anti_entropy_ms: u64,
     stats: Stats,
+    /// This node's own recent changes and the peers that acknowledged them, oldest first.
+    pending_acks: BTreeMap<ChangeHash, PendingAck>,
+    pending_order: VecDeque<ChangeHash>,
+    last_local_change: Option<ChangeHash>,
 }
 
 impl Node {
     /// A node with identity `id`, the other members `peers`, its replica and an RNG seed.
     /// Nothing is sent until the driver calls [`Node::handle_timeout`].
     pub fn new(id: NodeId, config: Config, peers: Vec<Peer>, replica: Replica, seed: u64) -> Self {
+        // The member list may name this node too: that is where its own region comes from.
+        let region = peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.region.clone())
+            .unwrap_or_default();
         let peers = peers
             .into_iter()
             .filter(|p| p.id != id)
@@ -154,6 +175,7 @@ impl Node {
             .collect();
         Self {
             id,
+            region,
             config,
             replica,
             peers,
@@ -162,6 +184,9 @@ impl Node {
             events: VecDeque::new(),
             next_anti_entropy_ms: 0,
             stats: Stats::default(),
+            pending_acks: BTreeMap::new(),
+            pending_order: VecDeque::new(),
+            last_local_change: None,
         }
     }
 
@@ -169,6 +194,9 @@ impl Node {
     /// unchanged one refreshes liveness only. Errors leave the state unchanged.
     pub fn local_write(&mut self, now_ms: u64, write: &StatusWrite) -> Result<bool, GossipError> {
         let outcome = self.replica.write_status(now_ms, write)?;
+        if let Some(hash) = outcome.change_hash {
+            self.track_ack(now_ms, hash);
+        }
         if let Some(change) = outcome.change {
             let frame = Frame::Changes {
                 service: write.service.to_string(),
@@ -217,6 +245,7 @@ impl Node {
         };
         match frame {
             Frame::Changes { service, changes } => self.on_changes(from, &service, &changes),
+            Frame::Ack { changes, .. } => self.on_ack(from, &changes),
             Frame::Digest { docs, liveness } => self.on_digest(from, docs, liveness),
             Frame::Heads { docs, reply_wanted } => self.on_heads(from, docs, reply_wanted),
             Frame::Liveness {
@@ -271,6 +300,52 @@ impl Node {
         Some(self.next_anti_entropy_ms)
     }
 
+    /// The hash of this node's most recent local change, if it made one.
+    pub fn last_local_change(&self) -> Option<ChangeHash> {
+        self.last_local_change
+    }
+
+    /// How many distinct regions (this node's included) are known to hold local change
+    /// `hash`; `None` for a change this node did not make or no longer tracks (the oldest
+    /// beyond [`PENDING_ACKS_MAX`]).
+    #[must_use]
+    pub fn regions_holding(&self, hash: &ChangeHash) -> Option<usize> {
+        if self.peers.is_empty() {
+            return Some(1);
+        }
+        let pending = self.pending_acks.get(hash)?;
+        let mut regions: BTreeSet<&str> = BTreeSet::from([self.region.as_str()]);
+        regions.extend(
+            pending
+                .acked_by
+                .iter()
+                .filter_map(|p| self.peers.get(p).map(|s| s.region.as_str())),
+        );
+        Some(regions.len())
+    }
+
+    /// Every region of the mesh, this node's included.
+    pub fn region_count(&self) -> usize {
+        let mut regions: BTreeSet<&str> = BTreeSet::from([self.region.as_str()]);
+        regions.extend(self.peers.values().map(|p| p.region.as_str()));
+        regions.len()
+    }
+
+    /// Replication lag of `peer`: how many of this node's tracked changes it has not
+    /// acknowledged, and since when the oldest of them waits (ms).
+    #[must_use]
+    pub fn peer_lag(&self, peer: &str) -> (usize, Option<u64>) {
+        let mut count = 0;
+        let mut oldest: Option<u64> = None;
+        for pending in self.pending_acks.values() {
+            if !pending.acked_by.contains(peer) {
+                count += 1;
+                oldest = Some(oldest.map_or(pending.made_at_ms, |o| o.min(pending.made_at_ms)));
+            }
+        }
+        (count, oldest)
+    }
+
     /// This node's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -310,10 +385,56 @@ impl Node {
         match self.replica.apply_remote(service, changes) {
             Ok(outcome) => {
                 self.stats.changes_applied += outcome.new_changes as u64;
+                // Acknowledge to each change's origin (not to whoever relayed it): the
+                // origin is the one waiting to know which regions hold its change.
+                let mut by_origin: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+                for (hash, origin) in outcome.held {
+                    if let Some(origin) = origin.filter(|o| self.peers.contains_key(o)) {
+                        by_origin.entry(origin).or_default().push(hash.0);
+                    }
+                }
+                for (origin, changes) in by_origin {
+                    let frame = Frame::Ack {
+                        service: service.to_owned(),
+                        changes,
+                    };
+                    self.send(&origin, &frame);
+                }
                 self.emit_status(outcome.events);
             }
             Err(e) => self.reject(from, &GossipError::Crdt(e)),
         }
+    }
+
+    fn on_ack(&mut self, from: &str, changes: &[[u8; 32]]) {
+        // Entries stay after every peer acknowledged them (until evicted by age), so that a
+        // late question about a change still gets the right answer.
+        for hash in changes {
+            if let Some(pending) = self.pending_acks.get_mut(&ChangeHash(*hash)) {
+                pending.acked_by.insert(from.to_owned());
+            }
+        }
+    }
+
+    fn track_ack(&mut self, now_ms: u64, hash: ChangeHash) {
+        self.last_local_change = Some(hash);
+        if self.peers.is_empty() {
+            return;
+        }
+        while self.pending_acks.len() >= PENDING_ACKS_MAX {
+            let Some(oldest) = self.pending_order.pop_front() else {
+                break;
+            };
+            self.pending_acks.remove(&oldest);
+        }
+        self.pending_acks.insert(
+            hash,
+            PendingAck {
+                made_at_ms: now_ms,
+                acked_by: BTreeSet::new(),
+            },
+        );
+        self.pending_order.push_back(hash);
     }
 
     fn on_digest(&mut self, from: &str, docs: u64, liveness: u64) {
@@ -680,6 +801,30 @@ mod tests {
             let doc = node.replica().docs().next().expect("doc");
             assert_eq!(doc.history_len(), 1);
         }
+    }
+
+    #[test]
+    fn a_writer_learns_which_regions_hold_its_change() {
+        let mut h = Harness::new(3);
+        h.cut = Some(2);
+        h.write(0, "db", State::MajorOutage);
+        let hash = h.nodes[0].last_local_change().expect("a change");
+        assert_eq!(h.nodes[0].regions_holding(&hash), Some(1));
+        h.run_for(50);
+        assert_eq!(h.nodes[0].regions_holding(&hash), Some(2));
+        assert_eq!(h.nodes[0].peer_lag("n2").0, 1);
+        assert_eq!(h.nodes[0].peer_lag("n1").0, 0);
+        h.cut = None;
+        // The node that missed the first push holds the second back until anti-entropy
+        // (from any node) repairs the first; it then acknowledges both to their origin.
+        h.write(0, "web", State::Operational);
+        h.run_for(50);
+        let second = h.nodes[0].last_local_change().expect("a change");
+        assert_eq!(h.nodes[0].regions_holding(&second), Some(2));
+        h.run_for(5_000);
+        assert_eq!(h.nodes[0].regions_holding(&second), Some(3));
+        assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
+        assert_eq!(h.nodes[0].region_count(), 3);
     }
 
     #[test]
