@@ -250,7 +250,10 @@ impl Topology {
                 return Err(invalid(
                     format!("region[{}].nodes", member.region),
                     region.clone(),
-                    &format!("generated node id {:?} is also listed as a [[node]]", member.id),
+                    &format!(
+                        "generated node id {:?} is also listed as a [[node]]",
+                        member.id
+                    ),
                 ));
             }
         }
@@ -416,7 +419,14 @@ region = "us-east"
         let ids: Vec<String> = topology.members().into_iter().map(|m| m.id).collect();
         assert_eq!(
             ids,
-            ["extra", "eu-west-1", "eu-west-2", "us-east-1", "us-east-2", "us-east-3"]
+            [
+                "extra",
+                "eu-west-1",
+                "eu-west-2",
+                "us-east-1",
+                "us-east-2",
+                "us-east-3"
+            ]
         );
         assert_eq!(topology.members()[0].region, 1);
     }
@@ -428,8 +438,18 @@ region = "us-east"
             ("lon = -77.49", "lon = -277.49", "region[1].lon", "-277.49"),
             ("nodes = 3", "nodes = 0", "region[1].nodes", "0"),
             ("name = \"sim\"", "name = \"Sim\"", "cluster.name", "Sim"),
-            ("region = \"us-east\"", "region = \"mars\"", "node[0].region", "mars"),
-            ("id = \"extra\"", "id = \"eu-west-1\"", "region[0].nodes", "eu-west"),
+            (
+                "region = \"us-east\"",
+                "region = \"mars\"",
+                "node[0].region",
+                "mars",
+            ),
+            (
+                "id = \"extra\"",
+                "id = \"eu-west-1\"",
+                "region[0].nodes",
+                "eu-west",
+            ),
         ];
         for (from, to, key, value) in cases {
             let text = SIM.replacen(from, to, 1);

@@ -142,6 +142,121 @@ pub fn scale(topology: &Topology, nodes: usize) -> Result<Topology, String> {
 mod tests {
     use super::*;
 
+    fn request(scenario: &str, seed: u64, duration_s: u64) -> Request {
+        Request {
+            seed,
+            scenario: scenario.to_owned(),
+            topology_text: SWARM_TOPOLOGY.to_owned(),
+            topology_arg: SWARM_TOPOLOGY_PATH.to_owned(),
+            nodes: None,
+            duration_s: Some(duration_s),
+        }
+    }
+
+    fn assert_passes(scenarios: &[&str], seeds: &[u64]) {
+        for scenario in scenarios {
+            for &seed in seeds {
+                let output = run(&request(scenario, seed, 20)).expect("runs");
+                assert!(output.passed, "{}", output.text);
+            }
+        }
+    }
+
+    #[test]
+    fn fault_free_scenarios_pass_on_fixed_seeds() {
+        assert_passes(&["steady", "broadcast", "burst", "clock-skew"], &[1, 2]);
+    }
+
+    #[test]
+    fn partitioned_meshes_converge_after_the_heal_on_fixed_seeds() {
+        assert_passes(
+            &[
+                "region-partition",
+                "one-way-partition",
+                "continent-split",
+                "isolate-node",
+                "random-halves",
+                "flapping",
+            ],
+            &[1, 2],
+        );
+    }
+
+    #[test]
+    fn lossy_and_crashing_meshes_converge_on_fixed_seeds() {
+        assert_passes(&["lossy", "crash-restart", "empty-disk-restart"], &[1, 2]);
+    }
+
+    #[test]
+    fn swarm_passes_on_fixed_seeds() {
+        for seed in 1..=6 {
+            let mut request = request("swarm", seed, 0);
+            request.duration_s = None;
+            let output = run(&request).expect("runs");
+            assert!(output.passed, "{}", output.text);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_byte_identical_output() {
+        let a = run(&request("lossy", 7, 15)).expect("runs");
+        let b = run(&request("lossy", 7, 15)).expect("runs");
+        assert_eq!(a, b);
+        let other = run(&request("lossy", 8, 15)).expect("runs");
+        assert_ne!(a.text, other.text);
+        assert!(a.svg.starts_with("<svg") && a.svg.ends_with("</svg>\n"));
+        assert!(a.json.contains("\"result\": \"pass\""), "{}", a.json);
+    }
+
+    #[test]
+    fn a_failure_prints_the_seed_and_the_command_that_replays_it() {
+        let request = Request {
+            nodes: Some(6),
+            ..request("region-partition", 42, 10)
+        };
+        let mut spec = spec(&request).expect("spec");
+        // No time at all to converge after a partition: the liveness check must fail.
+        spec.plan.liveness_bound_ms = 0;
+        let outcome = Sim::new(spec.clone()).expect("sim").run();
+        let text = report::text(&spec, &outcome);
+        assert!(outcome.failure.is_some(), "{text}");
+        assert!(text.contains("result: FAIL"), "{text}");
+        assert!(
+            text.contains(
+                "replay: statusmesh-sim run --topology sim/topologies/swarm.toml \
+                 --scenario region-partition --seed 42 --nodes 6 --duration-s 10"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_scenario_or_a_bad_topology_is_an_error_that_says_where() {
+        let err = run(&request("earthquake", 1, 10)).expect_err("unknown");
+        assert!(err.contains("earthquake"), "{err}");
+        let bad = Request {
+            topology_text: SWARM_TOPOLOGY.replacen("lat = 39.04", "lat = 99.0", 1),
+            ..request("steady", 1, 10)
+        };
+        let err = run(&bad).expect_err("bad latitude");
+        assert!(
+            err.contains("swarm.toml") && err.contains("region[0].lat"),
+            "{err}"
+        );
+    }
+
+    /// The larger sweep: `cargo test -p statusmesh-sim --release -- --ignored`.
+    #[test]
+    #[ignore = "a sweep of 500 swarm seeds; run with --ignored, preferably in release"]
+    fn five_hundred_swarm_seeds_pass() {
+        for seed in 1_000..1_500 {
+            let mut request = request("swarm", seed, 0);
+            request.duration_s = None;
+            let output = run(&request).expect("runs");
+            assert!(output.passed, "{}", output.text);
+        }
+    }
+
     #[test]
     fn the_global_topology_has_19_regions_and_200_nodes() {
         let topology = Topology::parse(GLOBAL_TOPOLOGY_PATH, GLOBAL_TOPOLOGY).expect("valid");

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::sim::{Outcome, Spec, FRAME_KINDS};
+use crate::sim::{Outcome, Spec};
 
 /// Most writes drawn on the SVG timeline; later ones are left out (the report says so).
 const SVG_WRITES_MAX: usize = 400;
@@ -69,6 +69,7 @@ pub struct Figures {
     pub traffic_bytes_per_change: f64,
     pub idle_bytes_per_s_per_node: f64,
     pub convergence_after_heal_ms: Option<f64>,
+    pub heads_after_heal_ms: Option<f64>,
     pub writes_lost_with_disk: usize,
 }
 
@@ -122,7 +123,12 @@ impl Figures {
             full_mesh_ms: Percentiles::of(full_ms),
             full_mesh_ratio: Percentiles::of(full_ratio),
             copies_per_node_per_change: per_change(copies as f64) / (nodes.max(2) - 1) as f64,
-            payload_bytes_per_change: per_change(outcome.bytes_sent[0] as f64),
+            payload_bytes_per_change: per_change(
+                outcome
+                    .sent_by_kind
+                    .get("changes")
+                    .map_or(0.0, |(_, bytes)| *bytes as f64),
+            ),
             traffic_bytes_per_change: per_change(outcome.bytes_sent_safety as f64),
             idle_bytes_per_s_per_node: if idle_s > 0.0 {
                 outcome.idle_bytes as f64 / idle_s / nodes as f64
@@ -130,6 +136,7 @@ impl Figures {
                 0.0
             },
             convergence_after_heal_ms: outcome.converged_us.map(|us| us as f64 / 1_000.0),
+            heads_after_heal_ms: outcome.heads_converged_us.map(|us| us as f64 / 1_000.0),
             writes_lost_with_disk: outcome.writes.iter().filter(|w| w.lost_with_disk).count(),
         }
     }
@@ -175,6 +182,12 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.heartbeats,
         f.writes_lost_with_disk
     );
+    if f.delivery_ms.count == 0 {
+        let _ = writeln!(
+            out,
+            "delivery: no writes without faults in this scenario (latency figures need steady or broadcast)"
+        );
+    }
     let _ = writeln!(out, "delivery (fault-free writes, per receiving node):");
     let _ = writeln!(
         out,
@@ -207,25 +220,20 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         f.idle_bytes_per_s_per_node,
         ms(outcome.idle_us) / 1_000.0
     );
-    match f.convergence_after_heal_ms {
-        Some(c) => {
-            let _ = writeln!(out, "convergence after heal: {c:.1} ms");
-        }
-        None => {
-            let _ = writeln!(out, "convergence after heal: not reached");
-        }
-    }
+    let show = |v: Option<f64>| v.map_or("not reached".to_owned(), |ms| format!("{ms:.1} ms"));
+    let _ = writeln!(
+        out,
+        "convergence after heal: heads {}, views (heads and liveness) {}",
+        show(f.heads_after_heal_ms),
+        show(f.convergence_after_heal_ms)
+    );
     let _ = writeln!(
         out,
         "detection: not measured (the gossip core has no failure detector yet)"
     );
     let _ = write!(out, "frames:");
-    for (k, kind) in FRAME_KINDS.iter().enumerate() {
-        let _ = write!(
-            out,
-            " {kind} {} ({} B)",
-            outcome.frames_sent[k], outcome.bytes_sent[k]
-        );
+    for (kind, (frames, bytes)) in &outcome.sent_by_kind {
+        let _ = write!(out, " {kind} {frames} ({bytes} B)");
     }
     let _ = writeln!(out);
     let empty_disk = outcome.crashes.iter().filter(|c| c.2).count();
@@ -242,8 +250,12 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
     );
     let _ = writeln!(
         out,
-        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots, {} conflict flags changed without an event",
-        outcome.subscriber_events, outcome.reconnects, outcome.snapshots, outcome.conflict_flags_missed
+        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots; {} conflict flags changed without an event, {} winners re-announced for a new losing value",
+        outcome.subscriber_events,
+        outcome.reconnects,
+        outcome.snapshots,
+        outcome.conflict_flags_missed,
+        outcome.conflict_reannouncements
     );
     let _ = writeln!(
         out,
@@ -265,15 +277,10 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
 /// The JSON report (keys sorted, so the bytes are stable).
 pub fn json(spec: &Spec, outcome: &Outcome) -> String {
     let f = Figures::of(outcome);
-    let frames: BTreeMap<&str, serde_json::Value> = FRAME_KINDS
+    let frames: BTreeMap<&str, serde_json::Value> = outcome
+        .sent_by_kind
         .iter()
-        .enumerate()
-        .map(|(k, kind)| {
-            (
-                *kind,
-                json!({"frames": outcome.frames_sent[k], "bytes": outcome.bytes_sent[k]}),
-            )
-        })
+        .map(|(kind, (frames, bytes))| (*kind, json!({"frames": frames, "bytes": bytes})))
         .collect();
     let value = json!({
         "seed": spec.seed,
@@ -297,6 +304,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "traffic_bytes_per_change": round3(f.traffic_bytes_per_change),
         "idle_bytes_per_s_per_node": round3(f.idle_bytes_per_s_per_node),
         "convergence_after_heal_ms": f.convergence_after_heal_ms.map(round3),
+        "heads_converged_after_heal_ms": f.heads_after_heal_ms.map(round3),
         "frames": frames,
         "dropped": {
             "partition": outcome.dropped_partition,
@@ -311,6 +319,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "reconnects": outcome.reconnects,
         "snapshots": outcome.snapshots,
         "conflict_flags_missed": outcome.conflict_flags_missed,
+        "conflict_reannouncements": outcome.conflict_reannouncements,
         "events_processed": outcome.events_processed,
         "trace_digest": format!("{:016x}", outcome.trace_digest),
         "result": if outcome.failure.is_none() { "pass" } else { "fail" },
@@ -330,7 +339,7 @@ pub fn svg(spec: &Spec, outcome: &Outcome) -> String {
     const ROW: f64 = 22.0;
     const TOP: f64 = 40.0;
     let regions = outcome.region_names.len();
-    let height = TOP + ROW * regions as f64 + 40.0;
+    let height = TOP + ROW * regions as f64 + 56.0;
     let end_us = outcome.end_us.max(1) as f64;
     let x = |us: u64| LEFT + WIDTH * (us as f64 / end_us);
     let y = |region: usize| TOP + ROW * region as f64 + ROW / 2.0;

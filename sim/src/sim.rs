@@ -54,8 +54,8 @@ const WRITES_TRACKED_MAX: usize = 200_000;
 const SERVICES: [&str; 4] = ["checkout", "search", "payments", "identity"];
 const COMPONENTS: [&str; 6] = ["api", "db", "web", "queue", "cache", "auth"];
 
-/// Frame kinds, in report order.
-pub const FRAME_KINDS: [&str; 4] = ["changes", "digest", "heads", "liveness"];
+/// The frame kind that carries changes (`Frame::kind`).
+const CHANGES_KIND: &str = "changes";
 
 /// A run's inputs: everything that determines its output.
 #[derive(Debug, Clone)]
@@ -105,8 +105,9 @@ pub struct Outcome {
     pub shortest_ms: Vec<Vec<f64>>,
     pub writes: Vec<WriteRecord>,
     pub heartbeats: u64,
-    pub frames_sent: [u64; 4],
-    pub bytes_sent: [u64; 4],
+    /// Frames and bytes sent, per frame kind (`Frame::kind`).
+    pub sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    pub bytes_sent: u64,
     pub bytes_sent_safety: u64,
     pub dropped_partition: u64,
     pub dropped_loss: u64,
@@ -116,6 +117,8 @@ pub struct Outcome {
     pub partitions: Vec<PartitionSpan>,
     pub heal_us: u64,
     pub converged_us: Option<u64>,
+    /// When every node first held the same heads after the heal (liveness may still differ).
+    pub heads_converged_us: Option<u64>,
     pub idle_bytes: u64,
     pub idle_us: u64,
     pub end_us: u64,
@@ -124,6 +127,8 @@ pub struct Outcome {
     pub snapshots: u64,
     /// Cells whose conflict flag changed without an event (see `check_subscriber_state`).
     pub conflict_flags_missed: u64,
+    /// Events that repeated a winner because a losing concurrent value arrived.
+    pub conflict_reannouncements: u64,
     pub events_processed: u64,
     pub frames_rejected: u64,
     pub trace_digest: u64,
@@ -132,7 +137,7 @@ pub struct Outcome {
 #[derive(Debug)]
 struct Payload {
     bytes: Vec<u8>,
-    kind: usize,
+    kind: &'static str,
     /// Indices of tracked writes whose changes the frame carries.
     writes: Vec<usize>,
 }
@@ -236,6 +241,8 @@ struct Subscriber {
     node: usize,
     cursor: Cursor,
     cells: BTreeMap<CellKey, CellState>,
+    /// The losing values of each cell at the last check (events do not carry them).
+    conflicts: BTreeMap<CellKey, Vec<Observation>>,
 }
 
 /// The simulator of one run.
@@ -262,6 +269,8 @@ pub struct Sim {
     write_by_hash: HashMap<ChangeHash, usize>,
     subscribers: Vec<Subscriber>,
     last_payload: Option<Rc<Payload>>,
+    /// Frame kind per leading (version, variant) bytes, learned from full decodes.
+    kind_by_tag: HashMap<(u8, u8), &'static str>,
     trace: Fnv64,
     out: Outcome,
     idle_start: Option<(u64, u64)>,
@@ -335,6 +344,7 @@ impl Sim {
                 node: k * members.len() / spec.plan.subscribers.max(1),
                 cursor: Cursor::default(),
                 cells: BTreeMap::new(),
+                conflicts: BTreeMap::new(),
             })
             .collect();
         let out = Outcome {
@@ -349,8 +359,8 @@ impl Sim {
             shortest_ms,
             writes: Vec::new(),
             heartbeats: 0,
-            frames_sent: [0; 4],
-            bytes_sent: [0; 4],
+            sent_by_kind: BTreeMap::new(),
+            bytes_sent: 0,
             bytes_sent_safety: 0,
             dropped_partition: 0,
             dropped_loss: 0,
@@ -360,6 +370,7 @@ impl Sim {
             partitions: Vec::new(),
             heal_us: safety_end_us,
             converged_us: None,
+            heads_converged_us: None,
             idle_bytes: 0,
             idle_us: 0,
             end_us: 0,
@@ -367,6 +378,7 @@ impl Sim {
             reconnects: 0,
             snapshots: 0,
             conflict_flags_missed: 0,
+            conflict_reannouncements: 0,
             events_processed: 0,
             frames_rejected: 0,
             trace_digest: 0,
@@ -390,6 +402,7 @@ impl Sim {
             write_by_hash: HashMap::new(),
             subscribers,
             last_payload: None,
+            kind_by_tag: HashMap::new(),
             trace: Fnv64::new(),
             out,
             idle_start: None,
@@ -598,7 +611,8 @@ impl Sim {
                     self.fail(format!("{id} rejected a frame from {from}: {reason}"));
                     return;
                 }
-                Event::Heartbeat { .. } | Event::PeerContact { .. } => {}
+                // Liveness, contact and membership events carry nothing the checkers use.
+                _ => {}
             }
         }
         self.check_subscribers(i, status);
@@ -657,8 +671,10 @@ impl Sim {
             },
         };
         let len = payload.bytes.len() as u64;
-        self.out.frames_sent[payload.kind] += 1;
-        self.out.bytes_sent[payload.kind] += len;
+        let sent = self.out.sent_by_kind.entry(payload.kind).or_default();
+        sent.0 += 1;
+        sent.1 += len;
+        self.out.bytes_sent += len;
         if self.now_us < self.safety_end_us {
             self.out.bytes_sent_safety += len;
         }
@@ -699,14 +715,32 @@ impl Sim {
         }
     }
 
-    fn decode_payload(&self, bytes: Vec<u8>) -> Result<Payload, String> {
+    fn decode_payload(&mut self, bytes: Vec<u8>) -> Result<Payload, String> {
+        // Only change frames need a full decode (for their hashes). The envelope starts with
+        // the version and the variant index, so the kind of a frame is learned from the first
+        // full decode of each tag and reused; debug builds decode everything and compare.
+        let tag = bytes.get(..2).map(|b| (b[0], b[1]));
+        let learned = tag.and_then(|t| self.kind_by_tag.get(&t).copied());
+        if let Some(kind) = learned.filter(|k| *k != CHANGES_KIND) {
+            if cfg!(debug_assertions) {
+                let decoded = codec::decode(&bytes).map_err(|e| e.to_string())?;
+                debug_assert_eq!(
+                    decoded.kind(),
+                    kind,
+                    "frame kinds are not a function of the tag"
+                );
+            }
+            return Ok(Payload {
+                bytes,
+                kind,
+                writes: Vec::new(),
+            });
+        }
         let frame = codec::decode(&bytes).map_err(|e| e.to_string())?;
-        let kind = match frame.kind() {
-            "changes" => 0,
-            "digest" => 1,
-            "heads" => 2,
-            _ => 3,
-        };
+        let kind = frame.kind();
+        if let Some(tag) = tag {
+            self.kind_by_tag.insert(tag, kind);
+        }
         let mut writes = Vec::new();
         if let Frame::Changes { changes, .. } = &frame {
             for change in changes {
@@ -786,7 +820,8 @@ impl Sim {
             .node
             .as_ref()
             .and_then(|n| n.replica().doc(&record.service))
-            .is_some_and(|d| d.has_all(&[record.hash]))
+            // A change that just arrived is usually a head, which is much cheaper to ask.
+            .is_some_and(|d| d.heads().contains(&record.hash) || d.has_all(&[record.hash]))
     }
 
     fn live_nodes(&self) -> Vec<usize> {
@@ -1025,9 +1060,12 @@ impl Sim {
     }
 
     fn probe(&mut self) {
+        if self.out.heads_converged_us.is_none() && self.heads_converged() {
+            self.out.heads_converged_us = Some(self.now_us - self.out.heal_us);
+        }
         if self.converged() {
             self.out.converged_us = Some(self.now_us - self.out.heal_us);
-            let sent: u64 = self.out.bytes_sent.iter().sum();
+            let sent = self.out.bytes_sent;
             self.idle_start = Some((self.now_us, sent));
             self.schedule(self.now_us + self.spec.plan.idle_ms * 1_000, Ev::End);
             return;
@@ -1045,8 +1083,30 @@ impl Sim {
         self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
     }
 
+    fn heads_converged(&self) -> bool {
+        let Some(first) = self.slots[0].node.as_ref() else {
+            return false;
+        };
+        let cursor = first.replica().cursor();
+        self.slots.iter().skip(1).all(|slot| {
+            slot.node
+                .as_ref()
+                .is_some_and(|n| n.replica().cursor() == cursor)
+        })
+    }
+
+    /// Equal heads and equal liveness everywhere: the views are equal at equal time.
     fn converged(&self) -> bool {
-        self.divergent_nodes().is_empty()
+        let Some(first) = self.slots[0].node.as_ref() else {
+            return false;
+        };
+        let cursor = first.replica().cursor();
+        let liveness = first.replica().liveness();
+        self.slots.iter().skip(1).all(|slot| {
+            slot.node.as_ref().is_some_and(|n| {
+                n.replica().cursor() == cursor && n.replica().liveness() == liveness
+            })
+        })
     }
 
     /// Nodes whose heads or liveness differ from the first node's (at most ten named).
@@ -1074,7 +1134,7 @@ impl Sim {
     fn finish(&mut self) {
         self.out.end_us = self.now_us;
         if let Some((start_us, sent_before)) = self.idle_start {
-            let sent: u64 = self.out.bytes_sent.iter().sum();
+            let sent = self.out.bytes_sent;
             self.out.idle_bytes = sent - sent_before;
             self.out.idle_us = self.now_us - start_us;
         }
@@ -1114,17 +1174,16 @@ impl Sim {
             if self.out.writes[w].lost_with_disk {
                 continue;
             }
-            for node in 0..self.slots.len() {
-                if !self.holds(node, w) {
-                    let record = &self.out.writes[w];
-                    self.fail(format!(
-                        "acknowledged write #{w} by {} at {} ms is missing on {}",
-                        self.members[record.node].id,
-                        record.at_us / 1_000,
-                        self.members[node].id
-                    ));
-                    return;
-                }
+            // Equal cursors were checked above: equal heads mean equal histories, so the
+            // first node stands for all.
+            if !self.holds(0, w) {
+                let record = &self.out.writes[w];
+                self.fail(format!(
+                    "acknowledged write #{w} by {} at {} ms is missing everywhere",
+                    self.members[record.node].id,
+                    record.at_us / 1_000,
+                ));
+                return;
             }
         }
         for s in 0..self.subscribers.len() {
@@ -1149,7 +1208,7 @@ impl Sim {
                 continue;
             }
             for (event, _) in &events {
-                if let Err(e) = apply_event(&mut self.subscribers[s].cells, event) {
+                if let Err(e) = self.feed(s, node, event) {
                     self.fail(format!("subscriber {s} on {}: {e}", self.members[node].id));
                     return;
                 }
@@ -1171,6 +1230,42 @@ impl Sim {
         }
     }
 
+    /// Applies one event to a subscriber. An event that repeats the cell's value is a
+    /// duplicate, unless the node's cell has other losing concurrent values than at the last
+    /// check: then it re-announces the winner, which is news (the conflict changed), not a
+    /// repeat.
+    fn feed(&mut self, s: usize, node: usize, event: &StatusEvent) -> Result<(), String> {
+        let Err(duplicate) = apply_event(&mut self.subscribers[s].cells, event) else {
+            return Ok(());
+        };
+        let key = (
+            event.service.clone(),
+            event.component.clone(),
+            event.region.clone(),
+        );
+        let now = self.slots[node]
+            .node
+            .as_ref()
+            .and_then(|n| n.replica().doc(&key.0).map(|d| d.cells()))
+            .and_then(|cells| {
+                cells
+                    .get(&(key.1.clone(), key.2.clone()))
+                    .map(|c| c.conflicts.clone())
+            })
+            .unwrap_or_default();
+        let before = self.subscribers[s]
+            .conflicts
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        if now == before {
+            return Err(duplicate);
+        }
+        self.out.conflict_reannouncements += 1;
+        self.subscribers[s].conflicts.insert(key, now);
+        Ok(())
+    }
+
     fn advance_cursor(&mut self, s: usize, node: usize, new_cursor: Cursor) {
         let Some(n) = self.slots[node].node.as_ref() else {
             return;
@@ -1189,13 +1284,15 @@ impl Sim {
         let Some(n) = self.slots[node].node.as_ref() else {
             return;
         };
-        let truth = node_cells(n.replica());
+        let (truth, conflict_counts) = node_cells(n.replica());
+        self.subscribers[s].conflicts = conflict_counts;
         // A concurrent write that loses to the current value changes no winner, so no event
         // says the cell is now in conflict (a known gap of the crdt's events). Count it and
         // adopt the flag, so the value checks below stay strict.
         for (key, value) in &truth {
             if let Some(held) = self.subscribers[s].cells.get_mut(key) {
-                if held.1 != value.1 && (&held.0, &held.2, &held.3) == (&value.0, &value.2, &value.3)
+                if held.1 != value.1
+                    && (&held.0, &held.2, &held.3) == (&value.0, &value.2, &value.3)
                 {
                     held.1 = value.1;
                     self.out.conflict_flags_missed += 1;
@@ -1266,7 +1363,7 @@ impl Sim {
             let target_cursor = n.replica().cursor();
             self.subscribers[s].node = target;
             for event in &events {
-                if let Err(e) = apply_event(&mut self.subscribers[s].cells, event) {
+                if let Err(e) = self.feed(s, target, event) {
                     self.fail(format!(
                         "subscriber {s} resuming on {}: {e}",
                         self.members[target].id
@@ -1285,7 +1382,7 @@ impl Sim {
             self.out.snapshots += 1;
             let sub = &mut self.subscribers[s];
             sub.node = target;
-            sub.cells = node_cells(n.replica());
+            (sub.cells, sub.conflicts) = node_cells(n.replica());
             sub.cursor = n.replica().cursor();
         }
     }
@@ -1391,7 +1488,13 @@ fn apply_event(
         )
     });
     if cells.get(&key) == value.as_ref() {
-        return Err(format!("duplicate event for {}/{}/{}", key.0, key.1, key.2));
+        return Err(format!(
+            "duplicate event for {}/{}/{}: {}",
+            key.0,
+            key.1,
+            key.2,
+            describe(value.as_ref())
+        ));
     }
     match value {
         Some(v) => {
@@ -1419,8 +1522,12 @@ fn describe(cell: Option<&CellState>) -> String {
     }
 }
 
-fn node_cells(replica: &Replica) -> BTreeMap<CellKey, CellState> {
+type CellConflicts = BTreeMap<CellKey, Vec<Observation>>;
+
+/// Every cell of a replica as a subscriber should hold it, and the losing values of each.
+fn node_cells(replica: &Replica) -> (BTreeMap<CellKey, CellState>, CellConflicts) {
     let mut cells = BTreeMap::new();
+    let mut conflict_counts = BTreeMap::new();
     for doc in replica.docs() {
         for ((component, region), read) in doc.cells() {
             let CellRead {
@@ -1429,13 +1536,13 @@ fn node_cells(replica: &Replica) -> BTreeMap<CellKey, CellState> {
                 origin_node,
                 changed_at_ms,
             } = read;
-            cells.insert(
-                (doc.service().clone(), component, region),
-                (value, !conflicts.is_empty(), origin_node, changed_at_ms),
-            );
+            let key = (doc.service().clone(), component, region);
+            let conflicted = !conflicts.is_empty();
+            conflict_counts.insert(key.clone(), conflicts);
+            cells.insert(key, (value, conflicted, origin_node, changed_at_ms));
         }
     }
-    cells
+    (cells, conflict_counts)
 }
 
 /// True when `new` names every change `old` names, or a descendant of it: everything `new`
