@@ -96,11 +96,32 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut command: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let err = file.try_clone().expect("clone log");
         command.stdout(file).stderr(err).env("RUST_LOG", "info");
         let child = command.spawn().expect("spawn statusmesh");
         Self { child, log }
+    }
+
+    /// Stops the process with SIGTERM (a graceful shutdown) and waits for it to exit, at
+    /// most [`WAIT`]; then it is killed.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("the process did not stop within {WAIT:?} of SIGTERM");
     }
 
     /// The process's output so far, for failure messages.
@@ -116,14 +137,34 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `statusmesh run` for one node.
+/// Starts `statusmesh run` for one node, with its data in `dir/<node-id>-data`.
 pub fn run_node(dir: &Path, config: &Path, certs: &Path, node: &TestNode, token: &str) -> Proc {
+    run_node_with_data(dir, config, certs, node, token, &data_dir(dir, node))
+}
+
+/// The data directory [`run_node`] gives a node.
+pub fn data_dir(dir: &Path, node: &TestNode) -> PathBuf {
+    dir.join(format!("{}-data", node.id))
+}
+
+/// Starts `statusmesh run` for one node with its data in `data`. Each start appends to the
+/// node's log file, so a restarted node's earlier output stays readable.
+pub fn run_node_with_data(
+    dir: &Path,
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    token: &str,
+    data: &Path,
+) -> Proc {
     let mut command = Command::new(BIN);
     command
         .args(["run", "--config"])
         .arg(config)
         .args(["--node", &node.id, "--certs"])
         .arg(certs)
+        .arg("--data-dir")
+        .arg(data)
         .args(["--token", token]);
     Proc::spawn(command, dir.join(format!("{}.log", node.id)))
 }

@@ -103,3 +103,110 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
     })
     .await;
 }
+
+/// The value of a counter with the given name and `node` label in a node's /metrics.
+async fn counter(client: &reqwest::Client, node: &harness::TestNode, name: &str) -> Option<f64> {
+    let text = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let label = format!("node=\"{}\"", node.id);
+    Some(
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains(&label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// The node ids a node has recorded contact from, per its /v1/nodes.
+async fn contacted(client: &reqwest::Client, node: &harness::TestNode) -> Option<Vec<String>> {
+    let nodes: serde_json::Value = client
+        .get(node.url("/v1/nodes"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        nodes["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["last_contact_ms"].as_u64().is_some())
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_cluster_certificate_for_one_node_cannot_be_used_to_be_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, nodes) = harness::topology(dir.path(), 1);
+    let cluster = dir.path().join("cluster");
+    harness::make_certs(&config, &cluster);
+    // Only eu runs. The test holds the cluster CA, so it can mint genuine cluster
+    // certificates for any name: the point is that the name in the certificate is the
+    // identity, whatever the connection claims otherwise.
+    let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
+    let _proc: Proc = harness::run_node(dir.path(), &config, &cluster, eu, "t");
+    let http = reqwest::Client::new();
+    harness::wait_healthy(&http, std::slice::from_ref(eu)).await;
+    let ca = certs::ClusterCa::load(&cluster, "test").expect("cluster CA");
+    let refused_metric = "statusmesh_transport_connections_refused_total";
+
+    // Connecting with ap's certificate makes the node record contact from ap, and from no
+    // one else: not from us-east, which the connection never had a certificate for.
+    let as_ap = certs::load_identity(&cluster, &ap.id).expect("ap identity");
+    connect_and_send(&as_ap, eu.gossip, &eu.id)
+        .await
+        .expect("ap's own certificate is accepted");
+    harness::wait_for("contact from ap", || async {
+        let seen = contacted(&http, eu).await?;
+        seen.contains(&ap.id).then_some(())
+    })
+    .await;
+    let seen = contacted(&http, eu).await.expect("nodes");
+    assert_eq!(seen, vec![ap.id.clone()], "contact recorded from {seen:?}");
+
+    // A cluster certificate for eu itself cannot speak to eu as a peer.
+    let before = counter(&http, eu, refused_metric).await.unwrap_or(0.0);
+    let as_self = ca.identity(&eu.id).expect("certificate for eu's own id");
+    connect_and_send(&as_self, eu.gossip, &eu.id)
+        .await
+        .expect_err("a certificate naming the node itself was accepted");
+    harness::wait_for("the refusal of eu's own id to be counted", || async {
+        let now = counter(&http, eu, refused_metric).await?;
+        (now >= before + 1.0).then_some(())
+    })
+    .await;
+
+    // A cluster certificate for a name outside the topology is refused the same way.
+    let as_stranger = ca.identity("mallory-1").expect("certificate for a non-member");
+    connect_and_send(&as_stranger, eu.gossip, &eu.id)
+        .await
+        .expect_err("a certificate naming a non-member was accepted");
+    harness::wait_for("the refusal of a non-member to be counted", || async {
+        let now = counter(&http, eu, refused_metric).await?;
+        (now >= before + 2.0).then_some(())
+    })
+    .await;
+
+    // And the other direction: eu cannot pass for us-east when dialled as us-east, because
+    // its certificate does not name us-east.
+    let wrong_server = connect_and_send(&as_ap, eu.gossip, &us.id)
+        .await
+        .expect_err("eu's certificate passed for us-east");
+    assert!(
+        wrong_server.contains("invalid peer certificate"),
+        "failed for another reason: {wrong_server}"
+    );
+
+    // Through all of it, eu recorded contact only from ap.
+    let seen = contacted(&http, eu).await.expect("nodes");
+    assert_eq!(seen, vec![ap.id.clone()], "contact recorded from {seen:?}");
+}

@@ -104,6 +104,7 @@ pub fn router(node: NodeHandle) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(get_ready))
+        .route("/metrics", get(get_metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -272,7 +273,7 @@ fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), node.info.token.as_bytes()) {
+    if node.info.tokens.authorize(presented).is_none() {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -281,10 +282,6 @@ fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,5 +412,23 @@ async fn get_ready(State(node): State<NodeHandle>) -> Response {
             Json(json!({ "status": "not_ready", "detail": "no peer heard from yet" })),
         )
             .into_response()
+    }
+}
+
+/// Prometheus text format, from the recorder `main` installed (404 when there is none).
+async fn get_metrics(State(node): State<NodeHandle>) -> Response {
+    match &node.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
     }
 }

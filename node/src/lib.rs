@@ -4,11 +4,17 @@
 //! - [`certs`]: the cluster CA and node certificates.
 //! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
 //! - [`runtime`]: the one task that owns the state machine, and the node's start-up.
-//! - [`http`]: the client contract (JSON, SSE, health).
+//! - [`http`]: the client contract (JSON, SSE, health, metrics).
+//! - [`storage`]: snapshots and change logs on disk, group commit.
+//! - [`settings`]: node settings beyond regions.toml (tokens, limits).
+//! - [`bench`]: `statusmesh bench write`.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod certs;
 pub mod config;
 pub mod http;
 pub mod runtime;
+pub mod settings;
+pub mod storage;
 pub mod transport;

@@ -8,7 +8,9 @@ use rand::Rng;
 use statusmesh_gossip::Config as GossipConfig;
 use statusmesh_node::certs::{self, ClusterCa};
 use statusmesh_node::config::Topology;
+use statusmesh_node::bench;
 use statusmesh_node::runtime::{self, NodeOptions};
+use statusmesh_node::settings::{NodeSettings, Tokens};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,10 @@ enum Command {
         /// The write token (generated and printed when not given).
         #[arg(long)]
         token: Option<String>,
+        /// Keep each node's data in DIR/<node-id> (default: a temporary directory that is
+        /// removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run one regional node.
     Run {
@@ -47,10 +53,25 @@ enum Command {
         /// Directory made by `statusmesh certs`.
         #[arg(long)]
         certs: PathBuf,
+        /// Where this node keeps its snapshots and change logs.
+        #[arg(long)]
+        data_dir: PathBuf,
         /// The write token clients must present (or set STATUSMESH_TOKEN).
-        #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(
+            long,
+            env = "STATUSMESH_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "tokens",
+            conflicts_with = "tokens"
+        )]
+        token: Option<String>,
+        /// A TOML file of named write tokens ([[token]] name = "..", secret = "..").
+        #[arg(long)]
+        tokens: Option<PathBuf>,
     },
+    /// Load commands against a running mesh.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Make a cluster CA (unless DIR has one) and a certificate for every node.
     Certs {
         /// The topology file whose nodes get certificates.
@@ -62,6 +83,12 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Acknowledged writes per second, write latency and remote visibility.
+    Write(bench::WriteArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
@@ -71,13 +98,27 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Dev { config, token } => dev(config, token).await,
+            Command::Dev {
+                config,
+                token,
+                data_dir,
+            } => dev(config, token, data_dir).await,
             Command::Run {
                 config,
                 node,
                 certs,
+                data_dir,
                 token,
-            } => run(config, node, certs, token).await,
+                tokens,
+            } => {
+                let tokens = match (token, tokens) {
+                    (_, Some(path)) => Tokens::load(&path)?,
+                    (Some(token), None) if !token.is_empty() => Tokens::single(&token),
+                    _ => bail!("--token must not be empty (or give --tokens FILE)"),
+                };
+                run(config, node, certs, NodeSettings::new(data_dir, tokens)).await
+            }
+            Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Certs { config, out } => {
                 let topology = Topology::load(&config)?;
                 let ids: Vec<String> = topology.nodes.iter().map(|n| n.id.clone()).collect();
@@ -103,7 +144,25 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn dev(config: Option<PathBuf>, token: Option<String>) -> anyhow::Result<()> {
+/// Installs the process's one Prometheus recorder; every node of the process reports into it
+/// with its own `node` label.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets_ms = [
+        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_ms".to_owned()), &buckets_ms)
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+async fn dev(
+    config: Option<PathBuf>,
+    token: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let topology = match &config {
         Some(path) => Topology::load(path)?,
         None => Topology::embedded()?,
@@ -115,6 +174,19 @@ async fn dev(config: Option<PathBuf>, token: Option<String>) -> anyhow::Result<(
     if token.is_empty() {
         bail!("--token must not be empty");
     }
+    let metrics = install_metrics()?;
+    // Without --data-dir the nodes' data is throw-away, like their certificates.
+    let (data_root, throw_away) = match data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let suffix: u64 = rand::rng().random();
+            let dir = std::env::temp_dir().join(format!(
+                "statusmesh-dev-{}-{suffix:016x}",
+                std::process::id()
+            ));
+            (dir, true)
+        }
+    };
     let ca = ClusterCa::generate(&topology.cluster)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = Vec::new();
@@ -123,8 +195,9 @@ async fn dev(config: Option<PathBuf>, token: Option<String>) -> anyhow::Result<(
             topology: topology.clone(),
             node_id: spec.id.clone(),
             identity: ca.identity(&spec.id)?,
-            token: token.clone(),
+            settings: NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token)),
             gossip: GossipConfig::lan(),
+            metrics: Some(metrics.clone()),
         };
         let node = runtime::start(options, stop_rx.clone())
             .await
@@ -143,6 +216,11 @@ async fn dev(config: Option<PathBuf>, token: Option<String>) -> anyhow::Result<(
         );
     }
     println!("write token: {token}");
+    println!(
+        "data: {}{}",
+        data_root.display(),
+        if throw_away { " (removed on exit)" } else { "" }
+    );
     if let Some((spec, node)) = running.first() {
         println!();
         println!("try:");
@@ -159,6 +237,9 @@ async fn dev(config: Option<PathBuf>, token: Option<String>) -> anyhow::Result<(
     for (_, node) in running {
         node.join().await;
     }
+    if throw_away {
+        let _ = std::fs::remove_dir_all(&data_root);
+    }
     Ok(())
 }
 
@@ -166,11 +247,9 @@ async fn run(
     config: PathBuf,
     node: String,
     certs_dir: PathBuf,
-    token: String,
+    settings: NodeSettings,
 ) -> anyhow::Result<()> {
-    if token.is_empty() {
-        bail!("--token must not be empty");
-    }
+    let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
     topology.node(&node)?;
     let identity = certs::load_identity(&certs_dir, &node)?;
@@ -179,8 +258,9 @@ async fn run(
         topology,
         node_id: node.clone(),
         identity,
-        token,
+        settings,
         gossip: GossipConfig::wan(),
+        metrics: Some(metrics),
     };
     let running = runtime::start(options, stop_rx)
         .await

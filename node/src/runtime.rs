@@ -7,17 +7,20 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::json;
-use statusmesh_crdt::{ActorId, Cursor, Name, Replica, StatusEvent, StatusWrite};
+use metrics_exporter_prometheus::PrometheusHandle;
+use statusmesh_crdt::{Cursor, Name, Replica, StatusEvent, StatusWrite};
 use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, Node, Peer};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::certs::NodeIdentity;
 use crate::config::Topology;
+use crate::settings::{NodeSettings, Tokens};
+use crate::storage::{self, Batch, DocWrite, Persisted, StorageError, StorageHandle};
 use crate::transport::{Inbound, Transport, TransportError};
 
 /// Commands queued from HTTP handlers to the driver.
@@ -27,6 +30,11 @@ pub const INBOUND_QUEUE_MAX: usize = 8192;
 /// Events buffered for SSE subscribers; a subscriber that falls further behind gets a fresh
 /// snapshot instead of the events it missed.
 pub const PUBLISH_BUFFER: usize = 4096;
+/// Frames taken from the inbound queue per loop iteration after the first, so that one
+/// commit covers them all without starving commands.
+pub const INBOUND_DRAIN_MAX: usize = 1024;
+/// How often queue depths and similar gauges are exported.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the Unix epoch: the wall clock that the pure core is given.
 pub fn now_ms() -> u64 {
@@ -46,6 +54,8 @@ pub enum StartError {
     HttpBind { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// One event as it goes out on SSE and long-poll.
@@ -102,7 +112,8 @@ pub struct NodeInfo {
     pub id: String,
     pub region: String,
     pub cluster: String,
-    pub token: String,
+    /// Who may write.
+    pub tokens: Tokens,
 }
 
 /// A cheap, cloneable handle to a running node's driver.
@@ -111,6 +122,8 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     pub info: Arc<NodeInfo>,
     ready: watch::Receiver<bool>,
+    /// The process's Prometheus recorder, for `/metrics` (absent when none is installed).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// The driver is gone (the node is shutting down).
@@ -119,7 +132,8 @@ pub struct NodeHandle {
 pub struct Unavailable;
 
 impl NodeHandle {
-    /// Applies a client write; replies once it is applied locally and queued to peers.
+    /// Applies a client write; replies once it is applied locally, queued to peers, and its
+    /// change is on disk (fsynced). Storage failure shows as [`Unavailable`].
     pub async fn write(
         &self,
         write: StatusWrite,
@@ -196,12 +210,15 @@ pub struct NodeOptions {
     pub topology: Topology,
     pub node_id: String,
     pub identity: NodeIdentity,
-    pub token: String,
+    pub settings: NodeSettings,
     pub gossip: GossipConfig,
+    /// The Prometheus recorder installed by `main`, served at `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
 }
 
-/// Starts a node: QUIC transport, the driver, and the HTTP server. Everything stops when
-/// `shutdown` turns true.
+/// Starts a node: loads its data directory, then the QUIC transport, the driver, and the
+/// HTTP server. Everything stops when `shutdown` turns true; the driver then writes and
+/// fsyncs what is pending before it closes connections.
 pub async fn start(
     options: NodeOptions,
     shutdown: watch::Receiver<bool>,
@@ -217,6 +234,19 @@ pub async fn start(
         .filter(|n| n.id != spec.id)
         .map(|n| (n.id.clone(), n.gossip))
         .collect();
+    // Load before anything listens: a node serves only what it has on disk and more.
+    let loaded = {
+        let dir = options.settings.data_dir.clone();
+        let id = spec.id.clone();
+        tokio::task::spawn_blocking(move || storage::open(&dir, &id))
+            .await
+            .map_err(|e| StartError::Config(format!("storage load task failed: {e}")))??
+    };
+    if loaded.truncated_tails > 0 {
+        metrics::counter!("statusmesh_storage_truncated_tails_total", "node" => spec.id.clone())
+            .increment(loaded.truncated_tails);
+    }
+    let storage = StorageHandle::start(options.settings.data_dir.clone(), spec.id.clone())?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let transport = Transport::start(
         &options.identity,
@@ -227,10 +257,24 @@ pub async fn start(
     )?;
     let gossip_addr = transport.local_addr().unwrap_or(spec.gossip);
 
-    // A fresh actor id per process start: this node keeps no disk yet, so it never writes
-    // under an actor whose sequence numbers peers may already hold.
-    let actor = ActorId::from(rand::random::<[u8; 16]>().to_vec());
-    let replica = Replica::new(&spec.id, actor);
+    // A fresh actor id per start (recorded by storage::open before use): this node never
+    // writes under an actor whose sequence numbers peers may already hold.
+    info!(node = %spec.id, incarnation = loaded.incarnation, actor = %loaded.actor, "incarnation");
+    let logs = loaded.logs;
+    let replica = Replica::from_docs(&spec.id, loaded.actor, loaded.docs);
+    let persisted: BTreeMap<Name, Persisted> = replica
+        .docs()
+        .map(|doc| {
+            let log = logs.get(doc.service()).copied().unwrap_or_default();
+            (
+                doc.service().clone(),
+                Persisted {
+                    heads: doc.heads(),
+                    log,
+                },
+            )
+        })
+        .collect();
     let gossip_peers = topology
         .nodes
         .iter()
@@ -254,12 +298,13 @@ pub async fn start(
         id: spec.id.clone(),
         region: spec.region.clone(),
         cluster: topology.cluster.clone(),
-        token: options.token.clone(),
+        tokens: options.settings.tokens.clone(),
     });
     let handle = NodeHandle {
         commands: commands_tx,
         info: info.clone(),
         ready: ready_rx,
+        metrics: options.metrics.clone(),
     };
     let regions: BTreeMap<String, String> = topology
         .nodes
@@ -273,6 +318,13 @@ pub async fn start(
         ready: ready_tx,
         regions,
         info,
+        storage: Some(storage),
+        persisted,
+        settings: options.settings.clone(),
+        pending_acks: Vec::new(),
+        touched: false,
+        writes_this_round: 0,
+        gauges_at: Instant::now(),
     };
     let driver = tokio::spawn(driver.run(inbound_rx, commands_rx, shutdown.clone()));
 
@@ -312,6 +364,16 @@ struct Driver {
     ready: watch::Sender<bool>,
     regions: BTreeMap<String, String>,
     info: Arc<NodeInfo>,
+    storage: Option<StorageHandle>,
+    /// What storage has been handed, per document.
+    persisted: BTreeMap<Name, Persisted>,
+    settings: NodeSettings,
+    /// Replies to writes of this iteration, sent by the storage thread after the fsync.
+    pending_acks: Vec<Box<dyn FnOnce() + Send>>,
+    /// True when a write or frame may have changed a document since the last commit.
+    touched: bool,
+    writes_this_round: usize,
+    gauges_at: Instant,
 }
 
 impl Driver {
@@ -330,7 +392,7 @@ impl Driver {
             let timer = tokio::time::sleep(Duration::from_millis(wait_ms));
             tokio::select! {
                 frame = inbound.recv() => match frame {
-                    Some(frame) => self.node.handle_frame(now_ms(), &frame.from, &frame.bytes),
+                    Some(frame) => self.handle_frame(frame),
                     None => break,
                 },
                 command = commands.recv() => match command {
@@ -340,25 +402,155 @@ impl Driver {
                 _ = timer => self.node.handle_timeout(now_ms()),
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
+            // Group commit: take what else is queued right now (bounded), so that one fsync
+            // acknowledges every write of this iteration.
+            for _ in 0..INBOUND_DRAIN_MAX {
+                match inbound.try_recv() {
+                    Ok(frame) => self.handle_frame(frame),
+                    Err(_) => break,
+                }
+            }
+            while self.writes_this_round < self.settings.writes_per_commit_max {
+                match commands.try_recv() {
+                    Ok(command) => self.handle_command(command),
+                    Err(_) => break,
+                }
+            }
             self.flush();
+            self.commit().await;
+            if self.gauges_at.elapsed() >= GAUGE_INTERVAL {
+                self.export_gauges(inbound.len(), commands.len());
+            }
+        }
+        // Graceful stop: what was applied is written and fsynced (and its writers answered)
+        // before connections close.
+        self.flush();
+        self.commit().await;
+        if let Some(storage) = self.storage.take() {
+            storage.close().await;
         }
         self.transport.close().await;
         info!(node = %self.info.id, "driver stopped");
     }
 
+    fn handle_frame(&mut self, frame: Inbound) {
+        self.touched = true;
+        self.node.handle_frame(now_ms(), &frame.from, &frame.bytes);
+    }
+
+    /// Hands storage the changes of every document that moved since the last commit (local
+    /// and remote alike), with the replies to this iteration's writes; the storage thread
+    /// sends those after its fsync. Documents whose log grew past the snapshot policy are
+    /// saved whole instead.
+    async fn commit(&mut self) {
+        self.writes_this_round = 0;
+        if !self.touched && self.pending_acks.is_empty() {
+            return;
+        }
+        self.touched = false;
+        let policy = self.settings.snapshot;
+        let mut docs = Vec::new();
+        for doc in self.node.replica().docs() {
+            let persisted = self.persisted.entry(doc.service().clone()).or_default();
+            let heads = doc.heads();
+            if heads == persisted.heads {
+                continue;
+            }
+            let records = doc.save_after(&persisted.heads);
+            persisted.heads = heads;
+            persisted.log.records += records.len() as u64;
+            persisted.log.bytes += records.iter().map(|r| r.len() as u64 + 8).sum::<u64>();
+            let snapshot = if persisted.log.records > policy.log_records_max
+                || persisted.log.bytes > policy.log_bytes_max
+            {
+                persisted.log = storage::LogSize::default();
+                Some(doc.save())
+            } else {
+                None
+            };
+            docs.push(DocWrite {
+                service: doc.service().clone(),
+                records: if snapshot.is_some() {
+                    Vec::new()
+                } else {
+                    records
+                },
+                snapshot,
+            });
+        }
+        if docs.is_empty() && self.pending_acks.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            docs,
+            on_durable: std::mem::take(&mut self.pending_acks),
+        };
+        let submitted = match &self.storage {
+            Some(storage) => storage.submit(batch).await,
+            None => false,
+        };
+        if !submitted {
+            // The replies were dropped with the batch: writers see the node as unavailable,
+            // never a false acknowledgement.
+            warn!(node = %self.info.id, "storage is gone; writes are not acknowledged");
+        }
+    }
+
+    fn export_gauges(&mut self, inbound: usize, commands: usize) {
+        self.gauges_at = Instant::now();
+        let node = self.info.id.clone();
+        let gauge = |name: &'static str, value: usize| {
+            metrics::gauge!(name, "node" => node.clone()).set(value as f64);
+        };
+        gauge("statusmesh_inbound_queue_depth", inbound);
+        gauge("statusmesh_command_queue_depth", commands);
+        gauge(
+            "statusmesh_transmit_queue_depth",
+            self.node.transmits_queued(),
+        );
+        gauge("statusmesh_event_queue_depth", self.node.events_queued());
+        gauge(
+            "statusmesh_storage_queue_depth",
+            self.storage.as_ref().map_or(0, StorageHandle::queued),
+        );
+        // Each SSE stream holds one receiver of the publish channel.
+        gauge("statusmesh_sse_subscribers", self.publish.receiver_count());
+        gauge("statusmesh_documents", self.persisted.len());
+        let stats = self.node.stats();
+        let counter = |name: &'static str, value: u64| {
+            metrics::counter!(name, "node" => node.clone()).absolute(value);
+        };
+        counter("statusmesh_gossip_transmits_dropped_total", stats.transmits_dropped);
+        counter("statusmesh_gossip_events_dropped_total", stats.events_dropped);
+        counter("statusmesh_gossip_changes_applied_total", stats.changes_applied);
+        counter(
+            "statusmesh_gossip_anti_entropy_rounds_total",
+            stats.anti_entropy_rounds,
+        );
+        self.transport.export_gauges();
+    }
+
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Write { write, reply } => {
-                let result = self
-                    .node
-                    .local_write(now_ms(), &write)
-                    .map(|changed| WriteReply {
-                        changed,
-                        cursor: self.node.replica().cursor().encode(),
-                    });
-                // Flush before replying so the change is queued to peers first.
-                self.flush();
-                let _ = reply.send(result);
+                self.writes_this_round += 1;
+                self.touched = true;
+                match self.node.local_write(now_ms(), &write) {
+                    Ok(changed) => {
+                        let value = WriteReply {
+                            changed,
+                            cursor: self.node.replica().cursor().encode(),
+                        };
+                        // Even an unchanged write waits for the commit: the value it
+                        // confirms may be from an earlier write of this same iteration.
+                        self.pending_acks.push(Box::new(move || {
+                            let _ = reply.send(Ok(value));
+                        }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Status { service, reply } => {
                 let _ = reply.send(self.status(service.as_ref()));
@@ -455,8 +647,11 @@ impl Driver {
                     {
                         if origin != &self.info.id {
                             let delay = now_ms().saturating_sub(origin_ms);
-                            metrics::histogram!("statusmesh_propagation_delay_ms")
-                                .record(delay as f64);
+                            metrics::histogram!(
+                                "statusmesh_propagation_delay_ms",
+                                "node" => self.info.id.clone()
+                            )
+                            .record(delay as f64);
                         }
                     }
                     let published = status_published(&event, cursor.encode());
@@ -470,8 +665,12 @@ impl Driver {
                 }
                 Event::FrameRejected { from, reason } => {
                     warn!(node = %self.info.id, peer = %from, %reason, "rejected a frame");
-                    metrics::counter!("statusmesh_frames_rejected_total", "peer" => from)
-                        .increment(1);
+                    metrics::counter!(
+                        "statusmesh_frames_rejected_total",
+                        "node" => self.info.id.clone(),
+                        "peer" => from
+                    )
+                    .increment(1);
                 }
             }
         }

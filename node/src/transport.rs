@@ -64,13 +64,17 @@ pub struct LinkStats {
 /// The running transport of one node.
 #[derive(Debug)]
 pub struct Transport {
+    /// This node's id: every metric carries it, since `statusmesh dev` runs many in one process.
+    node: String,
     endpoint: quinn::Endpoint,
     links: BTreeMap<String, (mpsc::Sender<Vec<u8>>, Arc<LinkStats>)>,
 }
 
 impl Transport {
     /// Binds `bind`, accepts authenticated peers (frames go to `inbound`) and starts one
-    /// sender per peer in `peers` (id → address). Stops when `shutdown` turns true.
+    /// sender per peer in `peers` (id → address). Only the ids in `peers` may connect: a
+    /// certificate naming this node itself, or a node outside the topology, is refused.
+    /// Stops when `shutdown` turns true.
     pub fn start(
         identity: &NodeIdentity,
         bind: SocketAddr,
@@ -85,9 +89,18 @@ impl Transport {
                 reason: e.to_string(),
             })?;
         endpoint.set_default_client_config(client_config(identity)?);
-        let known: Arc<Vec<String>> = Arc::new(peers.iter().map(|(id, _)| id.clone()).collect());
+        let node = identity.node_id.clone();
+        // This node's own id is not among `peers`: a certificate for it is refused too.
+        let known: Arc<Vec<String>> = Arc::new(
+            peers
+                .iter()
+                .filter(|(id, _)| *id != node)
+                .map(|(id, _)| id.clone())
+                .collect(),
+        );
         tokio::spawn(accept_loop(
             endpoint.clone(),
+            node.clone(),
             known,
             inbound,
             shutdown.clone(),
@@ -98,6 +111,7 @@ impl Transport {
             let stats = Arc::new(LinkStats::default());
             tokio::spawn(send_loop(
                 endpoint.clone(),
+                node.clone(),
                 id.clone(),
                 *addr,
                 rx,
@@ -106,7 +120,11 @@ impl Transport {
             ));
             links.insert(id.clone(), (tx, stats));
         }
-        Ok(Self { endpoint, links })
+        Ok(Self {
+            node,
+            endpoint,
+            links,
+        })
     }
 
     /// Queues a frame for `to`. Returns false when it was dropped (unknown peer or full
@@ -119,10 +137,26 @@ impl Transport {
             Ok(()) => true,
             Err(_) => {
                 stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("statusmesh_transport_frames_dropped_total", "peer" => to.to_owned())
-                    .increment(1);
+                metrics::counter!(
+                    "statusmesh_transport_frames_dropped_total",
+                    "node" => self.node.clone(),
+                    "peer" => to.to_owned()
+                )
+                .increment(1);
                 false
             }
+        }
+    }
+
+    /// Exports each peer's send queue depth as a gauge.
+    pub fn export_gauges(&self) {
+        for (peer, (tx, _)) in &self.links {
+            metrics::gauge!(
+                "statusmesh_transport_send_queue_depth",
+                "node" => self.node.clone(),
+                "peer" => peer.clone()
+            )
+            .set((PEER_QUEUE_MAX - tx.capacity()) as f64);
         }
     }
 
@@ -226,6 +260,7 @@ pub fn peer_node_id(connection: &quinn::Connection, known: &[String]) -> Option<
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
+    node: String,
     known: Arc<Vec<String>>,
     inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
@@ -239,11 +274,13 @@ async fn accept_loop(
         let Some(incoming) = incoming else { return };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             incoming.refuse();
-            metrics::counter!("statusmesh_transport_connections_refused_total").increment(1);
+            metrics::counter!("statusmesh_transport_connections_refused_total", "node" => node.clone())
+                .increment(1);
             continue;
         };
         let known = known.clone();
         let inbound = inbound.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
@@ -251,23 +288,27 @@ async fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     warn!(%remote, error = %e, "peer handshake failed");
-                    metrics::counter!("statusmesh_transport_handshakes_failed_total").increment(1);
+                    metrics::counter!("statusmesh_transport_handshakes_failed_total", "node" => node)
+                        .increment(1);
                     return;
                 }
             };
             let Some(peer) = peer_node_id(&connection, &known) else {
-                warn!(%remote, "peer certificate names no member of this cluster; closing");
+                warn!(%node, %remote, "peer certificate names no other member of this cluster; closing");
+                metrics::counter!("statusmesh_transport_connections_refused_total", "node" => node)
+                    .increment(1);
                 connection.close(1u32.into(), b"unknown node id");
                 return;
             };
             debug!(%remote, %peer, "peer connected");
-            receive_frames(connection, peer, inbound).await;
+            receive_frames(connection, node, peer, inbound).await;
         });
     }
 }
 
 async fn receive_frames(
     connection: quinn::Connection,
+    node: String,
     peer: String,
     inbound: mpsc::Sender<Inbound>,
 ) {
@@ -283,9 +324,9 @@ async fn receive_frames(
         // back on a peer that sends faster than the node applies.
         match stream.read_to_end(FRAME_BYTES_MAX).await {
             Ok(bytes) => {
-                metrics::counter!("statusmesh_frames_in_total", "peer" => peer.clone())
+                metrics::counter!("statusmesh_frames_in_total", "node" => node.clone(), "peer" => peer.clone())
                     .increment(1);
-                metrics::counter!("statusmesh_bytes_in_total", "peer" => peer.clone())
+                metrics::counter!("statusmesh_bytes_in_total", "node" => node.clone(), "peer" => peer.clone())
                     .increment(bytes.len() as u64);
                 if inbound
                     .send(Inbound {
@@ -300,7 +341,7 @@ async fn receive_frames(
             }
             Err(e) => {
                 warn!(%peer, error = %e, "frame too large or stream broken; ignored");
-                metrics::counter!("statusmesh_frames_rejected_total", "peer" => peer.clone())
+                metrics::counter!("statusmesh_frames_rejected_total", "node" => node.clone(), "peer" => peer.clone())
                     .increment(1);
             }
         }
@@ -309,6 +350,7 @@ async fn receive_frames(
 
 async fn send_loop(
     endpoint: quinn::Endpoint,
+    node: String,
     peer: String,
     addr: SocketAddr,
     mut frames: mpsc::Receiver<Vec<u8>>,
@@ -341,7 +383,15 @@ async fn send_loop(
                             tokio::select! {
                                 _ = &mut sleep => break,
                                 frame = frames.recv() => match frame {
-                                    Some(_) => { stats.frames_dropped.fetch_add(1, Ordering::Relaxed); }
+                                    Some(_) => {
+                                        stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                                        metrics::counter!(
+                                            "statusmesh_transport_frames_dropped_total",
+                                            "node" => node.clone(),
+                                            "peer" => peer.clone()
+                                        )
+                                        .increment(1);
+                                    }
                                     None => return,
                                 },
                                 _ = shutdown.changed() => return,
@@ -362,14 +412,20 @@ async fn send_loop(
             Ok(()) => {
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
-                metrics::counter!("statusmesh_frames_out_total", "peer" => peer.clone())
+                metrics::counter!("statusmesh_frames_out_total", "node" => node.clone(), "peer" => peer.clone())
                     .increment(1);
-                metrics::counter!("statusmesh_bytes_out_total", "peer" => peer.clone())
+                metrics::counter!("statusmesh_bytes_out_total", "node" => node.clone(), "peer" => peer.clone())
                     .increment(len);
             }
             Err(reason) => {
                 debug!(%peer, %reason, "send failed; reconnecting");
                 stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(
+                    "statusmesh_transport_frames_dropped_total",
+                    "node" => node.clone(),
+                    "peer" => peer.clone()
+                )
+                .increment(1);
                 connection = None;
             }
         }
