@@ -1,11 +1,13 @@
 //! The wire: one versioned frame format. bincode 2 for envelopes; changes inside are
 //! Automerge's own binary encoding, carried as opaque bytes.
 //!
-//! This is the only module that knows about bincode.
+//! This is the only module that knows about bincode; SWIM messages of the failure
+//! detector are encoded here too.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::GossipError;
+use crate::membership::SwimId;
 
 /// Version of the frame format. A frame of another version is rejected, not guessed at.
 pub const WIRE_VERSION: u8 = 1;
@@ -41,6 +43,8 @@ pub enum Frame {
         service: String,
         changes: Vec<[u8; 32]>,
     },
+    /// A SWIM message of the failure detector (foca's encoding, by [`SwimCodec`]).
+    Swim { data: Vec<u8> },
     /// Liveness entries (cell key → last seen ms); the receiver answers with the entries that
     /// are newer on its side when `reply_wanted`.
     Liveness {
@@ -58,6 +62,7 @@ impl Frame {
             Frame::Heads { .. } => "heads",
             Frame::Liveness { .. } => "liveness",
             Frame::Ack { .. } => "ack",
+            Frame::Swim { .. } => "swim",
         }
     }
 }
@@ -106,6 +111,79 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, GossipError> {
         });
     }
     Ok(envelope.frame)
+}
+
+/// A SWIM codec error: what did not encode or decode.
+#[derive(Debug, thiserror::Error)]
+#[error("swim codec: {0}")]
+pub struct SwimCodecError(String);
+
+/// foca's messages in bincode, like every other frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwimCodec;
+
+/// Largest SWIM message, in bytes (foca packs within its configured packet size).
+const SWIM_BYTES_MAX: usize = 64 * 1024;
+
+fn swim_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<SWIM_BYTES_MAX>()
+}
+
+impl SwimCodec {
+    /// The node a SWIM message says it comes from, without running it through foca.
+    pub fn peek_sender(data: &[u8]) -> Result<String, String> {
+        let (header, _): (foca::Header<SwimId>, usize) =
+            bincode::serde::decode_from_slice(data, swim_config()).map_err(|e| e.to_string())?;
+        Ok(header.src.node)
+    }
+
+    fn encode<T: Serialize>(value: &T, mut buf: impl bytes::BufMut) -> Result<(), SwimCodecError> {
+        let bytes = bincode::serde::encode_to_vec(value, swim_config())
+            .map_err(|e| SwimCodecError(e.to_string()))?;
+        // foca requires that a buffer without room is left untouched.
+        if buf.remaining_mut() < bytes.len() {
+            return Err(SwimCodecError("no room left in the packet".into()));
+        }
+        buf.put_slice(&bytes);
+        Ok(())
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        mut buf: impl bytes::Buf,
+    ) -> Result<T, SwimCodecError> {
+        let (value, used) = bincode::serde::decode_from_slice(buf.chunk(), swim_config())
+            .map_err(|e| SwimCodecError(e.to_string()))?;
+        buf.advance(used);
+        Ok(value)
+    }
+}
+
+impl foca::Codec<SwimId> for SwimCodec {
+    type Error = SwimCodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &foca::Header<SwimId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), Self::Error> {
+        Self::encode(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<foca::Header<SwimId>, Self::Error> {
+        Self::decode(buf)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &foca::Member<SwimId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), Self::Error> {
+        Self::encode(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<foca::Member<SwimId>, Self::Error> {
+        Self::decode(buf)
+    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,12 @@
 pub mod codec;
 pub mod error;
 pub mod invariants;
+pub mod membership;
 pub mod node;
 pub mod topology;
 
 pub use codec::Frame;
 pub use error::GossipError;
+pub use membership::MemberState;
 pub use node::{Config, Event, Node, NodeId, Peer, PeerState, Stats, Transmit};
 pub use topology::{LatencyModel, Topology, TopologyError};

@@ -22,6 +22,7 @@ use statusmesh_crdt::{ChangeHash, Cursor, Liveness, Name, Replica, StatusEvent, 
 
 use crate::codec::{self, Frame};
 use crate::error::GossipError;
+use crate::membership::{MemberState, Membership, Preset};
 
 /// A node's identity: its id from regions.toml, bound to its certificate by the transport.
 pub type NodeId = String;
@@ -41,6 +42,11 @@ pub struct Config {
     pub changes_per_frame_max: usize,
     /// Most liveness entries per [`Frame::Liveness`]; larger maps are split. Default 4,096.
     pub liveness_per_frame_max: usize,
+    /// Timing of the SWIM failure detector.
+    pub failure_detector: Preset,
+    /// This node's generation in SWIM: a node that restarts with a higher one is a new life
+    /// (foca renews it by itself when it finds itself declared down). Default 0.
+    pub generation: u32,
 }
 
 impl Config {
@@ -48,6 +54,7 @@ impl Config {
     pub fn lan() -> Self {
         Self {
             anti_entropy_interval_ms: 500,
+            failure_detector: Preset::Lan,
             ..Self::wan()
         }
     }
@@ -60,6 +67,8 @@ impl Config {
             event_queue_max: 65_536,
             changes_per_frame_max: 512,
             liveness_per_frame_max: 4_096,
+            failure_detector: Preset::Wan,
+            generation: 0,
         }
     }
 }
@@ -96,6 +105,10 @@ pub enum Event {
     PeerContact { peer: NodeId },
     /// A peer sent a frame that does not decode or breaks the schema; it was ignored.
     FrameRejected { from: NodeId, reason: String },
+    /// The failure detector found a peer alive (first contact, or back after being down).
+    PeerUp { peer: NodeId },
+    /// The failure detector declared a peer down (it did not refute a suspicion in time).
+    PeerDown { peer: NodeId },
 }
 
 /// Counters for metrics; they only grow.
@@ -148,6 +161,11 @@ pub struct Node {
     pending_acks: BTreeMap<ChangeHash, PendingAck>,
     pending_order: VecDeque<ChangeHash>,
     last_local_change: Option<ChangeHash>,
+    membership: Membership,
+    /// Whether this node announced itself to its seeds yet (on the first timeout).
+    announced: bool,
+    /// The latest time the driver gave (ms).
+    now_ms: u64,
 }
 
 impl Node {
@@ -160,6 +178,13 @@ impl Node {
             .find(|p| p.id == id)
             .map(|p| p.region.clone())
             .unwrap_or_default();
+        let membership = Membership::new(
+            &id,
+            config.generation,
+            peers.len().max(1),
+            config.failure_detector,
+            seed ^ 0x5357_494d, // "SWIM": its own stream, derived from the one seed
+        );
         let peers = peers
             .into_iter()
             .filter(|p| p.id != id)
@@ -187,6 +212,9 @@ impl Node {
             pending_acks: BTreeMap::new(),
             pending_order: VecDeque::new(),
             last_local_change: None,
+            membership,
+            announced: false,
+            now_ms: 0,
         }
     }
 
@@ -223,6 +251,7 @@ impl Node {
     /// Handles a frame that arrived from `from` (the transport vouches for the identity).
     /// Bad frames are counted, reported as [`Event::FrameRejected`] and otherwise ignored.
     pub fn handle_frame(&mut self, now_ms: u64, from: &str, bytes: &[u8]) {
+        self.now_ms = self.now_ms.max(now_ms);
         self.stats.frames_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let Some(peer) = self.peers.get_mut(from) else {
@@ -246,6 +275,12 @@ impl Node {
         match frame {
             Frame::Changes { service, changes } => self.on_changes(from, &service, &changes),
             Frame::Ack { changes, .. } => self.on_ack(from, &changes),
+            Frame::Swim { data } => {
+                if let Err(reason) = self.membership.handle_data(now_ms, from, &data) {
+                    self.reject(from, &GossipError::Decode(reason));
+                }
+                self.flush_membership();
+            }
             Frame::Digest { docs, liveness } => self.on_digest(from, docs, liveness),
             Frame::Heads { docs, reply_wanted } => self.on_heads(from, docs, reply_wanted),
             Frame::Liveness {
@@ -258,6 +293,16 @@ impl Node {
 
     /// Runs what is due at `now_ms`: the anti-entropy round.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if !self.announced {
+            self.announced = true;
+            let seeds: Vec<NodeId> = self.peers.keys().cloned().collect();
+            for seed in seeds {
+                self.membership.announce(now_ms, &seed);
+            }
+        }
+        self.membership.handle_timeout(now_ms);
+        self.flush_membership();
         if now_ms < self.next_anti_entropy_ms {
             return;
         }
@@ -297,7 +342,39 @@ impl Node {
     /// `handle_timeout` runs a round.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        Some(self.next_anti_entropy_ms)
+        if !self.announced {
+            return Some(0);
+        }
+        let swim = self.membership.next_timeout().unwrap_or(u64::MAX);
+        Some(self.next_anti_entropy_ms.min(swim))
+    }
+
+    /// What this node knows of `peer`: the SWIM failure detector's verdict, except that a
+    /// frame from the peer itself within [`Node::direct_evidence_ms`] proves it alive,
+    /// whatever hearsay says. (A node cut off from everyone declares everyone down, and
+    /// after the heal that view spreads until each member has refuted it.)
+    pub fn member_state(&self, peer: &str) -> MemberState {
+        let swim = self.membership.state_of(peer);
+        if swim != MemberState::Alive && self.heard_recently(peer) {
+            return MemberState::Alive;
+        }
+        swim
+    }
+
+    /// How recent a frame from a peer must be to count as proof that it is alive (ms):
+    /// three probe periods of the failure detector.
+    pub fn direct_evidence_ms(&self) -> u64 {
+        match self.config.failure_detector {
+            Preset::Lan => 3_000,
+            Preset::Wan => 4_500,
+        }
+    }
+
+    fn heard_recently(&self, peer: &str) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.last_heard_ms)
+            .is_some_and(|t| self.now_ms.saturating_sub(t) <= self.direct_evidence_ms())
     }
 
     /// The hash of this node's most recent local change, if it made one.
@@ -403,6 +480,29 @@ impl Node {
                 self.emit_status(outcome.events);
             }
             Err(e) => self.reject(from, &GossipError::Crdt(e)),
+        }
+    }
+
+    /// Sends what the failure detector wants sent and reports who came up or went down.
+    fn flush_membership(&mut self) {
+        for (to, data) in self.membership.take_outbox() {
+            if self.peers.contains_key(&to) {
+                self.send(&to, &Frame::Swim { data });
+            }
+        }
+        for change in self.membership.take_changes() {
+            if !self.peers.contains_key(&change.node) {
+                continue;
+            }
+            if !change.up && self.heard_recently(&change.node) {
+                // Hearsay against direct evidence: not reported.
+                continue;
+            }
+            self.push_event(if change.up {
+                Event::PeerUp { peer: change.node }
+            } else {
+                Event::PeerDown { peer: change.node }
+            });
         }
     }
 
@@ -825,6 +925,75 @@ mod tests {
         assert_eq!(h.nodes[0].regions_holding(&second), Some(3));
         assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
         assert_eq!(h.nodes[0].region_count(), 3);
+    }
+
+    #[test]
+    fn a_dead_node_is_reported_down_and_the_living_stay_up() {
+        let mut h = Harness::new(5);
+        let living_see_each_other_up = |h: &Harness| {
+            (0..4).all(|i| {
+                (0..4)
+                    .filter(|j| *j != i)
+                    .all(|j| h.nodes[i].member_state(&format!("n{j}")) == MemberState::Alive)
+            })
+        };
+        h.run_for(3_000);
+        assert!(living_see_each_other_up(&h));
+        h.cut = Some(4);
+        let mut detected_after_ms = None;
+        for step in 1..=60 {
+            h.run_for(250);
+            assert!(
+                living_see_each_other_up(&h),
+                "a living node reported down {}ms into the cut",
+                step * 250
+            );
+            let all_see_down = (0..4).all(|i| h.nodes[i].member_state("n4") == MemberState::Down);
+            if all_see_down && detected_after_ms.is_none() {
+                detected_after_ms = Some(step * 250);
+            }
+        }
+        let detected = detected_after_ms.expect("n4 declared down by every living node");
+        assert!(detected <= 10_000, "declared down after {detected} ms");
+        // Back from the dead: it learns it was declared down, renews its identity and rejoins;
+        // the "everyone is down" view it formed while cut off must not take the living down.
+        h.cut = None;
+        let mut rejoined = false;
+        for step in 1..=120 {
+            h.run_for(250);
+            assert!(
+                living_see_each_other_up(&h),
+                "a living node reported down {}ms after the heal",
+                step * 250
+            );
+            if (0..4).all(|i| h.nodes[i].member_state("n4") == MemberState::Alive) {
+                rejoined = true;
+                break;
+            }
+        }
+        assert!(rejoined, "n4 rejoined within 30 s of the heal");
+    }
+
+    #[test]
+    fn a_swim_message_that_claims_another_sender_is_rejected() {
+        let mut h = Harness::new(3);
+        h.run_for(2_000);
+        // n1 relays a SWIM message that n2 made: its header names n2, the transport says n1.
+        let mut from_n2 = Vec::new();
+        while let Some(t) = h.nodes[2].poll_transmit() {
+            from_n2.push(t);
+        }
+        h.nodes[2].handle_timeout(h.now_ms + 10_000);
+        while let Some(t) = h.nodes[2].poll_transmit() {
+            from_n2.push(t);
+        }
+        let swim = from_n2
+            .into_iter()
+            .find(|t| matches!(codec::decode(&t.bytes), Ok(Frame::Swim { .. })))
+            .expect("n2 sends SWIM messages");
+        let before = h.nodes[0].stats().frames_rejected;
+        h.nodes[0].handle_frame(h.now_ms, "n1", &swim.bytes);
+        assert_eq!(h.nodes[0].stats().frames_rejected, before + 1);
     }
 
     #[test]
