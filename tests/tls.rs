@@ -176,9 +176,10 @@ async fn a_cluster_certificate_for_one_node_cannot_be_used_to_be_another() {
     // A cluster certificate for eu itself cannot speak to eu as a peer.
     let before = counter(&http, eu, refused_metric).await.unwrap_or(0.0);
     let as_self = ca.identity(&eu.id).expect("certificate for eu's own id");
-    connect_and_send(&as_self, eu.gossip, &eu.id)
-        .await
-        .expect_err("a certificate naming the node itself was accepted");
+    // The handshake itself succeeds (the certificate is genuine); the node then closes the
+    // connection unread. Whether the client notices before its frame is acknowledged at the
+    // QUIC level is a race, so the node's own count of refusals is the evidence.
+    let _ = connect_and_send(&as_self, eu.gossip, &eu.id).await;
     harness::wait_for("the refusal of eu's own id to be counted", || async {
         let now = counter(&http, eu, refused_metric).await?;
         (now >= before + 1.0).then_some(())
@@ -187,9 +188,7 @@ async fn a_cluster_certificate_for_one_node_cannot_be_used_to_be_another() {
 
     // A cluster certificate for a name outside the topology is refused the same way.
     let as_stranger = ca.identity("mallory-1").expect("certificate for a non-member");
-    connect_and_send(&as_stranger, eu.gossip, &eu.id)
-        .await
-        .expect_err("a certificate naming a non-member was accepted");
+    let _ = connect_and_send(&as_stranger, eu.gossip, &eu.id).await;
     harness::wait_for("the refusal of a non-member to be counted", || async {
         let now = counter(&http, eu, refused_metric).await?;
         (now >= before + 2.0).then_some(())
