@@ -29,7 +29,7 @@ pub const SWARM_TOPOLOGY: &str = include_str!("../topologies/swarm.toml");
 /// Where [`SWARM_TOPOLOGY`] lives in the repository.
 pub const SWARM_TOPOLOGY_PATH: &str = "sim/topologies/swarm.toml";
 /// Separates the plan's RNG stream from the simulator's, which is seeded with the seed itself.
-const PLAN_STREAM: u64 = 0x5eed_0f_91a0;
+const PLAN_STREAM: u64 = 0x5eed_0f91_a000;
 
 /// What to run, as the command line says it.
 #[derive(Debug, Clone)]

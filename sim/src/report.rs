@@ -71,6 +71,8 @@ pub struct Figures {
     pub convergence_after_heal_ms: Option<f64>,
     pub heads_after_heal_ms: Option<f64>,
     pub writes_lost_with_disk: usize,
+    /// Per (crash, observer): time to declare the crashed node down, in ms.
+    pub detection_ms: Percentiles,
 }
 
 impl Figures {
@@ -138,6 +140,13 @@ impl Figures {
             convergence_after_heal_ms: outcome.converged_us.map(|us| us as f64 / 1_000.0),
             heads_after_heal_ms: outcome.heads_converged_us.map(|us| us as f64 / 1_000.0),
             writes_lost_with_disk: outcome.writes.iter().filter(|w| w.lost_with_disk).count(),
+            detection_ms: Percentiles::of(
+                outcome
+                    .detection_us
+                    .iter()
+                    .map(|us| *us as f64 / 1_000.0)
+                    .collect(),
+            ),
         }
     }
 }
@@ -229,7 +238,13 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
     );
     let _ = writeln!(
         out,
-        "detection: not measured (the gossip core has no failure detector yet)"
+        "detection ms        p50 {:>9.1}  p99 {:>9.1}  max {:>9.1}  ({} of {} observer x crash pairs detected while down; {} running nodes declared down, a restarted node's old incarnation included)",
+        f.detection_ms.p50,
+        f.detection_ms.p99,
+        f.detection_ms.max,
+        f.detection_ms.count,
+        outcome.crashes.len() * f.nodes.saturating_sub(1),
+        outcome.false_downs
     );
     let _ = write!(out, "frames:");
     for (kind, (frames, bytes)) in &outcome.sent_by_kind {
@@ -315,6 +330,8 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "partitions": outcome.partitions.len(),
         "crashes": outcome.crashes.len(),
         "crashes_empty_disk": outcome.crashes.iter().filter(|c| c.2).count(),
+        "detection_ms": f.detection_ms.json(),
+        "false_downs": outcome.false_downs,
         "subscriber_events": outcome.subscriber_events,
         "reconnects": outcome.reconnects,
         "snapshots": outcome.snapshots,

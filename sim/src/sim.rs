@@ -114,6 +114,10 @@ pub struct Outcome {
     pub dropped_down: u64,
     pub duplicated: u64,
     pub crashes: Vec<(u64, usize, bool)>,
+    /// Per (crash, observer): how long until the observer declared the crashed node down.
+    pub detection_us: Vec<u64>,
+    /// Running nodes declared down (partitions and loss make these expected).
+    pub false_downs: u64,
     pub partitions: Vec<PartitionSpan>,
     pub heal_us: u64,
     pub converged_us: Option<u64>,
@@ -234,6 +238,8 @@ struct Slot {
     disk_writes: BTreeSet<usize>,
     /// Last state this node wrote per (service, component), to repeat it as a heartbeat.
     last_written: BTreeMap<(usize, usize), State>,
+    /// While crashed: since when, and the index of the crash.
+    down_since: Option<(u64, usize)>,
 }
 
 #[derive(Debug)]
@@ -269,6 +275,8 @@ pub struct Sim {
     write_by_hash: HashMap<ChangeHash, usize>,
     subscribers: Vec<Subscriber>,
     last_payload: Option<Rc<Payload>>,
+    /// (crash, observer) pairs already detected.
+    detected: BTreeSet<(usize, usize)>,
     /// Frame kind per leading (version, variant) bytes, learned from full decodes.
     kind_by_tag: HashMap<(u8, u8), &'static str>,
     trace: Fnv64,
@@ -324,6 +332,7 @@ impl Sim {
                 disk: None,
                 disk_writes: BTreeSet::new(),
                 last_written: BTreeMap::new(),
+                down_since: None,
             });
         }
         let regions_with_nodes = spec
@@ -367,6 +376,8 @@ impl Sim {
             dropped_down: 0,
             duplicated: 0,
             crashes: Vec::new(),
+            detection_us: Vec::new(),
+            false_downs: 0,
             partitions: Vec::new(),
             heal_us: safety_end_us,
             converged_us: None,
@@ -403,6 +414,7 @@ impl Sim {
             subscribers,
             last_payload: None,
             kind_by_tag: HashMap::new(),
+            detected: BTreeSet::new(),
             trace: Fnv64::new(),
             out,
             idle_start: None,
@@ -611,7 +623,8 @@ impl Sim {
                     self.fail(format!("{id} rejected a frame from {from}: {reason}"));
                     return;
                 }
-                // Liveness, contact and membership events carry nothing the checkers use.
+                Event::PeerDown { peer } => self.note_peer_down(i, &peer),
+                // Liveness and contact events carry nothing the checkers use.
                 _ => {}
             }
         }
@@ -967,6 +980,7 @@ impl Sim {
         let down_ms = self
             .rng
             .random_range(plan.down_ms.0..=plan.down_ms.1.max(plan.down_ms.0));
+        self.slots[node].down_since = Some((self.now_us, self.out.crashes.len()));
         self.out.crashes.push((self.now_us, node, empty_disk));
         let Some(crashed) = self.slots[node].node.take() else {
             return;
@@ -1019,6 +1033,7 @@ impl Sim {
         if self.slots[node].node.is_some() {
             return;
         }
+        self.slots[node].down_since = None;
         let incarnation = self.slots[node].incarnation;
         let actor = actor_id(self.spec.seed, node, incarnation);
         let id = self.members[node].id.clone();
@@ -1081,6 +1096,22 @@ impl Sim {
             return;
         }
         self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+    }
+
+    /// Failure detection: the first time each observer declares a crashed node down counts
+    /// as a detection; declaring a running node down counts as a false suspicion.
+    fn note_peer_down(&mut self, observer: usize, peer: &str) {
+        let Some(&down) = self.index.get(peer) else {
+            return;
+        };
+        match self.slots[down].down_since {
+            Some((since_us, crash)) => {
+                if self.detected.insert((crash, observer)) {
+                    self.out.detection_us.push(self.now_us - since_us);
+                }
+            }
+            None => self.out.false_downs += 1,
+        }
     }
 
     fn heads_converged(&self) -> bool {
