@@ -18,7 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use statusmesh_crdt::liveness::Fnv64;
-use statusmesh_crdt::{ChangeHash, Cursor, Liveness, Name, Replica, StatusEvent, StatusWrite};
+use statusmesh_crdt::{
+    ChangeHash, CrdtError, Cursor, DocEvent, Liveness, Name, Replica, StatusEvent, StatusWrite,
+    WriteOutcome,
+};
 
 use crate::codec::{self, Frame};
 use crate::error::GossipError;
@@ -99,6 +102,8 @@ pub enum Event {
     /// A cell changed here, by a local write or a remote change. `cursor` is the replica's
     /// cursor after the change: a client that has seen this event resumes from it.
     Status { event: StatusEvent, cursor: Cursor },
+    /// An incident, maintenance window or override changed here; `cursor` as for `Status`.
+    Record { event: DocEvent, cursor: Cursor },
     /// Liveness of a cell moved forward (a heartbeat, no value change).
     Heartbeat { key: String, last_seen_ms: u64 },
     /// The first frame from a peer, or the first after it was silent.
@@ -221,6 +226,7 @@ impl Node {
     /// Applies a client's write. A changed value is pushed to every peer at once; an
     /// unchanged one refreshes liveness only. Errors leave the state unchanged.
     pub fn local_write(&mut self, now_ms: u64, write: &StatusWrite) -> Result<bool, GossipError> {
+        self.now_ms = self.now_ms.max(now_ms);
         let outcome = self.replica.write_status(now_ms, write)?;
         if let Some(hash) = outcome.change_hash {
             self.track_ack(now_ms, hash);
@@ -231,7 +237,7 @@ impl Node {
                 changes: vec![change],
             };
             self.broadcast(&frame);
-            self.emit_status(outcome.events);
+            self.emit_doc_events(outcome.doc_events);
         } else {
             let key = write.cell_key();
             let frame = Frame::Liveness {
@@ -246,6 +252,32 @@ impl Node {
         }
         debug_assert_invariants(self);
         Ok(outcome.changed)
+    }
+
+    /// Applies a local change to `service` that `change` makes on the replica (opening or
+    /// updating an incident, a maintenance window, an override): pushed to every peer at
+    /// once like a status write, acknowledged the same way. Returns the change's hash, or
+    /// `None` when nothing changed. Errors leave the state unchanged.
+    pub fn local_change(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+        change: impl FnOnce(&mut Replica) -> Result<WriteOutcome, CrdtError>,
+    ) -> Result<Option<ChangeHash>, GossipError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let outcome = change(&mut self.replica)?;
+        let (Some(hash), Some(bytes)) = (outcome.change_hash, outcome.change) else {
+            return Ok(None);
+        };
+        self.track_ack(now_ms, hash);
+        let frame = Frame::Changes {
+            service: service.to_string(),
+            changes: vec![bytes],
+        };
+        self.broadcast(&frame);
+        self.emit_doc_events(outcome.doc_events);
+        debug_assert_invariants(self);
+        Ok(Some(hash))
     }
 
     /// Handles a frame that arrived from `from` (the transport vouches for the identity).
@@ -477,7 +509,7 @@ impl Node {
                     };
                     self.send(&origin, &frame);
                 }
-                self.emit_status(outcome.events);
+                self.emit_doc_events(outcome.doc_events);
             }
             Err(e) => self.reject(from, &GossipError::Crdt(e)),
         }
@@ -629,15 +661,21 @@ impl Node {
         }
     }
 
-    fn emit_status(&mut self, events: Vec<StatusEvent>) {
+    fn emit_doc_events(&mut self, events: Vec<DocEvent>) {
         if events.is_empty() {
             return;
         }
         let cursor = self.replica.cursor();
         for event in events {
-            self.push_event(Event::Status {
-                event,
-                cursor: cursor.clone(),
+            self.push_event(match event {
+                DocEvent::Status(event) => Event::Status {
+                    event,
+                    cursor: cursor.clone(),
+                },
+                event => Event::Record {
+                    event,
+                    cursor: cursor.clone(),
+                },
             });
         }
     }
@@ -994,6 +1032,64 @@ mod tests {
         let before = h.nodes[0].stats().frames_rejected;
         h.nodes[0].handle_frame(h.now_ms, "n1", &swim.bytes);
         assert_eq!(h.nodes[0].stats().frames_rejected, before + 1);
+    }
+
+    #[test]
+    fn an_incident_opened_on_one_node_reaches_the_others_as_a_record_event() {
+        use statusmesh_crdt::{Impact, Incident, IncidentStatus};
+        let mut h = Harness::new(3);
+        let api = Name::parse("service", "api").expect("name");
+        let id = Name::parse("incident", "inc-1").expect("name");
+        let incident = Incident {
+            title: "Errors".into(),
+            impact: Impact::Minor,
+            status: IncidentStatus::Investigating,
+            components: vec![],
+            opened_at_ms: h.now_ms,
+            resolved_at_ms: None,
+            author: "oncall".into(),
+        };
+        let now = h.now_ms;
+        let hash = h.nodes[0]
+            .local_change(now, &api, |r| {
+                r.open_incident(now, &api, &id, incident, "looking")
+            })
+            .expect("opened")
+            .expect("a change");
+        let mut records = 0;
+        while let Some(e) = h.nodes[0].poll_event() {
+            records += usize::from(matches!(e, Event::Record { .. }));
+        }
+        assert_eq!(records, 1);
+        // Deliver n0's push by hand, to see the receiver's event before the harness drains it.
+        h.drain(0);
+        let mut seen = false;
+        for (_, to, from, bytes) in std::mem::take(&mut h.in_flight) {
+            h.nodes[to].handle_frame(h.now_ms, &from, &bytes);
+            while let Some(e) = h.nodes[to].poll_event() {
+                seen |= to == 1
+                    && matches!(
+                        e,
+                        Event::Record {
+                            event: DocEvent::Incident(_),
+                            ..
+                        }
+                    );
+            }
+            while let Some(t) = h.nodes[to].poll_transmit() {
+                let sender = h.nodes[to].id().to_owned();
+                h.in_flight
+                    .push((h.now_ms, Harness::index(&t.to), sender, t.bytes));
+            }
+        }
+        assert!(seen, "n1 reported the incident as a record event");
+        h.run_for(50);
+        assert!(h.nodes[2]
+            .replica()
+            .doc(&api)
+            .and_then(|d| d.incident(&id))
+            .is_some());
+        assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
     }
 
     #[test]

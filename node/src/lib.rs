@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: regions.toml into validated types.
 //! - [`certs`]: the cluster CA and node certificates.
+//! - [`client`]: the client commands (`get`, `set`, `incident`, `watch`).
 //! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
 //! - [`runtime`]: the one task that owns the state machine, and the node's start-up.
 //! - [`http`]: the client contract (JSON, SSE, health, metrics).
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod runtime;

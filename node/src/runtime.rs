@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
-use metrics_exporter_prometheus::PrometheusHandle;
-use statusmesh_crdt::{Cursor, Name, Replica, StatusEvent, StatusWrite};
+use statusmesh_crdt::{Cursor, DocEvent, Name, Replica, StatusEvent, StatusWrite};
 use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, Node, Peer};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -520,9 +520,18 @@ impl Driver {
         let counter = |name: &'static str, value: u64| {
             metrics::counter!(name, "node" => node.clone()).absolute(value);
         };
-        counter("statusmesh_gossip_transmits_dropped_total", stats.transmits_dropped);
-        counter("statusmesh_gossip_events_dropped_total", stats.events_dropped);
-        counter("statusmesh_gossip_changes_applied_total", stats.changes_applied);
+        counter(
+            "statusmesh_gossip_transmits_dropped_total",
+            stats.transmits_dropped,
+        );
+        counter(
+            "statusmesh_gossip_events_dropped_total",
+            stats.events_dropped,
+        );
+        counter(
+            "statusmesh_gossip_changes_applied_total",
+            stats.changes_applied,
+        );
         counter(
             "statusmesh_gossip_anti_entropy_rounds_total",
             stats.anti_entropy_rounds,
@@ -658,7 +667,21 @@ impl Driver {
                     // No subscriber is not an error.
                     let _ = self.publish.send(Arc::new(published));
                 }
+                Event::Record { event, cursor } => {
+                    let published = record_published(&event, cursor.encode());
+                    let _ = self.publish.send(Arc::new(published));
+                }
                 Event::Heartbeat { .. } => {}
+                Event::PeerUp { peer } => {
+                    info!(node = %self.info.id, %peer, "peer up");
+                    metrics::gauge!("statusmesh_peer_up", "node" => self.info.id.clone(), "peer" => peer)
+                        .set(1.0);
+                }
+                Event::PeerDown { peer } => {
+                    warn!(node = %self.info.id, %peer, "peer down");
+                    metrics::gauge!("statusmesh_peer_up", "node" => self.info.id.clone(), "peer" => peer)
+                        .set(0.0);
+                }
                 Event::PeerContact { peer } => {
                     info!(node = %self.info.id, %peer, "first frame from peer");
                     let _ = self.ready.send(true);
@@ -674,6 +697,28 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The SSE/long-poll form of an incident, maintenance or override event: `event:` is the
+/// kind, `data:` the record as JSON.
+pub fn record_published(event: &DocEvent, id: String) -> Published {
+    let kind = match event {
+        DocEvent::Status(_) => "status",
+        DocEvent::Incident(_) => "incident",
+        DocEvent::Maintenance(_) => "maintenance",
+        DocEvent::Override(_) => "override",
+    };
+    let mut data = serde_json::to_value(event).unwrap_or_default();
+    if let Some(map) = data.as_object_mut() {
+        map.remove("kind");
+    }
+    Published {
+        kind,
+        id,
+        service: Some(event.service().to_string()),
+        region: None,
+        data,
     }
 }
 
