@@ -187,7 +187,9 @@ async fn a_cluster_certificate_for_one_node_cannot_be_used_to_be_another() {
     .await;
 
     // A cluster certificate for a name outside the topology is refused the same way.
-    let as_stranger = ca.identity("mallory-1").expect("certificate for a non-member");
+    let as_stranger = ca
+        .identity("mallory-1")
+        .expect("certificate for a non-member");
     let _ = connect_and_send(&as_stranger, eu.gossip, &eu.id).await;
     harness::wait_for("the refusal of a non-member to be counted", || async {
         let now = counter(&http, eu, refused_metric).await?;

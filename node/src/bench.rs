@@ -144,14 +144,7 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let seen = Arc::new(Mutex::new(Samples::default()));
     let observer = match &args.observe {
         Some(url) => Some(
-            start_observer(
-                &client,
-                url,
-                &args.service,
-                in_flight.clone(),
-                seen.clone(),
-            )
-            .await?,
+            start_observer(&client, url, &args.service, in_flight.clone(), seen.clone()).await?,
         ),
         None => None,
     };
@@ -161,10 +154,7 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let mut writers = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let client = client.clone();
-        let url = format!(
-            "{target}/v1/status/{}/w{worker}/{region}",
-            args.service
-        );
+        let url = format!("{target}/v1/status/{}/w{worker}/{region}", args.service);
         let token = args.token.clone();
         let in_flight = args.observe.as_ref().map(|_| in_flight.clone());
         writers.push(tokio::spawn(async move {

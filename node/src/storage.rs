@@ -193,11 +193,10 @@ fn next_incarnation(dir: &Path, node_id: &str) -> Result<u64, StorageError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(1),
         Err(e) => return Err(io_error(&path, "open")(e)),
     };
-    let file: IncarnationFile =
-        serde_json::from_str(&text).map_err(|e| StorageError::Corrupt {
-            path: path.display().to_string(),
-            reason: format!("not a valid incarnation file: {e}"),
-        })?;
+    let file: IncarnationFile = serde_json::from_str(&text).map_err(|e| StorageError::Corrupt {
+        path: path.display().to_string(),
+        reason: format!("not a valid incarnation file: {e}"),
+    })?;
     if file.node != node_id {
         return Err(StorageError::WrongNode {
             path: path.display().to_string(),
@@ -218,11 +217,9 @@ fn load_doc(
     let snapshot_path = dir.join("snapshot");
     let mut doc = match read_bounded(&snapshot_path, SNAPSHOT_BYTES_MAX)? {
         Some(bytes) => {
-            ServiceDoc::load(service.clone(), &bytes, actor).map_err(|e| {
-                StorageError::Corrupt {
-                    path: snapshot_path.display().to_string(),
-                    reason: e.to_string(),
-                }
+            ServiceDoc::load(service.clone(), &bytes, actor).map_err(|e| StorageError::Corrupt {
+                path: snapshot_path.display().to_string(),
+                reason: e.to_string(),
             })?
         }
         None => ServiceDoc::new(service.clone(), actor),
@@ -496,9 +493,7 @@ fn commit_group(
     }
     for service in &touched {
         if let Some(log) = logs.get_mut(service) {
-            log.file
-                .sync_data()
-                .map_err(io_error(&log.path, "fsync"))?;
+            log.file.sync_data().map_err(io_error(&log.path, "fsync"))?;
             metrics::gauge!("statusmesh_document_bytes", "node" => node.to_owned(), "service" => service.to_string())
                 .set((log.bytes + log.snapshot_bytes) as f64);
         }
@@ -551,7 +546,9 @@ fn replace_snapshot(
 ) -> Result<(), StorageError> {
     let path = dir.join("docs").join(service.as_str()).join("snapshot");
     write_atomically(&path, snapshot)?;
-    log.file.set_len(0).map_err(io_error(&log.path, "truncate"))?;
+    log.file
+        .set_len(0)
+        .map_err(io_error(&log.path, "truncate"))?;
     log.file.sync_all().map_err(io_error(&log.path, "fsync"))?;
     log.bytes = 0;
     log.snapshot_bytes = snapshot.len() as u64;
@@ -665,7 +662,9 @@ mod tests {
             .expect("write")
             .change
             .expect("change");
-        replica.write_status(2, &write("web", "two")).expect("write");
+        replica
+            .write_status(2, &write("web", "two"))
+            .expect("write");
         let snapshot = replica.doc(&service).expect("doc").save();
         for docs in [
             vec![DocWrite {
