@@ -1598,3 +1598,66 @@ fn covers(replica: &Replica, old: &Cursor, new: &Cursor) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(component: &str, state: State, at_ms: u64) -> StatusWrite {
+        StatusWrite::parse(
+            "api",
+            component,
+            "eu-west",
+            Observation {
+                state,
+                message: String::new(),
+                reporter: "probe".into(),
+                observed_at_ms: at_ms,
+                ttl_ms: OBSERVATION_TTL_MS,
+            },
+        )
+        .expect("valid write")
+    }
+
+    #[test]
+    fn actor_ids_differ_per_node_and_incarnation() {
+        let mut seen = BTreeSet::new();
+        for node in 0..50 {
+            for incarnation in 0..20 {
+                assert!(seen.insert(actor_id(7, node, incarnation).to_bytes().to_vec()));
+            }
+        }
+        assert_eq!(actor_id(7, 3, 1), actor_id(7, 3, 1));
+    }
+
+    #[test]
+    fn an_event_that_repeats_the_cell_is_a_duplicate() {
+        let mut replica = Replica::new("n1", actor_id(1, 0, 0));
+        let outcome = replica
+            .write_status(1_000, &write("db", State::MajorOutage, 1_000))
+            .expect("write");
+        let event = outcome.events.first().expect("an event").clone();
+        let mut cells = BTreeMap::new();
+        assert_eq!(apply_event(&mut cells, &event), Ok(()));
+        let err = apply_event(&mut cells, &event).expect_err("duplicate");
+        assert!(err.contains("api/db/eu-west"), "{err}");
+        assert_eq!(cells, node_cells(&replica).0);
+    }
+
+    #[test]
+    fn a_cursor_that_forgets_a_change_goes_backwards() {
+        let mut replica = Replica::new("n1", actor_id(1, 0, 0));
+        replica
+            .write_status(1_000, &write("db", State::MajorOutage, 1_000))
+            .expect("write");
+        let old = replica.cursor();
+        replica
+            .write_status(2_000, &write("web", State::Operational, 2_000))
+            .expect("write");
+        let new = replica.cursor();
+        assert_eq!(covers(&replica, &old, &new), Ok(()));
+        assert_eq!(covers(&replica, &new, &new), Ok(()));
+        let err = covers(&replica, &new, &old).expect_err("backwards");
+        assert!(err.contains("lost changes"), "{err}");
+    }
+}
