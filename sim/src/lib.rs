@@ -85,8 +85,16 @@ pub fn spec(request: &Request) -> Result<Spec, String> {
 
 /// Runs one seed and renders its reports.
 pub fn run(request: &Request) -> Result<RunOutput, String> {
+    run_with_progress(request, &mut |_| {})
+}
+
+/// Runs one seed like [`run`], calling `progress` with the simulated seconds now and then.
+pub fn run_with_progress(
+    request: &Request,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RunOutput, String> {
     let spec = spec(request)?;
-    let outcome = Sim::new(spec.clone())?.run();
+    let outcome = Sim::new(spec.clone())?.run_with_progress(progress);
     Ok(RunOutput {
         passed: outcome.failure.is_none(),
         text: report::text(&spec, &outcome),

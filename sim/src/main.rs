@@ -107,7 +107,10 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
                 nodes,
                 duration_s,
             };
-            let output = statusmesh_sim::run(&request).map_err(anyhow::Error::msg)?;
+            // Progress goes to stderr, so that stdout stays the byte-identical report.
+            let mut progress = |simulated_s: u64| eprintln!("run: {simulated_s} s simulated");
+            let output = statusmesh_sim::run_with_progress(&request, &mut progress)
+                .map_err(anyhow::Error::msg)?;
             if check_determinism {
                 let again = statusmesh_sim::run(&request).map_err(anyhow::Error::msg)?;
                 if again != output {

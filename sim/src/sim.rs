@@ -39,6 +39,8 @@ const PROBE_INTERVAL_US: u64 = 10_000;
 /// Most events one run may process; a run that needs more is reported as a failure rather
 /// than left to spin.
 const EVENTS_MAX: u64 = 100_000_000;
+/// How often a long run reports progress, in simulated seconds.
+pub const PROGRESS_INTERVAL_S: u64 = 60;
 /// Nodes a subscriber tries before it accepts a snapshot on reconnect.
 const RECONNECT_ATTEMPTS: usize = 3;
 /// Jitter on top of every one-way latency: up to this fraction of it...
@@ -425,10 +427,21 @@ impl Sim {
     }
 
     /// Runs to the end (or the first failure) and returns what was measured.
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
+        self.run_with_progress(&mut |_| {})
+    }
+
+    /// Runs like [`Sim::run`], calling `progress` with the simulated time in seconds each
+    /// time another [`PROGRESS_INTERVAL_S`] simulated seconds have passed (for long runs).
+    pub fn run_with_progress(mut self, progress: &mut dyn FnMut(u64)) -> Outcome {
+        let mut next_progress_s = PROGRESS_INTERVAL_S;
         while let Some(Reverse(scheduled)) = self.heap.pop() {
             if self.out.failure.is_some() {
                 break;
+            }
+            while scheduled.at_us / 1_000_000 >= next_progress_s {
+                progress(next_progress_s);
+                next_progress_s += PROGRESS_INTERVAL_S;
             }
             self.out.events_processed += 1;
             if self.out.events_processed > EVENTS_MAX {
@@ -1118,11 +1131,11 @@ impl Sim {
         let Some(first) = self.slots[0].node.as_ref() else {
             return false;
         };
-        let cursor = first.replica().cursor();
+        let cursor = cursor_of(first.replica());
         self.slots.iter().skip(1).all(|slot| {
             slot.node
                 .as_ref()
-                .is_some_and(|n| n.replica().cursor() == cursor)
+                .is_some_and(|n| cursor_of(n.replica()) == cursor)
         })
     }
 
@@ -1131,11 +1144,11 @@ impl Sim {
         let Some(first) = self.slots[0].node.as_ref() else {
             return false;
         };
-        let cursor = first.replica().cursor();
+        let cursor = cursor_of(first.replica());
         let liveness = first.replica().liveness();
         self.slots.iter().skip(1).all(|slot| {
             slot.node.as_ref().is_some_and(|n| {
-                n.replica().cursor() == cursor && n.replica().liveness() == liveness
+                cursor_of(n.replica()) == cursor && n.replica().liveness() == liveness
             })
         })
     }
@@ -1145,12 +1158,12 @@ impl Sim {
         let Some(first) = self.slots[0].node.as_ref() else {
             return vec![self.members[0].id.clone()];
         };
-        let cursor = first.replica().cursor();
+        let cursor = cursor_of(first.replica());
         let liveness = first.replica().liveness().digest();
         let mut differ = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             let same = slot.node.as_ref().is_some_and(|n| {
-                n.replica().liveness().digest() == liveness && n.replica().cursor() == cursor
+                n.replica().liveness().digest() == liveness && cursor_of(n.replica()) == cursor
             });
             if !same {
                 differ.push(self.members[i].id.clone());
@@ -1234,7 +1247,7 @@ impl Sim {
             let Some(n) = self.slots[node].node.as_ref() else {
                 continue;
             };
-            let node_cursor = n.replica().cursor();
+            let node_cursor = cursor_of(n.replica());
             if events.is_empty() && node_cursor == self.subscribers[s].cursor {
                 continue;
             }
@@ -1247,7 +1260,7 @@ impl Sim {
             }
             let new_cursor = events
                 .last()
-                .map(|(_, c)| c.clone())
+                .map(|(_, c)| normalized(c))
                 .unwrap_or(node_cursor.clone());
             if new_cursor != node_cursor {
                 self.fail(format!(
@@ -1391,7 +1404,7 @@ impl Sim {
             let Some(events) = n.replica().events_since(&cursor) else {
                 continue;
             };
-            let target_cursor = n.replica().cursor();
+            let target_cursor = cursor_of(n.replica());
             self.subscribers[s].node = target;
             for event in &events {
                 if let Err(e) = self.feed(s, target, event) {
@@ -1414,7 +1427,7 @@ impl Sim {
             let sub = &mut self.subscribers[s];
             sub.node = target;
             (sub.cells, sub.conflicts) = node_cells(n.replica());
-            sub.cursor = n.replica().cursor();
+            sub.cursor = cursor_of(n.replica());
         }
     }
 
@@ -1554,6 +1567,23 @@ fn describe(cell: Option<&CellState>) -> String {
 }
 
 type CellConflicts = BTreeMap<CellKey, Vec<Observation>>;
+
+/// A replica's cursor without services whose heads are empty (a document created by a batch
+/// whose dependencies are still missing): the text form drops them, and they mean the same
+/// as an absent service.
+fn cursor_of(replica: &Replica) -> Cursor {
+    normalized(&replica.cursor())
+}
+
+fn normalized(cursor: &Cursor) -> Cursor {
+    Cursor::new(
+        cursor
+            .iter()
+            .filter(|(_, heads)| !heads.is_empty())
+            .map(|(service, heads)| (service.clone(), heads.to_vec()))
+            .collect(),
+    )
+}
 
 /// Every cell of a replica as a subscriber should hold it, and the losing values of each.
 fn node_cells(replica: &Replica) -> (BTreeMap<CellKey, CellState>, CellConflicts) {
