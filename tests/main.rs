@@ -6,4 +6,5 @@
 mod durability;
 mod harness;
 mod mesh;
+mod page;
 mod tls;

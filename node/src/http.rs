@@ -22,7 +22,7 @@ use statusmesh_crdt::{CrdtError, Cursor, Name, Observation, StatusWrite};
 use statusmesh_gossip::GossipError;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::runtime::{now_ms, NodeHandle, Published, Subscription, Unavailable};
+use crate::runtime::{now_ms, NodeHandle, Published, Subscription, Unavailable, WriteReply};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -41,7 +41,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         error: &'static str,
         field: Option<&str>,
@@ -91,6 +91,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A query string parsed into `T`; a bad one is a 400 with a JSON body that says why (axum's
+/// own `Query` answers in plain text).
+#[derive(Debug)]
+pub(crate) struct JsonQuery<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for JsonQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| JsonQuery(value))
+            .map_err(|e| {
+                let detail = e.body_text();
+                let field = json_error_field(&detail);
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    field.as_deref(),
+                    detail,
+                )
+            })
+    }
+}
+
 /// The router of one node.
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
@@ -105,6 +136,8 @@ pub fn router(node: NodeHandle) -> Router {
         )
         .route("/readyz", get(get_ready))
         .route("/metrics", get(get_metrics))
+        .route("/", get(get_page))
+        .merge(crate::api_records::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -182,12 +215,86 @@ fn default_ttl_s() -> u64 {
     60
 }
 
+/// `?ack=N`: wait until N regions hold the write (202 with the cursor when they do not in
+/// time; nothing is lost either way).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckQuery {
+    pub(crate) ack: Option<usize>,
+    pub(crate) ack_timeout_ms: Option<u64>,
+}
+
+/// Longest `?ack=` wait a client may ask for.
+const ACK_TIMEOUT_MAX_MS: u64 = 30_000;
+/// The wait when the client names none.
+const ACK_TIMEOUT_DEFAULT_MS: u64 = 5_000;
+
+/// Answers a write, after waiting for `ack` regions when asked.
+pub(crate) async fn reply_after_acks(
+    node: &NodeHandle,
+    reply: WriteReply,
+    query: &AckQuery,
+    created: bool,
+) -> Result<Response, ApiError> {
+    let ok = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let (Some(wanted), Some(change)) = (query.ack, reply.change) else {
+        return Ok((ok, Json(reply)).into_response());
+    };
+    if wanted == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("ack"),
+            "ack counts regions and is at least 1",
+        ));
+    }
+    let timeout_ms = query
+        .ack_timeout_ms
+        .unwrap_or(ACK_TIMEOUT_DEFAULT_MS)
+        .min(ACK_TIMEOUT_MAX_MS);
+    let waited = tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        node.await_regions(change, wanted),
+    )
+    .await;
+    let (status, regions) = match waited {
+        Ok(Ok(regions)) if regions >= wanted => (ok, regions),
+        Ok(Ok(regions)) => (StatusCode::ACCEPTED, regions),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => (StatusCode::ACCEPTED, 0),
+    };
+    let body = json!({
+        "changed": reply.changed,
+        "cursor": reply.cursor,
+        "ack": wanted,
+        "acked": status != StatusCode::ACCEPTED,
+        "regions": regions,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+async fn get_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("page/index.html"),
+    )
+        .into_response()
+}
+
 async fn put_status(
     State(node): State<NodeHandle>,
     Path((service, component, region)): Path<(String, String, String)>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&node, request.headers())?;
+    let writer = authorize(&node, request.headers())?;
     let body = read_body(request.into_body()).await?;
     let parsed: PutStatusBody = serde_json::from_slice(&body).map_err(|e| {
         let field = json_error_field(&e.to_string());
@@ -203,7 +310,7 @@ async fn put_status(
     let observation = Observation {
         state,
         message: parsed.message,
-        reporter: parsed.reporter.unwrap_or_else(|| "api".to_owned()),
+        reporter: parsed.reporter.unwrap_or(writer),
         observed_at_ms: now_ms(),
         ttl_ms,
     };
@@ -228,7 +335,7 @@ async fn put_status(
             other => other.into(),
         })?;
     match node.write(write).await? {
-        Ok(reply) => Ok(Json(reply).into_response()),
+        Ok(reply) => reply_after_acks(&node, reply, &ack, false).await,
         Err(GossipError::Crdt(e)) => Err(e.into()),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -240,13 +347,21 @@ async fn put_status(
 }
 
 /// serde_json says "unknown field `x`" or "missing field `x`"; the field is what is quoted.
-fn json_error_field(message: &str) -> Option<String> {
+pub(crate) fn json_error_field(message: &str) -> Option<String> {
+    // Query strings: "Failed to deserialize query string: ack: invalid digit ...".
+    if let Some(rest) = message.strip_prefix("Failed to deserialize query string: ") {
+        if let Some((field, _)) = rest.split_once(": ") {
+            if !field.contains(' ') {
+                return Some(field.to_owned());
+            }
+        }
+    }
     let start = message.find('`')? + 1;
     let end = start + message[start..].find('`')?;
     Some(message[start..end].to_owned())
 }
 
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, BODY_BYTES_MAX)
         .await
         .map_err(|_| {
@@ -259,7 +374,8 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
-fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token; returns the token's name (who is writing).
+pub(crate) fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -273,15 +389,15 @@ fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if node.info.tokens.authorize(presented).is_none() {
-        return Err(ApiError::new(
+    match node.info.tokens.authorize(presented) {
+        Some(name) => Ok(name.to_owned()),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             Some("authorization"),
             "the bearer token is not valid for this cluster",
-        ));
+        )),
     }
-    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +409,7 @@ struct EventsQuery {
 
 async fn get_events(
     State(node): State<NodeHandle>,
-    Query(query): Query<EventsQuery>,
+    JsonQuery(query): JsonQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     for (field, value) in [("service", &query.service), ("region", &query.region)] {

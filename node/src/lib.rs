@@ -5,12 +5,14 @@
 //! - [`client`]: the client commands (`get`, `set`, `incident`, `watch`).
 //! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
 //! - [`runtime`]: the one task that owns the state machine, and the node's start-up.
+//! - [`api_records`]: incidents, maintenance, overrides and history over HTTP.
 //! - [`http`]: the client contract (JSON, SSE, health, metrics).
 //! - [`storage`]: snapshots and change logs on disk, group commit.
 //! - [`settings`]: node settings beyond regions.toml (tokens, limits).
 //! - [`bench`]: `statusmesh bench write`.
 #![forbid(unsafe_code)]
 
+pub mod api_records;
 pub mod bench;
 pub mod certs;
 pub mod client;

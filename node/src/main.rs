@@ -6,11 +6,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use rand::Rng;
 use statusmesh_gossip::Config as GossipConfig;
-use statusmesh_node::bench;
 use statusmesh_node::certs::{self, ClusterCa};
 use statusmesh_node::config::Topology;
 use statusmesh_node::runtime::{self, NodeOptions};
 use statusmesh_node::settings::{NodeSettings, Tokens};
+use statusmesh_node::{bench, client};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -72,6 +72,43 @@ enum Command {
     /// Load commands against a running mesh.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write one observation on the nearest node: `set api/db major_outage --region eu-west`.
+    Set {
+        /// SERVICE/COMPONENT
+        target: String,
+        /// operational | degraded_performance | partial_outage | major_outage | under_maintenance
+        state: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, default_value = "")]
+        message: String,
+        /// How long the observation holds without a heartbeat (90s, 5m, 1h).
+        #[arg(long, default_value = "60s")]
+        ttl: String,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Read the status from the nearest node (a table; --json for scripts).
+    Get {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Open, update or resolve an incident on the nearest node.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// Follow changes as lines; fails over to the next nearest node and resumes.
+    Watch {
+        #[arg(long)]
+        service: Option<String>,
+        /// Give up after this many consecutive failed reconnects.
+        #[arg(long, default_value_t = 20)]
+        max_reconnects: u32,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
     /// Make a cluster CA (unless DIR has one) and a certificate for every node.
     Certs {
         /// The topology file whose nodes get certificates.
@@ -80,6 +117,78 @@ enum Command {
         /// Where to write ca.pem, ca.key, <node>.pem, <node>.key.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// Where the client commands find nodes, and how they authenticate.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Nodes to choose from (HOST:PORT or URL, comma-separated); the nearest by measured
+    /// round-trip time is used.
+    #[arg(long, env = "STATUSMESH_NODES")]
+    nodes: Option<String>,
+    /// A topology whose nodes to choose from, instead of --nodes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The write token.
+    #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn urls(&self) -> anyhow::Result<Vec<String>> {
+        let topology = self.config.as_deref().map(Topology::load).transpose()?;
+        Ok(client::node_urls(self.nodes.as_deref(), topology.as_ref())?)
+    }
+
+    fn token(&self) -> anyhow::Result<&str> {
+        match self.token.as_deref() {
+            Some(t) if !t.is_empty() => Ok(t),
+            _ => bail!("writes need a token: pass --token or set STATUSMESH_TOKEN"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// Open an incident.
+    Open {
+        service: String,
+        title: String,
+        /// none | minor | major | critical
+        #[arg(long, default_value = "minor")]
+        impact: String,
+        /// Affected components (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        components: Vec<String>,
+        #[arg(long)]
+        message: String,
+        /// The incident's id (generated when not given).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Add an update to an incident's timeline, optionally moving its status.
+    Update {
+        service: String,
+        id: String,
+        #[arg(long)]
+        message: String,
+        /// investigating | identified | monitoring | resolved
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Resolve an incident.
+    Resolve {
+        service: String,
+        id: String,
+        #[arg(long, default_value = "Resolved.")]
+        message: String,
+        #[command(flatten)]
+        conn: ClientArgs,
     },
 }
 
@@ -119,6 +228,60 @@ fn main() -> anyhow::Result<()> {
                 run(config, node, certs, NodeSettings::new(data_dir, tokens)).await
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
+            Command::Set {
+                target,
+                state,
+                region,
+                message,
+                ttl,
+                conn,
+            } => {
+                let (service, component) = client::split_target(&target)?;
+                let args = client::SetArgs {
+                    service,
+                    component,
+                    state,
+                    region,
+                    message,
+                    ttl_s: client::parse_ttl(&ttl)?,
+                };
+                let http = reqwest::Client::new();
+                println!(
+                    "{}",
+                    client::set(&http, &conn.urls()?, conn.token()?, &args).await?
+                );
+                Ok(())
+            }
+            Command::Get {
+                service,
+                json,
+                conn,
+            } => {
+                let http = reqwest::Client::new();
+                print!(
+                    "{}",
+                    client::get(&http, &conn.urls()?, service.as_deref(), json).await?
+                );
+                Ok(())
+            }
+            Command::Incident(command) => incident(command).await,
+            Command::Watch {
+                service,
+                max_reconnects,
+                conn,
+            } => {
+                let http = reqwest::Client::new();
+                let mut out = std::io::stdout();
+                client::watch(
+                    &http,
+                    &conn.urls()?,
+                    service.as_deref(),
+                    max_reconnects,
+                    &mut out,
+                )
+                .await?;
+                Ok(())
+            }
             Command::Certs { config, out } => {
                 let topology = Topology::load(&config)?;
                 let ids: Vec<String> = topology.nodes.iter().map(|n| n.id.clone()).collect();
@@ -129,6 +292,69 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let (conn, method, path, body) = match command {
+        IncidentCommand::Open {
+            service,
+            title,
+            impact,
+            components,
+            message,
+            id,
+            conn,
+        } => {
+            let body = serde_json::json!({
+                "service": service, "title": title, "impact": impact,
+                "components": components, "message": message, "id": id,
+            });
+            (
+                conn,
+                reqwest::Method::POST,
+                "/v1/incidents".to_owned(),
+                body,
+            )
+        }
+        IncidentCommand::Update {
+            service,
+            id,
+            message,
+            status,
+            conn,
+        } => {
+            let body =
+                serde_json::json!({ "service": service, "message": message, "status": status });
+            (
+                conn,
+                reqwest::Method::POST,
+                format!("/v1/incidents/{id}/updates"),
+                body,
+            )
+        }
+        IncidentCommand::Resolve {
+            service,
+            id,
+            message,
+            conn,
+        } => {
+            let body =
+                serde_json::json!({ "service": service, "message": message, "status": "resolved" });
+            (
+                conn,
+                reqwest::Method::POST,
+                format!("/v1/incidents/{id}/updates"),
+                body,
+            )
+        }
+    };
+    let reply = client::incident(&http, &conn.urls()?, conn.token()?, method, &path, body).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&reply).unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn init_logging(json: bool) {

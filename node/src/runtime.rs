@@ -4,7 +4,7 @@
 //! side, shutdown and one re-armed timer from `poll_timeout`; after every input it drains
 //! `poll_transmit` (to the transport) and `poll_event` (to SSE subscribers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,8 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
-use statusmesh_crdt::{Cursor, DocEvent, Name, Replica, StatusEvent, StatusWrite};
-use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, Node, Peer};
+use statusmesh_crdt::history;
+use statusmesh_crdt::{
+    ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Maintenance, Name, Override, Put,
+    Replica, StatusEvent, StatusWrite,
+};
+use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, MemberState, Node, Peer};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -85,7 +89,35 @@ pub struct Subscription {
 pub struct WriteReply {
     pub changed: bool,
     pub cursor: String,
+    /// The change made, for `?ack=N` waits; `None` when nothing changed.
+    #[serde(skip)]
+    pub change: Option<ChangeHash>,
 }
+
+/// A change to an incident, a maintenance window or an override.
+#[derive(Debug, Clone)]
+pub enum RecordOp {
+    OpenIncident {
+        id: Name,
+        incident: Incident,
+        text: String,
+    },
+    ChangeIncident {
+        id: Name,
+        change: IncidentChange,
+    },
+    Maintenance {
+        id: Name,
+        window: Option<Maintenance>,
+    },
+    Override {
+        component: Name,
+        value: Option<Override>,
+    },
+}
+
+/// Most `?ack=N` writes waiting at once; more are answered at once with what is known.
+pub const ACK_WAITERS_MAX: usize = 10_000;
 
 enum Command {
     Write {
@@ -103,6 +135,22 @@ enum Command {
     },
     Nodes {
         reply: oneshot::Sender<serde_json::Value>,
+    },
+    Record {
+        service: Name,
+        op: RecordOp,
+        reply: oneshot::Sender<Result<WriteReply, GossipError>>,
+    },
+    History {
+        service: Name,
+        component: Name,
+        days: u64,
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+    AwaitRegions {
+        change: ChangeHash,
+        regions: usize,
+        reply: oneshot::Sender<usize>,
     },
 }
 
@@ -166,6 +214,47 @@ impl NodeHandle {
     /// Membership and replication state.
     pub async fn nodes(&self) -> Result<serde_json::Value, Unavailable> {
         self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Applies an incident, maintenance or override change; replies once it is durable.
+    pub async fn record(
+        &self,
+        service: Name,
+        op: RecordOp,
+    ) -> Result<Result<WriteReply, GossipError>, Unavailable> {
+        self.ask(|reply| Command::Record { service, op, reply })
+            .await
+    }
+
+    /// A component's timeline and daily uptime over the last `days`, `None` when unknown.
+    pub async fn history(
+        &self,
+        service: Name,
+        component: Name,
+        days: u64,
+    ) -> Result<Option<serde_json::Value>, Unavailable> {
+        self.ask(|reply| Command::History {
+            service,
+            component,
+            days,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until `regions` regions (this one included) hold `change`; replies with how many
+    /// do. The caller bounds the wait.
+    pub async fn await_regions(
+        &self,
+        change: ChangeHash,
+        regions: usize,
+    ) -> Result<usize, Unavailable> {
+        self.ask(|reply| Command::AwaitRegions {
+            change,
+            regions,
+            reply,
+        })
+        .await
     }
 
     /// True once the node has heard from a peer (or has none).
@@ -246,7 +335,11 @@ pub async fn start(
         metrics::counter!("statusmesh_storage_truncated_tails_total", "node" => spec.id.clone())
             .increment(loaded.truncated_tails);
     }
-    let storage = StorageHandle::start(options.settings.data_dir.clone(), spec.id.clone())?;
+    let storage = StorageHandle::start(
+        options.settings.data_dir.clone(),
+        spec.id.clone(),
+        loaded.lock,
+    )?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let transport = Transport::start(
         &options.identity,
@@ -283,9 +376,12 @@ pub async fn start(
             region: n.region.clone(),
         })
         .collect();
+    // Each start is a new life in SWIM: peers that declared the last one down take this one.
+    let mut gossip_config = options.gossip.clone();
+    gossip_config.generation = u32::try_from(loaded.incarnation).unwrap_or(u32::MAX);
     let node = Node::new(
         spec.id.clone(),
-        options.gossip.clone(),
+        gossip_config,
         gossip_peers,
         replica,
         rand::random(),
@@ -325,6 +421,7 @@ pub async fn start(
         touched: false,
         writes_this_round: 0,
         gauges_at: Instant::now(),
+        ack_waiters: Vec::new(),
     };
     let driver = tokio::spawn(driver.run(inbound_rx, commands_rx, shutdown.clone()));
 
@@ -374,6 +471,8 @@ struct Driver {
     touched: bool,
     writes_this_round: usize,
     gauges_at: Instant,
+    /// `?ack=N` writes waiting for their change to reach N regions.
+    ack_waiters: Vec<(ChangeHash, usize, oneshot::Sender<usize>)>,
 }
 
 impl Driver {
@@ -418,6 +517,7 @@ impl Driver {
             }
             self.flush();
             self.commit().await;
+            self.answer_ack_waiters();
             if self.gauges_at.elapsed() >= GAUGE_INTERVAL {
                 self.export_gauges(inbound.len(), commands.len());
             }
@@ -549,6 +649,11 @@ impl Driver {
                         let value = WriteReply {
                             changed,
                             cursor: self.node.replica().cursor().encode(),
+                            change: if changed {
+                                self.node.last_local_change()
+                            } else {
+                                None
+                            },
                         };
                         // Even an unchanged write waits for the commit: the value it
                         // confirms may be from an earlier write of this same iteration.
@@ -578,17 +683,118 @@ impl Driver {
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
+            Command::Record { service, op, reply } => {
+                self.writes_this_round += 1;
+                self.touched = true;
+                let now = now_ms();
+                let result = self.node.local_change(now, &service, |replica| match op {
+                    RecordOp::OpenIncident { id, incident, text } => {
+                        replica.open_incident(now, &service, &id, incident, &text)
+                    }
+                    RecordOp::ChangeIncident { id, change } => {
+                        replica.change_incident(now, &service, &id, change)
+                    }
+                    RecordOp::Maintenance { id, window } => {
+                        replica.write_records(now, &service, &[Put::Maintenance { id, window }])
+                    }
+                    RecordOp::Override { component, value } => {
+                        replica.write_records(now, &service, &[Put::Override { component, value }])
+                    }
+                });
+                match result {
+                    Ok(change) => {
+                        let value = WriteReply {
+                            changed: change.is_some(),
+                            cursor: self.node.replica().cursor().encode(),
+                            change,
+                        };
+                        self.pending_acks.push(Box::new(move || {
+                            let _ = reply.send(Ok(value));
+                        }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::History {
+                service,
+                component,
+                days,
+                reply,
+            } => {
+                let _ = reply.send(self.history(&service, &component, days));
+            }
+            Command::AwaitRegions {
+                change,
+                regions,
+                reply,
+            } => {
+                let holding = self.node.regions_holding(&change).unwrap_or(0);
+                if holding >= regions || self.ack_waiters.len() >= ACK_WAITERS_MAX {
+                    let _ = reply.send(holding);
+                } else {
+                    self.ack_waiters.push((change, regions, reply));
+                }
+            }
         }
+    }
+
+    fn answer_ack_waiters(&mut self) {
+        if self.ack_waiters.is_empty() {
+            return;
+        }
+        let node = &self.node;
+        self.ack_waiters.retain_mut(|(change, regions, reply)| {
+            if reply.is_closed() {
+                return false;
+            }
+            let holding = node.regions_holding(change).unwrap_or(0);
+            if holding < *regions {
+                return true;
+            }
+            // Send needs the sender by value: swap in a closed one.
+            let (closed, _) = oneshot::channel();
+            let _ = std::mem::replace(reply, closed).send(holding);
+            false
+        });
+    }
+
+    fn history(&self, service: &Name, component: &Name, days: u64) -> Option<serde_json::Value> {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let doc = self.node.replica().doc(service)?;
+        let days = days.clamp(1, 365);
+        let now = now_ms();
+        // Whole days, so that the bars line up with calendar days (UTC).
+        let to = (now / DAY_MS + 1) * DAY_MS;
+        let from = to.saturating_sub(days * DAY_MS);
+        let transitions = history::timeline(doc, component);
+        let buckets = history::uptime_buckets(doc, component, from, to.min(now), DAY_MS);
+        let whole = history::uptime(doc, component, from, now);
+        let overall = whole.last();
+        Some(json!({
+            "service": service,
+            "component": component,
+            "from_ms": from,
+            "to_ms": now,
+            "uptime": overall.and_then(|u| u.uptime),
+            "days": buckets,
+            "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
+            "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
+        }))
     }
 
     fn initial_events(&self, resume: Option<&Cursor>, service: Option<&str>) -> Vec<Published> {
         let replica = self.node.replica();
         if let Some(cursor) = resume {
-            if let Some(events) = replica.events_since(cursor) {
+            if let Some(events) = replica.doc_events_since(cursor) {
                 let id = replica.cursor().encode();
                 return events
                     .iter()
-                    .map(|e| status_published(e, id.clone()))
+                    .map(|e| match e {
+                        DocEvent::Status(status) => status_published(status, id.clone()),
+                        other => record_published(other, id.clone()),
+                    })
                     .collect();
             }
         }
@@ -610,37 +816,43 @@ impl Driver {
     }
 
     fn nodes(&self) -> serde_json::Value {
-        let now = now_ms();
         let link_stats: BTreeMap<&str, _> = self.transport.link_stats().collect();
         let mut nodes = vec![json!({
             "id": self.info.id,
             "region": self.info.region,
             "self": true,
-            "state": "alive",
+            "state": MemberState::Alive,
         })];
+        // A region is visible when any of its nodes is alive to this node.
+        let mut visible: BTreeSet<&str> = BTreeSet::from([self.info.region.as_str()]);
         for (id, peer) in self.node.peers() {
-            let state = match peer.last_heard_ms {
-                Some(t) if now.saturating_sub(t) <= 10_000 => "alive",
-                Some(_) => "down",
-                None => "unknown",
-            };
+            let state = self.node.member_state(id);
+            if state == MemberState::Alive || state == MemberState::Suspect {
+                visible.insert(peer.region.as_str());
+            }
             let stats = link_stats.get(id.as_str());
+            let (lag_changes, lag_since_ms) = self.node.peer_lag(id);
             nodes.push(json!({
                 "id": id,
                 "region": peer.region,
                 "self": false,
                 "state": state,
                 "last_contact_ms": peer.last_heard_ms,
+                "lag_changes": lag_changes,
+                "lag_oldest_ms": lag_since_ms,
                 "frames_sent": stats.map(|s| s.frames_sent.load(std::sync::atomic::Ordering::Relaxed)),
                 "frames_dropped": stats.map(|s| s.frames_dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }));
         }
+        let regions: BTreeSet<&str> = self.regions.values().map(String::as_str).collect();
+        let unreachable: Vec<&str> = regions.difference(&visible).copied().collect();
         json!({
             "cluster": self.info.cluster,
             "node": self.info.id,
             "region": self.info.region,
             "nodes": nodes,
-            "regions": self.regions.values().collect::<std::collections::BTreeSet<_>>(),
+            "regions": regions,
+            "unreachable_regions": unreachable,
         })
     }
 

@@ -1,0 +1,440 @@
+//! HTTP for incidents, maintenance windows, operator overrides and component history.
+//!
+//! ```text
+//! POST   /v1/incidents                      {"service", "title", "impact", "components", "message", "id"?, "status"?}
+//! POST   /v1/incidents/{id}/updates         {"service", "message", "status"?, "impact"?}
+//! PATCH  /v1/incidents/{id}                 {"service", "status"?, "impact"?, "title"?, "components"?, "message"?}
+//! PUT    /v1/maintenance/{service}/{id}     {"title", "components", "starts_at_ms", "ends_at_ms"}
+//! DELETE /v1/maintenance/{service}/{id}
+//! PUT    /v1/overrides/{service}/{component} {"state", "reason", "until_ms"?}
+//! DELETE /v1/overrides/{service}/{component}
+//! GET    /v1/status/{service}/{component}/history?days=90
+//! ```
+//!
+//! Incidents live in their service's document, so their requests name the service in the
+//! body. Writes need a bearer token; the token's name is recorded as the author. Every write
+//! takes `?ack=N` like a status write.
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use statusmesh_crdt::{
+    CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name, Override,
+    State as ComponentState,
+};
+use statusmesh_gossip::GossipError;
+
+use crate::http::{
+    authorize, json_error_field, read_body, reply_after_acks, AckQuery, ApiError, JsonQuery,
+};
+use crate::runtime::{now_ms, NodeHandle, RecordOp};
+
+/// The routes of this module, to merge into the node's router.
+pub fn routes() -> Router<NodeHandle> {
+    Router::new()
+        .route("/v1/incidents", post(post_incident))
+        .route("/v1/incidents/{id}/updates", post(post_incident_update))
+        .route("/v1/incidents/{id}", patch(patch_incident))
+        .route(
+            "/v1/maintenance/{service}/{id}",
+            put(put_maintenance).delete(delete_maintenance),
+        )
+        .route(
+            "/v1/overrides/{service}/{component}",
+            put(put_override).delete(delete_override),
+        )
+        .route("/v1/status/{service}/{component}/history", get(get_history))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenIncidentBody {
+    service: String,
+    id: Option<String>,
+    title: String,
+    impact: String,
+    status: Option<String>,
+    #[serde(default)]
+    components: Vec<String>,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentUpdateBody {
+    service: String,
+    message: String,
+    status: Option<String>,
+    impact: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchIncidentBody {
+    service: String,
+    status: Option<String>,
+    impact: Option<String>,
+    title: Option<String>,
+    components: Option<Vec<String>>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    title: String,
+    components: Vec<String>,
+    starts_at_ms: u64,
+    ends_at_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    state: String,
+    #[serde(default)]
+    reason: String,
+    until_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    days: Option<u64>,
+}
+
+/// Reads and parses a JSON body; a bad one is a 400 that names the field.
+async fn body<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let bytes = read_body(request.into_body()).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let field = json_error_field(&e.to_string());
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            field.as_deref(),
+            e.to_string(),
+        )
+    })
+}
+
+fn names(field: &'static str, values: &[String]) -> Result<Vec<Name>, ApiError> {
+    values
+        .iter()
+        .map(|v| Name::parse(field, v).map_err(ApiError::from))
+        .collect()
+}
+
+fn parse_opt<T: std::str::FromStr<Err = CrdtError>>(
+    value: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    value.map(str::parse).transpose().map_err(ApiError::from)
+}
+
+/// The author recorded for a write: the token's name when it is a valid name.
+fn author(token_name: &str) -> String {
+    Name::parse("author", token_name)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "api".to_owned())
+}
+
+async fn apply(
+    node: &NodeHandle,
+    service: Name,
+    op: RecordOp,
+    ack: &AckQuery,
+    created: bool,
+    extra: serde_json::Value,
+) -> Result<Response, ApiError> {
+    match node.record(service, op).await? {
+        Ok(reply) => {
+            let response = reply_after_acks(node, reply, ack, created).await?;
+            if extra.is_null() {
+                return Ok(response);
+            }
+            // Merge what the caller needs to know (the generated id) into the JSON body.
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if let (Some(map), Some(more)) = (value.as_object_mut(), extra.as_object()) {
+                map.extend(more.clone());
+            }
+            Ok((parts.status, Json(value)).into_response())
+        }
+        Err(GossipError::Crdt(e)) => Err(match &e {
+            CrdtError::InvalidField {
+                field: "id",
+                reason,
+                ..
+            } if reason.starts_with("no incident") => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                Some("id"),
+                e.to_string(),
+            ),
+            CrdtError::InvalidField { field: "id", .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", Some("id"), e.to_string())
+            }
+            _ => e.into(),
+        }),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            None,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn post_incident(
+    State(node): State<NodeHandle>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let writer = authorize(&node, request.headers())?;
+    let b: OpenIncidentBody = body(request).await?;
+    let service = Name::parse("service", &b.service)?;
+    let now = now_ms();
+    let id = match &b.id {
+        Some(id) => Name::parse("id", id)?,
+        // Unique without coordination: the node's id and the time, in base 36.
+        None => Name::parse("id", &format!("{}-{}", node.info.id, base36(now)))?,
+    };
+    let status =
+        parse_opt::<IncidentStatus>(b.status.as_deref())?.unwrap_or(IncidentStatus::Investigating);
+    let incident = Incident {
+        title: b.title,
+        impact: b.impact.parse::<Impact>()?,
+        status,
+        components: names("components", &b.components)?,
+        opened_at_ms: now,
+        resolved_at_ms: (status == IncidentStatus::Resolved).then_some(now),
+        author: author(&writer),
+    };
+    incident.validate()?;
+    let op = RecordOp::OpenIncident {
+        id: id.clone(),
+        incident,
+        text: b.message,
+    };
+    apply(&node, service, op, &ack, true, json!({ "id": id })).await
+}
+
+async fn post_incident_update(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let writer = authorize(&node, request.headers())?;
+    let b: IncidentUpdateBody = body(request).await?;
+    let change = IncidentChange {
+        status: parse_opt(b.status.as_deref())?,
+        impact: parse_opt(b.impact.as_deref())?,
+        title: None,
+        components: None,
+        text: Some(b.message),
+        author: author(&writer),
+    };
+    let op = RecordOp::ChangeIncident {
+        id: Name::parse("id", &id)?,
+        change,
+    };
+    apply(
+        &node,
+        Name::parse("service", &b.service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn patch_incident(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let writer = authorize(&node, request.headers())?;
+    let b: PatchIncidentBody = body(request).await?;
+    let change = IncidentChange {
+        status: parse_opt(b.status.as_deref())?,
+        impact: parse_opt(b.impact.as_deref())?,
+        title: b.title,
+        components: b
+            .components
+            .as_deref()
+            .map(|c| names("components", c))
+            .transpose()?,
+        text: b.message,
+        author: author(&writer),
+    };
+    let op = RecordOp::ChangeIncident {
+        id: Name::parse("id", &id)?,
+        change,
+    };
+    apply(
+        &node,
+        Name::parse("service", &b.service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn put_maintenance(
+    State(node): State<NodeHandle>,
+    Path((service, id)): Path<(String, String)>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let writer = authorize(&node, request.headers())?;
+    let b: MaintenanceBody = body(request).await?;
+    let window = Maintenance {
+        title: b.title,
+        components: names("components", &b.components)?,
+        starts_at_ms: b.starts_at_ms,
+        ends_at_ms: b.ends_at_ms,
+        author: author(&writer),
+    };
+    window.validate()?;
+    let op = RecordOp::Maintenance {
+        id: Name::parse("id", &id)?,
+        window: Some(window),
+    };
+    apply(
+        &node,
+        Name::parse("service", &service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn delete_maintenance(
+    State(node): State<NodeHandle>,
+    Path((service, id)): Path<(String, String)>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(&node, request.headers())?;
+    let op = RecordOp::Maintenance {
+        id: Name::parse("id", &id)?,
+        window: None,
+    };
+    apply(
+        &node,
+        Name::parse("service", &service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn put_override(
+    State(node): State<NodeHandle>,
+    Path((service, component)): Path<(String, String)>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let writer = authorize(&node, request.headers())?;
+    let b: OverrideBody = body(request).await?;
+    let value = Override {
+        state: b.state.parse::<ComponentState>()?,
+        reason: b.reason,
+        author: author(&writer),
+        at_ms: now_ms(),
+        until_ms: b.until_ms,
+    };
+    value.validate()?;
+    let op = RecordOp::Override {
+        component: Name::parse("component", &component)?,
+        value: Some(value),
+    };
+    apply(
+        &node,
+        Name::parse("service", &service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn delete_override(
+    State(node): State<NodeHandle>,
+    Path((service, component)): Path<(String, String)>,
+    JsonQuery(ack): JsonQuery<AckQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(&node, request.headers())?;
+    let op = RecordOp::Override {
+        component: Name::parse("component", &component)?,
+        value: None,
+    };
+    apply(
+        &node,
+        Name::parse("service", &service)?,
+        op,
+        &ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
+async fn get_history(
+    State(node): State<NodeHandle>,
+    Path((service, component)): Path<(String, String)>,
+    JsonQuery(query): JsonQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let service = Name::parse("service", &service)?;
+    let component = Name::parse("component", &component)?;
+    let days = query.days.unwrap_or(90);
+    if !(1..=365).contains(&days) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("days"),
+            format!("days {days} must be between 1 and 365"),
+        ));
+    }
+    match node.history(service.clone(), component, days).await? {
+        Some(history) => Ok(Json(history).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            Some("service"),
+            format!("no status has been written for service {service:?}"),
+        )),
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
