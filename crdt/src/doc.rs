@@ -605,7 +605,34 @@ impl ServiceDoc {
                 _ => None,
             })
             .collect();
-        self.events_for_keys(&keys, Some(after))
+        // Causal order: each record at the position of the change that wrote its value, in
+        // the topological order Automerge gives the changes after `before`.
+        let position: std::collections::HashMap<ChangeHash, usize> = self
+            .doc
+            .get_changes_meta(before)
+            .iter()
+            .enumerate()
+            .map(|(i, meta)| (meta.hash, i))
+            .collect();
+        let mut ranked: Vec<(usize, String)> = keys
+            .into_iter()
+            .map(|key| {
+                let rank = self
+                    .doc
+                    .get_at(ROOT, key.as_str(), after)
+                    .ok()
+                    .flatten()
+                    .and_then(|(_, id)| self.doc.hash_for_opid(&id))
+                    .and_then(|hash| position.get(&hash).copied())
+                    .unwrap_or(usize::MAX);
+                (rank, key)
+            })
+            .collect();
+        ranked.sort();
+        ranked
+            .into_iter()
+            .flat_map(|(_, key)| self.events_for_keys(&BTreeSet::from([key]), Some(after)))
+            .collect()
     }
 
     /// The events of a local write: built from the puts themselves (the values, the origin and

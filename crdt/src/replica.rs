@@ -542,6 +542,27 @@ mod tests {
     }
 
     #[test]
+    fn events_since_a_cursor_come_in_the_order_they_were_written() {
+        let mut a = replica(1);
+        a.write_status(1, &write("zz", "eu-west", State::Operational, ""))
+            .expect("write");
+        let seen = a.cursor();
+        // Written in an order that is not the order of their keys.
+        for (i, component) in ["m", "b", "z", "a", "k"].iter().enumerate() {
+            a.write_status(
+                2 + i as u64,
+                &write(component, "eu-west", State::MajorOutage, ""),
+            )
+            .expect("write");
+        }
+        let mut b = replica(2);
+        sync(&a, &mut b);
+        let events = b.events_since(&seen).expect("known cursor");
+        let order: Vec<&str> = events.iter().map(|e| e.component.as_str()).collect();
+        assert_eq!(order, ["m", "b", "z", "a", "k"]);
+    }
+
+    #[test]
     fn events_since_a_cursor_are_exactly_the_unseen_cells() {
         let mut a = replica(1);
         a.write_status(1, &write("db", "eu-west", State::Operational, ""))
