@@ -14,6 +14,7 @@
 
 pub mod api_records;
 pub mod bench;
+pub mod bench_sse;
 pub mod certs;
 pub mod client;
 pub mod config;

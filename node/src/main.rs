@@ -10,7 +10,7 @@ use statusmesh_node::certs::{self, ClusterCa};
 use statusmesh_node::config::Topology;
 use statusmesh_node::runtime::{self, NodeOptions};
 use statusmesh_node::settings::{NodeSettings, Tokens};
-use statusmesh_node::{bench, client};
+use statusmesh_node::{bench, bench_sse, client};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -196,6 +196,8 @@ enum IncidentCommand {
 enum BenchCommand {
     /// Acknowledged writes per second, write latency and remote visibility.
     Write(bench::WriteArgs),
+    /// SSE fan-out: connect time, deliveries lost or duplicated, delivery latency, RSS.
+    Sse(bench_sse::SseArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -228,6 +230,7 @@ fn main() -> anyhow::Result<()> {
                 run(config, node, certs, NodeSettings::new(data_dir, tokens)).await
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
+            Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,
             Command::Set {
                 target,
                 state,

@@ -1,0 +1,985 @@
+//! `statusmesh bench sse`: SSE fan-out against a running mesh.
+//!
+//! 1. `--subscribers` streams follow `--target`'s `/v1/events`, at most
+//!    `--connect-concurrency` connecting at once. A subscriber counts as connected when its
+//!    first event (the snapshot) has arrived; the time until then is its connect time.
+//! 2. The target node's RSS is read before the first connect and after the last one.
+//! 3. `--rate` writes per second go to `--write` (another node) for `--duration`. Write `i`
+//!    puts cell `<service>/c<i % 16>/<region>`, flipping its state each time and carrying the
+//!    unique message `<run tag>-<i>`, so every write is a real change and every delivery
+//!    names its write.
+//! 4. After the last write, subscribers get a bounded grace period to catch up; then each
+//!    reports which writes it saw. A delivery is one `event: status` for one write on one
+//!    subscriber; the expected deliveries are every acknowledged change on every connected
+//!    subscriber. Latency runs from just before the write was sent to the moment the
+//!    subscriber parsed the event (one machine, one monotonic clock).
+//!
+//! Each subscriber is one tokio task driving its own hyper HTTP/1 connection and scanning
+//! the body for the few lines it needs (`event:` and the data line's `"message"`), with a
+//! small fixed read buffer: 10,000 of them fit in one process next to the node.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::bench::parse_duration;
+
+/// Most subscribers one bench process opens (the open-file hard limit here is 20,000).
+pub const SUBSCRIBERS_MAX: usize = 19_000;
+/// Most writes per second.
+pub const RATE_MAX: u32 = 1_000;
+/// Longest run.
+pub const DURATION_MAX: Duration = Duration::from_secs(600);
+/// Most expected deliveries (subscribers x writes): bounds the per-subscriber bitsets of
+/// seen writes to 25 MB in all.
+pub const DELIVERIES_MAX: u64 = 200_000_000;
+/// Most connects in flight at once.
+pub const CONNECT_CONCURRENCY_MAX: usize = 10_000;
+/// How long one subscriber may take from TCP connect to its first event.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long subscribers may take to receive the last writes after the writers stop.
+const GRACE: Duration = Duration::from_secs(10);
+/// Writes awaiting their acknowledgement at once; the rate holds while writes are slower
+/// than 1/rate, up to this many.
+const WRITES_IN_FLIGHT_MAX: usize = 64;
+/// Distinct cells written round-robin; each write flips its cell's state.
+const CELLS: u64 = 16;
+/// The subscribers' HTTP read buffer. Status events are a few hundred bytes; larger bodies
+/// (the snapshot) simply take several reads.
+const READ_BUFFER_BYTES: usize = 4096;
+/// Longest SSE line a subscriber keeps; longer lines (a big snapshot) are skipped, since a
+/// benchmark status line is a few hundred bytes.
+const LINE_BYTES_MAX: usize = 4096;
+/// The data line carries this key before the write's message (serde_json's compact form).
+const MESSAGE_KEY: &[u8] = br#""message":""#;
+
+/// Settings of an SSE fan-out benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SseArgs {
+    /// SSE subscribers opened on --target (1 to 19000).
+    #[arg(long)]
+    pub subscribers: usize,
+    /// Status changes written per second on --write (1 to 1000).
+    #[arg(long)]
+    pub rate: u32,
+    /// How long to write, e.g. 30s, 500ms, 2m (at most 10m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The node whose /v1/events the subscribers follow, e.g. http://127.0.0.1:8101.
+    #[arg(long)]
+    pub target: String,
+    /// The node the writes go to (another node of the same mesh).
+    #[arg(long)]
+    pub write: String,
+    /// The write token.
+    #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Subscribers connecting at once (each holds its slot until its snapshot arrives).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// The target node's process id, to read its RSS from /proc (not measured without it).
+    #[arg(long)]
+    pub target_pid: Option<u32>,
+    /// The service the benchmark writes to.
+    #[arg(long, default_value = "bench")]
+    pub service: String,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(&args)?;
+    let files = raise_open_file_limit()?;
+    if (files as usize) < args.subscribers + 64 {
+        bail!(
+            "--subscribers {} needs as many open files, and the limit is {files}",
+            args.subscribers
+        );
+    }
+    let target = HttpTarget::parse(&args.target).context("--target")?;
+    let write_base = args.write.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(WRITES_IN_FLIGHT_MAX)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let target_node = node_info(&client, &target.base).await?;
+    let write_node = node_info(&client, &write_base).await?;
+    let region = write_node.region.clone();
+
+    let epoch = Instant::now();
+    let shared = Arc::new(Shared {
+        epoch,
+        tag: run_tag(),
+        writes: plan.writes,
+        sent_at_us: (0..plan.writes).map(|_| AtomicU64::new(0)).collect(),
+        latency: Histogram::new(),
+        received: AtomicU64::new(0),
+    });
+
+    // Connect every subscriber; each holds a connect slot until its snapshot arrives.
+    let rss_before = args.target_pid.map(read_rss_kib).transpose()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (connected_tx, mut connected_rx) = mpsc::channel(args.subscribers);
+    let slots = Arc::new(Semaphore::new(args.connect_concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let connect_started = Instant::now();
+    for _ in 0..args.subscribers {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the connect semaphore closed")?;
+        let (shared, target, stop, connected) = (
+            shared.clone(),
+            target.clone(),
+            stop_rx.clone(),
+            connected_tx.clone(),
+        );
+        tasks.spawn(async move { subscribe(shared, target, stop, connected, slot).await });
+    }
+    drop(connected_tx);
+    let mut connect_us = Vec::with_capacity(args.subscribers);
+    let mut connect_errors = 0usize;
+    let mut first_connect_error = None;
+    while let Some(result) = connected_rx.recv().await {
+        match result {
+            Ok(elapsed) => connect_us.push(elapsed.as_micros() as u64),
+            Err(e) => {
+                connect_errors += 1;
+                first_connect_error.get_or_insert(e);
+            }
+        }
+        if connect_us.len() + connect_errors == args.subscribers {
+            break;
+        }
+    }
+    let connect_total = connect_started.elapsed();
+    let rss_connected = args.target_pid.map(read_rss_kib).transpose()?;
+    if connect_us.is_empty() {
+        bail!(
+            "no subscriber connected to {}: {}",
+            target.base,
+            first_connect_error.unwrap_or_default()
+        );
+    }
+
+    // Write at the planned rate; each write is its own task so a slow fsync does not
+    // slow the rate, up to WRITES_IN_FLIGHT_MAX at once.
+    let writes_started = Instant::now();
+    let mut ticker = tokio::time::interval(plan.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
+    let mut writers = tokio::task::JoinSet::new();
+    let mut outcomes = WriteOutcomes::new(plan.writes);
+    for seq in 0..plan.writes {
+        ticker.tick().await;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the write semaphore closed")?;
+        let cell = seq % CELLS;
+        let url = format!("{write_base}/v1/status/{}/c{cell}/{region}", args.service);
+        let state = if (seq / CELLS) % 2 == 0 {
+            "degraded_performance"
+        } else {
+            "operational"
+        };
+        let body = json!({
+            "state": state,
+            "message": format!("{}-{seq}", shared.tag),
+            "ttl_s": 3600,
+        });
+        let (client, token, shared) = (client.clone(), args.token.clone(), shared.clone());
+        writers.spawn(async move {
+            let _permit = permit;
+            shared.sent_at_us[seq as usize].store(shared.now_us().max(1), Ordering::Release);
+            (seq, put(&client, &url, &token, &body).await)
+        });
+        while let Some(done) = writers.try_join_next() {
+            outcomes.record(done.context("a write task failed")?);
+        }
+    }
+    while let Some(done) = writers.join_next().await {
+        outcomes.record(done.context("a write task failed")?);
+    }
+    let writes_elapsed = writes_started.elapsed();
+
+    // Let the last deliveries arrive, then stop every subscriber and collect what it saw.
+    let expected_per_subscriber = outcomes.changed;
+    let live = connect_us.len() as u64;
+    let grace = Instant::now() + GRACE;
+    while Instant::now() < grace
+        && shared.received.load(Ordering::Relaxed) < expected_per_subscriber * live
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_end = args.target_pid.map(read_rss_kib).transpose()?;
+    let _ = stop_tx.send(true);
+    let mut tally = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        let report = done.context("a subscriber task failed")?;
+        tally.add(&report, &outcomes);
+    }
+
+    // The report.
+    println!("statusmesh bench sse");
+    println!(
+        "  target       {}/v1/events (node {}){}",
+        target.base,
+        target_node.id,
+        args.target_pid
+            .map_or(String::new(), |pid| format!(", pid {pid}"))
+    );
+    println!(
+        "  write        {write_base} (node {}), cells {}/c0..c{}/{region}, state flipped and a unique message per write",
+        write_node.id,
+        args.service,
+        CELLS - 1
+    );
+    println!(
+        "  subscribers  {} (connect concurrency {}, open-file limit {files})",
+        args.subscribers, args.connect_concurrency
+    );
+    println!(
+        "  rate         {}/s for {:.1}s: {} writes (run tag {})",
+        args.rate,
+        args.duration.as_secs_f64(),
+        plan.writes,
+        shared.tag
+    );
+    let connect = Percentiles::from_micros(connect_us);
+    println!(
+        "connect        {} of {} subscribed in {:.2}s total; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        live,
+        args.subscribers,
+        connect_total.as_secs_f64(),
+        connect.at(0.50),
+        connect.at(0.99),
+        connect.at(1.0),
+    );
+    if connect_errors > 0 {
+        println!(
+            "connect errors {connect_errors}, first: {}",
+            first_connect_error.unwrap_or_default()
+        );
+    }
+    println!(
+        "writes         {} sent in {:.2}s ({:.1}/s): {} changes acknowledged, {} unchanged, {} errors",
+        plan.writes,
+        writes_elapsed.as_secs_f64(),
+        plan.writes as f64 / writes_elapsed.as_secs_f64(),
+        outcomes.changed,
+        outcomes.unchanged,
+        outcomes.errors,
+    );
+    if let Some(first) = &outcomes.first_error {
+        println!("first error    {first}");
+    }
+    let expected = expected_per_subscriber * live;
+    println!(
+        "deliveries     expected {expected}, received {}, lost {}, duplicated {}",
+        tally.received, tally.lost, tally.duplicated
+    );
+    println!(
+        "subscribers    {} re-snapshots (lagged), {} streams ended early, {} deliveries of unacknowledged writes",
+        tally.resnapshots, tally.ended, tally.unacknowledged
+    );
+    if let Some(first) = &tally.first_end {
+        println!("first end      {first}");
+    }
+    match shared.latency.percentiles(&[0.50, 0.95, 0.99]) {
+        Some((values, max)) => println!(
+            "latency        p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            values[0], values[1], values[2], max
+        ),
+        None => println!("latency        no delivery was received"),
+    }
+    match (rss_before, rss_connected) {
+        (Some(before), Some(after)) => println!(
+            "target RSS     {:.1} MiB before, {:.1} MiB with {live} subscribers: {:.2} KiB per subscriber ({:.1} MiB at the end)",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / live as f64,
+            rss_end.unwrap_or(0) as f64 / 1024.0,
+        ),
+        _ => println!("target RSS     not measured (give --target-pid)"),
+    }
+    Ok(())
+}
+
+/// The validated shape of a run.
+#[derive(Debug)]
+struct Plan {
+    writes: u64,
+    period: Duration,
+}
+
+impl Plan {
+    fn new(args: &SseArgs) -> anyhow::Result<Self> {
+        if !(1..=SUBSCRIBERS_MAX).contains(&args.subscribers) {
+            bail!(
+                "--subscribers {}: must be between 1 and {SUBSCRIBERS_MAX}",
+                args.subscribers
+            );
+        }
+        if !(1..=RATE_MAX).contains(&args.rate) {
+            bail!("--rate {}: must be between 1 and {RATE_MAX}", args.rate);
+        }
+        if args.duration > DURATION_MAX {
+            bail!(
+                "--duration {:?}: must be at most {DURATION_MAX:?}",
+                args.duration
+            );
+        }
+        if !(1..=CONNECT_CONCURRENCY_MAX).contains(&args.connect_concurrency) {
+            bail!(
+                "--connect-concurrency {}: must be between 1 and {CONNECT_CONCURRENCY_MAX}",
+                args.connect_concurrency
+            );
+        }
+        if args.token.is_empty() {
+            bail!("--token must not be empty");
+        }
+        let writes = ((args.duration.as_secs_f64() * f64::from(args.rate)).ceil() as u64).max(1);
+        let deliveries = writes.saturating_mul(args.subscribers as u64);
+        if deliveries > DELIVERIES_MAX {
+            bail!(
+                "{} subscribers x {writes} writes = {deliveries} deliveries: at most {DELIVERIES_MAX}; lower --subscribers, --rate or --duration",
+                args.subscribers
+            );
+        }
+        Ok(Self {
+            writes,
+            period: Duration::from_secs_f64(1.0 / f64::from(args.rate)),
+        })
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit now in force.
+fn raise_open_file_limit() -> anyhow::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")
+}
+
+/// What the run's tasks share.
+#[derive(Debug)]
+struct Shared {
+    epoch: Instant,
+    /// Prefix of every message this run writes, so other writers' events are not counted.
+    tag: String,
+    writes: u64,
+    /// When write `i` was sent, in microseconds since `epoch` (0: not sent yet).
+    sent_at_us: Vec<AtomicU64>,
+    latency: Histogram,
+    /// First deliveries of this run's writes, over all subscribers.
+    received: AtomicU64,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// The write a status event's data line names, if it is one of this run's.
+    fn write_of(&self, data: &[u8]) -> Option<u64> {
+        let start = find(data, MESSAGE_KEY)? + MESSAGE_KEY.len();
+        let rest = &data[start..];
+        let end = rest.iter().position(|&b| b == b'"')?;
+        let message = std::str::from_utf8(&rest[..end]).ok()?;
+        let (tag, seq) = message.rsplit_once('-')?;
+        let seq: u64 = seq.parse().ok()?;
+        (tag == self.tag && seq < self.writes).then_some(seq)
+    }
+}
+
+/// A tag unique enough to tell this run's writes from earlier runs' on the same cells.
+fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    format!("sse{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The node behind a URL, from its /v1/nodes.
+#[derive(Debug)]
+struct NodeInfo {
+    id: String,
+    region: String,
+}
+
+async fn node_info(client: &reqwest::Client, base: &str) -> anyhow::Result<NodeInfo> {
+    let nodes: serde_json::Value = client
+        .get(format!("{base}/v1/nodes"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?
+        .json()
+        .await
+        .with_context(|| format!("{base}/v1/nodes did not answer JSON"))?;
+    Ok(NodeInfo {
+        id: nodes["node"].as_str().unwrap_or("?").to_owned(),
+        region: nodes["region"]
+            .as_str()
+            .with_context(|| format!("{base}/v1/nodes names no region"))?
+            .to_owned(),
+    })
+}
+
+/// An `http://host:port[/prefix]` URL, resolved once.
+#[derive(Debug, Clone)]
+struct HttpTarget {
+    /// The URL as given, without a trailing slash.
+    base: String,
+    authority: String,
+    path_prefix: String,
+}
+
+impl HttpTarget {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        let uri: hyper::Uri = base
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("{url:?}: the SSE subscribers speak plain http:// only");
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("{url:?} names no host"))?;
+        let authority = if authority.port().is_some() {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            base,
+            authority,
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// PUTs one status write; Ok(changed) on success.
+async fn put(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> Result<bool, String> {
+    let response = client
+        .put(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("HTTP {status}: {text}"));
+    }
+    let reply: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    Ok(reply["changed"].as_bool().unwrap_or(false))
+}
+
+/// Which writes were acknowledged as changes.
+#[derive(Debug)]
+struct WriteOutcomes {
+    acknowledged: Vec<u64>,
+    changed: u64,
+    unchanged: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl WriteOutcomes {
+    fn new(writes: u64) -> Self {
+        Self {
+            acknowledged: vec![0; writes.div_ceil(64) as usize],
+            changed: 0,
+            unchanged: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn record(&mut self, (seq, outcome): (u64, Result<bool, String>)) {
+        match outcome {
+            Ok(true) => {
+                self.changed += 1;
+                self.acknowledged[(seq / 64) as usize] |= 1 << (seq % 64);
+            }
+            Ok(false) => self.unchanged += 1,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+struct SubscriberReport {
+    connected: bool,
+    /// Bit `i`: write `i` was delivered.
+    seen: Vec<u64>,
+    duplicated: u64,
+    /// Snapshots after the first: the node found this subscriber lagging.
+    resnapshots: u64,
+    /// Why the stream ended before the run did.
+    ended: Option<String>,
+}
+
+/// The sum over subscribers.
+#[derive(Debug, Default)]
+struct Tally {
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    unacknowledged: u64,
+    resnapshots: u64,
+    ended: u64,
+    first_end: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, report: &SubscriberReport, outcomes: &WriteOutcomes) {
+        if !report.connected {
+            return;
+        }
+        for (i, acknowledged) in outcomes.acknowledged.iter().enumerate() {
+            let seen = report.seen.get(i).copied().unwrap_or(0);
+            self.received += u64::from((seen & acknowledged).count_ones());
+            self.lost += u64::from((!seen & acknowledged).count_ones());
+            self.unacknowledged += u64::from((seen & !acknowledged).count_ones());
+        }
+        self.duplicated += report.duplicated;
+        self.resnapshots += report.resnapshots;
+        if let Some(end) = &report.ended {
+            self.ended += 1;
+            self.first_end.get_or_insert_with(|| end.clone());
+        }
+    }
+}
+
+/// One subscriber: connects, reports its connect time once the snapshot is in, then
+/// records deliveries until told to stop or its stream ends.
+async fn subscribe(
+    shared: Arc<Shared>,
+    target: HttpTarget,
+    mut stop: watch::Receiver<bool>,
+    connected: mpsc::Sender<Result<Duration, String>>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> SubscriberReport {
+    let mut report = SubscriberReport {
+        seen: vec![0; shared.writes.div_ceil(64) as usize],
+        ..SubscriberReport::default()
+    };
+    let started = Instant::now();
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, open(&target));
+    let (mut conn, mut body) = match connecting.await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            let _ = connected.send(Err(e)).await;
+            return report;
+        }
+        Err(_) => {
+            let _ = connected
+                .send(Err(format!("no response within {CONNECT_TIMEOUT:?}")))
+                .await;
+            return report;
+        }
+    };
+    let mut scan = LineScan::default();
+    let mut slot = Some(slot);
+    let connect_deadline = tokio::time::sleep_until((started + CONNECT_TIMEOUT).into());
+    tokio::pin!(connect_deadline);
+    loop {
+        let frame = tokio::select! {
+            _ = stop.changed() => return report,
+            result = &mut conn => {
+                report.ended = Some(match result {
+                    Ok(()) => "the node closed the connection".to_owned(),
+                    Err(e) => e.to_string(),
+                });
+                break;
+            }
+            _ = &mut connect_deadline, if !report.connected => {
+                report.ended = Some(format!("no first event within {CONNECT_TIMEOUT:?}"));
+                break;
+            }
+            frame = body.frame() => frame,
+        };
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+            Some(Err(e)) => {
+                report.ended = Some(e.to_string());
+                break;
+            }
+            None => {
+                report.ended = Some("the event stream ended".to_owned());
+                break;
+            }
+        };
+        let events_before = scan.events;
+        scan.feed(&data, |line| {
+            if let Some(seq) = shared.write_of(line) {
+                let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+                if report.seen[word] & bit != 0 {
+                    report.duplicated += 1;
+                    return;
+                }
+                report.seen[word] |= bit;
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                let sent = shared.sent_at_us[seq as usize].load(Ordering::Acquire);
+                if sent > 0 {
+                    shared.latency.record(shared.now_us().saturating_sub(sent));
+                }
+            }
+        });
+        report.resnapshots = scan.snapshots.saturating_sub(1);
+        if !report.connected && scan.events > events_before {
+            report.connected = true;
+            slot = None;
+            let _ = connected.send(Ok(started.elapsed())).await;
+        }
+    }
+    drop(slot);
+    if !report.connected {
+        let reason = report.ended.take().unwrap_or_default();
+        let _ = connected.send(Err(reason)).await;
+    }
+    report
+}
+
+type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+
+/// TCP connect, the HTTP/1 handshake and the GET; returns the connection (to be polled
+/// alongside the body) and the response body.
+async fn open(target: &HttpTarget) -> Result<(Connection, hyper::body::Incoming), String> {
+    let stream = TcpStream::connect(&target.authority)
+        .await
+        .map_err(|e| format!("connect {}: {e}", target.authority))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let (mut sender, mut conn) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUFFER_BYTES))
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let request = hyper::Request::get(format!("{}/v1/events", target.path_prefix))
+        .header(hyper::header::HOST, &target.authority)
+        .header(hyper::header::ACCEPT, "text/event-stream")
+        .body(Empty::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let response = tokio::select! {
+        response = sender.send_request(request) => response.map_err(|e| format!("GET /v1/events: {e}"))?,
+        result = &mut conn => return Err(format!("the connection closed before a response: {result:?}")),
+    };
+    if response.status() != hyper::StatusCode::OK {
+        return Err(format!("GET /v1/events: HTTP {}", response.status()));
+    }
+    Ok((conn, response.into_body()))
+}
+
+/// An incremental SSE scanner that keeps only what the benchmark needs: the current event's
+/// kind and, for `status` events, the data line.
+#[derive(Debug, Default)]
+struct LineScan {
+    /// A line split across reads.
+    partial: Vec<u8>,
+    /// The partial line grew past LINE_BYTES_MAX and is being skipped.
+    skipping: bool,
+    in_status: bool,
+    /// Whether the current block named an event or carried data.
+    in_event: bool,
+    /// Complete events (blocks with an `event:` or `data:` line).
+    events: u64,
+    snapshots: u64,
+}
+
+impl LineScan {
+    /// Scans `bytes`, calling `on_status_data` with each `data:` line of a `status` event.
+    fn feed(&mut self, mut bytes: &[u8], mut on_status_data: impl FnMut(&[u8])) {
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, rest) = bytes.split_at(newline);
+            bytes = &rest[1..];
+            if self.skipping {
+                self.skipping = false;
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.line(head, &mut on_status_data);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(head);
+                self.line(&line, &mut on_status_data);
+                line.clear();
+                self.partial = line;
+            }
+        }
+        if !bytes.is_empty() && !self.skipping {
+            if self.partial.len() + bytes.len() > LINE_BYTES_MAX {
+                self.partial.clear();
+                self.partial.shrink_to_fit();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8], on_status_data: &mut impl FnMut(&[u8])) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if self.in_event {
+                self.events += 1;
+            }
+            self.in_event = false;
+            self.in_status = false;
+        } else if let Some(kind) = line.strip_prefix(b"event:") {
+            let kind = kind.strip_prefix(b" ").unwrap_or(kind);
+            self.in_event = true;
+            self.in_status = kind == b"status";
+            if kind == b"snapshot" {
+                self.snapshots += 1;
+            }
+        } else if let Some(data) = line.strip_prefix(b"data:") {
+            self.in_event = true;
+            if self.in_status {
+                on_status_data(data);
+            }
+        }
+    }
+}
+
+/// The resident set of a process, from /proc/<pid>/status, in KiB.
+fn read_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--target-pid {pid}: cannot read {path}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .with_context(|| format!("{path} has no VmRSS line"))?;
+    line.trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("{path}: cannot read {line:?}"))
+}
+
+/// Latencies in microseconds, bucketed with under 0.1% relative error: values below 2048
+/// exactly, larger ones by their top 11 significant bits. Shared by every subscriber.
+#[derive(Debug)]
+struct Histogram {
+    counts: Vec<AtomicU64>,
+    max_us: AtomicU64,
+}
+
+/// Buckets for values up to 2^50 microseconds (far past any run).
+const HISTOGRAM_BUCKETS: usize = 2048 + 40 * 1024;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, us: u64) {
+        let index = bucket_of(us).min(HISTOGRAM_BUCKETS - 1);
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The given quantiles and the maximum, in milliseconds; None when empty.
+    fn percentiles<const N: usize>(&self, quantiles: &[f64; N]) -> Option<([f64; N], f64)> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut values = [0.0; N];
+        for (value, q) in values.iter_mut().zip(quantiles) {
+            // The rank of the quantile, 1-based, as a nearest-rank percentile.
+            let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+            let mut seen = 0;
+            for (index, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    *value = bucket_low(index) as f64 / 1_000.0;
+                    break;
+                }
+            }
+        }
+        Some((values, self.max_us.load(Ordering::Relaxed) as f64 / 1_000.0))
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < 2048 {
+        return us as usize;
+    }
+    // Keep the top 11 bits: us >> shift lies in 1024..2048.
+    let shift = 63 - us.leading_zeros() - 10;
+    2048 + (shift as usize - 1) * 1024 + ((us >> shift) - 1024) as usize
+}
+
+fn bucket_low(index: usize) -> u64 {
+    if index < 2048 {
+        return index as u64;
+    }
+    let shift = (index - 2048) / 1024 + 1;
+    let mantissa = ((index - 2048) % 1024) as u64 + 1024;
+    mantissa << shift
+}
+
+/// Connect times in microseconds, sorted once.
+#[derive(Debug)]
+struct Percentiles(Vec<u64>);
+
+impl Percentiles {
+    fn from_micros(mut micros: Vec<u64>) -> Self {
+        micros.sort_unstable();
+        Self(micros)
+    }
+
+    /// The nearest-rank quantile `q` in milliseconds (0 when empty).
+    fn at(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1] as f64 / 1_000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(tag: &str, writes: u64) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            tag: tag.to_owned(),
+            writes,
+            sent_at_us: Vec::new(),
+            latency: Histogram::new(),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_round_down_by_under_a_thousandth() {
+        for us in [
+            0,
+            1,
+            2047,
+            2048,
+            2049,
+            5_000,
+            99_999,
+            1_234_567,
+            10_000_000_000,
+        ] {
+            let low = bucket_low(bucket_of(us));
+            assert!(low <= us, "{us} -> {low}");
+            assert!((us - low) as f64 <= us as f64 / 1000.0, "{us} -> {low}");
+        }
+        assert!(bucket_of(u64::from(u32::MAX) << 8) < HISTOGRAM_BUCKETS);
+    }
+
+    #[test]
+    fn histogram_percentiles_are_nearest_rank() {
+        let histogram = Histogram::new();
+        for ms in 1..=100 {
+            histogram.record(ms * 1_000);
+        }
+        let (values, max) = histogram
+            .percentiles(&[0.50, 0.99])
+            .expect("samples were recorded");
+        assert!((values[0] - 50.0).abs() < 0.1, "{values:?}");
+        assert!((values[1] - 99.0).abs() < 0.1, "{values:?}");
+        assert_eq!(max, 100.0);
+    }
+
+    #[test]
+    fn scanner_finds_status_data_split_across_reads_and_counts_snapshots() {
+        let stream = b"retry: 1000\nevent: snapshot\nid: c1\ndata: {\"services\":[]}\n\n\
+            event: status\nid: c2\ndata: {\"message\":\"run-3\",\"state\":\"operational\"}\n\n\
+            : heartbeat\n\nevent: snapshot\ndata: {}\n\n";
+        for split in 0..stream.len() {
+            let mut scan = LineScan::default();
+            let mut lines = Vec::new();
+            scan.feed(&stream[..split], |l| lines.push(l.to_vec()));
+            scan.feed(&stream[split..], |l| lines.push(l.to_vec()));
+            assert_eq!(lines.len(), 1, "split at {split}");
+            assert_eq!(scan.events, 3, "split at {split}");
+            assert_eq!(scan.snapshots, 2, "split at {split}");
+            let shared = shared("run", 10);
+            assert_eq!(shared.write_of(&lines[0]), Some(3));
+        }
+    }
+
+    #[test]
+    fn scanner_skips_lines_longer_than_its_bound() {
+        let mut scan = LineScan::default();
+        let mut long = b"event: snapshot\ndata: ".to_vec();
+        long.extend(std::iter::repeat_n(b'x', LINE_BYTES_MAX * 3));
+        long.extend_from_slice(b"\n\nevent: status\ndata: {\"message\":\"run-0\"}\n\n");
+        let mut lines = 0;
+        for chunk in long.chunks(1000) {
+            scan.feed(chunk, |_| lines += 1);
+        }
+        assert_eq!(lines, 1);
+        assert_eq!(scan.events, 2);
+        assert!(scan.partial.capacity() <= LINE_BYTES_MAX);
+    }
+
+    #[test]
+    fn only_this_runs_writes_are_counted() {
+        let shared = shared("sse0001", 5);
+        assert_eq!(shared.write_of(br#"{"message":"sse0001-4"}"#), Some(4));
+        assert_eq!(shared.write_of(br#"{"message":"sse0001-5"}"#), None);
+        assert_eq!(shared.write_of(br#"{"message":"sse0002-1"}"#), None);
+        assert_eq!(shared.write_of(br#"{"message":"hello"}"#), None);
+        assert_eq!(shared.write_of(br#"{"state":"operational"}"#), None);
+    }
+
+    #[test]
+    fn urls_resolve_to_an_authority_and_a_prefix() {
+        let target = HttpTarget::parse("http://127.0.0.1:8101/").expect("valid");
+        assert_eq!(target.authority, "127.0.0.1:8101");
+        assert_eq!(target.path_prefix, "");
+        let target = HttpTarget::parse("http://example.invalid/mesh").expect("valid");
+        assert_eq!(target.authority, "example.invalid:80");
+        assert_eq!(target.path_prefix, "/mesh");
+        assert!(HttpTarget::parse("https://127.0.0.1:8101").is_err());
+    }
+}
