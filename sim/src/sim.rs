@@ -239,7 +239,7 @@ struct Slot {
     /// Tracked writes the disk holds, for the lost-write accounting.
     disk_writes: BTreeSet<usize>,
     /// Last state this node wrote per (service, component), to repeat it as a heartbeat.
-    last_written: BTreeMap<(usize, usize), State>,
+    last_written: BTreeMap<(usize, usize), (State, String)>,
     /// While crashed: since when, and the index of the crash.
     down_since: Option<(u64, usize)>,
 }
@@ -279,6 +279,8 @@ pub struct Sim {
     last_payload: Option<Rc<Payload>>,
     /// (crash, observer) pairs already detected.
     detected: BTreeSet<(usize, usize)>,
+    /// Values written so far, numbering each write's message.
+    messages_written: u64,
     /// Frame kind per leading (version, variant) bytes, learned from full decodes.
     kind_by_tag: HashMap<(u8, u8), &'static str>,
     trace: Fnv64,
@@ -417,6 +419,7 @@ impl Sim {
             last_payload: None,
             kind_by_tag: HashMap::new(),
             detected: BTreeSet::new(),
+            messages_written: 0,
             trace: Fnv64::new(),
             out,
             idle_start: None,
@@ -539,7 +542,8 @@ impl Sim {
             Ev::Write => self.workload_tick(),
             Ev::BroadcastWrite { node } => {
                 let state = State::ALL[self.rng.random_range(1..State::ALL.len())];
-                self.write(node, 0, 0, state);
+                let message = self.next_message();
+                self.write(node, 0, 0, state, message);
             }
             Ev::PartitionOn => {
                 if !self.faults_on {
@@ -889,11 +893,13 @@ impl Sim {
             let repeat = self.slots[node]
                 .last_written
                 .get(&(service, component))
-                .copied()
+                .cloned()
                 .filter(|_| self.rng.random_bool(heartbeat_probability.clamp(0.0, 1.0)));
-            let state =
-                repeat.unwrap_or_else(|| State::ALL[self.rng.random_range(0..State::ALL.len())]);
-            self.write(node, service, component, state);
+            let (state, message) = repeat.unwrap_or_else(|| {
+                let state = State::ALL[self.rng.random_range(0..State::ALL.len())];
+                (state, self.next_message())
+            });
+            self.write(node, service, component, state, message);
         }
         let interval_us = interval_ms.max(1) * 1_000;
         let next = self
@@ -902,13 +908,27 @@ impl Sim {
         self.schedule(self.now_us + next.max(1), Ev::Write);
     }
 
-    fn write(&mut self, node: usize, service: usize, component: usize, state: State) {
+    /// A message unique to each new value: two writes in one millisecond with the same state
+    /// must still differ, or a coalesced event could not be told from a duplicate.
+    fn next_message(&mut self) -> String {
+        self.messages_written += 1;
+        format!("write {}", self.messages_written)
+    }
+
+    fn write(
+        &mut self,
+        node: usize,
+        service: usize,
+        component: usize,
+        state: State,
+        message: String,
+    ) {
         let now_ms = self.local_ms(node);
         let member = &self.members[node];
         let region = &self.spec.topology.regions[member.region].name;
         let observation = Observation {
             state,
-            message: String::new(),
+            message: message.clone(),
             reporter: member.id.clone(),
             observed_at_ms: now_ms,
             ttl_ms: OBSERVATION_TTL_MS,
@@ -958,7 +978,7 @@ impl Sim {
                 }
                 self.slots[node]
                     .last_written
-                    .insert((service, component), state);
+                    .insert((service, component), (state, message));
             }
             Ok(false) => self.out.heartbeats += 1,
             Err(e) => {
