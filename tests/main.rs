@@ -4,6 +4,7 @@
 //! conditions with bounded timeouts and kills only the processes it started.
 
 mod client;
+mod contract;
 mod durability;
 mod harness;
 mod mesh;

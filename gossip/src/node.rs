@@ -358,6 +358,21 @@ impl Node {
         debug_assert_invariants(self);
     }
 
+    /// Runs an anti-entropy round with every peer now, instead of one random peer on the
+    /// next tick: for when this node knows it lacks something (a client resumed with a cursor
+    /// naming changes it has not seen yet). Costs one digest frame per peer.
+    pub fn sync_now(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let frame = Frame::Digest {
+            docs: self.docs_digest(),
+            liveness: self.replica.liveness().digest(),
+        };
+        let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.send(&peer, &frame);
+        }
+    }
+
     /// The next frame to send, oldest first.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -30,9 +30,11 @@ use statusmesh_crdt::{
 use statusmesh_gossip::GossipError;
 
 use crate::http::{
-    authorize, json_error_field, read_body, reply_after_acks, AckQuery, ApiError, JsonQuery,
+    authorize, forbidden, json_error_field, read_body, reply_after_acks, AckQuery, ApiError,
+    JsonQuery,
 };
 use crate::runtime::{now_ms, NodeHandle, RecordOp};
+use crate::settings::Token;
 
 /// The routes of this module, to merge into the node's router.
 pub fn routes() -> Router<NodeHandle> {
@@ -136,10 +138,19 @@ fn parse_opt<T: std::str::FromStr<Err = CrdtError>>(
 }
 
 /// The author recorded for a write: the token's name when it is a valid name.
-fn author(token_name: &str) -> String {
-    Name::parse("author", token_name)
+fn author(token: &Token) -> String {
+    Name::parse("author", &token.name)
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "api".to_owned())
+}
+
+/// The service, once the token may write incidents, maintenance and overrides to it.
+fn operator_service(token: &Token, service: &str) -> Result<Name, ApiError> {
+    let name = Name::parse("service", service)?;
+    match token.scope.refuse_operator(service) {
+        Some(reason) => Err(forbidden(reason)),
+        None => Ok(name),
+    }
 }
 
 async fn apply(
@@ -199,7 +210,7 @@ async fn post_incident(
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
     let b: OpenIncidentBody = body(request).await?;
-    let service = Name::parse("service", &b.service)?;
+    let service = operator_service(&writer, &b.service)?;
     let now = now_ms();
     let id = match &b.id {
         Some(id) => Name::parse("id", id)?,
@@ -248,7 +259,7 @@ async fn post_incident_update(
     };
     apply(
         &node,
-        Name::parse("service", &b.service)?,
+        operator_service(&writer, &b.service)?,
         op,
         &ack,
         false,
@@ -283,7 +294,7 @@ async fn patch_incident(
     };
     apply(
         &node,
-        Name::parse("service", &b.service)?,
+        operator_service(&writer, &b.service)?,
         op,
         &ack,
         false,
@@ -314,7 +325,7 @@ async fn put_maintenance(
     };
     apply(
         &node,
-        Name::parse("service", &service)?,
+        operator_service(&writer, &service)?,
         op,
         &ack,
         false,
@@ -329,14 +340,14 @@ async fn delete_maintenance(
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&node, request.headers())?;
+    let writer = authorize(&node, request.headers())?;
     let op = RecordOp::Maintenance {
         id: Name::parse("id", &id)?,
         window: None,
     };
     apply(
         &node,
-        Name::parse("service", &service)?,
+        operator_service(&writer, &service)?,
         op,
         &ack,
         false,
@@ -367,7 +378,7 @@ async fn put_override(
     };
     apply(
         &node,
-        Name::parse("service", &service)?,
+        operator_service(&writer, &service)?,
         op,
         &ack,
         false,
@@ -382,14 +393,14 @@ async fn delete_override(
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&node, request.headers())?;
+    let writer = authorize(&node, request.headers())?;
     let op = RecordOp::Override {
         component: Name::parse("component", &component)?,
         value: None,
     };
     apply(
         &node,
-        Name::parse("service", &service)?,
+        operator_service(&writer, &service)?,
         op,
         &ack,
         false,

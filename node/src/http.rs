@@ -23,6 +23,7 @@ use statusmesh_gossip::GossipError;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::runtime::{now_ms, NodeHandle, Published, Subscription, Unavailable, WriteReply};
+use crate::settings::Token;
 
 /// Largest request body accepted, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -129,6 +130,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/status/{service}", get(get_status_one))
         .route("/v1/status/{service}/{component}/{region}", put(put_status))
         .route("/v1/events", get(get_events))
+        .route("/v1/poll", get(get_poll))
         .route("/v1/nodes", get(get_nodes))
         .route(
             "/healthz",
@@ -215,6 +217,16 @@ fn default_ttl_s() -> u64 {
     60
 }
 
+/// 403: the token is valid but this write is outside its scope.
+pub(crate) fn forbidden(reason: String) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        Some("authorization"),
+        reason,
+    )
+}
+
 /// `?ack=N`: wait until N regions hold the write (202 with the cursor when they do not in
 /// time; nothing is lost either way).
 #[derive(Debug, Deserialize)]
@@ -295,6 +307,9 @@ async fn put_status(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
+    if let Some(reason) = writer.scope.refuse_status(&service, &region) {
+        return Err(forbidden(reason));
+    }
     let body = read_body(request.into_body()).await?;
     let parsed: PutStatusBody = serde_json::from_slice(&body).map_err(|e| {
         let field = json_error_field(&e.to_string());
@@ -310,7 +325,7 @@ async fn put_status(
     let observation = Observation {
         state,
         message: parsed.message,
-        reporter: parsed.reporter.unwrap_or(writer),
+        reporter: parsed.reporter.unwrap_or(writer.name),
         observed_at_ms: now_ms(),
         ttl_ms,
     };
@@ -374,8 +389,8 @@ pub(crate) async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
-/// Checks the bearer token; returns the token's name (who is writing).
-pub(crate) fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<String, ApiError> {
+/// Checks the bearer token; returns the token (who is writing, and what it may write).
+pub(crate) fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<Token, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -389,8 +404,8 @@ pub(crate) fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<String
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    match node.info.tokens.authorize(presented) {
-        Some(name) => Ok(name.to_owned()),
+    match node.info.tokens.token(presented) {
+        Some(token) => Ok(token.clone()),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -405,6 +420,27 @@ struct EventsQuery {
     service: Option<String>,
     region: Option<String>,
     last_event_id: Option<String>,
+}
+
+/// How long a node that is behind a client's cursor waits to catch up (it has asked its
+/// peers) before it answers with a snapshot instead.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
+/// Subscribes; when the client's cursor is ahead of this node (it last read a node that had
+/// changes this one has not received yet), waits a bounded while for them so that the client
+/// resumes exactly instead of starting over from a snapshot.
+async fn subscribe_resuming(
+    node: &NodeHandle,
+    resume: Option<Cursor>,
+    service: Option<String>,
+) -> Result<Subscription, ApiError> {
+    let mut subscription = node.subscribe(resume.clone(), service.clone()).await?;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while subscription.cursor_ahead && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        subscription = node.subscribe(resume.clone(), service.clone()).await?;
+    }
+    Ok(subscription)
 }
 
 async fn get_events(
@@ -433,7 +469,7 @@ async fn get_events(
         })?),
         _ => None,
     };
-    let subscription = node.subscribe(resume, query.service.clone()).await?;
+    let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_HEARTBEAT).text("heartbeat"))
@@ -513,6 +549,92 @@ fn to_sse(published: &Published) -> SseEvent {
         .event(published.kind)
         .id(published.id.clone())
         .data(published.data.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollQuery {
+    cursor: Option<String>,
+    wait_s: Option<u64>,
+    service: Option<String>,
+    region: Option<String>,
+}
+
+/// Longest long-poll wait, in seconds.
+const POLL_WAIT_S_MAX: u64 = 60;
+/// Most events one long-poll answer carries; the rest come with the next poll.
+const POLL_EVENTS_MAX: usize = 1_000;
+
+/// `GET /v1/poll?cursor=&wait_s=`: the same events as `/v1/events`, as JSON, for clients that
+/// cannot hold a stream. Without a cursor the answer is a snapshot; with one, the events
+/// after it, waiting up to `wait_s` (default 30) for the first. The answer's `cursor` is the
+/// next poll's.
+async fn get_poll(
+    State(node): State<NodeHandle>,
+    JsonQuery(query): JsonQuery<PollQuery>,
+) -> Result<Response, ApiError> {
+    for (field, value) in [("service", &query.service), ("region", &query.region)] {
+        if let Some(v) = value {
+            Name::parse(field, v)?;
+        }
+    }
+    let wait_s = query.wait_s.unwrap_or(30);
+    if wait_s > POLL_WAIT_S_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("wait_s"),
+            format!("wait_s {wait_s} is above the limit of {POLL_WAIT_S_MAX}"),
+        ));
+    }
+    let resume = match query.cursor.as_deref() {
+        Some(text) if !text.is_empty() => Some(Cursor::decode(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some("cursor"),
+                e.to_string(),
+            )
+        })?),
+        _ => None,
+    };
+    let Subscription {
+        initial, mut live, ..
+    } = subscribe_resuming(&node, resume, query.service.clone()).await?;
+    let keep = |p: &Published| matches_filter(p, query.service.as_deref(), query.region.as_deref());
+    let mut events: Vec<Published> = initial.into_iter().filter(|p| keep(p)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    while events.is_empty() {
+        match tokio::time::timeout_at(deadline, live.recv()).await {
+            Ok(Ok(published)) if keep(&published) => events.push((*published).clone()),
+            Ok(Ok(_)) => {}
+            Ok(Err(RecvError::Lagged(_))) => {
+                // Too far behind to list: the answer is the whole truth instead.
+                let fresh = node.subscribe(None, query.service.clone()).await?;
+                events = fresh.initial;
+            }
+            Ok(Err(RecvError::Closed)) => return Err(ApiError::unavailable()),
+            Err(_) => break,
+        }
+    }
+    // Whatever else is already there comes along, up to the bound.
+    while events.len() < POLL_EVENTS_MAX {
+        match live.try_recv() {
+            Ok(published) if keep(&published) => events.push((*published).clone()),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let cursor = events
+        .last()
+        .map(|p| p.id.clone())
+        .or(query.cursor)
+        .unwrap_or_default();
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|p| json!({ "event": p.kind, "id": p.id, "data": p.data }))
+        .collect();
+    Ok(Json(json!({ "events": events, "cursor": cursor })).into_response())
 }
 
 async fn get_nodes(State(node): State<NodeHandle>) -> Result<Response, ApiError> {

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
+use statusmesh_crdt::doc::REMOTE_BATCH_MAX;
 use statusmesh_crdt::history;
 use statusmesh_crdt::{
     ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Maintenance, Name, Override, Put,
     Replica, StatusEvent, StatusWrite,
 };
+use statusmesh_gossip::codec::{self, Frame, FRAME_BYTES_MAX};
 use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, MemberState, Node, Peer};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -82,6 +84,9 @@ pub struct Published {
 pub struct Subscription {
     pub initial: Vec<Published>,
     pub live: broadcast::Receiver<Arc<Published>>,
+    /// True when the client's cursor names changes this node does not hold yet: `initial`
+    /// is then a snapshot, and the node has asked its peers for what it lacks.
+    pub cursor_ahead: bool,
 }
 
 /// The reply to a write.
@@ -489,9 +494,10 @@ impl Driver {
                 .poll_timeout()
                 .map_or(1_000, |t| t.saturating_sub(now));
             let timer = tokio::time::sleep(Duration::from_millis(wait_ms));
+            let mut frames = Vec::new();
             tokio::select! {
                 frame = inbound.recv() => match frame {
-                    Some(frame) => self.handle_frame(frame),
+                    Some(frame) => frames.push(frame),
                     None => break,
                 },
                 command = commands.recv() => match command {
@@ -505,7 +511,7 @@ impl Driver {
             // acknowledges every write of this iteration.
             for _ in 0..INBOUND_DRAIN_MAX {
                 match inbound.try_recv() {
-                    Ok(frame) => self.handle_frame(frame),
+                    Ok(frame) => frames.push(frame),
                     Err(_) => break,
                 }
             }
@@ -515,6 +521,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            self.handle_frames(frames);
             self.flush();
             self.commit().await;
             self.answer_ack_waiters();
@@ -533,9 +540,52 @@ impl Driver {
         info!(node = %self.info.id, "driver stopped");
     }
 
-    fn handle_frame(&mut self, frame: Inbound) {
+    /// Hands this iteration's frames to the gossip core, with the eager pushes of one peer
+    /// for one service merged into one frame: Automerge applies a batch of changes in about
+    /// the time of one (it walks the document once), which is what lets a node keep up with
+    /// peers that each push one change per write. A merged batch is rejected whole if one
+    /// change in it is bad; all of it came from the same peer, and anti-entropy repairs the
+    /// rest. Frames of other kinds, and frames that do not decode, pass through unchanged
+    /// (in order) so the core judges and counts them.
+    fn handle_frames(&mut self, frames: Vec<Inbound>) {
+        if frames.is_empty() {
+            return;
+        }
         self.touched = true;
-        self.node.handle_frame(now_ms(), &frame.from, &frame.bytes);
+        let now = now_ms();
+        let mut merged: Vec<(String, String, Vec<Vec<u8>>, usize)> = Vec::new();
+        let mut others = Vec::new();
+        for frame in frames {
+            let Ok(Frame::Changes { service, changes }) = codec::decode(&frame.bytes) else {
+                others.push(frame);
+                continue;
+            };
+            let bytes: usize = changes.iter().map(Vec::len).sum();
+            let slot = merged.iter_mut().find(|(from, s, c, b)| {
+                *from == frame.from
+                    && *s == service
+                    && c.len() + changes.len() <= REMOTE_BATCH_MAX
+                    && *b + bytes <= FRAME_BYTES_MAX / 2
+            });
+            match slot {
+                Some((_, _, c, b)) => {
+                    c.extend(changes);
+                    *b += bytes;
+                }
+                None => merged.push((frame.from, service, changes, bytes)),
+            }
+        }
+        for frame in others {
+            self.node.handle_frame(now, &frame.from, &frame.bytes);
+        }
+        for (from, service, changes, _) in merged {
+            match codec::encode(&Frame::Changes { service, changes }) {
+                Ok(bytes) => self.node.handle_frame(now, &from, &bytes),
+                Err(e) => {
+                    warn!(node = %self.info.id, peer = %from, error = %e, "cannot merge frames")
+                }
+            }
+        }
     }
 
     /// Hands storage the changes of every document that moved since the last commit (local
@@ -677,8 +727,16 @@ impl Driver {
                 // Subscribing and computing the first events happen in one step of the one
                 // task that applies changes: nothing can slip in between (no gap, no dup).
                 let live = self.publish.subscribe();
-                let initial = self.initial_events(resume.as_ref(), service.as_deref());
-                let _ = reply.send(Subscription { initial, live });
+                let (initial, cursor_ahead) =
+                    self.initial_events(resume.as_ref(), service.as_deref());
+                if cursor_ahead {
+                    self.node.sync_now(now_ms());
+                }
+                let _ = reply.send(Subscription {
+                    initial,
+                    live,
+                    cursor_ahead,
+                });
             }
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
@@ -784,29 +842,36 @@ impl Driver {
         }))
     }
 
-    fn initial_events(&self, resume: Option<&Cursor>, service: Option<&str>) -> Vec<Published> {
+    /// What a new subscriber gets first, and whether its cursor is ahead of this node.
+    fn initial_events(
+        &self,
+        resume: Option<&Cursor>,
+        service: Option<&str>,
+    ) -> (Vec<Published>, bool) {
         let replica = self.node.replica();
         if let Some(cursor) = resume {
             if let Some(events) = replica.doc_events_since(cursor) {
                 let id = replica.cursor().encode();
-                return events
+                let events = events
                     .iter()
                     .map(|e| match e {
                         DocEvent::Status(status) => status_published(status, id.clone()),
                         other => record_published(other, id.clone()),
                     })
                     .collect();
+                return (events, false);
             }
         }
         let service = service.and_then(|s| Name::parse("service", s).ok());
         let (view, cursor) = self.status(service.as_ref());
-        vec![Published {
+        let snapshot = vec![Published {
             kind: "snapshot",
             id: cursor,
             service: None,
             region: None,
             data: view,
-        }]
+        }];
+        (snapshot, resume.is_some())
     }
 
     fn status(&self, service: Option<&Name>) -> (serde_json::Value, String) {

@@ -41,11 +41,69 @@ pub enum SettingsError {
     },
 }
 
-/// A write token: a name for logs and a secret clients present as `Bearer <secret>`.
+/// A write token: a name for logs, a secret clients present as `Bearer <secret>`, and what
+/// it may write.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     pub name: String,
     pub secret: String,
+    pub scope: Scope,
+}
+
+/// What a token may write. `None` lists mean "any".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Services it may write to.
+    pub services: Option<Vec<String>>,
+    /// Regions whose observations it may write.
+    pub regions: Option<Vec<String>>,
+    /// Whether it may open and update incidents, schedule maintenance and set overrides.
+    pub operator: bool,
+}
+
+impl Scope {
+    /// Everything: the scope of a `--token` given on the command line.
+    pub fn all() -> Self {
+        Self {
+            services: None,
+            regions: None,
+            operator: true,
+        }
+    }
+
+    /// Why an observation of `service` in `region` is out of scope, if it is.
+    pub fn refuse_status(&self, service: &str, region: &str) -> Option<String> {
+        if let Some(services) = &self.services {
+            if !services.iter().any(|s| s == service) {
+                return Some(format!("this token may not write service {service:?}"));
+            }
+        }
+        if let Some(regions) = &self.regions {
+            if !regions.iter().any(|r| r == region) {
+                return Some(format!(
+                    "this token may not write observations of region {region:?}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Why operator writes (incidents, maintenance, overrides) to `service` are out of
+    /// scope, if they are.
+    pub fn refuse_operator(&self, service: &str) -> Option<String> {
+        if !self.operator {
+            return Some(
+                "this token may not write incidents, maintenance or overrides (operator = false)"
+                    .into(),
+            );
+        }
+        if let Some(services) = &self.services {
+            if !services.iter().any(|s| s == service) {
+                return Some(format!("this token may not write service {service:?}"));
+            }
+        }
+        None
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -68,6 +126,7 @@ impl Tokens {
             tokens: vec![Token {
                 name: "cli".to_owned(),
                 secret: secret.to_owned(),
+                scope: Scope::all(),
             }],
         }
     }
@@ -181,9 +240,26 @@ impl Tokens {
                     "two tokens share a secret".to_owned(),
                 ));
             }
+            for (key, list) in [("services", &entry.services), ("regions", &entry.regions)] {
+                for value in list.iter().flatten() {
+                    if statusmesh_crdt::Name::parse("name", value).is_err() {
+                        return Err(invalid(
+                            index,
+                            key,
+                            value,
+                            "names are 1-64 characters of a-z, 0-9, '-', '_', '.'".to_owned(),
+                        ));
+                    }
+                }
+            }
             tokens.push(Token {
                 name: entry.name,
                 secret: entry.secret,
+                scope: Scope {
+                    services: entry.services,
+                    regions: entry.regions,
+                    operator: entry.operator.unwrap_or(true),
+                },
             });
         }
         Ok(Self { tokens })
@@ -191,10 +267,15 @@ impl Tokens {
 
     /// The name of the token whose secret is `presented`, compared in constant time per token.
     pub fn authorize(&self, presented: &str) -> Option<&str> {
+        self.token(presented).map(|t| t.name.as_str())
+    }
+
+    /// The token whose secret is `presented`, compared in constant time per token.
+    pub fn token(&self, presented: &str) -> Option<&Token> {
         let mut found = None;
         for token in &self.tokens {
             if constant_time_eq(presented.as_bytes(), token.secret.as_bytes()) {
-                found = Some(token.name.as_str());
+                found = Some(token);
             }
         }
         found
@@ -222,6 +303,12 @@ struct RawTokensFile {
 struct RawToken {
     name: String,
     secret: String,
+    /// Services it may write (default: all).
+    services: Option<Vec<String>>,
+    /// Regions whose observations it may write (default: all).
+    regions: Option<Vec<String>>,
+    /// May it write incidents, maintenance and overrides (default: true).
+    operator: Option<bool>,
 }
 
 /// 1-based line of a byte offset.

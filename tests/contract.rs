@@ -1,0 +1,276 @@
+//! The client contract against real nodes: resume on any node with no gap and no duplicate,
+//! long-poll, and the refusals (401, 403, 400, 413, 422) with JSON bodies.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::harness::{self, Proc, SseReader, TestNode};
+
+const TOKEN: &str = "contract-token";
+
+async fn start_mesh(dir: &std::path::Path) -> (Vec<TestNode>, Vec<Proc>, reqwest::Client) {
+    let (config, nodes) = harness::topology(dir, 1);
+    let certs = dir.join("certs");
+    harness::make_certs(&config, &certs);
+    let procs = nodes
+        .iter()
+        .map(|n| harness::run_node(dir, &config, &certs, n, TOKEN))
+        .collect();
+    let client = reqwest::Client::new();
+    harness::wait_healthy(&client, &nodes).await;
+    harness::wait_ready(&client, &nodes).await;
+    (nodes, procs, client)
+}
+
+async fn put(client: &reqwest::Client, node: &TestNode, path: &str, state: &str) {
+    let (code, reply) =
+        harness::put_status(client, node, TOKEN, path, json!({ "state": state })).await;
+    assert_eq!(code, 200, "{reply}");
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_missed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nodes, _procs, client) = start_mesh(dir.path()).await;
+    let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let mut sse = SseReader::connect(&client, &eu.url("/v1/events?service=api"), None).await;
+    assert_eq!(sse.next().await.event, "snapshot");
+    put(&client, eu, "api/seen/eu-west", "operational").await;
+    let last = sse.next_matching(|e| e.event == "status").await;
+    drop(sse);
+
+    // 100 changes while the client is away, written in another region.
+    for i in 0..100 {
+        put(
+            &client,
+            us,
+            &format!("api/c{i:03}/us-east"),
+            "degraded_performance",
+        )
+        .await;
+    }
+    harness::wait_for("the last change on the ap node", || async {
+        let state = harness::cell_state(&client, ap, "api", "c099", "us-east").await?;
+        (state == "degraded_performance").then_some(())
+    })
+    .await;
+
+    let mut resumed =
+        SseReader::connect(&client, &ap.url("/v1/events?service=api"), Some(&last.id)).await;
+    let mut components = Vec::new();
+    for _ in 0..100 {
+        let event = resumed.next().await;
+        assert_eq!(
+            event.event, "status",
+            "a resumable cursor gets no snapshot: {event:?}"
+        );
+        components.push(
+            event.data["component"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("c{i:03}")).collect();
+    assert_eq!(
+        components, expected,
+        "exactly the 100 missed changes, in the order written"
+    );
+    // Nothing else was queued before the next live change: no duplicate, nothing extra.
+    put(&client, us, "api/after/us-east", "major_outage").await;
+    let next = resumed.next().await;
+    assert_eq!(next.data["component"], "after");
+
+    // A cursor no node can know (a stranger's) gets a fresh snapshot.
+    let mut bytes = vec![1u8, 3, b'a', b'p', b'i', 1];
+    bytes.extend_from_slice(&[7u8; 32]);
+    let stranger = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut fresh = SseReader::connect(&client, &ap.url("/v1/events"), Some(&stranger)).await;
+    assert_eq!(fresh.next().await.event, "snapshot");
+}
+
+#[tokio::test]
+async fn long_poll_returns_a_snapshot_then_waits_for_the_next_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nodes, _procs, client) = start_mesh(dir.path()).await;
+    let (eu, ap) = (&nodes[0], &nodes[2]);
+    let first: Value = client
+        .get(ap.url("/v1/poll"))
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["events"][0]["event"], "snapshot");
+    let cursor = first["cursor"].as_str().expect("cursor").to_owned();
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = ap.url(&format!("/v1/poll?wait_s=20&cursor={cursor}"));
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("poll")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    });
+    put(&client, eu, "api/db/eu-west", "partial_outage").await;
+    let answer = waiting.await.expect("poll task");
+    assert_eq!(answer["events"][0]["event"], "status", "{answer}");
+    assert_eq!(answer["events"][0]["data"]["state"], "partial_outage");
+    assert_ne!(answer["cursor"], Value::String(cursor));
+    let bad: reqwest::Response = client
+        .get(ap.url("/v1/poll?wait_s=600"))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("json");
+    assert_eq!(body["field"], "wait_s");
+}
+
+#[tokio::test]
+async fn refusals_are_json_with_the_right_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, nodes) = harness::topology(dir.path(), 1);
+    let certs = dir.path().join("certs");
+    harness::make_certs(&config, &certs);
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[token]]\nname = \"admin\"\nsecret = \"admin-secret-0123456789\"\n\n\
+         [[token]]\nname = \"eu-probe\"\nsecret = \"probe-secret-0123456789\"\n\
+         services = [\"api\"]\nregions = [\"eu-west\"]\noperator = false\n",
+    )
+    .expect("tokens file");
+    let node = &nodes[0];
+    let mut command = Command::new(harness::BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--node", &node.id, "--certs"])
+        .arg(&certs)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tokens")
+        .arg(&tokens);
+    let _proc = Proc::spawn(command, dir.path().join("node.log"));
+    let client = reqwest::Client::new();
+    harness::wait_healthy(&client, std::slice::from_ref(node)).await;
+
+    let send = |method: reqwest::Method, path: &str, token: Option<&str>, body: String| {
+        let mut request = client.request(method, node.url(path)).body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("a JSON body");
+            (status, body)
+        }
+    };
+    let put = reqwest::Method::PUT;
+    let ok = r#"{"state":"operational"}"#.to_owned();
+    let probe = Some("probe-secret-0123456789");
+
+    let (code, body) = send(put.clone(), "/v1/status/api/db/eu-west", None, ok.clone()).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (401, Some("authorization")),
+        "{body}"
+    );
+    let (code, body) = send(
+        put.clone(),
+        "/v1/status/api/db/eu-west",
+        Some("wrong"),
+        ok.clone(),
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = send(put.clone(), "/v1/status/api/db/eu-west", probe, ok.clone()).await;
+    assert_eq!(code, 200, "in scope: {body}");
+    let (code, body) = send(put.clone(), "/v1/status/api/db/us-east", probe, ok.clone()).await;
+    assert_eq!(code, 403, "another region: {body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("us-east"),
+        "{body}"
+    );
+    let (code, body) = send(
+        put.clone(),
+        "/v1/status/billing/db/eu-west",
+        probe,
+        ok.clone(),
+    )
+    .await;
+    assert_eq!(code, 403, "another service: {body}");
+    let incident = r#"{"service":"api","title":"x","impact":"minor","message":"y"}"#.to_owned();
+    let (code, body) = send(
+        reqwest::Method::POST,
+        "/v1/incidents",
+        probe,
+        incident.clone(),
+    )
+    .await;
+    assert_eq!(code, 403, "not an operator: {body}");
+    let (code, body) = send(
+        reqwest::Method::POST,
+        "/v1/incidents",
+        Some("admin-secret-0123456789"),
+        incident,
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+
+    let (code, body) = send(
+        put.clone(),
+        "/v1/status/api/db/eu-west",
+        probe,
+        "{not json".to_owned(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = send(
+        put.clone(),
+        "/v1/status/api/db/eu-west",
+        probe,
+        r#"{"state":"up"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (422, Some("state")),
+        "{body}"
+    );
+    let (code, body) = send(put.clone(), "/v1/status/api/DB/eu-west", probe, ok.clone()).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (422, Some("component")),
+        "{body}"
+    );
+    let huge = format!(
+        r#"{{"state":"operational","message":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let (code, body) = send(put.clone(), "/v1/status/api/db/eu-west", probe, huge).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (413, Some("body")),
+        "{body}"
+    );
+    let (code, body) = send(put, "/v1/status/api/db/eu-west?ack=x", probe, ok).await;
+    assert_eq!((code, body["field"].as_str()), (400, Some("ack")), "{body}");
+    // Nothing stored was lost along the way.
+    let state = harness::cell_state(&client, node, "api", "db", "eu-west").await;
+    assert_eq!(state.as_deref(), Some("operational"));
+}
