@@ -9,4 +9,5 @@ mod durability;
 mod harness;
 mod mesh;
 mod page;
+mod slow_reader;
 mod tls;
