@@ -113,7 +113,15 @@ pub struct Loaded {
     pub logs: BTreeMap<Name, LogSize>,
     /// Log tails that were torn or corrupt and were truncated.
     pub truncated_tails: u64,
+    /// The exclusive lock on the data directory; hand it to [`StorageHandle::start`], which
+    /// holds it until the storage thread has stopped.
+    pub lock: DirLock,
 }
+
+/// An exclusive lock on a data directory: two processes writing one log would corrupt it.
+/// The kernel releases it when the process dies, even by `kill -9`.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
 
 /// The size of one document's log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,6 +135,18 @@ pub struct LogSize {
 /// is never used twice, even if this start crashes.
 pub fn open(dir: &Path, node_id: &str) -> Result<Loaded, StorageError> {
     fs::create_dir_all(dir.join("docs")).map_err(io_error(dir, "create directory"))?;
+    let lock_path = dir.join("lock");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path, "open"))?;
+    lock_file.try_lock().map_err(|e| StorageError::Io {
+        path: lock_path.display().to_string(),
+        op: "lock",
+        reason: format!("{e} (is another statusmesh process using this data directory?)"),
+    })?;
     let incarnation = next_incarnation(dir, node_id)?;
     let actor_bytes: [u8; 16] = rand::random();
     let actor = ActorId::from(actor_bytes.to_vec());
@@ -148,6 +168,7 @@ pub fn open(dir: &Path, node_id: &str) -> Result<Loaded, StorageError> {
         docs: Vec::new(),
         logs: BTreeMap::new(),
         truncated_tails: 0,
+        lock: DirLock(lock_file),
     };
     let docs_dir = dir.join("docs");
     let mut entries: Vec<PathBuf> = fs::read_dir(&docs_dir)
@@ -365,12 +386,16 @@ pub struct StorageHandle {
 }
 
 impl StorageHandle {
-    /// Starts the storage thread for `dir`. `node` labels its metrics.
-    pub fn start(dir: PathBuf, node: String) -> Result<Self, StorageError> {
+    /// Starts the storage thread for `dir`, which holds `lock` until it stops. `node` labels
+    /// its metrics.
+    pub fn start(dir: PathBuf, node: String, lock: DirLock) -> Result<Self, StorageError> {
         let (tx, rx) = tokio::sync::mpsc::channel(BATCH_QUEUE_MAX);
         let thread = std::thread::Builder::new()
             .name(format!("storage-{node}"))
-            .spawn(move || storage_thread(dir, node, rx))
+            .spawn(move || {
+                storage_thread(dir, node, rx);
+                drop(lock);
+            })
             .map_err(|e| StorageError::Io {
                 path: String::new(),
                 op: "spawn storage thread",
@@ -609,7 +634,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = open(dir.path(), "n1").expect("open");
         assert_eq!(first.incarnation, 1);
-        let mut replica = Replica::from_docs("n1", first.actor.clone(), first.docs);
+        let first_actor = first.actor.clone();
+        let mut replica = Replica::from_docs("n1", first.actor, first.docs);
         let service = Name::parse("service", "api").expect("name");
         let mut records = Vec::new();
         for i in 0..5 {
@@ -618,7 +644,8 @@ mod tests {
                 .expect("write");
             records.extend(outcome.change);
         }
-        let storage = StorageHandle::start(dir.path().to_owned(), "n1".into()).expect("start");
+        let storage =
+            StorageHandle::start(dir.path().to_owned(), "n1".into(), first.lock).expect("start");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let acked = storage
             .submit(Batch {
@@ -643,7 +670,7 @@ mod tests {
 
         let second = open(dir.path(), "n1").expect("reopen");
         assert_eq!(second.incarnation, 2);
-        assert_ne!(second.actor, first.actor);
+        assert_ne!(second.actor, first_actor);
         assert_eq!(second.truncated_tails, 1);
         let restored = Replica::from_docs("n1", second.actor, second.docs);
         assert_eq!(restored.cursor(), replica.cursor());
@@ -655,8 +682,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let loaded = open(dir.path(), "n1").expect("open");
         let mut replica = Replica::from_docs("n1", loaded.actor, loaded.docs);
+        let lock = loaded.lock;
         let service = Name::parse("service", "api").expect("name");
-        let storage = StorageHandle::start(dir.path().to_owned(), "n1".into()).expect("start");
+        let storage =
+            StorageHandle::start(dir.path().to_owned(), "n1".into(), lock).expect("start");
         let first = replica
             .write_status(1, &write("db", "one"))
             .expect("write")
@@ -693,9 +722,22 @@ mod tests {
     }
 
     #[test]
+    fn a_data_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = open(dir.path(), "n1").expect("open");
+        let err = open(dir.path(), "n1").expect_err("locked");
+        assert!(
+            err.to_string().contains("another statusmesh process"),
+            "{err}"
+        );
+        drop(held);
+        open(dir.path(), "n1").expect("free again");
+    }
+
+    #[test]
     fn a_data_directory_of_another_node_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        open(dir.path(), "n1").expect("open");
+        drop(open(dir.path(), "n1").expect("open"));
         let err = open(dir.path(), "n2").expect_err("refused");
         assert!(matches!(err, StorageError::WrongNode { .. }), "{err}");
     }
