@@ -189,7 +189,7 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
             .context("the write semaphore closed")?;
         let cell = seq % CELLS;
         let url = format!("{write_base}/v1/status/{}/c{cell}/{region}", args.service);
-        let state = if (seq / CELLS) % 2 == 0 {
+        let state = if (seq / CELLS).is_multiple_of(2) {
             "degraded_performance"
         } else {
             "operational"

@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -27,8 +26,8 @@ use crate::settings::Token;
 
 /// Largest request body accepted, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
-/// What clients are told to wait before reconnecting.
-const SSE_RETRY: Duration = Duration::from_millis(1_000);
+/// What clients are told to wait before reconnecting (1 s), sent before the first event.
+const SSE_RETRY_LINE: &str = "retry: 1000\n";
 /// Comment lines on idle streams keep proxies from closing them.
 const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -471,57 +470,80 @@ async fn get_events(
     };
     let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(SSE_HEARTBEAT).text("heartbeat"))
-        .into_response();
+    // The body is the SSE wire format written directly (not axum's `Sse`), so that each
+    // event is serialized once and its bytes shared by every subscriber.
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell reverse proxies not to buffer the stream.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 
 struct StreamState {
     node: NodeHandle,
-    pending: VecDeque<Published>,
+    pending: VecDeque<Arc<Published>>,
     live: tokio::sync::broadcast::Receiver<Arc<Published>>,
     service: Option<String>,
     region: Option<String>,
     sent_retry: bool,
+    /// Fires after SSE_HEARTBEAT without a frame sent; reset by each frame.
+    heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
+
+/// The comment sent on idle streams.
+const SSE_HEARTBEAT_FRAME: &[u8] = b":heartbeat\n\n";
 
 fn event_stream(
     node: NodeHandle,
     subscription: Subscription,
     service: Option<String>,
     region: Option<String>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let state = StreamState {
         node,
-        pending: subscription.initial.into(),
+        pending: subscription.initial.into_iter().map(Arc::new).collect(),
         live: subscription.live,
         service,
         region,
         sent_retry: false,
+        heartbeat: Box::pin(tokio::time::sleep(SSE_HEARTBEAT)),
     };
     stream::unfold(state, |mut state| async move {
         loop {
             if let Some(published) = state.pending.pop_front() {
-                let mut event = to_sse(&published);
+                let mut frame = published.sse_frame();
                 if !state.sent_retry {
-                    event = event.retry(SSE_RETRY);
+                    // Once per stream, so this copy is not on the fan-out path.
+                    let mut first = Vec::with_capacity(SSE_RETRY_LINE.len() + frame.len());
+                    first.extend_from_slice(SSE_RETRY_LINE.as_bytes());
+                    first.extend_from_slice(&frame);
+                    frame = Bytes::from(first);
                     state.sent_retry = true;
                 }
-                return Some((Ok(event), state));
+                state.rearm_heartbeat();
+                return Some((Ok(frame), state));
             }
-            match state.live.recv().await {
+            let received = tokio::select! {
+                received = state.live.recv() => received,
+                () = state.heartbeat.as_mut() => {
+                    state.rearm_heartbeat();
+                    return Some((Ok(Bytes::from_static(SSE_HEARTBEAT_FRAME)), state));
+                }
+            };
+            match received {
                 Ok(published) => {
                     if matches_filter(
                         &published,
                         state.service.as_deref(),
                         state.region.as_deref(),
                     ) {
-                        state.pending.push_back((*published).clone());
+                        // The shared event itself, not a copy: its frame is made once.
+                        state.pending.push_back(published);
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -530,7 +552,7 @@ fn event_stream(
                         return None;
                     };
                     state.live = fresh.live;
-                    state.pending = fresh.initial.into();
+                    state.pending = fresh.initial.into_iter().map(Arc::new).collect();
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -538,17 +560,18 @@ fn event_stream(
     })
 }
 
+impl StreamState {
+    fn rearm_heartbeat(&mut self) {
+        self.heartbeat
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
+    }
+}
+
 fn matches_filter(published: &Published, service: Option<&str>, region: Option<&str>) -> bool {
     let service_ok = service.is_none_or(|s| published.service.as_deref().is_none_or(|p| p == s));
     let region_ok = region.is_none_or(|r| published.region.as_deref().is_none_or(|p| p == r));
     service_ok && region_ok
-}
-
-fn to_sse(published: &Published) -> SseEvent {
-    SseEvent::default()
-        .event(published.kind)
-        .id(published.id.clone())
-        .data(published.data.to_string())
 }
 
 #[derive(Debug, Deserialize)]

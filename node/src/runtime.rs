@@ -77,6 +77,33 @@ pub struct Published {
     pub region: Option<String>,
     /// The JSON payload (SSE `data:`).
     pub data: serde_json::Value,
+    /// The SSE block, made on first use: one serialization shared by every subscriber the
+    /// event fans out to, instead of one per subscriber.
+    #[serde(skip)]
+    pub frame: std::sync::OnceLock<axum::body::Bytes>,
+}
+
+impl Published {
+    /// This event as one SSE block (`event:`, `id:`, `data:` lines and the blank line),
+    /// serialized once however many subscribers send it; cloning the bytes is a refcount.
+    pub fn sse_frame(&self) -> axum::body::Bytes {
+        self.frame
+            .get_or_init(|| {
+                // Compact JSON has no line breaks, so the payload is a single `data:` line.
+                let data = serde_json::to_string(&self.data).unwrap_or_default();
+                let mut block =
+                    String::with_capacity(32 + self.kind.len() + self.id.len() + data.len());
+                for (field, value) in [("event", self.kind), ("id", &self.id), ("data", &data)] {
+                    block.push_str(field);
+                    block.push_str(": ");
+                    block.push_str(value);
+                    block.push('\n');
+                }
+                block.push('\n');
+                axum::body::Bytes::from(block)
+            })
+            .clone()
+    }
 }
 
 /// A new subscription: what to send first, then the live feed.
@@ -870,6 +897,7 @@ impl Driver {
             service: None,
             region: None,
             data: view,
+            frame: std::sync::OnceLock::new(),
         }];
         (snapshot, resume.is_some())
     }
@@ -996,6 +1024,7 @@ pub fn record_published(event: &DocEvent, id: String) -> Published {
         service: Some(event.service().to_string()),
         region: None,
         data,
+        frame: std::sync::OnceLock::new(),
     }
 }
 
@@ -1024,5 +1053,6 @@ pub fn status_published(event: &StatusEvent, id: String) -> Published {
         service: Some(event.service.to_string()),
         region: Some(event.region.to_string()),
         data,
+        frame: std::sync::OnceLock::new(),
     }
 }
