@@ -41,9 +41,9 @@ fn write(service: usize, component: usize, region: &str, state: State, at: u64) 
     .expect("valid")
 }
 
-/// Builds the documents with `flips` state changes per cell, one Automerge change per
-/// write (the worst case for history), and saves them into `dir`.
-fn build(dir: &std::path::Path, flips: usize) -> Vec<PathBuf> {
+/// Builds the documents with `flips` state changes per cell, `batch` writes per Automerge
+/// change (1: one change per write, the worst case for history), and saves them into `dir`.
+fn build(dir: &std::path::Path, flips: usize, batch: usize) -> Vec<PathBuf> {
     let mut writer = Replica::new("writer", ActorId::from(vec![1; 16]));
     let mut paths = Vec::new();
     let mut at = 0;
@@ -105,8 +105,8 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("statusmesh-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for flips in [1usize, 4] {
-        let paths = build(&dir, flips);
+    for (flips, batch) in [(1usize, 1usize), (4, 1), (1, 100), (4, 100)] {
+        let paths = build(&dir, flips, batch);
         let saved: u64 = paths
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok())
@@ -124,10 +124,11 @@ fn main() {
             .unwrap_or(0.0);
         let components = (SERVICES * COMPONENTS) as f64;
         println!(
-            "memory: {SERVICES} services x {COMPONENTS} components x {} regions, {flips} change(s) per cell \
-             ({} changes): RSS +{grown_kib:.0} KiB loaded = {:.0} bytes per component; saved {:.0} bytes per component",
+            "memory: {SERVICES} services x {COMPONENTS} components x {} regions, {flips} value(s) per cell, \
+             {batch} write(s) per change ({} changes): RSS +{grown_kib:.0} KiB loaded = {:.0} bytes per component; \
+             saved {:.0} bytes per component",
             REGIONS.len(),
-            SERVICES * COMPONENTS * REGIONS.len() * flips,
+            SERVICES * COMPONENTS * REGIONS.len() * flips / batch,
             grown_kib * 1024.0 / components,
             saved as f64 / components,
         );
