@@ -10,6 +10,8 @@ use serde_json::json;
 
 use crate::sim::{Outcome, Spec};
 
+/// Most partition spans the human report lists one by one.
+const PARTITIONS_LISTED_MAX: usize = 5;
 /// Most writes drawn on the SVG timeline; later ones are left out (the report says so).
 const SVG_WRITES_MAX: usize = 400;
 
@@ -263,6 +265,27 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.crashes.len(),
         empty_disk
     );
+    for span in outcome.partitions.iter().take(PARTITIONS_LISTED_MAX) {
+        let names: Vec<&str> = span
+            .regions
+            .iter()
+            .map(|r| outcome.region_names[*r].as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  partition {:.1}-{:.1} s cut off nodes in: {}",
+            span.start_us as f64 / 1e6,
+            span.end_us as f64 / 1e6,
+            names.join(", ")
+        );
+    }
+    if outcome.partitions.len() > PARTITIONS_LISTED_MAX {
+        let _ = writeln!(
+            out,
+            "  ... and {} more partition spans",
+            outcome.partitions.len() - PARTITIONS_LISTED_MAX
+        );
+    }
     let _ = writeln!(
         out,
         "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots; {} conflict flags changed without an event, {} winners re-announced for a new losing value",
