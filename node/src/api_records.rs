@@ -144,9 +144,11 @@ fn author(token: &Token) -> String {
         .unwrap_or_else(|_| "api".to_owned())
 }
 
-/// The service, once the token may write incidents, maintenance and overrides to it.
-fn operator_service(token: &Token, service: &str) -> Result<Name, ApiError> {
+/// The service, once the token may write incidents, maintenance and overrides to it (and
+/// is within its write rate).
+fn operator_service(node: &NodeHandle, token: &Token, service: &str) -> Result<Name, ApiError> {
     let name = Name::parse("service", service)?;
+    node.limits.admit_write(&token.name)?;
     match token.scope.refuse_operator(service) {
         Some(reason) => Err(forbidden(reason)),
         None => Ok(name),
@@ -210,7 +212,7 @@ async fn post_incident(
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
     let b: OpenIncidentBody = body(request).await?;
-    let service = operator_service(&writer, &b.service)?;
+    let service = operator_service(&node, &writer, &b.service)?;
     let now = now_ms();
     let id = match &b.id {
         Some(id) => Name::parse("id", id)?,
@@ -259,7 +261,7 @@ async fn post_incident_update(
     };
     apply(
         &node,
-        operator_service(&writer, &b.service)?,
+        operator_service(&node, &writer, &b.service)?,
         op,
         &ack,
         false,
@@ -294,7 +296,7 @@ async fn patch_incident(
     };
     apply(
         &node,
-        operator_service(&writer, &b.service)?,
+        operator_service(&node, &writer, &b.service)?,
         op,
         &ack,
         false,
@@ -325,7 +327,7 @@ async fn put_maintenance(
     };
     apply(
         &node,
-        operator_service(&writer, &service)?,
+        operator_service(&node, &writer, &service)?,
         op,
         &ack,
         false,
@@ -347,7 +349,7 @@ async fn delete_maintenance(
     };
     apply(
         &node,
-        operator_service(&writer, &service)?,
+        operator_service(&node, &writer, &service)?,
         op,
         &ack,
         false,
@@ -378,7 +380,7 @@ async fn put_override(
     };
     apply(
         &node,
-        operator_service(&writer, &service)?,
+        operator_service(&node, &writer, &service)?,
         op,
         &ack,
         false,
@@ -400,7 +402,7 @@ async fn delete_override(
     };
     apply(
         &node,
-        operator_service(&writer, &service)?,
+        operator_service(&node, &writer, &service)?,
         op,
         &ack,
         false,

@@ -306,6 +306,7 @@ async fn put_status(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
+    node.limits.admit_write(&writer.name)?;
     if let Some(reason) = writer.scope.refuse_status(&service, &region) {
         return Err(forbidden(reason));
     }
@@ -442,11 +443,51 @@ async fn subscribe_resuming(
     Ok(subscription)
 }
 
+impl From<crate::limits::Refusal> for ApiError {
+    fn from(refusal: crate::limits::Refusal) -> Self {
+        use crate::limits::Refusal;
+        match refusal {
+            Refusal::Subscribers { limit } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_subscribers",
+                None,
+                format!("this node serves its maximum of {limit} subscribers; try another node"),
+            ),
+            Refusal::Address { address, limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                None,
+                format!("{address} holds its maximum of {limit} streams"),
+            ),
+            Refusal::Rate {
+                token,
+                retry_after_ms,
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some("authorization"),
+                format!(
+                    "token {token:?} writes faster than its limit; retry in {retry_after_ms} ms"
+                ),
+            ),
+        }
+    }
+}
+
+/// The client's address when the server was started with connect info (the node is).
+fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 async fn get_events(
     State(node): State<NodeHandle>,
     JsonQuery(query): JsonQuery<EventsQuery>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let slot = node.limits.admit_subscriber(client_address(&extensions))?;
     for (field, value) in [("service", &query.service), ("region", &query.region)] {
         if let Some(v) = value {
             Name::parse(field, v)?;
@@ -470,6 +511,11 @@ async fn get_events(
     };
     let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
+    // The slot lives as long as the stream: a gone subscriber frees its place.
+    let stream = futures_util::StreamExt::map(stream, move |item| {
+        let _held = &slot;
+        item
+    });
     // The body is the SSE wire format written directly (not axum's `Sse`), so that each
     // event is serialized once and its bytes shared by every subscriber.
     let mut response = Body::from_stream(stream).into_response();
@@ -595,7 +641,10 @@ const POLL_EVENTS_MAX: usize = 1_000;
 async fn get_poll(
     State(node): State<NodeHandle>,
     JsonQuery(query): JsonQuery<PollQuery>,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
+    // A waiting poll holds a connection like a stream does.
+    let _slot = node.limits.admit_subscriber(client_address(&extensions))?;
     for (field, value) in [("service", &query.service), ("region", &query.region)] {
         if let Some(v) = value {
             Name::parse(field, v)?;

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod runtime;
 pub mod settings;
 pub mod storage;

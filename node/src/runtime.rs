@@ -204,6 +204,8 @@ pub struct NodeHandle {
     ready: watch::Receiver<bool>,
     /// The process's Prometheus recorder, for `/metrics` (absent when none is installed).
     pub metrics: Option<PrometheusHandle>,
+    /// Admission limits of the HTTP side.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// The driver is gone (the node is shutting down).
@@ -433,6 +435,7 @@ pub async fn start(
         info: info.clone(),
         ready: ready_rx,
         metrics: options.metrics.clone(),
+        limits: Arc::new(crate::limits::Limits::default()),
     };
     let regions: BTreeMap<String, String> = topology
         .nodes
@@ -451,6 +454,8 @@ pub async fn start(
         settings: options.settings.clone(),
         pending_acks: Vec::new(),
         touched: false,
+        remote_records: BTreeMap::new(),
+        remote_broken: BTreeSet::new(),
         writes_this_round: 0,
         gauges_at: Instant::now(),
         ack_waiters: Vec::new(),
@@ -467,11 +472,15 @@ pub async fn start(
     let router = crate::http::router(handle.clone());
     let mut http_shutdown = shutdown;
     let http = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await;
+        // The client's address, for the per-address stream limit.
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
         if let Err(e) = served {
             warn!(error = %e, "http server stopped with an error");
         }
@@ -501,6 +510,10 @@ struct Driver {
     pending_acks: Vec<Box<dyn FnOnce() + Send>>,
     /// True when a write or frame may have changed a document since the last commit.
     touched: bool,
+    /// Per document, this iteration's accepted remote change bytes and the heads they lead to.
+    remote_records: BTreeMap<Name, (Vec<ChangeHash>, Vec<Vec<u8>>)>,
+    /// Documents whose remote batches of this iteration did not chain; `commit` falls back.
+    remote_broken: BTreeSet<Name>,
     writes_this_round: usize,
     gauges_at: Instant,
     /// `?ack=N` writes waiting for their change to reach N regions.
@@ -606,12 +619,57 @@ impl Driver {
             self.node.handle_frame(now, &frame.from, &frame.bytes);
         }
         for (from, service, changes, _) in merged {
-            match codec::encode(&Frame::Changes { service, changes }) {
+            let name = Name::parse("service", &service).ok();
+            let before = self.heads_of(name.as_ref());
+            let frame = Frame::Changes { service, changes };
+            match codec::encode(&frame) {
                 Ok(bytes) => self.node.handle_frame(now, &from, &bytes),
                 Err(e) => {
-                    warn!(node = %self.info.id, peer = %from, error = %e, "cannot merge frames")
+                    warn!(node = %self.info.id, peer = %from, error = %e, "cannot merge frames");
+                    continue;
                 }
             }
+            if let (Some(name), Frame::Changes { changes, .. }) = (name, frame) {
+                self.note_remote(name, before, changes);
+            }
+        }
+    }
+
+    fn heads_of(&self, service: Option<&Name>) -> Vec<ChangeHash> {
+        service
+            .and_then(|s| self.node.replica().doc(s))
+            .map(|d| d.heads())
+            .unwrap_or_default()
+    }
+
+    /// Remembers the bytes of an accepted remote batch so that `commit` can log them as they
+    /// came instead of having Automerge rebuild them (`save_after` re-encodes changes from
+    /// its op store: a fifth of a replica's CPU under load). Valid only while the batches of
+    /// this iteration chain from the persisted heads; otherwise `commit` falls back.
+    fn note_remote(&mut self, service: Name, before: Vec<ChangeHash>, changes: Vec<Vec<u8>>) {
+        let after = self.heads_of(Some(&service));
+        // Unchanged heads: the batch was rejected whole, or held nothing new.
+        if after == before {
+            return;
+        }
+        let persisted = self
+            .persisted
+            .get(&service)
+            .map(|p| p.heads.as_slice())
+            .unwrap_or(&[]);
+        match self.remote_records.get_mut(&service) {
+            Some((tip, records)) if *tip == before => {
+                records.extend(changes);
+                *tip = after;
+            }
+            Some(_) => {
+                self.remote_records.remove(&service);
+                self.remote_broken.insert(service);
+            }
+            None if before == persisted && !self.remote_broken.contains(&service) => {
+                self.remote_records.insert(service, (after, changes));
+            }
+            None => {}
         }
     }
 
@@ -633,7 +691,12 @@ impl Driver {
             if heads == persisted.heads {
                 continue;
             }
-            let records = doc.save_after(&persisted.heads);
+            let records = match self.remote_records.remove(doc.service()) {
+                // Accepted remote batches that lead exactly from the persisted heads to now
+                // (duplicates among them load again harmlessly).
+                Some((tip, records)) if tip == heads => records,
+                _ => doc.save_after(&persisted.heads),
+            };
             persisted.heads = heads;
             persisted.log.records += records.len() as u64;
             persisted.log.bytes += records.iter().map(|r| r.len() as u64 + 8).sum::<u64>();
@@ -655,6 +718,8 @@ impl Driver {
                 snapshot,
             });
         }
+        self.remote_records.clear();
+        self.remote_broken.clear();
         if docs.is_empty() && self.pending_acks.is_empty() {
             return;
         }
