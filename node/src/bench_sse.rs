@@ -52,9 +52,9 @@ const GRACE: Duration = Duration::from_secs(10);
 const WRITES_IN_FLIGHT_MAX: usize = 64;
 /// Distinct cells written round-robin; each write flips its cell's state.
 const CELLS: u64 = 16;
-/// The subscribers' HTTP read buffer. Status events are a few hundred bytes; larger bodies
-/// (the snapshot) simply take several reads.
-const READ_BUFFER_BYTES: usize = 4096;
+/// The subscribers' HTTP read buffer: a subscriber that fell behind drains dozens of
+/// status events (a few hundred bytes each) per read; larger bodies take several reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Longest SSE line a subscriber keeps; longer lines (a big snapshot) are skipped, since a
 /// benchmark status line is a few hundred bytes.
 const LINE_BYTES_MAX: usize = 4096;
@@ -609,9 +609,14 @@ async fn subscribe(
     let mut slot = Some(slot);
     let connect_deadline = tokio::time::sleep_until((started + CONNECT_TIMEOUT).into());
     tokio::pin!(connect_deadline);
+    // One registration with the stop signal for the stream's life, not one per read: with
+    // 10,000 subscribers, re-registering on every event costs more than the parsing.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
-            _ = stop.changed() => return report,
+            biased;
+            _ = &mut stopped => return report,
             result = &mut conn => {
                 report.ended = Some(match result {
                     Ok(()) => "the node closed the connection".to_owned(),
