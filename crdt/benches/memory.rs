@@ -49,18 +49,20 @@ fn build(dir: &std::path::Path, flips: usize, batch: usize) -> Vec<PathBuf> {
     let mut at = 0;
     for s in 0..SERVICES {
         for flip in 0..flips {
+            let state = if flip % 2 == 0 {
+                State::Operational
+            } else {
+                State::DegradedPerformance
+            };
+            let mut writes = Vec::with_capacity(COMPONENTS * REGIONS.len());
             for c in 0..COMPONENTS {
                 for r in REGIONS {
                     at += 1;
-                    let state = if flip % 2 == 0 {
-                        State::Operational
-                    } else {
-                        State::DegradedPerformance
-                    };
-                    writer
-                        .write_status(at, &write(s, c, r, state, at))
-                        .expect("write");
+                    writes.push(write(s, c, r, state, at));
                 }
+            }
+            for chunk in writes.chunks(batch.max(1)) {
+                writer.write_status_batch(at, chunk).expect("write");
             }
         }
         let name = Name::parse("service", &format!("svc{s}")).expect("name");
