@@ -258,7 +258,7 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
         let seen = samples.count;
         match samples.percentiles() {
             Some((p50, p99, max)) => println!(
-                "remote visible p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({seen} seen, {missing} not seen)"
+                "remote visible p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({seen} seen; {missing} not seen: a node coalesces a cell's changes that arrive together to the latest value)"
             ),
             None => println!("remote visible none of the writes was seen on the observed node"),
         }
