@@ -429,7 +429,16 @@ impl ServiceDoc {
     ) -> Result<Option<(Change, BTreeSet<String>)>, CrdtError> {
         let mut writes: Vec<(String, Option<String>)> = Vec::with_capacity(puts.len());
         let mut new_keys = 0;
-        for put in puts {
+        // Within one change only the last put of a key is visible: keep just that one, so
+        // that [x, y, x] over a cell holding x ends at x, not at y.
+        let mut seen_keys = BTreeSet::new();
+        let mut last_puts: Vec<&Put> = puts
+            .iter()
+            .rev()
+            .filter(|p| seen_keys.insert(p.key().to_key()))
+            .collect();
+        last_puts.reverse();
+        for put in last_puts {
             put.validate()?;
             let key = put.key().to_key();
             let current = self.raw_values(&key);
@@ -752,6 +761,16 @@ impl ServiceDoc {
                 _ => None,
             })
             .collect()
+    }
+
+    /// One cell's current value, if it holds one.
+    pub fn cell(&self, component: &Name, region: &Name) -> Option<CellRead> {
+        let key = RecordKey::Observation {
+            component: component.clone(),
+            region: region.clone(),
+        }
+        .to_key();
+        self.read_at(&key, None)
     }
 
     /// Every cell with its current value, ordered by (component, region).

@@ -18,6 +18,8 @@ pub const SERVICES_MAX: usize = 1024;
 /// What a local write did.
 #[derive(Debug, Clone)]
 pub struct WriteOutcome {
+    /// The service written.
+    pub service: Name,
     /// False when the cell already held this value: only liveness was refreshed.
     pub changed: bool,
     /// The encoded Automerge change to gossip, when `changed`.
@@ -224,6 +226,7 @@ impl Replica {
         let doc = self.doc_mut(service)?;
         let Some((mut change, keys)) = doc.apply_puts_keys(now_ms, &node, puts)? else {
             return Ok(WriteOutcome {
+                service: service.clone(),
                 changed: false,
                 change: None,
                 change_hash: None,
@@ -233,6 +236,7 @@ impl Replica {
         };
         let doc_events = doc.events_for_local_puts(puts, &keys, &node, now_ms);
         Ok(WriteOutcome {
+            service: service.clone(),
             changed: true,
             change_hash: Some(change.hash()),
             change: Some(change.bytes().into_owned()),

@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::{
-    ChangeHash, CrdtError, Cursor, DocEvent, Liveness, Name, Replica, StatusEvent, StatusWrite,
-    WriteOutcome,
+    ChangeHash, CrdtError, Cursor, DocEvent, Liveness, Name, Observation, Replica, StatusEvent,
+    StatusWrite, WriteOutcome,
 };
 
 use crate::codec::{self, Frame};
@@ -252,6 +252,81 @@ impl Node {
         }
         debug_assert_invariants(self);
         Ok(outcome.changed)
+    }
+
+    /// Applies many client writes at once (group commit): one Automerge change per service
+    /// for the whole batch, one push per service to every peer, one liveness frame for the
+    /// heartbeats. Returns, per write, whether it changed the value it found (the value
+    /// before it in the batch, or the replica's) and the change that carries it. All writes
+    /// are validated first; an error leaves the state unchanged.
+    pub fn local_write_batch(
+        &mut self,
+        now_ms: u64,
+        writes: &[StatusWrite],
+    ) -> Result<Vec<(bool, Option<ChangeHash>)>, GossipError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut latest: BTreeMap<String, &Observation> = BTreeMap::new();
+        let mut changed = Vec::with_capacity(writes.len());
+        for write in writes {
+            let key = write.cell_key();
+            let before = match latest.get(&key) {
+                Some(observation) => Some((*observation).clone()),
+                None => self
+                    .replica
+                    .doc(&write.service)
+                    .and_then(|d| d.cell(&write.component, &write.region))
+                    .filter(|cell| cell.conflicts.is_empty())
+                    .map(|cell| cell.value),
+            };
+            changed.push(!before.is_some_and(|b| b.same_value(&write.observation)));
+            latest.insert(key, &write.observation);
+        }
+        let outcomes = self.replica.write_status_batch(now_ms, writes)?;
+        let mut hashes: BTreeMap<Name, ChangeHash> = BTreeMap::new();
+        for outcome in outcomes {
+            let (Some(hash), Some(bytes)) = (outcome.change_hash, outcome.change) else {
+                continue;
+            };
+            self.track_ack(now_ms, hash);
+            hashes.insert(outcome.service.clone(), hash);
+            let frame = Frame::Changes {
+                service: outcome.service.to_string(),
+                changes: vec![bytes],
+            };
+            self.broadcast(&frame);
+            self.emit_doc_events(outcome.doc_events);
+        }
+        let heartbeats: Vec<(String, u64)> = writes
+            .iter()
+            .zip(&changed)
+            .filter(|(_, changed)| !**changed)
+            .map(|(w, _)| (w.cell_key(), now_ms))
+            .collect();
+        if !heartbeats.is_empty() {
+            for chunk in heartbeats.chunks(self.config.liveness_per_frame_max.max(1)) {
+                let frame = Frame::Liveness {
+                    entries: chunk.to_vec(),
+                    reply_wanted: false,
+                };
+                self.broadcast(&frame);
+            }
+            for (key, last_seen_ms) in heartbeats {
+                self.push_event(Event::Heartbeat { key, last_seen_ms });
+            }
+        }
+        debug_assert_invariants(self);
+        Ok(writes
+            .iter()
+            .zip(changed)
+            .map(|(w, changed)| {
+                let hash = if changed {
+                    hashes.get(&w.service).copied()
+                } else {
+                    None
+                };
+                (changed, hash)
+            })
+            .collect())
     }
 
     /// Applies a local change to `service` that `change` makes on the replica (opening or
@@ -1104,6 +1179,55 @@ mod tests {
             .doc(&api)
             .and_then(|d| d.incident(&id))
             .is_some());
+        assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
+    }
+
+    #[test]
+    fn a_batch_of_writes_is_one_change_per_service_and_reaches_everyone() {
+        let mut h = Harness::new(3);
+        let write = |component: &str, state: State| {
+            StatusWrite::parse(
+                "api",
+                component,
+                "r0",
+                Observation {
+                    state,
+                    message: String::new(),
+                    reporter: "probe".into(),
+                    observed_at_ms: 1,
+                    ttl_ms: 60_000,
+                },
+            )
+            .expect("valid")
+        };
+        h.write(0, "db", State::Operational);
+        let batch = [
+            write("db", State::Operational),
+            write("db", State::MajorOutage),
+            write("db", State::Operational),
+            write("web", State::PartialOutage),
+        ];
+        let now = h.now_ms;
+        let result = h.nodes[0].local_write_batch(now, &batch).expect("batch");
+        let changed: Vec<bool> = result.iter().map(|(c, _)| *c).collect();
+        assert_eq!(changed, [false, true, true, true]);
+        h.drain(0);
+        h.run_for(20);
+        assert!(h.converged());
+        let api = Name::parse("service", "api").expect("name");
+        for node in &h.nodes {
+            let doc = node.replica().doc(&api).expect("doc");
+            // The first write, then the whole batch as one change.
+            assert_eq!(doc.history_len(), 2);
+            let db = doc
+                .cell(
+                    &Name::parse("c", "db").expect("name"),
+                    &Name::parse("r", "r0").expect("name"),
+                )
+                .expect("cell");
+            assert_eq!(db.value.state, State::Operational);
+        }
+        let hash = result[1].1.expect("a change");
         assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
     }
 

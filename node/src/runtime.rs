@@ -459,6 +459,7 @@ pub async fn start(
         writes_this_round: 0,
         gauges_at: Instant::now(),
         ack_waiters: Vec::new(),
+        write_batch: Vec::new(),
     };
     let driver = tokio::spawn(driver.run(inbound_rx, commands_rx, shutdown.clone()));
 
@@ -518,6 +519,11 @@ struct Driver {
     gauges_at: Instant,
     /// `?ack=N` writes waiting for their change to reach N regions.
     ack_waiters: Vec<(ChangeHash, usize, oneshot::Sender<usize>)>,
+    /// This iteration's client writes, applied together by `apply_write_batch`.
+    write_batch: Vec<(
+        StatusWrite,
+        oneshot::Sender<Result<WriteReply, GossipError>>,
+    )>,
 }
 
 impl Driver {
@@ -561,6 +567,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            self.apply_write_batch();
             self.handle_frames(frames);
             self.flush();
             self.commit().await;
@@ -571,6 +578,7 @@ impl Driver {
         }
         // Graceful stop: what was applied is written and fsynced (and its writers answered)
         // before connections close.
+        self.apply_write_batch();
         self.flush();
         self.commit().await;
         if let Some(storage) = self.storage.take() {
@@ -784,29 +792,10 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Write { write, reply } => {
+                // Applied with the rest of this iteration's writes as one change per service.
                 self.writes_this_round += 1;
                 self.touched = true;
-                match self.node.local_write(now_ms(), &write) {
-                    Ok(changed) => {
-                        let value = WriteReply {
-                            changed,
-                            cursor: self.node.replica().cursor().encode(),
-                            change: if changed {
-                                self.node.last_local_change()
-                            } else {
-                                None
-                            },
-                        };
-                        // Even an unchanged write waits for the commit: the value it
-                        // confirms may be from an earlier write of this same iteration.
-                        self.pending_acks.push(Box::new(move || {
-                            let _ = reply.send(Ok(value));
-                        }));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                self.write_batch.push((write, reply));
             }
             Command::Status { service, reply } => {
                 let _ = reply.send(self.status(service.as_ref()));
@@ -885,6 +874,59 @@ impl Driver {
                     let _ = reply.send(holding);
                 } else {
                     self.ack_waiters.push((change, regions, reply));
+                }
+            }
+        }
+    }
+
+    /// Applies this iteration's writes as one group: one Automerge change per service, one
+    /// push per peer, one fsync (in `commit`) before any of them is answered.
+    fn apply_write_batch(&mut self) {
+        if self.write_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.write_batch);
+        let (writes, replies): (Vec<StatusWrite>, Vec<_>) = batch.into_iter().unzip();
+        let now = now_ms();
+        match self.node.local_write_batch(now, &writes) {
+            Ok(results) => {
+                let cursor = self.node.replica().cursor().encode();
+                for ((changed, change), reply) in results.into_iter().zip(replies) {
+                    let value = WriteReply {
+                        changed,
+                        cursor: cursor.clone(),
+                        change,
+                    };
+                    // Even an unchanged write waits for the commit: the value it confirms
+                    // may be from an earlier write of this same iteration.
+                    self.pending_acks.push(Box::new(move || {
+                        let _ = reply.send(Ok(value));
+                    }));
+                }
+            }
+            Err(_) => {
+                // One write broke a rule for the whole batch (a limit): apply them one by one
+                // so that each gets its own answer.
+                for (write, reply) in writes.into_iter().zip(replies) {
+                    match self.node.local_write(now, &write) {
+                        Ok(changed) => {
+                            let value = WriteReply {
+                                changed,
+                                cursor: self.node.replica().cursor().encode(),
+                                change: if changed {
+                                    self.node.last_local_change()
+                                } else {
+                                    None
+                                },
+                            };
+                            self.pending_acks.push(Box::new(move || {
+                                let _ = reply.send(Ok(value));
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
             }
         }
