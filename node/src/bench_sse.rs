@@ -14,7 +14,7 @@
 //!    subscriber. Latency runs from just before the write was sent to the moment the
 //!    subscriber parsed the event (one machine, one monotonic clock).
 //!
-//! Each subscriber is one tokio task driving its own hyper HTTP/1 connection and scanning
+//! Each subscriber is one tokio task with its own plain HTTP/1.1 connection, scanning
 //! the body for the few lines it needs (`event:` and the data line's `"message"`), with a
 //! small fixed read buffer: 10,000 of them fit in one process next to the node.
 
@@ -23,10 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -52,9 +50,14 @@ const GRACE: Duration = Duration::from_secs(10);
 const WRITES_IN_FLIGHT_MAX: usize = 64;
 /// Distinct cells written round-robin; each write flips its cell's state.
 const CELLS: u64 = 16;
-/// The subscribers' HTTP read buffer: a subscriber that fell behind drains dozens of
-/// status events (a few hundred bytes each) per read; larger bodies take several reads.
+/// The subscribers' read buffer: a subscriber that fell behind drains dozens of status
+/// events (a few hundred bytes each) per read; larger bodies take several reads. Only the
+/// bytes a read fills are touched.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Longest response head a subscriber accepts.
+const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest chunk a subscriber accepts (the node sends one event per chunk).
+const CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Longest SSE line a subscriber keeps; longer lines (a big snapshot) are skipped, since a
 /// benchmark status line is a few hundred bytes.
 const LINE_BYTES_MAX: usize = 4096;
@@ -451,24 +454,25 @@ struct HttpTarget {
 impl HttpTarget {
     fn parse(url: &str) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
-        let uri: hyper::Uri = base
-            .parse()
-            .with_context(|| format!("{url:?} is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
+        let Some(rest) = base.strip_prefix("http://") else {
             bail!("{url:?}: the SSE subscribers speak plain http:// only");
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() || authority.contains(['?', '#', '@', ' ']) {
+            bail!("{url:?}: expected http://HOST:PORT");
         }
-        let authority = uri
-            .authority()
-            .with_context(|| format!("{url:?} names no host"))?;
-        let authority = if authority.port().is_some() {
-            authority.to_string()
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+        let authority = if has_port {
+            authority.to_owned()
         } else {
             format!("{authority}:80")
         };
         Ok(Self {
-            base,
             authority,
-            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+            path_prefix: path.to_owned(),
+            base,
         })
     }
 }
@@ -592,8 +596,8 @@ async fn subscribe(
     };
     let started = Instant::now();
     let connecting = tokio::time::timeout(CONNECT_TIMEOUT, open(&target));
-    let (mut conn, mut body) = match connecting.await {
-        Ok(Ok(pair)) => pair,
+    let (mut stream, mut buffer, mut body) = match connecting.await {
+        Ok(Ok(opened)) => opened,
         Ok(Err(e)) => {
             let _ = connected.send(Err(e)).await;
             return report;
@@ -614,57 +618,64 @@ async fn subscribe(
     let stopped = stop.changed();
     tokio::pin!(stopped);
     loop {
-        let frame = tokio::select! {
-            biased;
-            _ = &mut stopped => return report,
-            result = &mut conn => {
-                report.ended = Some(match result {
-                    Ok(()) => "the node closed the connection".to_owned(),
-                    Err(e) => e.to_string(),
-                });
-                break;
-            }
-            _ = &mut connect_deadline, if !report.connected => {
-                report.ended = Some(format!("no first event within {CONNECT_TIMEOUT:?}"));
-                break;
-            }
-            frame = body.frame() => frame,
-        };
-        let data = match frame {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue, // trailers
-            },
-            Some(Err(e)) => {
-                report.ended = Some(e.to_string());
-                break;
-            }
-            None => {
-                report.ended = Some("the event stream ended".to_owned());
-                break;
-            }
-        };
+        // `buffer` holds what the last read brought (after the response head, at first).
         let events_before = scan.events;
-        scan.feed(&data, |line| {
-            if let Some(seq) = shared.write_of(line) {
-                let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-                if report.seen[word] & bit != 0 {
-                    report.duplicated += 1;
-                    return;
+        let decoded = body.decode(&buffer, |data| {
+            scan.feed(data, |line| {
+                if let Some(seq) = shared.write_of(line) {
+                    let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+                    if report.seen[word] & bit != 0 {
+                        report.duplicated += 1;
+                        return;
+                    }
+                    report.seen[word] |= bit;
+                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    let sent = shared.sent_at_us[seq as usize].load(Ordering::Acquire);
+                    if sent > 0 {
+                        shared.latency.record(shared.now_us().saturating_sub(sent));
+                    }
                 }
-                report.seen[word] |= bit;
-                shared.received.fetch_add(1, Ordering::Relaxed);
-                let sent = shared.sent_at_us[seq as usize].load(Ordering::Acquire);
-                if sent > 0 {
-                    shared.latency.record(shared.now_us().saturating_sub(sent));
-                }
-            }
+            });
         });
+        buffer.clear();
+        // The first body bytes came in a vector of their own size; later reads want room.
+        buffer.reserve(READ_BUFFER_BYTES);
         report.resnapshots = scan.snapshots.saturating_sub(1);
         if !report.connected && scan.events > events_before {
             report.connected = true;
             slot = None;
             let _ = connected.send(Ok(started.elapsed())).await;
+        }
+        match decoded {
+            Ok(false) => {}
+            Ok(true) => {
+                report.ended = Some("the event stream ended".to_owned());
+                break;
+            }
+            Err(e) => {
+                report.ended = Some(e);
+                break;
+            }
+        }
+        let read = tokio::select! {
+            biased;
+            _ = &mut stopped => return report,
+            _ = &mut connect_deadline, if !report.connected => {
+                report.ended = Some(format!("no first event within {CONNECT_TIMEOUT:?}"));
+                break;
+            }
+            read = stream.read_buf(&mut buffer) => read,
+        };
+        match read {
+            Ok(0) => {
+                report.ended = Some("the node closed the connection".to_owned());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                report.ended = Some(e.to_string());
+                break;
+            }
         }
     }
     drop(slot);
@@ -675,35 +686,166 @@ async fn subscribe(
     report
 }
 
-type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
-
-/// TCP connect, the HTTP/1 handshake and the GET; returns the connection (to be polled
-/// alongside the body) and the response body.
-async fn open(target: &HttpTarget) -> Result<(Connection, hyper::body::Incoming), String> {
-    let stream = TcpStream::connect(&target.authority)
+/// TCP connect, the GET and the response head. Returns the stream, the body bytes that
+/// came with the head, and the body's decoder. A plain HTTP/1.1 exchange written by hand:
+/// hyper's client connection (a body channel and a dispatcher per stream) cost more than
+/// everything else the subscriber does.
+async fn open(target: &HttpTarget) -> Result<(TcpStream, Vec<u8>, BodyDecoder), String> {
+    let mut stream = TcpStream::connect(&target.authority)
         .await
         .map_err(|e| format!("connect {}: {e}", target.authority))?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    let (mut sender, mut conn) = hyper::client::conn::http1::Builder::new()
-        .read_buf_exact_size(Some(READ_BUFFER_BYTES))
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+    let request = format!(
+        "GET {}/v1/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        target.path_prefix, target.authority
+    );
+    stream
+        .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let request = hyper::Request::get(format!("{}/v1/events", target.path_prefix))
-        .header(hyper::header::HOST, &target.authority)
-        .header(hyper::header::ACCEPT, "text/event-stream")
-        .body(Empty::new())
-        .map_err(|e| format!("request: {e}"))?;
-    let response = tokio::select! {
-        response = sender.send_request(request) => response.map_err(|e| format!("GET /v1/events: {e}"))?,
-        result = &mut conn => return Err(format!("the connection closed before a response: {result:?}")),
+        .map_err(|e| format!("send GET /v1/events: {e}"))?;
+    let mut buffer = Vec::with_capacity(READ_BUFFER_BYTES);
+    let head_end = loop {
+        if let Some(end) = find(&buffer, b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buffer.len() >= RESPONSE_HEAD_BYTES_MAX {
+            return Err(format!(
+                "no end of the response head in {RESPONSE_HEAD_BYTES_MAX} bytes"
+            ));
+        }
+        let read = stream
+            .read_buf(&mut buffer)
+            .await
+            .map_err(|e| format!("read the response head: {e}"))?;
+        if read == 0 {
+            return Err("the node closed the connection before a response".to_owned());
+        }
     };
-    if response.status() != hyper::StatusCode::OK {
-        return Err(format!("GET /v1/events: HTTP {}", response.status()));
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("GET /v1/events: {}", status.trim()));
     }
-    Ok((conn, response.into_body()))
+    let chunked = head.lines().any(|line| {
+        line.strip_prefix("transfer-encoding:")
+            .is_some_and(|value| value.contains("chunked"))
+    });
+    let body = buffer.split_off(head_end);
+    let decoder = if chunked {
+        BodyDecoder::Chunked(Chunked::default())
+    } else {
+        // An event stream without chunking runs until the connection closes.
+        BodyDecoder::UntilClose
+    };
+    Ok((stream, body, decoder))
+}
+
+/// How the response body is framed.
+#[derive(Debug)]
+enum BodyDecoder {
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl BodyDecoder {
+    /// Passes the body bytes in `input` to `data`; Ok(true) once the body has ended.
+    fn decode(&mut self, input: &[u8], data: impl FnMut(&[u8])) -> Result<bool, String> {
+        match self {
+            Self::Chunked(chunked) => chunked.decode(input, data),
+            Self::UntilClose => {
+                let mut data = data;
+                if !input.is_empty() {
+                    data(input);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// An incremental decoder of HTTP/1.1 chunked transfer coding.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// Bytes left in the current chunk, or the size being read.
+    remaining: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Done,
+}
+
+impl Chunked {
+    /// Passes each piece of chunk data in `input` to `data`; Ok(true) after the last chunk.
+    fn decode(&mut self, mut input: &[u8], mut data: impl FnMut(&[u8])) -> Result<bool, String> {
+        while let Some((&byte, rest)) = input.split_first() {
+            match self.state {
+                ChunkState::Data => {
+                    let take = input.len().min(self.remaining as usize);
+                    data(&input[..take]);
+                    input = &input[take..];
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::Done => return Ok(true),
+                ChunkState::Size => match byte {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b';' => self.state = ChunkState::Extension,
+                    _ => {
+                        let digit = (byte as char)
+                            .to_digit(16)
+                            .ok_or_else(|| format!("bad chunk size byte {:?}", byte as char))?;
+                        self.remaining = self.remaining * 16 + u64::from(digit);
+                        if self.remaining > CHUNK_BYTES_MAX {
+                            return Err(format!("a chunk over {CHUNK_BYTES_MAX} bytes"));
+                        }
+                    }
+                },
+                ChunkState::Extension => {
+                    if byte == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if byte != b'\n' {
+                        return Err("a chunk size line without its line feed".to_owned());
+                    }
+                    self.state = if self.remaining == 0 {
+                        ChunkState::Done
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::DataCr => {
+                    if byte != b'\r' {
+                        return Err("chunk data longer than its size".to_owned());
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if byte != b'\n' {
+                        return Err("chunk data without its line end".to_owned());
+                    }
+                    self.state = ChunkState::Size;
+                }
+            }
+            input = rest;
+        }
+        Ok(self.state == ChunkState::Done)
+    }
 }
 
 /// An incremental SSE scanner that keeps only what the benchmark needs: the current event's
@@ -975,6 +1117,35 @@ mod tests {
         assert_eq!(shared.write_of(br#"{"message":"sse0002-1"}"#), None);
         assert_eq!(shared.write_of(br#"{"message":"hello"}"#), None);
         assert_eq!(shared.write_of(br#"{"state":"operational"}"#), None);
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        for split in 0..body.len() {
+            let mut chunked = Chunked::default();
+            let mut out = Vec::new();
+            let first = chunked
+                .decode(&body[..split], |d| out.extend_from_slice(d))
+                .expect("valid");
+            let done = chunked
+                .decode(&body[split..], |d| out.extend_from_slice(d))
+                .expect("valid");
+            // The body ends with the zero-size chunk's line; the final CRLF is not awaited.
+            assert!(!first || split >= body.len() - 2, "split at {split}");
+            assert!(done, "split at {split}");
+            assert_eq!(out, b"hello, world", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        let mut chunked = Chunked::default();
+        assert!(chunked.decode(b"zz\r\n", |_| {}).is_err());
+        let mut chunked = Chunked::default();
+        assert!(chunked.decode(b"2\r\nabc\r\n", |_| {}).is_err());
+        let mut chunked = Chunked::default();
+        assert!(chunked.decode(b"ffffffffffff\r\n", |_| {}).is_err());
     }
 
     #[test]
