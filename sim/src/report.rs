@@ -234,9 +234,10 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
     let show = |v: Option<f64>| v.map_or("not reached".to_owned(), |ms| format!("{ms:.1} ms"));
     let _ = writeln!(
         out,
-        "convergence after heal: heads {}, views (heads and liveness) {}",
+        "convergence after heal: heads {}, views (heads and liveness) {}; {} re-convergences after late frames",
         show(f.heads_after_heal_ms),
-        show(f.convergence_after_heal_ms)
+        show(f.convergence_after_heal_ms),
+        outcome.reconvergences
     );
     let _ = writeln!(
         out,
@@ -343,6 +344,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "idle_bytes_per_s_per_node": round3(f.idle_bytes_per_s_per_node),
         "convergence_after_heal_ms": f.convergence_after_heal_ms.map(round3),
         "heads_converged_after_heal_ms": f.heads_after_heal_ms.map(round3),
+        "reconvergences": outcome.reconvergences,
         "frames": frames,
         "dropped": {
             "partition": outcome.dropped_partition,

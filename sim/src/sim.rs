@@ -123,6 +123,8 @@ pub struct Outcome {
     pub partitions: Vec<PartitionSpan>,
     pub heal_us: u64,
     pub converged_us: Option<u64>,
+    /// Times the mesh diverged after converging (late frames) and had to converge again.
+    pub reconvergences: u64,
     /// When every node first held the same heads after the heal (liveness may still differ).
     pub heads_converged_us: Option<u64>,
     pub idle_bytes: u64,
@@ -385,6 +387,7 @@ impl Sim {
             partitions: Vec::new(),
             heal_us: safety_end_us,
             converged_us: None,
+            reconvergences: 0,
             heads_converged_us: None,
             idle_bytes: 0,
             idle_us: 0,
@@ -457,7 +460,10 @@ impl Sim {
             self.trace.write(&[scheduled.ev.tag()]);
             if matches!(scheduled.ev, Ev::End) {
                 self.finish();
-                break;
+                if self.out.end_us > 0 {
+                    break;
+                }
+                continue;
             }
             self.handle(scheduled.ev);
         }
@@ -1203,7 +1209,13 @@ impl Sim {
             self.out.idle_us = self.now_us - start_us;
         }
         if !self.converged() {
-            self.fail("nodes diverged again during the idle window".to_owned());
+            // A frame delayed past the heal (a delay spike) can still move one node forward,
+            // e.g. a liveness entry whose origin restarted without it. That is not a failure
+            // while the mesh converges again within the liveness bound.
+            self.out.end_us = 0;
+            self.out.reconvergences += 1;
+            self.idle_start = None;
+            self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
             return;
         }
         // Equal views at equal time: the same JSON on every node.
