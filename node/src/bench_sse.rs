@@ -85,8 +85,10 @@ pub struct SseArgs {
     /// The write token.
     #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// Subscribers connecting at once (each holds its slot until its snapshot arrives).
-    #[arg(long, default_value_t = 256)]
+    /// Subscribers connecting at once (each holds its slot until its snapshot arrives). The
+    /// default stays under the node's listen backlog (128): past it, dropped SYNs are
+    /// retried after a second and connect times measure the kernel's retry timer.
+    #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
     /// The target node's process id, to read its RSS from /proc (not measured without it).
     #[arg(long)]
