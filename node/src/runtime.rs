@@ -463,12 +463,10 @@ pub async fn start(
     };
     let driver = tokio::spawn(driver.run(inbound_rx, commands_rx, shutdown.clone()));
 
-    let listener = tokio::net::TcpListener::bind(spec.http)
-        .await
-        .map_err(|e| StartError::HttpBind {
-            addr: spec.http,
-            reason: e.to_string(),
-        })?;
+    let listener = bind_http(spec.http).map_err(|e| StartError::HttpBind {
+        addr: spec.http,
+        reason: e.to_string(),
+    })?;
     let http_addr = listener.local_addr().unwrap_or(spec.http);
     let router = crate::http::router(handle.clone());
     let mut http_shutdown = shutdown;
@@ -1110,6 +1108,22 @@ impl Driver {
             }
         }
     }
+}
+
+/// Pending connections the HTTP listener queues before the kernel drops new ones: a fleet of
+/// subscribers reconnecting at once (after a failover) must not overflow it (tokio's default
+/// is 128).
+const HTTP_LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HTTP_LISTEN_BACKLOG)
 }
 
 /// The SSE/long-poll form of an incident, maintenance or override event: `event:` is the
