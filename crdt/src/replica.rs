@@ -85,6 +85,11 @@ impl Replica {
         let mut replica = Self::new(node, actor.clone());
         for mut doc in docs {
             doc.set_actor(actor.clone());
+            // Every observation is also a heartbeat of its cell, as of when it was made.
+            for ((component, region), cell) in doc.cells() {
+                let key = crate::model::cell_key(doc.service(), &component, &region);
+                replica.liveness.observe(&key, cell.value.observed_at_ms);
+            }
             replica.docs.insert(doc.service().clone(), doc);
         }
         replica
@@ -261,6 +266,21 @@ impl Replica {
         } else {
             doc.events_for_keys(&applied.keys, None)
         };
+        // An observation that arrives is also a heartbeat of its cell, so liveness agrees
+        // everywhere without a separate frame for every changed value.
+        for event in &doc_events {
+            if let DocEvent::Status(StatusEvent {
+                service,
+                component,
+                region,
+                observation: Some(observation),
+                ..
+            }) = event
+            {
+                let key = crate::model::cell_key(service, component, region);
+                self.liveness.observe(&key, observation.observed_at_ms);
+            }
+        }
         Ok(RemoteOutcome {
             new_changes: applied.new_changes,
             events: status_only(&doc_events),

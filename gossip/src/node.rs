@@ -139,6 +139,9 @@ pub struct PeerState {
     pub heads: BTreeMap<Name, Vec<ChangeHash>>,
 }
 
+/// Peers a starting node announces itself to.
+pub const ANNOUNCE_SEEDS: usize = 3;
+
 /// Most local changes whose acknowledgements are tracked; the oldest is forgotten beyond it.
 pub const PENDING_ACKS_MAX: usize = 65_536;
 
@@ -403,9 +406,16 @@ impl Node {
         self.now_ms = self.now_ms.max(now_ms);
         if !self.announced {
             self.announced = true;
-            let seeds: Vec<NodeId> = self.peers.keys().cloned().collect();
-            for seed in seeds {
-                self.membership.announce(now_ms, &seed);
+            // A few seeds are enough: each answers with the members it knows, and SWIM spreads
+            // the rest. Announcing to everyone makes every node answer every node at start
+            // (quadratic in the mesh size).
+            let mut seeds: Vec<NodeId> = self.peers.keys().cloned().collect();
+            for i in 0..seeds.len().min(ANNOUNCE_SEEDS) {
+                let j = self.rng.random_range(i..seeds.len());
+                seeds.swap(i, j);
+            }
+            for seed in seeds.iter().take(ANNOUNCE_SEEDS) {
+                self.membership.announce(now_ms, seed);
             }
         }
         self.membership.handle_timeout(now_ms);
