@@ -24,19 +24,11 @@ fn figure(report: &str, label: &str) -> Option<u64> {
 #[tokio::test]
 async fn bench_sse_reports_no_lost_and_no_duplicated_deliveries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let certs = dir.path().join("certs");
-    harness::make_certs(&config, &certs);
     let token = "bench-sse-token";
-    let procs: Vec<Proc> = nodes
-        .iter()
-        .map(|n| harness::run_node(dir.path(), &config, &certs, n, token))
-        .collect();
-    let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    let mesh = harness::start_mesh(dir.path(), token).await;
+    let nodes = &mesh.nodes;
 
-    let target_pid = procs[0].child.id().to_string();
+    let target_pid = mesh.procs[0].child.id().to_string();
     let mut command = Command::new(harness::BIN);
     command.args([
         "bench",

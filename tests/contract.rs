@@ -10,20 +10,6 @@ use crate::harness::{self, Proc, SseReader, TestNode};
 
 const TOKEN: &str = "contract-token";
 
-async fn start_mesh(dir: &std::path::Path) -> (Vec<TestNode>, Vec<Proc>, reqwest::Client) {
-    let (config, nodes) = harness::topology(dir, 1);
-    let certs = dir.join("certs");
-    harness::make_certs(&config, &certs);
-    let procs = nodes
-        .iter()
-        .map(|n| harness::run_node(dir, &config, &certs, n, TOKEN))
-        .collect();
-    let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
-    (nodes, procs, client)
-}
-
 async fn put(client: &reqwest::Client, node: &TestNode, path: &str, state: &str) {
     let (code, reply) =
         harness::put_status(client, node, TOKEN, path, json!({ "state": state })).await;
@@ -33,12 +19,13 @@ async fn put(client: &reqwest::Client, node: &TestNode, path: &str, state: &str)
 #[tokio::test]
 async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_missed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (nodes, _procs, client) = start_mesh(dir.path()).await;
+    let mesh = harness::start_mesh(dir.path(), TOKEN).await;
+    let (nodes, client) = (&mesh.nodes, &mesh.client);
     let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
 
     let mut sse = SseReader::connect(&client, &eu.url("/v1/events?service=api"), None).await;
     assert_eq!(sse.next().await.event, "snapshot");
-    put(&client, eu, "api/seen/eu-west", "operational").await;
+    put(client, eu, "api/seen/eu-west", "operational").await;
     let last = sse.next_matching(|e| e.event == "status").await;
     drop(sse);
 
@@ -80,7 +67,7 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
         "exactly the 100 missed changes, in the order written"
     );
     // Nothing else was queued before the next live change: no duplicate, nothing extra.
-    put(&client, us, "api/after/us-east", "major_outage").await;
+    put(client, us, "api/after/us-east", "major_outage").await;
     let next = resumed.next().await;
     assert_eq!(next.data["component"], "after");
 
@@ -95,7 +82,8 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
 #[tokio::test]
 async fn long_poll_returns_a_snapshot_then_waits_for_the_next_change() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (nodes, _procs, client) = start_mesh(dir.path()).await;
+    let mesh = harness::start_mesh(dir.path(), TOKEN).await;
+    let (nodes, client) = (&mesh.nodes, &mesh.client);
     let (eu, ap) = (&nodes[0], &nodes[2]);
     let first: Value = client
         .get(ap.url("/v1/poll"))
@@ -121,7 +109,7 @@ async fn long_poll_returns_a_snapshot_then_waits_for_the_next_change() {
                 .expect("json")
         }
     });
-    put(&client, eu, "api/db/eu-west", "partial_outage").await;
+    put(client, eu, "api/db/eu-west", "partial_outage").await;
     let answer = waiting.await.expect("poll task");
     assert_eq!(answer["events"][0]["event"], "status", "{answer}");
     assert_eq!(answer["events"][0]["data"]["state"], "partial_outage");

@@ -353,3 +353,31 @@ pub async fn cell_state(
         .find(|r| r["region"] == region)?;
     cell["state"].as_str().map(str::to_owned)
 }
+
+/// A running mesh of one `statusmesh run` process per region, ready (every node has heard
+/// from a peer). The processes are killed when the mesh is dropped.
+pub struct Mesh {
+    pub nodes: Vec<TestNode>,
+    pub procs: Vec<Proc>,
+    pub client: reqwest::Client,
+}
+
+/// Starts one node per region in `dir` with write token `token`, and waits until all are
+/// healthy and ready.
+pub async fn start_mesh(dir: &Path, token: &str) -> Mesh {
+    let (config, nodes) = topology(dir, 1);
+    let certs = dir.join("certs");
+    make_certs(&config, &certs);
+    let procs = nodes
+        .iter()
+        .map(|n| run_node(dir, &config, &certs, n, token))
+        .collect();
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &nodes).await;
+    wait_ready(&client, &nodes).await;
+    Mesh {
+        nodes,
+        procs,
+        client,
+    }
+}

@@ -9,17 +9,9 @@ use crate::harness::{self, Proc, SseReader, BIN};
 #[tokio::test]
 async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let certs = dir.path().join("certs");
-    harness::make_certs(&config, &certs);
     let token = "test-token";
-    let procs: Vec<Proc> = nodes
-        .iter()
-        .map(|n| harness::run_node(dir.path(), &config, &certs, n, token))
-        .collect();
-    let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    let mesh = harness::start_mesh(dir.path(), token).await;
+    let (nodes, client) = (&mesh.nodes, &mesh.client);
 
     let (eu, us) = (&nodes[0], &nodes[1]);
     assert_eq!(
@@ -52,7 +44,7 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
     // The cursor is mesh-wide: the event's id on us-east is the writer's cursor on eu-west.
     assert_eq!(event.id, cursor);
 
-    for node in &nodes {
+    for node in nodes {
         harness::wait_for(&format!("the status on {}", node.id), || async {
             let state = harness::cell_state(&client, node, "api", "db", "eu-west").await?;
             (state == "major_outage").then_some(())
@@ -71,7 +63,7 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
     .await;
     assert_eq!(code, 200);
     assert_eq!(reply["changed"], false);
-    drop(procs);
+    drop(mesh);
 }
 
 #[tokio::test]

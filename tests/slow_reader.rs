@@ -31,19 +31,11 @@ async fn a_reader_that_stops_for_thirty_seconds_does_not_grow_memory_and_catches
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let certs = dir.path().join("certs");
-    harness::make_certs(&config, &certs);
     let token = "slow-token";
-    let procs: Vec<_> = nodes
-        .iter()
-        .map(|n| harness::run_node(dir.path(), &config, &certs, n, token))
-        .collect();
-    let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    let mesh = harness::start_mesh(dir.path(), token).await;
+    let (nodes, client) = (&mesh.nodes, &mesh.client);
     let (reader_node, writer) = (&nodes[0], &nodes[1]);
-    let pid = procs[0].child.id();
+    let pid = mesh.procs[0].child.id();
 
     // A raw connection, so that "not reading" really leaves bytes in the kernel's buffers.
     let mut stream = tokio::net::TcpStream::connect(reader_node.http)
