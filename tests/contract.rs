@@ -23,7 +23,7 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
     let (nodes, client) = (&mesh.nodes, &mesh.client);
     let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
 
-    let mut sse = SseReader::connect(&client, &eu.url("/v1/events?service=api"), None).await;
+    let mut sse = SseReader::connect(client, &eu.url("/v1/events?service=api"), None).await;
     assert_eq!(sse.next().await.event, "snapshot");
     put(client, eu, "api/seen/eu-west", "operational").await;
     let last = sse.next_matching(|e| e.event == "status").await;
@@ -32,7 +32,7 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
     // 100 changes while the client is away, written in another region.
     for i in 0..100 {
         put(
-            &client,
+            client,
             us,
             &format!("api/c{i:03}/us-east"),
             "degraded_performance",
@@ -40,13 +40,13 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
         .await;
     }
     harness::wait_for("the last change on the ap node", || async {
-        let state = harness::cell_state(&client, ap, "api", "c099", "us-east").await?;
+        let state = harness::cell_state(client, ap, "api", "c099", "us-east").await?;
         (state == "degraded_performance").then_some(())
     })
     .await;
 
     let mut resumed =
-        SseReader::connect(&client, &ap.url("/v1/events?service=api"), Some(&last.id)).await;
+        SseReader::connect(client, &ap.url("/v1/events?service=api"), Some(&last.id)).await;
     let mut components = Vec::new();
     for _ in 0..100 {
         let event = resumed.next().await;
@@ -75,7 +75,7 @@ async fn a_client_resumes_on_another_regions_node_with_exactly_the_changes_it_mi
     let mut bytes = vec![1u8, 3, b'a', b'p', b'i', 1];
     bytes.extend_from_slice(&[7u8; 32]);
     let stranger = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let mut fresh = SseReader::connect(&client, &ap.url("/v1/events"), Some(&stranger)).await;
+    let mut fresh = SseReader::connect(client, &ap.url("/v1/events"), Some(&stranger)).await;
     assert_eq!(fresh.next().await.event, "snapshot");
 }
 

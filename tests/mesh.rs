@@ -18,12 +18,12 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
         (eu.region.as_str(), us.region.as_str()),
         ("eu-west", "us-east")
     );
-    let mut sse = SseReader::connect(&client, &us.url("/v1/events"), None).await;
+    let mut sse = SseReader::connect(client, &us.url("/v1/events"), None).await;
     let snapshot = sse.next().await;
     assert_eq!(snapshot.event, "snapshot");
 
     let (code, reply) = harness::put_status(
-        &client,
+        client,
         eu,
         token,
         "api/db/eu-west",
@@ -46,7 +46,7 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
 
     for node in nodes {
         harness::wait_for(&format!("the status on {}", node.id), || async {
-            let state = harness::cell_state(&client, node, "api", "db", "eu-west").await?;
+            let state = harness::cell_state(client, node, "api", "db", "eu-west").await?;
             (state == "major_outage").then_some(())
         })
         .await;
@@ -54,7 +54,7 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
 
     // The same value again changes nothing and says so.
     let (code, reply) = harness::put_status(
-        &client,
+        client,
         eu,
         token,
         "api/db/eu-west",

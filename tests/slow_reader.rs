@@ -70,7 +70,7 @@ async fn a_reader_that_stops_for_thirty_seconds_does_not_grow_memory_and_catches
             "operational"
         };
         let (code, reply) = harness::put_status(
-            &client,
+            client,
             writer,
             token,
             &format!("api/c{}/us-east", i % 50),
