@@ -43,13 +43,9 @@ pub struct Topology {
     pub nodes: Vec<NodeSpec>,
 }
 
-/// A region with its coordinates (for latency models and nearest-node choice).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Region {
-    pub name: String,
-    pub lat: f64,
-    pub lon: f64,
-}
+/// A region with its coordinates; the one type the simulator reads too (`nodes` is always
+/// `None` in a deployment).
+pub use shared::Region;
 
 /// One node of the deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +85,7 @@ impl Topology {
                     "node counts are for simulator topologies; list [[node]] entries for a deployment",
                 ));
             }
-            regions.push(Region {
-                name: r.name.clone(),
-                lat: r.lat,
-                lon: r.lon,
-            });
+            regions.push(r.clone());
         }
         let mut nodes = Vec::with_capacity(parsed.nodes.len());
         let mut addrs = BTreeSet::new();
