@@ -205,6 +205,18 @@ async fn apply(
     }
 }
 
+/// Applies a change to an existing record of `service` (not a creation) for `writer`.
+async fn apply_change(
+    node: &NodeHandle,
+    writer: &Token,
+    service: &str,
+    op: RecordOp,
+    ack: &AckQuery,
+) -> Result<Response, ApiError> {
+    let service = operator_service(node, writer, service)?;
+    apply(node, service, op, ack, false, serde_json::Value::Null).await
+}
+
 async fn post_incident(
     State(node): State<NodeHandle>,
     JsonQuery(ack): JsonQuery<AckQuery>,
@@ -259,15 +271,7 @@ async fn post_incident_update(
         id: Name::parse("id", &id)?,
         change,
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &b.service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &b.service, op, &ack).await
 }
 
 async fn patch_incident(
@@ -294,15 +298,7 @@ async fn patch_incident(
         id: Name::parse("id", &id)?,
         change,
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &b.service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &b.service, op, &ack).await
 }
 
 async fn put_maintenance(
@@ -325,15 +321,7 @@ async fn put_maintenance(
         id: Name::parse("id", &id)?,
         window: Some(window),
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &service, op, &ack).await
 }
 
 async fn delete_maintenance(
@@ -347,15 +335,7 @@ async fn delete_maintenance(
         id: Name::parse("id", &id)?,
         window: None,
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &service, op, &ack).await
 }
 
 async fn put_override(
@@ -378,15 +358,7 @@ async fn put_override(
         component: Name::parse("component", &component)?,
         value: Some(value),
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &service, op, &ack).await
 }
 
 async fn delete_override(
@@ -400,15 +372,7 @@ async fn delete_override(
         component: Name::parse("component", &component)?,
         value: None,
     };
-    apply(
-        &node,
-        operator_service(&node, &writer, &service)?,
-        op,
-        &ack,
-        false,
-        serde_json::Value::Null,
-    )
-    .await
+    apply_change(&node, &writer, &service, op, &ack).await
 }
 
 async fn get_history(
