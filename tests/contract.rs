@@ -262,3 +262,109 @@ async fn refusals_are_json_with_the_right_status() {
     let state = harness::cell_state(&client, node, "api", "db", "eu-west").await;
     assert_eq!(state.as_deref(), Some("operational"));
 }
+
+/// Reads from `stream` into `seen` until it contains `needle` (bounded by harness::WAIT).
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + harness::WAIT;
+    while !seen.contains(needle) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {seen:?}"))
+            .expect("read");
+        assert!(n > 0, "connection closed before {needle:?}; got {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+async fn raw_request(node: &TestNode, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    stream
+}
+
+#[tokio::test]
+async fn event_streams_are_served_on_fresh_and_on_reused_connections_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, nodes) = harness::topology(dir.path(), 1);
+    let certs = dir.path().join("certs");
+    harness::make_certs(&config, &certs);
+    let node = &nodes[0];
+    let _proc = harness::run_node(dir.path(), &config, &certs, node, TOKEN);
+    let client = reqwest::Client::new();
+    harness::wait_healthy(&client, std::slice::from_ref(node)).await;
+
+    // A fresh connection whose first request is an event stream.
+    let mut fresh = raw_request(
+        node,
+        "GET /v1/events?service=api HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .await;
+    let mut seen = String::new();
+    read_until(&mut fresh, &mut seen, "event: snapshot").await;
+    let (head, body) = seen.split_once("\r\n\r\n").expect("a response head");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(body.starts_with("retry: 1000\n"), "{body:?}");
+    put(&client, node, "api/db/eu-west", "major_outage").await;
+    read_until(&mut fresh, &mut seen, "\"major_outage\"").await;
+
+    // A bad cursor on a fresh connection: a JSON 400 naming the field, then the close.
+    let mut bad = raw_request(
+        node,
+        "GET /v1/events?last_event_id=not-a-cursor HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .await;
+    let mut refused = String::new();
+    read_until(&mut bad, &mut refused, "}").await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    let json: Value =
+        serde_json::from_str(refused.split_once("\r\n\r\n").expect("body").1).expect("a JSON body");
+    assert_eq!(json["field"], "last_event_id", "{json}");
+
+    // A keep-alive connection that asks for something else first still gets its stream.
+    let mut reused = raw_request(node, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let mut first = String::new();
+    read_until(&mut reused, &mut first, "\"ok\"").await;
+    {
+        use tokio::io::AsyncWriteExt;
+        reused
+            .write_all(b"GET /v1/events?service=api HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .expect("second request");
+    }
+    let mut second = String::new();
+    read_until(&mut reused, &mut second, "event: snapshot").await;
+    assert!(second.contains("text/event-stream"), "{second}");
+    assert!(second.contains("major_outage"), "{second}");
+
+    let metrics = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let count = |path: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("statusmesh_http_connections_total")
+                    && l.contains(&format!("path=\"{path}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("events_lean") >= 2, "{metrics}");
+    assert!(count("axum") >= 1, "{metrics}");
+}

@@ -84,11 +84,39 @@ impl From<CrdtError> for ApiError {
     }
 }
 
+impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body every error response carries.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({ "error": self.error, "field": self.field, "detail": self.detail })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.error, "field": self.field, "detail": self.detail });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body())).into_response()
     }
+}
+
+/// Parses the query string of `uri` into `T`, or a 400 naming the field.
+pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(
+    uri: &axum::http::Uri,
+) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(value)| value)
+        .map_err(|e| {
+            let detail = e.body_text();
+            let field = json_error_field(&detail);
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                field.as_deref(),
+                detail,
+            )
+        })
 }
 
 /// A query string parsed into `T`; a bad one is a 400 with a JSON body that says why (axum's
@@ -107,18 +135,7 @@ where
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Query::<T>::try_from_uri(&parts.uri)
-            .map(|Query(value)| JsonQuery(value))
-            .map_err(|e| {
-                let detail = e.body_text();
-                let field = json_error_field(&detail);
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    field.as_deref(),
-                    detail,
-                )
-            })
+        parse_query(&parts.uri).map(JsonQuery)
     }
 }
 
@@ -416,7 +433,7 @@ pub(crate) fn authorize(node: &NodeHandle, headers: &HeaderMap) -> Result<Token,
 }
 
 #[derive(Debug, Deserialize)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     service: Option<String>,
     region: Option<String>,
     last_event_id: Option<String>,
@@ -477,8 +494,8 @@ impl From<crate::limits::Refusal> for ApiError {
 /// The client's address when the server was started with connect info (the node is).
 fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
     extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
+        .get::<axum::extract::ConnectInfo<crate::sse_front::ClientAddr>>()
+        .map(|info| info.0 .0.ip())
 }
 
 async fn get_events(
@@ -487,18 +504,42 @@ async fn get_events(
     extensions: axum::http::Extensions,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let slot = node.limits.admit_subscriber(client_address(&extensions))?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let stream = open_event_stream(node, query, client_address(&extensions), last_event_id).await?;
+    // The body is the SSE wire format written directly (not axum's `Sse`), so that each
+    // event is serialized once and its bytes shared by every subscriber.
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in SSE_RESPONSE_HEADERS {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
+
+/// The headers of an event stream (`x-accel-buffering` tells reverse proxies not to buffer).
+pub(crate) const SSE_RESPONSE_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Admits a subscriber and opens its stream of SSE frames: the snapshot or the changes after
+/// the client's cursor (`Last-Event-ID`, else `?last_event_id=`), then live events. Shared
+/// by the axum route and the lean front door ([`crate::sse_front`]).
+pub(crate) async fn open_event_stream(
+    node: NodeHandle,
+    query: EventsQuery,
+    client: Option<std::net::IpAddr>,
+    last_event_id: Option<&str>,
+) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
+    let slot = node.limits.admit_subscriber(client)?;
     for (field, value) in [("service", &query.service), ("region", &query.region)] {
         if let Some(v) = value {
             Name::parse(field, v)?;
         }
     }
-    let resume_text = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.last_event_id.clone());
-    let resume = match resume_text.as_deref() {
+    let resume_text = last_event_id.or(query.last_event_id.as_deref());
+    let resume = match resume_text {
         Some(text) if !text.is_empty() => Some(Cursor::decode(text).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -512,22 +553,10 @@ async fn get_events(
     let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
     // The slot lives as long as the stream: a gone subscriber frees its place.
-    let stream = futures_util::StreamExt::map(stream, move |item| {
+    Ok(futures_util::StreamExt::map(stream, move |item| {
         let _held = &slot;
         item
-    });
-    // The body is the SSE wire format written directly (not axum's `Sse`), so that each
-    // event is serialized once and its bytes shared by every subscriber.
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell reverse proxies not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    }))
 }
 
 struct StreamState {

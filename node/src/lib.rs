@@ -22,5 +22,6 @@ pub mod http;
 pub mod limits;
 pub mod runtime;
 pub mod settings;
+pub mod sse_front;
 pub mod storage;
 pub mod transport;

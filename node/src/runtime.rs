@@ -469,12 +469,19 @@ pub async fn start(
     })?;
     let http_addr = listener.local_addr().unwrap_or(spec.http);
     let router = crate::http::router(handle.clone());
+    let front =
+        crate::sse_front::start(listener, handle.clone(), shutdown.clone()).map_err(|e| {
+            StartError::HttpBind {
+                addr: spec.http,
+                reason: e.to_string(),
+            }
+        })?;
     let mut http_shutdown = shutdown;
     let http = tokio::spawn(async move {
         // The client's address, for the per-address stream limit.
         let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            front,
+            router.into_make_service_with_connect_info::<crate::sse_front::ClientAddr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = http_shutdown.wait_for(|stop| *stop).await;

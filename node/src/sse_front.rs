@@ -1,0 +1,404 @@
+//! The front door of the HTTP listener. A connection whose first request is
+//! `GET /v1/events` is served here by a lean loop that writes each event's shared bytes
+//! straight to the socket; every other connection goes to axum (hyper).
+//!
+//! Why: an idle hyper HTTP/1.1 connection holds ~16.5 KiB (fixed 8 KiB read and write
+//! buffers) for as long as it lives, and a status page's subscribers live for hours. The lean
+//! loop holds the subscriber's state and nothing else, and answers with a body delimited by
+//! the connection's close (valid HTTP/1.0 and 1.1, what EventSource expects), so no chunk
+//! framing is written per event. A stream requested on a reused keep-alive connection still
+//! goes to the axum route, with the same behaviour.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::http::{open_event_stream, parse_query, ApiError, EventsQuery, SSE_RESPONSE_HEADERS};
+use crate::runtime::NodeHandle;
+
+/// How long a new connection may take to send its first bytes, and an events request its
+/// whole head, before it is closed (a client that connects and says nothing holds a file).
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest request head of an events request (the cursor is the only long part).
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Most header lines in an events request.
+const REQUEST_HEADERS_MAX: usize = 64;
+/// Accepted connections waiting for axum to pick them up.
+const HANDOFF_QUEUE: usize = 1024;
+/// What the lean path recognises: the start of the request line.
+const EVENTS_REQUEST: &[u8] = b"GET /v1/events";
+/// Most bytes written to one subscriber at once when events queued up behind each other.
+const BATCH_BYTES_MAX: usize = 64 * 1024;
+/// Pause after an accept error (out of file descriptors, say) before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The client's address as axum's `ConnectInfo` sees it through the front door.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, FrontListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, FrontListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The listener axum serves: the connections the front door hands over.
+#[derive(Debug)]
+pub struct FrontListener {
+    handoff: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl Listener for FrontListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        match self.handoff.recv().await {
+            Some(connection) => connection,
+            // The front door has stopped (shutdown): axum's graceful shutdown ends the serve.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Starts accepting on `listener` until `shutdown` turns true; returns what axum serves.
+pub fn start(
+    listener: TcpListener,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<FrontListener> {
+    let local = listener.local_addr()?;
+    let (handoff_tx, handoff) = mpsc::channel(HANDOFF_QUEUE);
+    tokio::spawn(accept_loop(listener, node, shutdown, handoff_tx));
+    Ok(FrontListener { handoff, local })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    node: NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+    handoff: mpsc::Sender<(TcpStream, SocketAddr)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut shutdown) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Events are small and must leave at once.
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(route(
+                    stream,
+                    peer,
+                    node.clone(),
+                    shutdown.clone(),
+                    handoff.clone(),
+                ));
+            }
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Looks at the first bytes without consuming them: an events request is served here,
+/// anything else (or a request line that arrived in pieces) goes to axum untouched.
+async fn route(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+    handoff: mpsc::Sender<(TcpStream, SocketAddr)>,
+) {
+    let mut first = [0u8; EVENTS_REQUEST.len() + 1];
+    let peeked = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        // Silent past the timeout, closed or broken: dropping the stream closes it.
+        _ => return,
+    };
+    let lean = is_events_request(&first[..peeked]);
+    metrics::counter!(
+        "statusmesh_http_connections_total",
+        "node" => node.info.id.to_string(),
+        "path" => if lean { "events_lean" } else { "axum" }
+    )
+    .increment(1);
+    if lean {
+        serve_events(stream, peer, node, shutdown).await;
+    } else {
+        let _ = handoff.send((stream, peer)).await;
+    }
+}
+
+fn is_events_request(first: &[u8]) -> bool {
+    first.len() == EVENTS_REQUEST.len() + 1
+        && first.starts_with(EVENTS_REQUEST)
+        && matches!(first[EVENTS_REQUEST.len()], b' ' | b'?')
+}
+
+/// An events request, parsed from its head.
+#[derive(Debug)]
+struct EventsRequest {
+    uri: axum::http::Uri,
+    last_event_id: Option<String>,
+}
+
+async fn serve_events(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    node: NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let request = match read_events_request(&mut stream).await {
+        Ok(request) => request,
+        Err(error) => {
+            let _ = write_error(&mut stream, &error).await;
+            return;
+        }
+    };
+    let opened = match parse_query::<EventsQuery>(&request.uri) {
+        Ok(query) => {
+            open_event_stream(
+                node,
+                query,
+                Some(peer.ip()),
+                request.last_event_id.as_deref(),
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    let events = match opened {
+        Ok(events) => events,
+        Err(error) => {
+            let _ = write_error(&mut stream, &error).await;
+            return;
+        }
+    };
+    let mut events = std::pin::pin!(events);
+    if stream.write_all(&response_head()).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = stream.split();
+    // A client sends nothing after its request; reading notices at once when it goes away.
+    let mut discard = [0u8; 64];
+    loop {
+        tokio::select! {
+            frame = events.next() => match frame {
+                Some(Ok(first)) => {
+                    let (batch, ended) = gather_ready(first, &mut events);
+                    if writer.write_all(&batch).await.is_err() || ended {
+                        return;
+                    }
+                }
+                // The node is stopping: the stream ended.
+                _ => return,
+            },
+            read = reader.read(&mut discard) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// `first` and the frames that are ready right behind it, up to [`BATCH_BYTES_MAX`], as one
+/// buffer, so a subscriber that fell behind (the node is busy) catches up with one write
+/// instead of one per event; true when the stream ended.
+fn gather_ready<S>(first: Bytes, events: &mut std::pin::Pin<&mut S>) -> (Bytes, bool)
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>>,
+{
+    let mut batch: Option<Vec<u8>> = None;
+    let mut ended = false;
+    while batch.as_ref().map_or(first.len(), Vec::len) < BATCH_BYTES_MAX {
+        match events.next().now_or_never() {
+            Some(Some(Ok(next))) => batch
+                .get_or_insert_with(|| first.to_vec())
+                .extend_from_slice(&next),
+            Some(_) => {
+                ended = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    (batch.map_or(first, Bytes::from), ended)
+}
+
+/// Resolves once the node is stopping (the guard `wait_for` returns is not `Send`).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn response_head() -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for (name, value) in SSE_RESPONSE_HEADERS {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    // The body ends when the connection does.
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
+}
+
+/// Reads the request head (bounded in size and time) and parses it.
+async fn read_events_request(stream: &mut TcpStream) -> Result<EventsRequest, ApiError> {
+    let mut head = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + REQUEST_HEAD_TIMEOUT;
+    loop {
+        if let Some(request) = parse_head(&head)? {
+            return Ok(request);
+        }
+        if head.len() >= REQUEST_HEAD_BYTES_MAX {
+            return Err(bad_request(
+                axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_head_too_large",
+                format!("the request head exceeds {REQUEST_HEAD_BYTES_MAX} bytes"),
+            ));
+        }
+        let mut chunk = [0u8; 1024];
+        let room = (REQUEST_HEAD_BYTES_MAX - head.len()).min(chunk.len());
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(bad_request(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "incomplete_request",
+                    "the connection ended inside the request head",
+                ))
+            }
+            Ok(Ok(n)) => head.extend_from_slice(&chunk[..n]),
+            Err(_) => {
+                return Err(bad_request(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request head did not arrive within {} s",
+                        REQUEST_HEAD_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The request in `head`, `None` while it is incomplete.
+fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let status = request.parse(head).map_err(|e| {
+        bad_request(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed request head: {e}"),
+        )
+    })?;
+    if status.is_partial() {
+        return Ok(None);
+    }
+    let path = request.path.unwrap_or("/");
+    let uri = path.parse::<axum::http::Uri>().map_err(|e| {
+        bad_request(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed request target: {e}"),
+        )
+    })?;
+    let mut last_event_id = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = std::str::from_utf8(header.value).ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("content-length")
+            && header.value.iter().any(|b| *b != b'0')
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return Err(bad_request(
+                axum::http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "GET /v1/events takes no body",
+            ));
+        }
+    }
+    Ok(Some(EventsRequest { uri, last_event_id }))
+}
+
+fn bad_request(
+    status: axum::http::StatusCode,
+    error: &'static str,
+    detail: impl Into<String>,
+) -> ApiError {
+    ApiError::new(status, error, None, detail)
+}
+
+/// The error as a whole HTTP response, then the connection closes.
+async fn write_error(stream: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+    let body = error.body().to_string();
+    let status = error.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_events_request_line_takes_the_lean_path() {
+        assert!(is_events_request(b"GET /v1/events "));
+        assert!(is_events_request(b"GET /v1/events?"));
+        assert!(!is_events_request(b"GET /v1/eventsX"));
+        assert!(!is_events_request(b"GET /v1/event"));
+        assert!(!is_events_request(b"POST /v1/events"));
+        assert!(!is_events_request(b"GET /v1/status "));
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_complete() {
+        let whole = b"GET /v1/events?service=api HTTP/1.1\r\nHost: x\r\nLast-Event-ID: abc\r\n\r\n";
+        for cut in 0..whole.len() {
+            assert!(parse_head(&whole[..cut]).expect("valid prefix").is_none());
+        }
+        let request = parse_head(whole).expect("valid").expect("complete");
+        assert_eq!(request.uri.query(), Some("service=api"));
+        assert_eq!(request.last_event_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn garbage_and_bodies_are_refused_with_a_status() {
+        let garbage = parse_head(b"GET /v1/events HTTP/1.1\r\nBad Header\r\n\r\n");
+        assert_eq!(
+            garbage.expect_err("refused").status(),
+            axum::http::StatusCode::BAD_REQUEST
+        );
+        let body = parse_head(b"GET /v1/events HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        assert!(body.is_err());
+        let empty = parse_head(b"GET /v1/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(empty.expect("no body is fine").is_some());
+    }
+}
