@@ -21,34 +21,11 @@ fn figure(report: &str, label: &str) -> Option<u64> {
         .ok()
 }
 
-#[tokio::test]
-async fn bench_sse_reports_no_lost_and_no_duplicated_deliveries() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = "bench-sse-token";
-    let mesh = harness::start_mesh(dir.path(), token).await;
-    let nodes = &mesh.nodes;
-
-    let target_pid = mesh.procs[0].child.id().to_string();
+/// Runs `statusmesh bench <args>` to the end (bounded) and returns its report.
+async fn run_bench(dir: &std::path::Path, args: &[&str]) -> String {
     let mut command = Command::new(harness::BIN);
-    command.args([
-        "bench",
-        "sse",
-        "--subscribers",
-        "5",
-        "--rate",
-        "10",
-        "--duration",
-        "2s",
-        "--target",
-        &nodes[0].url(""),
-        "--write",
-        &nodes[1].url(""),
-        "--token",
-        token,
-        "--target-pid",
-        &target_pid,
-    ]);
-    let mut bench = Proc::spawn(command, dir.path().join("bench.log"));
+    command.arg("bench").args(args);
+    let mut bench = Proc::spawn(command, dir.join(format!("bench-{}.log", args[0])));
     let deadline = Instant::now() + BENCH_WAIT;
     let status = loop {
         if let Some(status) = bench.child.try_wait().expect("poll the bench process") {
@@ -56,17 +33,73 @@ async fn bench_sse_reports_no_lost_and_no_duplicated_deliveries() {
         }
         assert!(
             Instant::now() < deadline,
-            "bench sse did not finish within {BENCH_WAIT:?}:\n{}",
+            "bench {} did not finish within {BENCH_WAIT:?}:\n{}",
+            args[0],
             bench.output()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let report = bench.output();
-    assert!(status.success(), "bench sse failed:\n{report}");
+    assert!(status.success(), "bench {} failed:\n{report}", args[0]);
+    report
+}
+
+#[tokio::test]
+async fn bench_sse_and_soak_report_no_lost_and_no_duplicated_deliveries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "bench-sse-token";
+    let mesh = harness::start_mesh(dir.path(), token).await;
+    let nodes = &mesh.nodes;
+    let (target, write) = (nodes[0].url(""), nodes[1].url(""));
+    let target_pid = mesh.procs[0].child.id().to_string();
+    let writer_pid = mesh.procs[1].child.id().to_string();
+    let load = [
+        "--subscribers",
+        "5",
+        "--rate",
+        "10",
+        "--target",
+        &target,
+        "--write",
+        &write,
+        "--token",
+        token,
+    ];
+
+    let mut sse = vec!["sse", "--duration", "2s", "--target-pid", &target_pid];
+    sse.extend(load);
+    let report = run_bench(dir.path(), &sse).await;
     let expected = figure(&report, "expected").expect("an expected count");
     assert_eq!(expected, 5 * 20, "5 subscribers x 20 writes:\n{report}");
     assert_eq!(figure(&report, "received"), Some(expected), "{report}");
     assert_eq!(figure(&report, "lost"), Some(0), "{report}");
     assert_eq!(figure(&report, "duplicated"), Some(0), "{report}");
     assert!(report.contains("per subscriber"), "RSS measured:\n{report}");
+
+    // A soak of 3 s sampled every second: samples of both nodes, then the growth line.
+    let mut soak = vec![
+        "soak",
+        "--minutes",
+        "0.05",
+        "--interval",
+        "1s",
+        "--pid",
+        &target_pid,
+        "--pid",
+        &writer_pid,
+    ];
+    soak.extend(load);
+    let report = run_bench(dir.path(), &soak).await;
+    assert_eq!(figure(&report, "lost"), Some(0), "{report}");
+    assert_eq!(figure(&report, "duplicated"), Some(0), "{report}");
+    let samples = report.lines().filter(|l| l.starts_with("sample")).count();
+    assert!(samples >= 2, "a sample per second:\n{report}");
+    for pid in [&target_pid, &writer_pid] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("growth") && l.contains(&format!("pid {pid} "))),
+            "growth of {pid}:\n{report}"
+        );
+    }
 }

@@ -37,8 +37,8 @@ pub const RATE_MAX: u32 = 1_000;
 /// Longest run.
 pub const DURATION_MAX: Duration = Duration::from_secs(600);
 /// Most expected deliveries (subscribers x writes): bounds the per-subscriber bitsets of
-/// seen writes to 25 MB in all.
-pub const DELIVERIES_MAX: u64 = 200_000_000;
+/// seen writes to 50 MB in all.
+pub const DELIVERIES_MAX: u64 = 400_000_000;
 /// Most connects in flight at once.
 pub const CONNECT_CONCURRENCY_MAX: usize = 10_000;
 /// How long one subscriber may take from TCP connect to its first event.
@@ -64,18 +64,15 @@ const LINE_BYTES_MAX: usize = 4096;
 /// The data line carries this key before the write's message (serde_json's compact form).
 const MESSAGE_KEY: &[u8] = br#""message":""#;
 
-/// Settings of an SSE fan-out benchmark.
+/// The load both `bench sse` and `bench soak` put on a mesh.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SseArgs {
+pub struct LoadArgs {
     /// SSE subscribers opened on --target (1 to 19000).
     #[arg(long)]
     pub subscribers: usize,
     /// Status changes written per second on --write (1 to 1000).
     #[arg(long)]
     pub rate: u32,
-    /// How long to write, e.g. 30s, 500ms, 2m (at most 10m).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub duration: Duration,
     /// The node whose /v1/events the subscribers follow, e.g. http://127.0.0.1:8101.
     #[arg(long)]
     pub target: String,
@@ -90,17 +87,106 @@ pub struct SseArgs {
     /// retried after a second and connect times measure the kernel's retry timer.
     #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
-    /// The target node's process id, to read its RSS from /proc (not measured without it).
-    #[arg(long)]
-    pub target_pid: Option<u32>,
     /// The service the benchmark writes to.
     #[arg(long, default_value = "bench")]
     pub service: String,
 }
 
+/// Settings of an SSE fan-out benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SseArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// How long to write, e.g. 30s, 500ms, 2m (at most 10m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The target node's process id, to read its RSS from /proc (not measured without it).
+    #[arg(long)]
+    pub target_pid: Option<u32>,
+}
+
+/// Settings of a soak: the same load held for minutes, sampled as it runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// How long to hold the load, in minutes (fractions allowed, up to 60).
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// How often to sample the nodes and print a line, e.g. 30s (1s to 10m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Process ids of the mesh's nodes whose RSS and open files are sampled (repeatable;
+    /// the first one is the target's, for the RSS per subscriber).
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+}
+
+/// Longest soak, in minutes.
+pub const SOAK_MINUTES_MAX: f64 = 60.0;
+
+/// What a run samples as it goes (`bench soak`).
+#[derive(Debug, Clone)]
+struct Sampling {
+    interval: Duration,
+    pids: Vec<u32>,
+}
+
+/// One sample of a soak.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Duration,
+    /// (pid, RSS KiB, open files) per sampled process.
+    processes: Vec<(u32, u64, u64)>,
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
-    let plan = Plan::new(&args)?;
+    if args.duration > DURATION_MAX {
+        bail!(
+            "--duration {:?}: must be at most {DURATION_MAX:?}",
+            args.duration
+        );
+    }
+    let pids: Vec<u32> = args.target_pid.into_iter().collect();
+    run("sse", &args.load, args.duration, &pids, None).await
+}
+
+/// Holds the load for `--minutes`, printing every `--interval` the RSS and open files of
+/// each `--pid` and the delivery latency of that interval, then the whole run's report and
+/// the growth from the first sample after warm-up to the last.
+pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    if !(args.minutes > 0.0 && args.minutes <= SOAK_MINUTES_MAX) {
+        bail!(
+            "--minutes {}: must be above 0 and at most {SOAK_MINUTES_MAX}",
+            args.minutes
+        );
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&args.interval) {
+        bail!("--interval {:?}: must be between 1s and 10m", args.interval);
+    }
+    for pid in &args.pids {
+        read_process(*pid)?;
+    }
+    let sampling = Sampling {
+        interval: args.interval,
+        pids: args.pids.clone(),
+    };
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    run("soak", &args.load, duration, &args.pids, Some(sampling)).await
+}
+
+/// The shared body of both commands: connect, write for `duration` (sampling if asked),
+/// let the last deliveries arrive, report.
+async fn run(
+    name: &str,
+    args: &LoadArgs,
+    duration: Duration,
+    pids: &[u32],
+    sampling: Option<Sampling>,
+) -> anyhow::Result<()> {
+    let plan = Plan::new(args, duration)?;
+    let target_pid = pids.first().copied();
     let files = raise_open_file_limit()?;
     if (files as usize) < args.subscribers + 64 {
         bail!(
@@ -127,11 +213,12 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         writes: plan.writes,
         sent_at_us: (0..plan.writes).map(|_| AtomicU64::new(0)).collect(),
         latency: Histogram::new(),
+        window: Histogram::new(),
         received: AtomicU64::new(0),
     });
 
     // Connect every subscriber; each holds a connect slot until its snapshot arrives.
-    let rss_before = args.target_pid.map(read_rss_kib).transpose()?;
+    let rss_before = target_pid.map(read_rss_kib).transpose()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (connected_tx, mut connected_rx) = mpsc::channel(args.subscribers);
     let slots = Arc::new(Semaphore::new(args.connect_concurrency));
@@ -168,7 +255,7 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         }
     }
     let connect_total = connect_started.elapsed();
-    let rss_connected = args.target_pid.map(read_rss_kib).transpose()?;
+    let rss_connected = target_pid.map(read_rss_kib).transpose()?;
     if connect_us.is_empty() {
         bail!(
             "no subscriber connected to {}: {}",
@@ -180,6 +267,15 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     // Write at the planned rate; each write is its own task so a slow fsync does not
     // slow the rate, up to WRITES_IN_FLIGHT_MAX at once.
     let writes_started = Instant::now();
+    let (sampler_stop, sampler_stopped) = watch::channel(false);
+    let sampler = sampling.map(|sampling| {
+        tokio::spawn(sample(
+            sampling,
+            shared.clone(),
+            writes_started,
+            sampler_stopped,
+        ))
+    });
     let mut ticker = tokio::time::interval(plan.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
@@ -218,6 +314,11 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         outcomes.record(done.context("a write task failed")?);
     }
     let writes_elapsed = writes_started.elapsed();
+    let _ = sampler_stop.send(true);
+    let samples = match sampler {
+        Some(task) => task.await.context("the sampler failed")??,
+        None => Vec::new(),
+    };
 
     // Let the last deliveries arrive, then stop every subscriber and collect what it saw.
     let expected_per_subscriber = outcomes.changed;
@@ -228,7 +329,7 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rss_end = args.target_pid.map(read_rss_kib).transpose()?;
+    let rss_end = target_pid.map(read_rss_kib).transpose()?;
     let _ = stop_tx.send(true);
     let mut tally = Tally::default();
     while let Some(done) = tasks.join_next().await {
@@ -237,13 +338,12 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     }
 
     // The report.
-    println!("statusmesh bench sse");
+    println!("statusmesh bench {name}");
     println!(
         "  target       {}/v1/events (node {}){}",
         target.base,
         target_node.id,
-        args.target_pid
-            .map_or(String::new(), |pid| format!(", pid {pid}"))
+        target_pid.map_or(String::new(), |pid| format!(", pid {pid}"))
     );
     println!(
         "  write        {write_base} (node {}), cells {}/c0..c{}/{region}, state flipped and a unique message per write",
@@ -258,7 +358,7 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     println!(
         "  rate         {}/s for {:.1}s: {} writes (run tag {})",
         args.rate,
-        args.duration.as_secs_f64(),
+        duration.as_secs_f64(),
         plan.writes,
         shared.tag
     );
@@ -319,7 +419,87 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         ),
         _ => println!("target RSS     not measured (give --target-pid)"),
     }
+    print_growth(&samples);
     Ok(())
+}
+
+/// Every `interval` until stopped: one line with each process's RSS and open files and the
+/// delivery latency of the interval.
+async fn sample(
+    sampling: Sampling,
+    shared: Arc<Shared>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    let mut ticker =
+        tokio::time::interval_at((started + sampling.interval).into(), sampling.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut received_before = shared.received.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return Ok(samples),
+        }
+        let mut processes = Vec::with_capacity(sampling.pids.len());
+        for &pid in &sampling.pids {
+            let (rss, files) = read_process(pid)?;
+            processes.push((pid, rss, files));
+        }
+        let received = shared.received.load(Ordering::Relaxed);
+        let latency = match shared.window.drain(&[0.50, 0.99]) {
+            Some((values, max)) => format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                values[0], values[1], max
+            ),
+            None => "no deliveries".to_owned(),
+        };
+        let at = started.elapsed();
+        let nodes: Vec<String> = processes
+            .iter()
+            .map(|(pid, rss, files)| {
+                format!("pid {pid} {:.1} MiB {files} fds", *rss as f64 / 1024.0)
+            })
+            .collect();
+        println!(
+            "sample {:>6.0}s  {} deliveries  {latency}  {}",
+            at.as_secs_f64(),
+            received - received_before,
+            nodes.join("; ")
+        );
+        received_before = received;
+        samples.push(Sample { at, processes });
+    }
+}
+
+/// RSS and open files of each sampled process from the first sample after warm-up (the
+/// second: the first interval holds allocator and cache growth) to the last.
+fn print_growth(samples: &[Sample]) {
+    let (Some(first), Some(last)) = (samples.get(1).or(samples.first()), samples.last()) else {
+        return;
+    };
+    for ((pid, rss0, files0), (_, rss1, files1)) in first.processes.iter().zip(&last.processes) {
+        let percent = |from: u64, to: u64| (to as f64 - from as f64) * 100.0 / from.max(1) as f64;
+        println!(
+            "growth         pid {pid} from {:.0}s to {:.0}s: RSS {:.1} -> {:.1} MiB ({:+.1}%), open files {files0} -> {files1} ({:+.1}%)",
+            first.at.as_secs_f64(),
+            last.at.as_secs_f64(),
+            *rss0 as f64 / 1024.0,
+            *rss1 as f64 / 1024.0,
+            percent(*rss0, *rss1),
+            percent(*files0, *files1),
+        );
+    }
+}
+
+/// RSS (KiB) and open file descriptors of a process.
+fn read_process(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let rss = read_rss_kib(pid)?;
+    let dir = format!("/proc/{pid}/fd");
+    let files = std::fs::read_dir(&dir)
+        .with_context(|| format!("--pid {pid}: cannot list {dir}"))?
+        .count() as u64;
+    Ok((rss, files))
 }
 
 /// The validated shape of a run.
@@ -330,7 +510,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(args: &SseArgs) -> anyhow::Result<Self> {
+    fn new(args: &LoadArgs, duration: Duration) -> anyhow::Result<Self> {
         if !(1..=SUBSCRIBERS_MAX).contains(&args.subscribers) {
             bail!(
                 "--subscribers {}: must be between 1 and {SUBSCRIBERS_MAX}",
@@ -339,12 +519,6 @@ impl Plan {
         }
         if !(1..=RATE_MAX).contains(&args.rate) {
             bail!("--rate {}: must be between 1 and {RATE_MAX}", args.rate);
-        }
-        if args.duration > DURATION_MAX {
-            bail!(
-                "--duration {:?}: must be at most {DURATION_MAX:?}",
-                args.duration
-            );
         }
         if !(1..=CONNECT_CONCURRENCY_MAX).contains(&args.connect_concurrency) {
             bail!(
@@ -355,7 +529,7 @@ impl Plan {
         if args.token.is_empty() {
             bail!("--token must not be empty");
         }
-        let writes = ((args.duration.as_secs_f64() * f64::from(args.rate)).ceil() as u64).max(1);
+        let writes = ((duration.as_secs_f64() * f64::from(args.rate)).ceil() as u64).max(1);
         let deliveries = writes.saturating_mul(args.subscribers as u64);
         if deliveries > DELIVERIES_MAX {
             bail!(
@@ -385,6 +559,8 @@ struct Shared {
     /// When write `i` was sent, in microseconds since `epoch` (0: not sent yet).
     sent_at_us: Vec<AtomicU64>,
     latency: Histogram,
+    /// The same latencies since the last soak sample.
+    window: Histogram,
     /// First deliveries of this run's writes, over all subscribers.
     received: AtomicU64,
 }
@@ -634,7 +810,9 @@ async fn subscribe(
                     shared.received.fetch_add(1, Ordering::Relaxed);
                     let sent = shared.sent_at_us[seq as usize].load(Ordering::Acquire);
                     if sent > 0 {
-                        shared.latency.record(shared.now_us().saturating_sub(sent));
+                        let latency = shared.now_us().saturating_sub(sent);
+                        shared.latency.record(latency);
+                        shared.window.record(latency);
                     }
                 }
             });
@@ -970,6 +1148,27 @@ impl Histogram {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
+        let max_us = self.max_us.load(Ordering::Relaxed);
+        Self::quantiles(&counts, max_us, quantiles)
+    }
+
+    /// Like [`Self::percentiles`], and empties the histogram (recorders may race with it:
+    /// a value lands in this drain or the next).
+    fn drain<const N: usize>(&self, quantiles: &[f64; N]) -> Option<([f64; N], f64)> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
+        let max_us = self.max_us.swap(0, Ordering::Relaxed);
+        Self::quantiles(&counts, max_us, quantiles)
+    }
+
+    fn quantiles<const N: usize>(
+        counts: &[u64],
+        max_us: u64,
+        quantiles: &[f64; N],
+    ) -> Option<([f64; N], f64)> {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -987,7 +1186,7 @@ impl Histogram {
                 }
             }
         }
-        Some((values, self.max_us.load(Ordering::Relaxed) as f64 / 1_000.0))
+        Some((values, max_us as f64 / 1_000.0))
     }
 }
 
@@ -1040,6 +1239,7 @@ mod tests {
             writes,
             sent_at_us: Vec::new(),
             latency: Histogram::new(),
+            window: Histogram::new(),
             received: AtomicU64::new(0),
         }
     }
@@ -1076,6 +1276,10 @@ mod tests {
         assert!((values[0] - 50.0).abs() < 0.1, "{values:?}");
         assert!((values[1] - 99.0).abs() < 0.1, "{values:?}");
         assert_eq!(max, 100.0);
+        // A drain reports the same and leaves the histogram empty for the next interval.
+        let (drained, _) = histogram.drain(&[0.50]).expect("samples");
+        assert!((drained[0] - 50.0).abs() < 0.1, "{drained:?}");
+        assert!(histogram.percentiles(&[0.50]).is_none());
     }
 
     #[test]

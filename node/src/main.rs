@@ -198,6 +198,8 @@ enum BenchCommand {
     Write(bench::WriteArgs),
     /// SSE fan-out: connect time, deliveries lost or duplicated, delivery latency, RSS.
     Sse(bench_sse::SseArgs),
+    /// A long SSE + write load that samples the nodes' RSS, open files and latency over time.
+    Soak(bench_sse::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -231,6 +233,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,
+            Command::Bench(BenchCommand::Soak(args)) => bench_sse::soak(args).await,
             Command::Set {
                 target,
                 state,
