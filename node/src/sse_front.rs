@@ -199,6 +199,9 @@ async fn serve_events(
     let (mut reader, mut writer) = stream.split();
     // A client sends nothing after its request; reading notices at once when it goes away.
     let mut discard = [0u8; 64];
+    // Registered once for the stream's life, not once per event.
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             frame = events.next() => match frame {
@@ -215,7 +218,7 @@ async fn serve_events(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            () = stopped(&mut shutdown) => return,
+            () = &mut stop => return,
         }
     }
 }
