@@ -10,6 +10,7 @@
 //! - [`storage`]: snapshots and change logs on disk, group commit.
 //! - [`settings`]: node settings beyond regions.toml (tokens, limits).
 //! - [`bench`]: `statusmesh bench write`.
+//! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
 #![forbid(unsafe_code)]
 
 pub mod api_records;
@@ -18,6 +19,7 @@ pub mod bench_sse;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod fuzz;
 pub mod http;
 pub mod limits;
 pub mod runtime;
