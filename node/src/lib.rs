@@ -7,6 +7,7 @@
 //! - [`runtime`]: the one task that owns the state machine, and the node's start-up.
 //! - [`api_records`]: incidents, maintenance, overrides and history over HTTP.
 //! - [`http`]: the client contract (JSON, SSE, health, metrics).
+//! - [`serve`]: the HTTP server loop, with a header read timeout.
 //! - [`storage`]: snapshots and change logs on disk, group commit.
 //! - [`settings`]: node settings beyond regions.toml (tokens, limits).
 //! - [`bench`]: `statusmesh bench write`.
@@ -23,6 +24,7 @@ pub mod fuzz;
 pub mod http;
 pub mod limits;
 pub mod runtime;
+pub mod serve;
 pub mod settings;
 pub mod storage;
 pub mod transport;

@@ -435,7 +435,7 @@ pub async fn start(
         info: info.clone(),
         ready: ready_rx,
         metrics: options.metrics.clone(),
-        limits: Arc::new(crate::limits::Limits::default()),
+        limits: Arc::new(crate::limits::Limits::new(options.settings.subscribers_max)),
     };
     let regions: BTreeMap<String, String> = topology
         .nodes
@@ -469,21 +469,12 @@ pub async fn start(
     })?;
     let http_addr = listener.local_addr().unwrap_or(spec.http);
     let router = crate::http::router(handle.clone());
-    let mut http_shutdown = shutdown;
-    let http = tokio::spawn(async move {
-        // The client's address, for the per-address stream limit.
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
-        if let Err(e) = served {
-            warn!(error = %e, "http server stopped with an error");
-        }
-    });
+    let http = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        options.settings.header_read_timeout,
+        shutdown,
+    ));
     info!(node = %spec.id, http = %http_addr, gossip = %gossip_addr, "node started");
     Ok(RunningNode {
         handle,

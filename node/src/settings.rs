@@ -353,6 +353,12 @@ pub struct NodeSettings {
     /// Most write commands the driver applies per loop iteration, all acknowledged after one
     /// fsync. Default 512.
     pub writes_per_commit_max: usize,
+    /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
+    /// 503 `too_many_subscribers`. Default [`crate::limits::SUBSCRIBERS_MAX`].
+    pub subscribers_max: usize,
+    /// How long an HTTP client may take to send a request's headers before its connection
+    /// is closed. Default [`crate::serve::HEADER_READ_TIMEOUT_DEFAULT`] (30 s).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl NodeSettings {
@@ -363,6 +369,8 @@ impl NodeSettings {
             tokens,
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
+            subscribers_max: crate::limits::SUBSCRIBERS_MAX,
+            header_read_timeout: crate::serve::HEADER_READ_TIMEOUT_DEFAULT,
         }
     }
 }
