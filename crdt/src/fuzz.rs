@@ -304,6 +304,11 @@ impl Input<'_> {
         (0..8).fold(0, |n, _| (n << 8) | u64::from(self.byte()))
     }
 
+    /// A number half of the time, depending on the input.
+    fn maybe_u64(&mut self) -> Option<u64> {
+        self.byte().is_multiple_of(2).then(|| self.u64())
+    }
+
     /// Up to `max` bytes of input as (lossy) UTF-8.
     fn text(&mut self, max: usize) -> String {
         let len = usize::from(self.byte()).min(max).min(self.0.len());
@@ -358,7 +363,7 @@ impl Input<'_> {
                 status,
                 components: vec![name(self)],
                 opened_at_ms: self.u64(),
-                resolved_at_ms: (self.byte() % 2 == 0).then(|| self.u64()),
+                resolved_at_ms: self.maybe_u64(),
                 author: self.text(12),
             }),
             Some("upd") => serde_json::to_value(IncidentUpdate {
@@ -379,7 +384,7 @@ impl Input<'_> {
                 reason: self.text(32),
                 author: self.text(12),
                 at_ms: self.u64(),
-                until_ms: (self.byte() % 2 == 0).then(|| self.u64()),
+                until_ms: self.maybe_u64(),
             }),
         };
         value.map(|v| v.to_string()).unwrap_or_default()
