@@ -2,8 +2,9 @@
 //! send nothing or send their headers a byte at a time (slowloris), and a flood of
 //! subscriptions. Each is refused or bounded, and the node keeps serving everyone else.
 //!
-//! Peers with a certificate from another CA, or with a genuine cluster certificate used to
-//! claim another node's id, are refused in `tls.rs`.
+//! That peers with a certificate from another CA, or with a genuine cluster certificate used
+//! to claim another node's id, are refused is shown in `tls.rs`; here, that the mesh keeps
+//! carrying writes while they try.
 
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use statusmesh_node::certs;
+
 use crate::harness::{self, Proc, SseReader, TestNode, WAIT};
+use crate::tls;
 
 const ADMIN: &str = "admin-secret-0123456789";
 const PROBE: &str = "probe-secret-0123456789";
@@ -292,6 +296,69 @@ async fn a_subscription_flood_beyond_the_limit_is_refused_and_subscribers_keep_r
     harness::wait_for("a freed place to admit a new subscriber", || async {
         let response = client.get(eu.url("/v1/events")).send().await.ok()?;
         (response.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peers_refused_for_their_certificates_do_not_stop_the_mesh() {
+    const ATTEMPTS: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = harness::start_mesh(dir.path(), ADMIN).await;
+    let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let cluster = dir.path().join("certs");
+    let stranger = dir.path().join("stranger");
+    harness::make_certs(&dir.path().join("regions.toml"), &stranger);
+    // Another CA's certificate for us-east's id (trusting the cluster CA, so any failure is
+    // eu refusing it), and a genuine cluster certificate for eu's own id.
+    let mut impostor = certs::load_identity(&stranger, &us.id).expect("stranger identity");
+    impostor.ca = certs::load_identity(&cluster, &us.id)
+        .expect("cluster identity")
+        .ca;
+    let as_eu = certs::ClusterCa::load(&cluster, "test")
+        .expect("cluster CA")
+        .identity(&eu.id)
+        .expect("certificate for eu's own id");
+    let mut subscriber = SseReader::connect(&mesh.client, &eu.url("/v1/events"), None).await;
+    assert_eq!(subscriber.next().await.event, "snapshot");
+
+    for round in 0..ATTEMPTS {
+        let refused = tls::connect_and_send(&impostor, eu.gossip, &eu.id).await;
+        assert!(refused.is_err(), "another CA's certificate was accepted");
+        // Refused after the handshake; whether the client notices first is a race, so the
+        // node's count is the evidence (below).
+        let _ = tls::connect_and_send(&as_eu, eu.gossip, &eu.id).await;
+        // Meanwhile a write in us-east still reaches eu's subscriber.
+        let state = ["major_outage", "operational"][round % 2];
+        let (code, reply) = harness::put_status(
+            &mesh.client,
+            us,
+            ADMIN,
+            "api/db/us-east",
+            json!({ "state": state }),
+        )
+        .await;
+        assert_eq!(code, 200, "{reply}");
+        subscriber
+            .next_matching(|e| {
+                e.event == "status" && e.data["region"] == "us-east" && e.data["state"] == state
+            })
+            .await;
+    }
+    harness::wait_for("eu to count every refused peer", || async {
+        let failed = tls::counter(
+            &mesh.client,
+            eu,
+            "statusmesh_transport_handshakes_failed_total",
+        )
+        .await?;
+        let refused = tls::counter(
+            &mesh.client,
+            eu,
+            "statusmesh_transport_connections_refused_total",
+        )
+        .await?;
+        (failed >= ATTEMPTS as f64 && refused >= ATTEMPTS as f64).then_some(())
     })
     .await;
 }
