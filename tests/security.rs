@@ -1,5 +1,5 @@
 //! Hostile clients against real nodes: a token used outside its scope, connections that
-//! send nothing or send their headers a byte at a time (slowloris), and a flood of
+//! send nothing or send their headers or body a byte at a time (slowloris), and a flood of
 //! subscriptions. Each is refused or bounded, and the node keeps serving everyone else.
 //!
 //! That peers with a certificate from another CA, or with a genuine cluster certificate used
@@ -177,11 +177,43 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
     tokio::time::timeout(WAIT, read_until_closed).await.is_ok()
 }
 
+/// Connects to `addr`, sends `upfront` at once, then `dripped` a byte every 200 ms followed
+/// by filler, for at most 150 bytes (30 s: the bound of every wait here). Returns how many
+/// bytes were dripped, whether the server closed the connection before the end, and what it
+/// answered.
+async fn drip(
+    addr: std::net::SocketAddr,
+    upfront: Vec<u8>,
+    dripped: Vec<u8>,
+) -> (usize, bool, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(&upfront).await.expect("send upfront");
+    let mut answer = Vec::new();
+    let mut sent = 0usize;
+    for byte in dripped.iter().chain(std::iter::repeat(&b'a')).take(150) {
+        if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+            return (sent, true, String::from_utf8_lossy(&answer).into_owned());
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A closed connection shows as a readable EOF before a write fails.
+        let mut buffer = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (sent, true, String::from_utf8_lossy(&answer).into_owned())
+            }
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+    }
+    (sent, false, String::from_utf8_lossy(&answer).into_owned())
+}
+
 #[tokio::test]
-async fn connections_that_send_nothing_or_headers_slowly_are_cut_off_and_others_are_served() {
+async fn connections_that_send_nothing_or_send_slowly_are_cut_off_and_others_are_served() {
     const IDLE_CONNECTIONS: usize = 200;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (nodes, _procs) = start(dir.path(), 1, &["--header-read-timeout-ms", "1000"]);
+    let (nodes, _procs) = start(dir.path(), 1, &["--request-read-timeout-ms", "1000"]);
     let client = reqwest::Client::new();
     harness::wait_healthy(&client, &nodes).await;
     let eu = &nodes[0];
@@ -192,27 +224,22 @@ async fn connections_that_send_nothing_or_headers_slowly_are_cut_off_and_others_
     for _ in 0..IDLE_CONNECTIONS {
         idle.push(TcpStream::connect(eu.http).await.expect("connect"));
     }
-    // One client sends a request's headers a byte every 200 ms and never finishes them
-    // (150 bytes: 30 s, the bound of every wait here).
-    let mut slow = TcpStream::connect(eu.http).await.expect("connect");
-    let slow_writer = tokio::spawn(async move {
-        let head = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: ";
-        let mut sent = 0usize;
-        for byte in head.iter().chain(std::iter::repeat(&b'a')).take(150) {
-            if slow.write_all(std::slice::from_ref(byte)).await.is_err() {
-                return (sent, true);
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // A closed connection shows as a readable EOF before a write fails.
-            let mut probe = [0u8; 256];
-            match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return (sent, true),
-                _ => {}
-            }
-        }
-        (sent, false)
-    });
+    // One client sends a request's headers a byte every 200 ms and never finishes them;
+    // another sends whole headers of a write, then its body a byte every 200 ms.
+    let slow_head = tokio::spawn(drip(
+        eu.http,
+        Vec::new(),
+        b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: ".to_vec(),
+    ));
+    let write_head = format!(
+        "PUT /v1/status/api/db/eu-west HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    let slow_body = tokio::spawn(drip(
+        eu.http,
+        write_head.into_bytes(),
+        br#"{"state":"major_outage","message":""#.to_vec(),
+    ));
 
     // Meanwhile everyone else is served.
     let health = client
@@ -228,8 +255,12 @@ async fn connections_that_send_nothing_or_headers_slowly_are_cut_off_and_others_
             "idle connection {i} still open after {WAIT:?}"
         );
     }
-    let (sent, cut) = slow_writer.await.expect("slow writer");
+    let (sent, cut, _) = slow_head.await.expect("slow head");
     assert!(cut, "the slow client sent {sent} header bytes unhindered");
+    let (sent, cut, answer) = slow_body.await.expect("slow body");
+    assert!(cut, "the slow client sent {sent} body bytes unhindered");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
 
     // The subscriber, streaming for longer than the header timeout, was not cut off: it
     // gets the next write.

@@ -126,8 +126,8 @@ impl HistoryQuery {
 }
 
 /// Reads and parses a JSON body; a bad one is a 400 that names the field.
-async fn body<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
-    parse_json(&read_body(request.into_body()).await?)
+async fn body<T: DeserializeOwned>(node: &NodeHandle, request: Request) -> Result<T, ApiError> {
+    parse_json(&read_body(node, request.into_body()).await?)
 }
 
 fn names(field: &'static str, values: &[String]) -> Result<Vec<Name>, ApiError> {
@@ -229,7 +229,7 @@ async fn post_incident(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: OpenIncidentBody = body(request).await?;
+    let b: OpenIncidentBody = body(&node, request).await?;
     let service = operator_service(&node, &writer, &b.service)?;
     let (id, op) = open_incident_op(b, &node.info.id, author(&writer), now_ms())?;
     apply(&node, service, op, &ack, true, json!({ "id": id })).await
@@ -274,7 +274,7 @@ async fn post_incident_update(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: IncidentUpdateBody = body(request).await?;
+    let b: IncidentUpdateBody = body(&node, request).await?;
     let service = b.service.clone();
     let op = incident_update_op(b, &id, author(&writer))?;
     apply_change(&node, &writer, &service, op, &ack).await
@@ -307,7 +307,7 @@ async fn patch_incident(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: PatchIncidentBody = body(request).await?;
+    let b: PatchIncidentBody = body(&node, request).await?;
     let service = b.service.clone();
     let op = patch_incident_op(b, &id, author(&writer))?;
     apply_change(&node, &writer, &service, op, &ack).await
@@ -344,7 +344,7 @@ async fn put_maintenance(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: MaintenanceBody = body(request).await?;
+    let b: MaintenanceBody = body(&node, request).await?;
     let op = maintenance_op(b, &id, author(&writer))?;
     apply_change(&node, &writer, &service, op, &ack).await
 }
@@ -390,7 +390,7 @@ async fn put_override(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: OverrideBody = body(request).await?;
+    let b: OverrideBody = body(&node, request).await?;
     let op = override_op(b, &component, author(&writer), now_ms())?;
     apply_change(&node, &writer, &service, op, &ack).await
 }

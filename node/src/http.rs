@@ -317,7 +317,7 @@ async fn put_status(
     if let Some(reason) = writer.scope.refuse_status(&service, &region) {
         return Err(forbidden(reason));
     }
-    let body = read_body(request.into_body()).await?;
+    let body = read_body(&node, request.into_body()).await?;
     let write = status_write(
         [&service, &component, &region],
         &body,
@@ -403,17 +403,28 @@ pub(crate) fn json_error_field(message: &str) -> Option<String> {
     Some(message[start..end].to_owned())
 }
 
-pub(crate) async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                Some("body"),
-                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-            )
-        })
+/// Reads a request body: at most [`BODY_BYTES_MAX`] bytes (413), within the node's request
+/// read timeout (408), so a client that sends its body a byte at a time cannot hold a
+/// handler.
+pub(crate) async fn read_body(node: &NodeHandle, body: Body) -> Result<Bytes, ApiError> {
+    let timeout = node.info.request_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_BYTES_MAX)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            Some("body"),
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        ));
+    };
+    read.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            Some("body"),
+            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+        )
+    })
 }
 
 /// Checks the bearer token; returns the token (who is writing, and what it may write).

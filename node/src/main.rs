@@ -71,14 +71,14 @@ enum Command {
         /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
         #[arg(long, default_value_t = statusmesh_node::limits::SUBSCRIBERS_MAX)]
         subscribers_max: usize,
-        /// How long an HTTP client may take to send a request's headers before its
-        /// connection is closed, in milliseconds (100 to 600000).
+        /// How long an HTTP client may take to send a request's headers (its connection is
+        /// then closed), and again its body (408), in milliseconds (100 to 600000).
         #[arg(
             long,
             default_value_t = 30_000,
             value_parser = clap::value_parser!(u64).range(100..=600_000)
         )]
-        header_read_timeout_ms: u64,
+        request_read_timeout_ms: u64,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -233,7 +233,7 @@ fn main() -> anyhow::Result<()> {
                 token,
                 tokens,
                 subscribers_max,
-                header_read_timeout_ms,
+                request_read_timeout_ms,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -242,7 +242,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let settings = NodeSettings {
                     subscribers_max,
-                    header_read_timeout: std::time::Duration::from_millis(header_read_timeout_ms),
+                    request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
                     ..NodeSettings::new(data_dir, tokens)
                 };
                 run(config, node, certs, settings).await

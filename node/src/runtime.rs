@@ -194,6 +194,8 @@ pub struct NodeInfo {
     pub cluster: String,
     /// Who may write.
     pub tokens: Tokens,
+    /// How long a client may take to send a request body (see `NodeSettings`).
+    pub request_read_timeout: Duration,
 }
 
 /// A cheap, cloneable handle to a running node's driver.
@@ -429,6 +431,7 @@ pub async fn start(
         region: spec.region.clone(),
         cluster: topology.cluster.clone(),
         tokens: options.settings.tokens.clone(),
+        request_read_timeout: options.settings.request_read_timeout,
     });
     let handle = NodeHandle {
         commands: commands_tx,
@@ -472,7 +475,7 @@ pub async fn start(
     let http = tokio::spawn(crate::serve::serve(
         listener,
         router,
-        options.settings.header_read_timeout,
+        options.settings.request_read_timeout,
         shutdown,
     ));
     info!(node = %spec.id, http = %http_addr, gossip = %gossip_addr, "node started");

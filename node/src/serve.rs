@@ -3,9 +3,10 @@
 //! `axum::serve` gives hyper no timer, so a client that connects and sends nothing, or
 //! sends its headers a byte at a time (slowloris), holds its socket and task for as long as
 //! it likes. Here every connection must deliver each request's headers within
-//! `header_read_timeout` of being ready for them (after connecting, or after its previous
+//! `request_read_timeout` of being ready for them (after connecting, or after its previous
 //! response); otherwise hyper closes it. Streaming responses (SSE) are not affected: the
-//! timer runs only while the connection waits for a request head.
+//! timer runs only while the connection waits for a request head. Bodies have the same
+//! bound, applied where handlers read them (`http::read_body`).
 
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-/// How long a client may take to send a request's headers, by default (hyper's own default
-/// when it has a timer).
-pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, and then its body, by default
+/// (hyper's own header default when it has a timer).
+pub const REQUEST_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// The pause after a failed accept (usually: out of file descriptors), so the loop waits for
 /// connections to close instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -34,7 +35,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    request_read_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Each connection task holds a sender; recv() returns None once all are gone.
@@ -66,7 +67,7 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(request_read_timeout);
             let connection =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);

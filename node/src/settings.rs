@@ -356,9 +356,10 @@ pub struct NodeSettings {
     /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
     /// 503 `too_many_subscribers`. Default [`crate::limits::SUBSCRIBERS_MAX`].
     pub subscribers_max: usize,
-    /// How long an HTTP client may take to send a request's headers before its connection
-    /// is closed. Default [`crate::serve::HEADER_READ_TIMEOUT_DEFAULT`] (30 s).
-    pub header_read_timeout: std::time::Duration,
+    /// How long an HTTP client may take to send a request's headers (its connection is then
+    /// closed), and again its body (408). Default
+    /// [`crate::serve::REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
+    pub request_read_timeout: std::time::Duration,
 }
 
 impl NodeSettings {
@@ -370,7 +371,7 @@ impl NodeSettings {
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
             subscribers_max: crate::limits::SUBSCRIBERS_MAX,
-            header_read_timeout: crate::serve::HEADER_READ_TIMEOUT_DEFAULT,
+            request_read_timeout: crate::serve::REQUEST_READ_TIMEOUT_DEFAULT,
         }
     }
 }
