@@ -1,12 +1,10 @@
 //! The client contract against real nodes: resume on any node with no gap and no duplicate,
 //! long-poll, and the refusals (401, 403, 400, 413, 422) with JSON bodies.
 
-use std::process::Command;
-
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::harness::{self, Proc, SseReader, TestNode};
+use crate::harness::{self, SseReader, TestNode};
 
 const TOKEN: &str = "contract-token";
 
@@ -139,17 +137,14 @@ async fn refusals_are_json_with_the_right_status() {
     )
     .expect("tokens file");
     let node = &nodes[0];
-    let mut command = Command::new(harness::BIN);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--node", &node.id, "--certs"])
-        .arg(&certs)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--tokens")
-        .arg(&tokens);
-    let _proc = Proc::spawn(command, dir.path().join("node.log"));
+    let _proc = harness::run_node_with_args(
+        dir.path(),
+        &config,
+        &certs,
+        node,
+        &dir.path().join("data"),
+        [std::ffi::OsStr::new("--tokens"), tokens.as_os_str()],
+    );
     let client = reqwest::Client::new();
     harness::wait_healthy(&client, std::slice::from_ref(node)).await;
 

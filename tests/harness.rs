@@ -157,6 +157,23 @@ pub fn run_node_with_data(
     token: &str,
     data: &Path,
 ) -> Proc {
+    run_node_with_args(dir, config, certs, node, data, ["--token", token])
+}
+
+/// Starts `statusmesh run` for one node with its data in `data` and `args` after the
+/// required ones (the token or tokens file, limits).
+pub fn run_node_with_args<I, S>(
+    dir: &Path,
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    data: &Path,
+    args: I,
+) -> Proc
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let mut command = Command::new(BIN);
     command
         .args(["run", "--config"])
@@ -165,7 +182,7 @@ pub fn run_node_with_data(
         .arg(certs)
         .arg("--data-dir")
         .arg(data)
-        .args(["--token", token]);
+        .args(args);
     Proc::spawn(command, dir.join(format!("{}.log", node.id)))
 }
 

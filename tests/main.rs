@@ -10,5 +10,6 @@ mod durability;
 mod harness;
 mod mesh;
 mod page;
+mod security;
 mod slow_reader;
 mod tls;

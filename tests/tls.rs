@@ -18,7 +18,7 @@ fn client(identity: &NodeIdentity) -> quinn::Endpoint {
 
 /// Connects as `identity` to `server` and sends one digest frame. Ok when the server
 /// accepted the connection and kept it open long enough to take the frame.
-async fn connect_and_send(
+pub(crate) async fn connect_and_send(
     identity: &NodeIdentity,
     addr: std::net::SocketAddr,
     server: &str,
@@ -105,7 +105,11 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
 }
 
 /// The value of a counter with the given name and `node` label in a node's /metrics.
-async fn counter(client: &reqwest::Client, node: &harness::TestNode, name: &str) -> Option<f64> {
+pub(crate) async fn counter(
+    client: &reqwest::Client,
+    node: &harness::TestNode,
+    name: &str,
+) -> Option<f64> {
     let text = client
         .get(node.url("/metrics"))
         .send()

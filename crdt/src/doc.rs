@@ -530,6 +530,7 @@ impl ServiceDoc {
         for bytes in changes {
             let change = Change::try_from(bytes.as_slice())
                 .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
+            check_checksum(bytes, &change)?;
             let origin = change.message().map(str::to_owned);
             if self.has_change(&change.hash()) {
                 held.push((change.hash(), origin));
@@ -974,6 +975,21 @@ fn str_of(value: &Value<'_>) -> Option<String> {
 
 /// Checks that a change only touches what the schema allows: root keys of the layout above,
 /// set to a valid JSON value of their kind, or deleted where deleting is allowed.
+/// Automerge checks a change's checksum when it loads a whole document, not when it parses
+/// one change: a change whose checksum is wrong would be applied, and the document saved
+/// with it would then fail to load (found by fuzzing). The checksum is the first four bytes
+/// of the change's hash, right after the four magic bytes, in plain and compressed changes
+/// alike.
+fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), CrdtError> {
+    let hash = change.hash();
+    if bytes.get(4..8) != Some(&hash.0[..4]) {
+        return Err(CrdtError::ChangeDecode(format!(
+            "checksum does not match change {hash}"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_change(change: &Change) -> Result<Vec<String>, CrdtError> {
     use automerge::legacy::{Key, ObjectId, OpType};
     let expanded = change.decode();

@@ -12,11 +12,13 @@
 //! - [`liveness`]: reporter heartbeats outside history (max-wins map).
 //! - [`cursor`]: the mesh-wide cursor clients resume from.
 //! - [`view`]: derived statuses, freshness and the page indicator.
+//! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
 #![forbid(unsafe_code)]
 
 pub mod cursor;
 pub mod doc;
 pub mod error;
+pub mod fuzz;
 pub mod history;
 pub mod liveness;
 pub mod model;

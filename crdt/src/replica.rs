@@ -464,6 +464,27 @@ mod tests {
     }
 
     #[test]
+    fn a_change_whose_checksum_is_wrong_is_rejected_and_the_document_still_loads() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        let out = a
+            .write_status(5, &write("db", "eu-west", State::MajorOutage, "down"))
+            .expect("write");
+        let mut change = out.change.expect("a change");
+        change[4] ^= 0xff;
+        let refused = b.apply_remote("api", std::slice::from_ref(&change));
+        assert!(
+            matches!(refused, Err(CrdtError::ChangeDecode(_))),
+            "{refused:?}"
+        );
+        // Nothing of it reached the document, which saves and loads as before.
+        let service = Name::parse("service", "api").expect("name");
+        if let Some(doc) = b.doc(&service) {
+            assert!(doc.heads().is_empty());
+            assert!(ServiceDoc::load(service, &doc.save(), ActorId::from(vec![7; 16])).is_ok());
+        }
+    }
+
+    #[test]
     fn remote_changes_converge_and_produce_events() {
         let mut a = replica(1);
         let mut b = replica(2);

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod fuzz;
 pub mod invariants;
 pub mod membership;
 pub mod node;

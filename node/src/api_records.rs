@@ -30,8 +30,7 @@ use statusmesh_crdt::{
 use statusmesh_gossip::GossipError;
 
 use crate::http::{
-    authorize, forbidden, json_error_field, read_body, reply_after_acks, AckQuery, ApiError,
-    JsonQuery,
+    authorize, forbidden, parse_json, read_body, reply_after_acks, AckQuery, ApiError, JsonQuery,
 };
 use crate::runtime::{now_ms, NodeHandle, RecordOp};
 use crate::settings::Token;
@@ -55,7 +54,7 @@ pub fn routes() -> Router<NodeHandle> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OpenIncidentBody {
+pub(crate) struct OpenIncidentBody {
     service: String,
     id: Option<String>,
     title: String,
@@ -68,7 +67,7 @@ struct OpenIncidentBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IncidentUpdateBody {
+pub(crate) struct IncidentUpdateBody {
     service: String,
     message: String,
     status: Option<String>,
@@ -77,7 +76,7 @@ struct IncidentUpdateBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatchIncidentBody {
+pub(crate) struct PatchIncidentBody {
     service: String,
     status: Option<String>,
     impact: Option<String>,
@@ -88,7 +87,7 @@ struct PatchIncidentBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MaintenanceBody {
+pub(crate) struct MaintenanceBody {
     title: String,
     components: Vec<String>,
     starts_at_ms: u64,
@@ -97,7 +96,7 @@ struct MaintenanceBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OverrideBody {
+pub(crate) struct OverrideBody {
     state: String,
     #[serde(default)]
     reason: String,
@@ -106,22 +105,29 @@ struct OverrideBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     days: Option<u64>,
 }
 
+impl HistoryQuery {
+    /// The days of history asked for (default 90, at most a year).
+    pub(crate) fn days(&self) -> Result<u64, ApiError> {
+        let days = self.days.unwrap_or(90);
+        if !(1..=365).contains(&days) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some("days"),
+                format!("days {days} must be between 1 and 365"),
+            ));
+        }
+        Ok(days)
+    }
+}
+
 /// Reads and parses a JSON body; a bad one is a 400 that names the field.
-async fn body<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
-    let bytes = read_body(request.into_body()).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let field = json_error_field(&e.to_string());
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            field.as_deref(),
-            e.to_string(),
-        )
-    })
+async fn body<T: DeserializeOwned>(node: &NodeHandle, request: Request) -> Result<T, ApiError> {
+    parse_json(&read_body(node, request.into_body()).await?)
 }
 
 fn names(field: &'static str, values: &[String]) -> Result<Vec<Name>, ApiError> {
@@ -223,13 +229,23 @@ async fn post_incident(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: OpenIncidentBody = body(request).await?;
+    let b: OpenIncidentBody = body(&node, request).await?;
     let service = operator_service(&node, &writer, &b.service)?;
-    let now = now_ms();
+    let (id, op) = open_incident_op(b, &node.info.id, author(&writer), now_ms())?;
+    apply(&node, service, op, &ack, true, json!({ "id": id })).await
+}
+
+/// `POST /v1/incidents`: the body validated into the incident's id and the record to write.
+pub(crate) fn open_incident_op(
+    b: OpenIncidentBody,
+    node_id: &str,
+    author: String,
+    now: u64,
+) -> Result<(Name, RecordOp), ApiError> {
     let id = match &b.id {
         Some(id) => Name::parse("id", id)?,
         // Unique without coordination: the node's id and the time, in base 36.
-        None => Name::parse("id", &format!("{}-{}", node.info.id, base36(now)))?,
+        None => Name::parse("id", &format!("{node_id}-{}", base36(now)))?,
     };
     let status =
         parse_opt::<IncidentStatus>(b.status.as_deref())?.unwrap_or(IncidentStatus::Investigating);
@@ -240,7 +256,7 @@ async fn post_incident(
         components: names("components", &b.components)?,
         opened_at_ms: now,
         resolved_at_ms: (status == IncidentStatus::Resolved).then_some(now),
-        author: author(&writer),
+        author,
     };
     incident.validate()?;
     let op = RecordOp::OpenIncident {
@@ -248,7 +264,7 @@ async fn post_incident(
         incident,
         text: b.message,
     };
-    apply(&node, service, op, &ack, true, json!({ "id": id })).await
+    Ok((id, op))
 }
 
 async fn post_incident_update(
@@ -258,20 +274,30 @@ async fn post_incident_update(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: IncidentUpdateBody = body(request).await?;
+    let b: IncidentUpdateBody = body(&node, request).await?;
+    let service = b.service.clone();
+    let op = incident_update_op(b, &id, author(&writer))?;
+    apply_change(&node, &writer, &service, op, &ack).await
+}
+
+/// `POST /v1/incidents/{id}/updates`: the body validated into the change to write.
+pub(crate) fn incident_update_op(
+    b: IncidentUpdateBody,
+    id: &str,
+    author: String,
+) -> Result<RecordOp, ApiError> {
     let change = IncidentChange {
         status: parse_opt(b.status.as_deref())?,
         impact: parse_opt(b.impact.as_deref())?,
         title: None,
         components: None,
         text: Some(b.message),
-        author: author(&writer),
+        author,
     };
-    let op = RecordOp::ChangeIncident {
-        id: Name::parse("id", &id)?,
+    Ok(RecordOp::ChangeIncident {
+        id: Name::parse("id", id)?,
         change,
-    };
-    apply_change(&node, &writer, &b.service, op, &ack).await
+    })
 }
 
 async fn patch_incident(
@@ -281,7 +307,18 @@ async fn patch_incident(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: PatchIncidentBody = body(request).await?;
+    let b: PatchIncidentBody = body(&node, request).await?;
+    let service = b.service.clone();
+    let op = patch_incident_op(b, &id, author(&writer))?;
+    apply_change(&node, &writer, &service, op, &ack).await
+}
+
+/// `PATCH /v1/incidents/{id}`: the body validated into the change to write.
+pub(crate) fn patch_incident_op(
+    b: PatchIncidentBody,
+    id: &str,
+    author: String,
+) -> Result<RecordOp, ApiError> {
     let change = IncidentChange {
         status: parse_opt(b.status.as_deref())?,
         impact: parse_opt(b.impact.as_deref())?,
@@ -292,13 +329,12 @@ async fn patch_incident(
             .map(|c| names("components", c))
             .transpose()?,
         text: b.message,
-        author: author(&writer),
+        author,
     };
-    let op = RecordOp::ChangeIncident {
-        id: Name::parse("id", &id)?,
+    Ok(RecordOp::ChangeIncident {
+        id: Name::parse("id", id)?,
         change,
-    };
-    apply_change(&node, &writer, &b.service, op, &ack).await
+    })
 }
 
 async fn put_maintenance(
@@ -308,20 +344,29 @@ async fn put_maintenance(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: MaintenanceBody = body(request).await?;
+    let b: MaintenanceBody = body(&node, request).await?;
+    let op = maintenance_op(b, &id, author(&writer))?;
+    apply_change(&node, &writer, &service, op, &ack).await
+}
+
+/// `PUT /v1/maintenance/{service}/{id}`: the body validated into the window to write.
+pub(crate) fn maintenance_op(
+    b: MaintenanceBody,
+    id: &str,
+    author: String,
+) -> Result<RecordOp, ApiError> {
     let window = Maintenance {
         title: b.title,
         components: names("components", &b.components)?,
         starts_at_ms: b.starts_at_ms,
         ends_at_ms: b.ends_at_ms,
-        author: author(&writer),
+        author,
     };
     window.validate()?;
-    let op = RecordOp::Maintenance {
-        id: Name::parse("id", &id)?,
+    Ok(RecordOp::Maintenance {
+        id: Name::parse("id", id)?,
         window: Some(window),
-    };
-    apply_change(&node, &writer, &service, op, &ack).await
+    })
 }
 
 async fn delete_maintenance(
@@ -345,20 +390,30 @@ async fn put_override(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let b: OverrideBody = body(request).await?;
+    let b: OverrideBody = body(&node, request).await?;
+    let op = override_op(b, &component, author(&writer), now_ms())?;
+    apply_change(&node, &writer, &service, op, &ack).await
+}
+
+/// `PUT /v1/overrides/{service}/{component}`: the body validated into the override to write.
+pub(crate) fn override_op(
+    b: OverrideBody,
+    component: &str,
+    author: String,
+    now: u64,
+) -> Result<RecordOp, ApiError> {
     let value = Override {
         state: b.state.parse::<ComponentState>()?,
         reason: b.reason,
-        author: author(&writer),
-        at_ms: now_ms(),
+        author,
+        at_ms: now,
         until_ms: b.until_ms,
     };
     value.validate()?;
-    let op = RecordOp::Override {
-        component: Name::parse("component", &component)?,
+    Ok(RecordOp::Override {
+        component: Name::parse("component", component)?,
         value: Some(value),
-    };
-    apply_change(&node, &writer, &service, op, &ack).await
+    })
 }
 
 async fn delete_override(
@@ -382,15 +437,7 @@ async fn get_history(
 ) -> Result<Response, ApiError> {
     let service = Name::parse("service", &service)?;
     let component = Name::parse("component", &component)?;
-    let days = query.days.unwrap_or(90);
-    if !(1..=365).contains(&days) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            Some("days"),
-            format!("days {days} must be between 1 and 365"),
-        ));
-    }
+    let days = query.days()?;
     match node.history(service.clone(), component, days).await? {
         Some(history) => Ok(Json(history).into_response()),
         None => Err(ApiError::new(

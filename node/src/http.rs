@@ -101,24 +101,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses the query string of `uri` into `T`, or a 400 naming the field.
-pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(
-    uri: &axum::http::Uri,
-) -> Result<T, ApiError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|Query(value)| value)
-        .map_err(|e| {
-            let detail = e.body_text();
-            let field = json_error_field(&detail);
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                field.as_deref(),
-                detail,
-            )
-        })
-}
-
 /// A query string parsed into `T`; a bad one is a 400 with a JSON body that says why (axum's
 /// own `Query` answers in plain text).
 #[derive(Debug)]
@@ -137,6 +119,24 @@ where
     ) -> Result<Self, Self::Rejection> {
         parse_query(&parts.uri).map(JsonQuery)
     }
+}
+
+/// The query string of `uri` parsed into `T`; a bad one is a 400 that names the field.
+pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(
+    uri: &axum::http::Uri,
+) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(value)| value)
+        .map_err(|e| {
+            let detail = e.body_text();
+            let field = json_error_field(&detail);
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                field.as_deref(),
+                detail,
+            )
+        })
 }
 
 /// The router of one node.
@@ -327,45 +327,13 @@ async fn put_status(
     if let Some(reason) = writer.scope.refuse_status(&service, &region) {
         return Err(forbidden(reason));
     }
-    let body = read_body(request.into_body()).await?;
-    let parsed: PutStatusBody = serde_json::from_slice(&body).map_err(|e| {
-        let field = json_error_field(&e.to_string());
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            field.as_deref(),
-            e.to_string(),
-        )
-    })?;
-    let state = parsed.state.parse()?;
-    let ttl_ms = parsed.ttl_s.saturating_mul(1000);
-    let observation = Observation {
-        state,
-        message: parsed.message,
-        reporter: parsed.reporter.unwrap_or(writer.name),
-        observed_at_ms: now_ms(),
-        ttl_ms,
-    };
-    let write =
-        StatusWrite::parse(&service, &component, &region, observation).map_err(|e| match e {
-            // The body says ttl_s, so the error should too.
-            CrdtError::InvalidField {
-                field: "ttl_ms",
-                value,
-                reason,
-            } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                Some("ttl_s"),
-                format!(
-                    "invalid ttl_s {}: {reason}",
-                    value
-                        .parse::<u64>()
-                        .map_or(value, |ms| (ms / 1000).to_string())
-                ),
-            ),
-            other => other.into(),
-        })?;
+    let body = read_body(&node, request.into_body()).await?;
+    let write = status_write(
+        [&service, &component, &region],
+        &body,
+        writer.name,
+        now_ms(),
+    )?;
     match node.write(write).await? {
         Ok(reply) => reply_after_acks(&node, reply, &ack, false).await,
         Err(GossipError::Crdt(e)) => Err(e.into()),
@@ -376,6 +344,58 @@ async fn put_status(
             e.to_string(),
         )),
     }
+}
+
+/// The body of `PUT /v1/status/{service}/{component}/{region}` parsed and validated into a
+/// write by `writer` at `now_ms`; nothing is stored yet.
+pub(crate) fn status_write(
+    [service, component, region]: [&str; 3],
+    body: &[u8],
+    writer: String,
+    now_ms: u64,
+) -> Result<StatusWrite, ApiError> {
+    let parsed: PutStatusBody = parse_json(body)?;
+    let state = parsed.state.parse()?;
+    let ttl_ms = parsed.ttl_s.saturating_mul(1000);
+    let observation = Observation {
+        state,
+        message: parsed.message,
+        reporter: parsed.reporter.unwrap_or(writer),
+        observed_at_ms: now_ms,
+        ttl_ms,
+    };
+    StatusWrite::parse(service, component, region, observation).map_err(|e| match e {
+        // The body says ttl_s, so the error should too.
+        CrdtError::InvalidField {
+            field: "ttl_ms",
+            value,
+            reason,
+        } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("ttl_s"),
+            format!(
+                "invalid ttl_s {}: {reason}",
+                value
+                    .parse::<u64>()
+                    .map_or(value, |ms| (ms / 1000).to_string())
+            ),
+        ),
+        other => other.into(),
+    })
+}
+
+/// A JSON request body parsed into `T`; a bad one is a 400 that names the field.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let field = json_error_field(&e.to_string());
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            field.as_deref(),
+            e.to_string(),
+        )
+    })
 }
 
 /// serde_json says "unknown field `x`" or "missing field `x`"; the field is what is quoted.
@@ -393,17 +413,28 @@ pub(crate) fn json_error_field(message: &str) -> Option<String> {
     Some(message[start..end].to_owned())
 }
 
-pub(crate) async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                Some("body"),
-                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-            )
-        })
+/// Reads a request body: at most [`BODY_BYTES_MAX`] bytes (413), within the node's request
+/// read timeout (408), so a client that sends its body a byte at a time cannot hold a
+/// handler.
+pub(crate) async fn read_body(node: &NodeHandle, body: Body) -> Result<Bytes, ApiError> {
+    let timeout = node.info.request_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_BYTES_MAX)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            Some("body"),
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        ));
+    };
+    read.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            Some("body"),
+            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+        )
+    })
 }
 
 /// Checks the bearer token; returns the token (who is writing, and what it may write).
@@ -437,6 +468,41 @@ pub(crate) struct EventsQuery {
     service: Option<String>,
     region: Option<String>,
     last_event_id: Option<String>,
+}
+
+impl EventsQuery {
+    /// Checks the filters; the cursor to resume from: the `Last-Event-ID` header's, else the
+    /// query's.
+    pub(crate) fn resume(&self, last_event_id: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+        check_filters(self.service.as_deref(), self.region.as_deref())?;
+        let text = last_event_id.or(self.last_event_id.as_deref());
+        decode_cursor("last_event_id", text)
+    }
+}
+
+/// `?service=` and `?region=` must be valid names when given.
+fn check_filters(service: Option<&str>, region: Option<&str>) -> Result<(), ApiError> {
+    for (field, value) in [("service", service), ("region", region)] {
+        if let Some(v) = value {
+            Name::parse(field, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// A client's cursor (`field` names where it came from); none when absent or empty.
+fn decode_cursor(field: &str, text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    match text {
+        Some(text) if !text.is_empty() => Cursor::decode(text).map(Some).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some(field),
+                e.to_string(),
+            )
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// How long a node that is behind a client's cursor waits to catch up (it has asked its
@@ -494,8 +560,8 @@ impl From<crate::limits::Refusal> for ApiError {
 /// The client's address when the server was started with connect info (the node is).
 fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
     extensions
-        .get::<axum::extract::ConnectInfo<crate::sse_front::ClientAddr>>()
-        .map(|info| info.0 .0.ip())
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 async fn get_events(
@@ -533,23 +599,7 @@ pub(crate) async fn open_event_stream(
     last_event_id: Option<&str>,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
     let slot = node.limits.admit_subscriber(client)?;
-    for (field, value) in [("service", &query.service), ("region", &query.region)] {
-        if let Some(v) = value {
-            Name::parse(field, v)?;
-        }
-    }
-    let resume_text = last_event_id.or(query.last_event_id.as_deref());
-    let resume = match resume_text {
-        Some(text) if !text.is_empty() => Some(Cursor::decode(text).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                Some("last_event_id"),
-                e.to_string(),
-            )
-        })?),
-        _ => None,
-    };
+    let resume = query.resume(last_event_id)?;
     let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
     // The slot lives as long as the stream: a gone subscriber frees its place.
@@ -651,11 +701,28 @@ fn matches_filter(published: &Published, service: Option<&str>, region: Option<&
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PollQuery {
+pub(crate) struct PollQuery {
     cursor: Option<String>,
     wait_s: Option<u64>,
     service: Option<String>,
     region: Option<String>,
+}
+
+impl PollQuery {
+    /// Checks every field; the wait in seconds and the cursor to resume from.
+    pub(crate) fn validate(&self) -> Result<(u64, Option<Cursor>), ApiError> {
+        check_filters(self.service.as_deref(), self.region.as_deref())?;
+        let wait_s = self.wait_s.unwrap_or(30);
+        if wait_s > POLL_WAIT_S_MAX {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some("wait_s"),
+                format!("wait_s {wait_s} is above the limit of {POLL_WAIT_S_MAX}"),
+            ));
+        }
+        Ok((wait_s, decode_cursor("cursor", self.cursor.as_deref())?))
+    }
 }
 
 /// Longest long-poll wait, in seconds.
@@ -674,31 +741,7 @@ async fn get_poll(
 ) -> Result<Response, ApiError> {
     // A waiting poll holds a connection like a stream does.
     let _slot = node.limits.admit_subscriber(client_address(&extensions))?;
-    for (field, value) in [("service", &query.service), ("region", &query.region)] {
-        if let Some(v) = value {
-            Name::parse(field, v)?;
-        }
-    }
-    let wait_s = query.wait_s.unwrap_or(30);
-    if wait_s > POLL_WAIT_S_MAX {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            Some("wait_s"),
-            format!("wait_s {wait_s} is above the limit of {POLL_WAIT_S_MAX}"),
-        ));
-    }
-    let resume = match query.cursor.as_deref() {
-        Some(text) if !text.is_empty() => Some(Cursor::decode(text).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                Some("cursor"),
-                e.to_string(),
-            )
-        })?),
-        _ => None,
-    };
+    let (wait_s, resume) = query.validate()?;
     let Subscription {
         initial, mut live, ..
     } = subscribe_resuming(&node, resume, query.service.clone()).await?;

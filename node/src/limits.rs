@@ -35,6 +35,7 @@ pub enum Refusal {
 /// The node's admission state, shared by every request.
 #[derive(Debug)]
 pub struct Limits {
+    subscribers_max: usize,
     subscribers: Arc<Semaphore>,
     streams: Mutex<BTreeMap<IpAddr, usize>>,
     buckets: Mutex<BTreeMap<String, (f64, Instant)>>,
@@ -65,15 +66,21 @@ impl Drop for SubscriberSlot {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
-            streams: Mutex::new(BTreeMap::new()),
-            buckets: Mutex::new(BTreeMap::new()),
-        }
+        Self::new(SUBSCRIBERS_MAX)
     }
 }
 
 impl Limits {
+    /// Limits that admit at most `subscribers_max` subscribers at once.
+    pub fn new(subscribers_max: usize) -> Self {
+        Self {
+            subscribers_max,
+            subscribers: Arc::new(Semaphore::new(subscribers_max)),
+            streams: Mutex::new(BTreeMap::new()),
+            buckets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// A place for one more subscriber from `address`, or why there is none.
     pub fn admit_subscriber(
         self: &Arc<Self>,
@@ -84,12 +91,12 @@ impl Limits {
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| Refusal::Subscribers {
-                    limit: SUBSCRIBERS_MAX,
+                    limit: self.subscribers_max,
                 })?;
         let counted = address.filter(|a| !a.is_loopback());
         if let Some(address) = counted {
             let mut streams = self.streams.lock().map_err(|_| Refusal::Subscribers {
-                limit: SUBSCRIBERS_MAX,
+                limit: self.subscribers_max,
             })?;
             let count = streams.entry(address).or_default();
             if *count >= STREAMS_PER_ADDRESS_MAX {
@@ -139,7 +146,7 @@ impl Limits {
 
     /// Subscribers connected now.
     pub fn subscribers(&self) -> usize {
-        SUBSCRIBERS_MAX - self.subscribers.available_permits()
+        self.subscribers_max - self.subscribers.available_permits()
     }
 }
 

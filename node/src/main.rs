@@ -68,6 +68,17 @@ enum Command {
         /// A TOML file of named write tokens ([[token]] name = "..", secret = "..").
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
+        #[arg(long, default_value_t = statusmesh_node::limits::SUBSCRIBERS_MAX)]
+        subscribers_max: usize,
+        /// How long an HTTP client may take to send a request's headers (its connection is
+        /// then closed), and again its body (408), in milliseconds (100 to 600000).
+        #[arg(
+            long,
+            default_value_t = 30_000,
+            value_parser = clap::value_parser!(u64).range(100..=600_000)
+        )]
+        request_read_timeout_ms: u64,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -223,13 +234,20 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 token,
                 tokens,
+                subscribers_max,
+                request_read_timeout_ms,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
                     (Some(token), None) if !token.is_empty() => Tokens::single(&token),
                     _ => bail!("--token must not be empty (or give --tokens FILE)"),
                 };
-                run(config, node, certs, NodeSettings::new(data_dir, tokens)).await
+                let settings = NodeSettings {
+                    subscribers_max,
+                    request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
+                    ..NodeSettings::new(data_dir, tokens)
+                };
+                run(config, node, certs, settings).await
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,

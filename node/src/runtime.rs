@@ -194,6 +194,8 @@ pub struct NodeInfo {
     pub cluster: String,
     /// Who may write.
     pub tokens: Tokens,
+    /// How long a client may take to send a request body (see `NodeSettings`).
+    pub request_read_timeout: Duration,
 }
 
 /// A cheap, cloneable handle to a running node's driver.
@@ -429,13 +431,14 @@ pub async fn start(
         region: spec.region.clone(),
         cluster: topology.cluster.clone(),
         tokens: options.settings.tokens.clone(),
+        request_read_timeout: options.settings.request_read_timeout,
     });
     let handle = NodeHandle {
         commands: commands_tx,
         info: info.clone(),
         ready: ready_rx,
         metrics: options.metrics.clone(),
-        limits: Arc::new(crate::limits::Limits::default()),
+        limits: Arc::new(crate::limits::Limits::new(options.settings.subscribers_max)),
     };
     let regions: BTreeMap<String, String> = topology
         .nodes
@@ -469,28 +472,13 @@ pub async fn start(
     })?;
     let http_addr = listener.local_addr().unwrap_or(spec.http);
     let router = crate::http::router(handle.clone());
-    let front =
-        crate::sse_front::start(listener, handle.clone(), shutdown.clone()).map_err(|e| {
-            StartError::HttpBind {
-                addr: spec.http,
-                reason: e.to_string(),
-            }
-        })?;
-    let mut http_shutdown = shutdown;
-    let http = tokio::spawn(async move {
-        // The client's address, for the per-address stream limit.
-        let served = axum::serve(
-            front,
-            router.into_make_service_with_connect_info::<crate::sse_front::ClientAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
-        if let Err(e) = served {
-            warn!(error = %e, "http server stopped with an error");
-        }
-    });
+    let http = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        handle.clone(),
+        options.settings.request_read_timeout,
+        shutdown,
+    ));
     info!(node = %spec.id, http = %http_addr, gossip = %gossip_addr, "node started");
     Ok(RunningNode {
         handle,

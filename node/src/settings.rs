@@ -353,6 +353,13 @@ pub struct NodeSettings {
     /// Most write commands the driver applies per loop iteration, all acknowledged after one
     /// fsync. Default 512.
     pub writes_per_commit_max: usize,
+    /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
+    /// 503 `too_many_subscribers`. Default [`crate::limits::SUBSCRIBERS_MAX`].
+    pub subscribers_max: usize,
+    /// How long an HTTP client may take to send a request's headers (its connection is then
+    /// closed), and again its body (408). Default
+    /// [`crate::serve::REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
+    pub request_read_timeout: std::time::Duration,
 }
 
 impl NodeSettings {
@@ -363,6 +370,8 @@ impl NodeSettings {
             tokens,
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
+            subscribers_max: crate::limits::SUBSCRIBERS_MAX,
+            request_read_timeout: crate::serve::REQUEST_READ_TIMEOUT_DEFAULT,
         }
     }
 }

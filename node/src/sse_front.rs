@@ -1,6 +1,7 @@
-//! The front door of the HTTP listener. A connection whose first request is
-//! `GET /v1/events` is served here by a lean loop that writes each event's shared bytes
-//! straight to the socket; every other connection goes to axum (hyper).
+//! The front door of every HTTP connection ([`crate::serve`] calls [`route`] first). A
+//! connection whose first request is `GET /v1/events` is served here by a lean loop that
+//! writes each event's shared bytes straight to the socket; every other connection goes to
+//! axum (hyper).
 //!
 //! Why: an idle hyper HTTP/1.1 connection holds ~16.5 KiB (fixed 8 KiB read and write
 //! buffers) for as long as it lives, and a status page's subscribers live for hours. The lean
@@ -14,124 +15,38 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::http::{open_event_stream, parse_query, ApiError, EventsQuery, SSE_RESPONSE_HEADERS};
 use crate::runtime::NodeHandle;
 
-/// How long a new connection may take to send its first bytes, and an events request its
-/// whole head, before it is closed (a client that connects and says nothing holds a file).
-pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest request head of an events request (the cursor is the only long part).
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Most header lines in an events request.
 const REQUEST_HEADERS_MAX: usize = 64;
-/// Accepted connections waiting for axum to pick them up.
-const HANDOFF_QUEUE: usize = 1024;
 /// What the lean path recognises: the start of the request line.
 const EVENTS_REQUEST: &[u8] = b"GET /v1/events";
 /// Most bytes written to one subscriber at once when events queued up behind each other.
 const BATCH_BYTES_MAX: usize = 64 * 1024;
-/// Pause after an accept error (out of file descriptors, say) before accepting again.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// The client's address as axum's `ConnectInfo` sees it through the front door.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, FrontListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, FrontListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// The listener axum serves: the connections the front door hands over.
-#[derive(Debug)]
-pub struct FrontListener {
-    handoff: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl Listener for FrontListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        match self.handoff.recv().await {
-            Some(connection) => connection,
-            // The front door has stopped (shutdown): axum's graceful shutdown ends the serve.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// Starts accepting on `listener` until `shutdown` turns true; returns what axum serves.
-pub fn start(
-    listener: TcpListener,
-    node: NodeHandle,
-    shutdown: watch::Receiver<bool>,
-) -> io::Result<FrontListener> {
-    let local = listener.local_addr()?;
-    let (handoff_tx, handoff) = mpsc::channel(HANDOFF_QUEUE);
-    tokio::spawn(accept_loop(listener, node, shutdown, handoff_tx));
-    Ok(FrontListener { handoff, local })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    node: NodeHandle,
-    mut shutdown: watch::Receiver<bool>,
-    handoff: mpsc::Sender<(TcpStream, SocketAddr)>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopped(&mut shutdown) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Events are small and must leave at once.
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(route(
-                    stream,
-                    peer,
-                    node.clone(),
-                    shutdown.clone(),
-                    handoff.clone(),
-                ));
-            }
-            Err(e) => {
-                debug!(error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Looks at the first bytes without consuming them: an events request is served here,
-/// anything else (or a request line that arrived in pieces) goes to axum untouched.
-async fn route(
+/// Looks at the first bytes without consuming them: an events request is served here (and
+/// `None` returned when it ends); anything else, or a request line that arrived in pieces,
+/// is handed back untouched for axum. A connection silent for `head_timeout` is closed.
+pub async fn route(
     stream: TcpStream,
     peer: SocketAddr,
-    node: NodeHandle,
-    shutdown: watch::Receiver<bool>,
-    handoff: mpsc::Sender<(TcpStream, SocketAddr)>,
-) {
+    node: &NodeHandle,
+    shutdown: &mut watch::Receiver<bool>,
+    head_timeout: Duration,
+) -> Option<TcpStream> {
     let mut first = [0u8; EVENTS_REQUEST.len() + 1];
-    let peeked = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, stream.peek(&mut first)).await {
+    let peeked = match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => n,
         // Silent past the timeout, closed or broken: dropping the stream closes it.
-        _ => return,
+        _ => return None,
     };
     let lean = is_events_request(&first[..peeked]);
     metrics::counter!(
@@ -140,11 +55,13 @@ async fn route(
         "path" => if lean { "events_lean" } else { "axum" }
     )
     .increment(1);
-    if lean {
-        serve_events(stream, peer, node, shutdown).await;
-    } else {
-        let _ = handoff.send((stream, peer)).await;
+    if !lean {
+        return Some(stream);
     }
+    // Events are small and must leave at once.
+    let _ = stream.set_nodelay(true);
+    serve_events(stream, peer, node.clone(), shutdown, head_timeout).await;
+    None
 }
 
 fn is_events_request(first: &[u8]) -> bool {
@@ -164,9 +81,10 @@ async fn serve_events(
     mut stream: TcpStream,
     peer: SocketAddr,
     node: NodeHandle,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+    head_timeout: Duration,
 ) {
-    let request = match read_events_request(&mut stream).await {
+    let request = match read_events_request(&mut stream, head_timeout).await {
         Ok(request) => request,
         Err(error) => {
             let _ = write_error(&mut stream, &error).await;
@@ -200,7 +118,7 @@ async fn serve_events(
     // A client sends nothing after its request; reading notices at once when it goes away.
     let mut discard = [0u8; 64];
     // Registered once for the stream's life, not once per event.
-    let stop = stopped(&mut shutdown);
+    let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -263,9 +181,12 @@ fn response_head() -> Vec<u8> {
 }
 
 /// Reads the request head (bounded in size and time) and parses it.
-async fn read_events_request(stream: &mut TcpStream) -> Result<EventsRequest, ApiError> {
+async fn read_events_request(
+    stream: &mut TcpStream,
+    head_timeout: Duration,
+) -> Result<EventsRequest, ApiError> {
     let mut head = Vec::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + REQUEST_HEAD_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + head_timeout;
     loop {
         if let Some(request) = parse_head(&head)? {
             return Ok(request);
@@ -294,8 +215,8 @@ async fn read_events_request(stream: &mut TcpStream) -> Result<EventsRequest, Ap
                     axum::http::StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
                     format!(
-                        "the request head did not arrive within {} s",
-                        REQUEST_HEAD_TIMEOUT.as_secs()
+                        "the request head did not arrive within {} ms",
+                        head_timeout.as_millis()
                     ),
                 ))
             }
