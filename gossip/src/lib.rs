@@ -12,6 +12,7 @@ pub mod error;
 pub mod invariants;
 pub mod membership;
 pub mod node;
+pub mod plumtree;
 pub mod topology;
 
 pub use codec::Frame;
