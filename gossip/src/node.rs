@@ -676,8 +676,21 @@ impl Node {
             }
             if !fresh.contains(&true) {
                 self.stats.pushes_duplicate += 1;
-                let roots: BTreeSet<String> = parsed.into_iter().map(|(_, root)| root).collect();
-                self.prune(from, roots);
+                // A redundant path is one whose copy came after another peer's push. A second
+                // copy from the same peer is the network repeating itself, and a copy that a
+                // repair brought first says nothing about the tree: neither is pruned.
+                let roots: BTreeSet<String> = parsed
+                    .into_iter()
+                    .filter(|(hash, _)| {
+                        self.plumtree
+                            .seen(plumtree::message_id(hash))
+                            .is_none_or(|seen| seen.pushed_by.as_ref().is_some_and(|p| p != from))
+                    })
+                    .map(|(_, root)| root)
+                    .collect();
+                if !roots.is_empty() {
+                    self.prune(from, roots);
+                }
                 return;
             }
         }
@@ -689,7 +702,10 @@ impl Node {
                 continue;
             }
             let id = plumtree::message_id(&hash);
-            let announced = self.plumtree.remember(id, service, &root, bytes.clone());
+            let pushed_by = pushed.then_some(from);
+            let announced = self
+                .plumtree
+                .remember(id, service, &root, bytes.clone(), pushed_by);
             if let Some((announcer, at_ms)) = announced {
                 let earlier_ms = self.now_ms.saturating_sub(at_ms);
                 if pushed
@@ -756,7 +772,8 @@ impl Node {
         let id = plumtree::message_id(&hash);
         let root = self.id.clone();
         let service = service.to_string();
-        self.plumtree.remember(id, &service, &root, bytes.clone());
+        self.plumtree
+            .remember(id, &service, &root, bytes.clone(), None);
         self.forward(&root, None, &service, vec![bytes], &[id]);
     }
 
@@ -1510,6 +1527,40 @@ mod tests {
         h.run_for(20);
         assert!(h.all_hold_last_change_of(0, None));
         assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
+    }
+
+    #[test]
+    fn a_push_the_network_repeats_does_not_prune_its_sender() {
+        let mut h = Harness::without_anti_entropy(3);
+        h.run_for(100);
+        let write = StatusWrite::parse(
+            "api",
+            "db",
+            "r0",
+            Observation {
+                state: State::MajorOutage,
+                message: String::new(),
+                reporter: "probe".into(),
+                observed_at_ms: h.now_ms,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("valid");
+        let now = h.now_ms;
+        h.nodes[0].local_write(now, &write).expect("write");
+        let push = std::iter::from_fn(|| h.nodes[0].poll_transmit())
+            .find(|t| t.to == "n1" && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
+            .expect("n0 pushes to n1");
+        for _ in 0..2 {
+            h.nodes[1].handle_frame(now, "n0", &push.bytes);
+        }
+        assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
+        let prunes = std::iter::from_fn(|| h.nodes[1].poll_transmit())
+            .filter(|t| matches!(codec::decode(&t.bytes), Ok(Frame::Prune { .. })))
+            .count();
+        assert_eq!(prunes, 0);
+        let tree = h.nodes[0].broadcast_state().tree("n0").expect("tree");
+        assert!(tree.eager.contains("n1"));
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct Seen {
     pub service: String,
     pub root: String,
     pub bytes: Option<Vec<u8>>,
+    /// The peer whose push brought it first; `None` when it was made here or repaired.
+    pub pushed_by: Option<String>,
 }
 
 /// A change that was announced but has not arrived.
@@ -298,7 +300,7 @@ impl Plumtree {
         self.seen.get(&id)
     }
 
-    /// Records a change as seen and caches its bytes; evicts the oldest beyond `seen_max`
+    /// Records a change as seen (first pushed by `pushed_by`) and caches its bytes; evicts the oldest beyond `seen_max`
     /// entries or `payload_cache_bytes_max` bytes. Returns when it was announced and by whom
     /// first, if it was missing.
     pub fn remember(
@@ -307,6 +309,7 @@ impl Plumtree {
         service: &str,
         root: &str,
         bytes: Vec<u8>,
+        pushed_by: Option<&str>,
     ) -> Option<(String, u64)> {
         let missing = self.missing.remove(&id);
         if self.seen.contains_key(&id) {
@@ -320,6 +323,7 @@ impl Plumtree {
                 service: service.to_owned(),
                 root: root.to_owned(),
                 bytes,
+                pushed_by: pushed_by.map(str::to_owned),
             },
         );
         self.seen_order.push_back(id);
