@@ -732,7 +732,7 @@ impl Node {
             self.prune(from, BTreeSet::from([root]));
         }
         for (root, (changes, ids)) in by_root {
-            self.forward(&root, Some(from), service, changes, &ids);
+            self.forward(&root, Some(from), service, changes, &ids, pushed);
         }
     }
 
@@ -774,12 +774,14 @@ impl Node {
         let service = service.to_string();
         self.plumtree
             .remember(id, &service, &root, bytes.clone(), None);
-        self.forward(&root, None, &service, vec![bytes], &[id]);
+        self.forward(&root, None, &service, vec![bytes], &[id], true);
     }
 
     /// Pushes changes of `root` to the root's eager peers and queues their announcement for
     /// its lazy peers, never back to `sender` or to the root. A root seen for the first time
-    /// gets its tree from [`Node::default_tree`].
+    /// gets its tree from [`Node::default_tree`]. Changes a repair brought (not `pushed`)
+    /// are also announced along this node's own tree: after a heal, this node may be the
+    /// first of its side to hold them, and its own tree reaches the whole side fast.
     fn forward(
         &mut self,
         root: &str,
@@ -787,10 +789,20 @@ impl Node {
         service: &str,
         changes: Vec<Vec<u8>>,
         ids: &[MessageId],
+        pushed: bool,
     ) {
+        // A repair's sender is a random peer, not a parent in the root's tree.
+        let parent = if pushed { sender } else { None };
         if self.plumtree.tree(root).is_none() {
-            let tree = self.default_tree(root, sender);
+            let tree = self.default_tree(root, parent);
             self.plumtree.tree_or_insert(self.now_ms, root, || tree);
+        } else if root != self.id && self.from_other_region(parent) {
+            // A change that came from another region makes this node its region's entry for
+            // the root, whatever role it had (the root's choice moves after a peer went down
+            // or came back, and a heal brings changes in anywhere): it pushes on to the
+            // region, except to peers that pruned it.
+            let mates = self.candidates(root, sender, true);
+            self.plumtree.add_eager_unless_lazy(root, &mates);
         }
         let tree = self
             .plumtree
@@ -798,6 +810,8 @@ impl Node {
         let skip = |peer: &String| Some(peer.as_str()) == sender || peer == root;
         let eager: Vec<NodeId> = tree.eager.iter().filter(|p| !skip(p)).cloned().collect();
         let lazy: Vec<NodeId> = tree.lazy.iter().filter(|p| !skip(p)).cloned().collect();
+        let skip_root_tree =
+            |peer: &String| skip(peer) || eager.contains(peer) || lazy.contains(peer);
         for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
             let frame = Frame::Push {
                 service: service.to_owned(),
@@ -808,6 +822,31 @@ impl Node {
             }
         }
         for peer in &lazy {
+            self.plumtree
+                .queue_announcement(self.now_ms, peer, root, ids);
+        }
+        if pushed || root == self.id {
+            return;
+        }
+        let me = self.id.clone();
+        if self.plumtree.tree(&me).is_none() {
+            let tree = self.default_tree(&me, None);
+            self.plumtree.tree_or_insert(self.now_ms, &me, || tree);
+        }
+        // Its eager peers, and the lazy ones that back them up, per region.
+        let own: Vec<NodeId> = self
+            .plumtree
+            .tree(&me)
+            .map(|t| {
+                t.eager
+                    .iter()
+                    .chain(&t.lazy)
+                    .filter(|p| !skip_root_tree(p))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for peer in &own {
             self.plumtree
                 .queue_announcement(self.now_ms, peer, root, ids);
         }
@@ -848,20 +887,9 @@ impl Node {
             }
             return tree;
         }
-        let sender_region = sender.and_then(|s| self.peers.get(s)).map(|p| &p.region);
-        let entry = sender_region.is_some_and(|r| *r != self.region);
-        let candidates = |same_region: bool| -> Vec<NodeId> {
-            self.peers
-                .iter()
-                .filter(|(id, p)| {
-                    (p.region == self.region) == same_region
-                        && id.as_str() != root
-                        && Some(id.as_str()) != sender
-                })
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
-        let (mates, others) = (candidates(true), candidates(false));
+        let entry = self.from_other_region(sender);
+        let mates = self.candidates(root, sender, true);
+        let others = self.candidates(root, sender, false);
         if entry {
             tree.eager.extend(mates);
             tree.lazy.extend(self.pick_random(others, fanout));
@@ -957,6 +985,47 @@ impl Node {
         }
     }
 
+    /// Whether `sender` is a peer of another region than this node's.
+    fn from_other_region(&self, sender: Option<&str>) -> bool {
+        sender
+            .and_then(|s| self.peers.get(s))
+            .is_some_and(|p| p.region != self.region)
+    }
+
+    /// The peers of this node's region (`same_region`) or of the others, but `root` and
+    /// `sender`.
+    fn candidates(&self, root: &str, sender: Option<&str>, same_region: bool) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                (p.region == self.region) == same_region
+                    && id.as_str() != root
+                    && Some(id.as_str()) != sender
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A peer back up rejoins this node's own tree where the default tree would have it: as
+    /// a peer of this region, or as the entry of a region left without one (its entry went
+    /// down, or a partition cut the whole region off).
+    fn restore_in_own_tree(&mut self, up: &str) {
+        let Some(region) = self.peers.get(up).map(|p| p.region.clone()) else {
+            return;
+        };
+        let Some(tree) = self.plumtree.tree(&self.id) else {
+            return;
+        };
+        let region_served = tree
+            .eager
+            .iter()
+            .any(|p| self.peers.get(p).is_some_and(|s| s.region == region));
+        if region == self.region || !region_served {
+            let root = self.id.clone();
+            self.plumtree.make_eager(self.now_ms, &root, up);
+        }
+    }
+
     /// A peer declared down leaves every tree; where it was eager, a lazy peer of its region
     /// (or else any other live peer of its region) takes its role.
     fn remove_from_trees(&mut self, down: &str) {
@@ -1028,7 +1097,9 @@ impl Node {
                 // Hearsay against direct evidence: not reported.
                 continue;
             }
-            if !change.up {
+            if change.up {
+                self.restore_in_own_tree(&change.node);
+            } else {
                 self.remove_from_trees(&change.node);
             }
             self.push_event(if change.up {
@@ -1561,6 +1632,36 @@ mod tests {
         assert_eq!(prunes, 0);
         let tree = h.nodes[0].broadcast_state().tree("n0").expect("tree");
         assert!(tree.eager.contains("n1"));
+    }
+
+    #[test]
+    fn a_change_repaired_after_a_heal_is_announced_on_and_reaches_the_rest_without_more_rounds() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(100);
+        h.cut = Some(3);
+        h.write(3, "db", State::MajorOutage);
+        h.run_for(100);
+        h.cut = None;
+        assert!(!h.all_hold_last_change_of(3, None));
+        // One exchange: n1 syncs, and only n3 differs from it.
+        let now = h.now_ms;
+        h.nodes[1].sync_now(now);
+        h.drain(1);
+        // n1 announces it along its own tree: one graft round (virtual time) brings it to
+        // every region, where entries push on; an epidemic of announcements alone needs more.
+        let bound_ms = 2 * Config::lan().broadcast.graft_timeout_ms;
+        let took = h.run_until(bound_ms, |h| h.all_hold_last_change_of(3, None));
+        assert!(
+            took.is_some(),
+            "the rest got n3's change from n1 within {bound_ms} ms"
+        );
+        let heads_frames: u64 = (0..9).map(|i| h.delivered(i, "heads")).sum();
+        assert!(
+            heads_frames <= 2,
+            "{heads_frames} heads frames: only n1 and n3 compared"
+        );
+        let rounds: u64 = h.nodes.iter().map(|n| n.stats().anti_entropy_rounds).sum();
+        assert_eq!(rounds, 9, "one round per node at start, none since");
     }
 
     #[test]

@@ -256,16 +256,31 @@ impl Plumtree {
     }
 
     /// Makes `peer` a lazy peer of `root` (a prune): out of the eager set, into the lazy one
-    /// while it has fewer than `lazy_fanout`. A root without a tree is left without one.
+    /// while it has room. A root without a tree is left without one.
     pub fn make_lazy(&mut self, root: &str, peer: &str) {
         let Some(tree) = self.trees.get_mut(root) else {
             return;
         };
         tree.eager.remove(peer);
-        // Announcements cost bytes per change: a pruned peer is kept lazy only while the
-        // tree has fewer lazy peers than it starts with.
-        if tree.lazy.len() < self.bounds.lazy_fanout.min(self.bounds.lazy_peers_max) {
+        if tree.lazy.len() < self.bounds.lazy_peers_max {
             tree.lazy.insert(peer.to_owned());
+        }
+        self.last_root = Some(root.to_owned());
+    }
+
+    /// Makes each of `peers` that is in neither set of `root`'s tree an eager peer, while the
+    /// tree has room (a lazy peer stays lazy: it pruned this node, or was made lazy).
+    pub fn add_eager_unless_lazy(&mut self, root: &str, peers: &[String]) {
+        let Some(tree) = self.trees.get_mut(root) else {
+            return;
+        };
+        for peer in peers {
+            if tree.eager.len() >= self.bounds.eager_peers_max {
+                break;
+            }
+            if !tree.lazy.contains(peer) {
+                tree.eager.insert(peer.clone());
+            }
         }
         self.last_root = Some(root.to_owned());
     }
