@@ -467,12 +467,10 @@ impl Plumtree {
     /// Feeds a round-trip sample for `peer` into its smoothed estimate (7/8 old, 1/8 new,
     /// as TCP's SRTT).
     pub fn sample_rtt(&mut self, peer: &str, rtt_ms: u64) {
-        let rtt = self
-            .rtt_ms
+        self.rtt_ms
             .entry(peer.to_owned())
             .and_modify(|r| *r = (*r * 7 + rtt_ms) / 8)
             .or_insert(rtt_ms);
-        debug_assert!(*rtt <= rtt_ms.max(*rtt));
     }
 
     /// The smoothed round-trip time to `peer` (ms), once measured.
@@ -581,4 +579,91 @@ pub fn spread_rank(root: &str, peer: &str) -> u64 {
     hash.write(&[0]);
     hash.write(peer.as_bytes());
     hash.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> BroadcastConfig {
+        BroadcastConfig {
+            roots_max: 2,
+            seen_max: 3,
+            payload_cache_bytes_max: 10,
+            missing_max: 2,
+            ihave_per_peer_max: 4,
+            lazy_peers_max: 1,
+            eager_peers_max: 1,
+            ..BroadcastConfig::lan()
+        }
+    }
+
+    #[test]
+    fn seen_changes_and_their_bytes_stay_within_their_bounds() {
+        let mut p = Plumtree::new(small());
+        for id in 0..5u64 {
+            p.remember(id, "api", "n1", vec![0; 4], None);
+            assert_eq!(p.check_all("n0"), Ok(()));
+        }
+        // Three ids fit, but only two payloads of four bytes fit ten bytes.
+        assert!(!p.has_seen(0) && !p.has_seen(1) && !p.has_seen(2));
+        assert!(p.has_seen(3) && p.has_seen(4));
+        assert_eq!(p.payload_bytes(), 8);
+        // A payload larger than the whole cache is remembered without its bytes.
+        p.remember(9, "api", "n1", vec![0; 11], None);
+        assert!(p.seen(9).is_some_and(|s| s.bytes.is_none()));
+    }
+
+    #[test]
+    fn missing_announcements_roots_and_batches_stay_within_their_bounds() {
+        let mut p = Plumtree::new(small());
+        for id in 0..5u64 {
+            p.announced(0, "n1", "n2", id);
+        }
+        assert_eq!(p.missing_count(), 2);
+        p.queue_announcement(0, "n1", "n2", &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.announcements_dropped, 2);
+        for root in ["a", "b", "c"] {
+            p.tree_or_insert(0, root, RootTree::default);
+        }
+        assert_eq!(p.trees().len(), 2);
+        assert!(
+            p.tree("a").is_none(),
+            "the least recently used root went first"
+        );
+        p.make_eager(0, "b", "x");
+        p.make_eager(0, "b", "y");
+        p.make_lazy("b", "z");
+        p.make_lazy("b", "w");
+        assert_eq!(p.check_all("n0"), Ok(()));
+        let tree = p.tree("b").expect("tree");
+        assert_eq!((tree.eager.len(), tree.lazy.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_missing_change_is_grafted_from_each_announcer_in_turn_then_forgotten() {
+        let mut p = Plumtree::new(BroadcastConfig::lan());
+        let timeout = BroadcastConfig::lan().graft_timeout_ms;
+        p.announced(0, "n1", "n9", 7);
+        p.announced(1, "n2", "n9", 7);
+        assert!(p.due_grafts(timeout - 1).by_peer.is_empty());
+        let first = p.due_grafts(timeout);
+        assert_eq!(first.by_peer.get("n1"), Some(&vec![7]));
+        let second = p.due_grafts(2 * timeout);
+        assert_eq!(second.by_peer.get("n2"), Some(&vec![7]));
+        assert_eq!(p.missing_count(), 0);
+        assert_eq!(p.next_timeout(), None);
+        // Once it arrives, announcements of it are ignored.
+        p.remember(7, "api", "n9", vec![1], Some("n3"));
+        p.announced(3 * timeout, "n4", "n9", 7);
+        assert_eq!(p.missing_count(), 0);
+    }
+
+    #[test]
+    fn message_ids_are_the_first_eight_bytes_of_the_hash() {
+        let mut hash = [0u8; 32];
+        hash[0] = 1;
+        hash[8] = 0xff;
+        assert_eq!(message_id(&ChangeHash(hash)), 1);
+    }
 }
