@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::GossipError;
+use crate::liveness_range::BUCKETS;
 use crate::membership::SwimId;
 
 /// Version of the frame format. A frame of another version is rejected, not guessed at.
@@ -74,6 +75,11 @@ pub enum Frame {
     Graft { roots: Vec<String>, ids: Vec<u64> },
     /// "Stop pushing to me": the sender becomes a lazy peer of each root in `roots`.
     Prune { roots: Vec<String> },
+    /// In answer to a [`Frame::Digest`] whose liveness differs: one hash per bucket of keys
+    /// (`liveness_range::BUCKETS` of them), so that only differing buckets are exchanged.
+    LivenessBuckets { hashes: Vec<u32> },
+    /// "Send me your liveness entries of these buckets."
+    LivenessWant { buckets: Vec<u16> },
 }
 
 impl Frame {
@@ -90,6 +96,8 @@ impl Frame {
             Frame::IHave { .. } => "ihave",
             Frame::Graft { .. } => "graft",
             Frame::Prune { .. } => "prune",
+            Frame::LivenessBuckets { .. } => "liveness_buckets",
+            Frame::LivenessWant { .. } => "liveness_want",
         }
     }
 
@@ -112,6 +120,21 @@ impl Frame {
             ),
             Frame::Graft { roots, ids } => (roots.iter().map(String::as_str).collect(), ids.len()),
             Frame::Prune { roots } => (roots.iter().map(String::as_str).collect(), 0),
+            Frame::LivenessBuckets { hashes } if hashes.len() != BUCKETS => {
+                return Err(GossipError::Decode(format!(
+                    "{} liveness bucket hashes, not {BUCKETS}",
+                    hashes.len()
+                )));
+            }
+            Frame::LivenessWant { buckets }
+                if buckets.len() > BUCKETS
+                    || buckets.iter().any(|b| usize::from(*b) >= BUCKETS) =>
+            {
+                return Err(GossipError::Decode(format!(
+                    "liveness want of {} buckets, or a bucket beyond {BUCKETS}",
+                    buckets.len()
+                )));
+            }
             _ => return Ok(()),
         };
         if roots.len() > ROOTS_PER_FRAME_MAX {
@@ -306,6 +329,12 @@ mod tests {
             Frame::Prune {
                 roots: vec!["n3".into()],
             },
+            Frame::LivenessBuckets {
+                hashes: vec![7; BUCKETS],
+            },
+            Frame::LivenessWant {
+                buckets: vec![0, 255],
+            },
         ];
         for frame in frames {
             let bytes = encode(&frame).expect("encode");
@@ -341,7 +370,17 @@ mod tests {
             roots: vec![String::new()],
             ids: vec![],
         };
-        for frame in [too_many_ids, too_many_roots, empty_root] {
+        let short_buckets = Frame::LivenessBuckets { hashes: vec![1; 3] };
+        let bucket_beyond = Frame::LivenessWant {
+            buckets: vec![BUCKETS as u16],
+        };
+        for frame in [
+            too_many_ids,
+            too_many_roots,
+            empty_root,
+            short_buckets,
+            bucket_beyond,
+        ] {
             assert!(encode(&frame).is_err(), "{frame:?}");
             // Encoded by hand, past the check: the receiver refuses it too.
             let envelope = Envelope {

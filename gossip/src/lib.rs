@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod error;
 pub mod invariants;
+pub mod liveness_range;
 pub mod membership;
 pub mod node;
 pub mod plumtree;

@@ -29,6 +29,7 @@ use statusmesh_crdt::{
 
 use crate::codec::{self, Frame, IDS_PER_FRAME_MAX, ROOTS_PER_FRAME_MAX};
 use crate::error::GossipError;
+use crate::liveness_range;
 use crate::membership::{MemberState, Membership, Preset};
 use crate::plumtree::{self, BroadcastConfig, MessageId, Plumtree, RootTree};
 
@@ -406,6 +407,14 @@ impl Node {
                 }
             }
             Frame::Graft { roots, ids } => self.on_graft(from, &roots, &ids),
+            Frame::LivenessBuckets { hashes } => {
+                self.sample_digest_rtt(from, true);
+                self.on_liveness_buckets(from, &hashes);
+            }
+            Frame::LivenessWant { buckets } => {
+                let entries = liveness_range::entries_in(self.replica.liveness(), &buckets);
+                self.send_liveness(from, entries, false);
+            }
             Frame::Prune { roots } => {
                 for root in roots.iter().filter(|r| *r != from) {
                     self.plumtree.make_lazy(root, from);
@@ -1159,14 +1168,29 @@ impl Node {
             self.send(from, &frame);
         }
         if liveness != self.replica.liveness().digest() {
-            let entries: Vec<(String, u64)> = self
-                .replica
-                .liveness()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-            self.send_liveness(from, entries, true);
+            let map = self.replica.liveness();
+            if map.len() <= liveness_range::WHOLE_MAP_MAX {
+                let entries: Vec<(String, u64)> =
+                    map.iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                self.send_liveness(from, entries, true);
+            } else {
+                let hashes = liveness_range::bucket_hashes(map);
+                self.send(from, &Frame::LivenessBuckets { hashes });
+            }
         }
+    }
+
+    /// Compares a peer's liveness buckets with ours: sends our entries of the buckets that
+    /// differ and asks for theirs.
+    fn on_liveness_buckets(&mut self, from: &str, hashes: &[u32]) {
+        let ours = liveness_range::bucket_hashes(self.replica.liveness());
+        let buckets = liveness_range::differing(&ours, hashes);
+        if buckets.is_empty() {
+            return;
+        }
+        let entries = liveness_range::entries_in(self.replica.liveness(), &buckets);
+        self.send_liveness(from, entries, false);
+        self.send(from, &Frame::LivenessWant { buckets });
     }
 
     fn on_heads(&mut self, from: &str, docs: Vec<(String, Vec<[u8; 32]>)>, reply_wanted: bool) {
@@ -1749,6 +1773,42 @@ mod tests {
             let doc = node.replica().docs().next().expect("doc");
             assert_eq!(doc.history_len(), 1);
         }
+    }
+
+    #[test]
+    fn a_large_liveness_map_is_repaired_by_the_buckets_that_differ() {
+        let mut h = Harness::without_anti_entropy(2);
+        h.run_for(100);
+        let entries: Vec<(String, u64)> = (0..2_000).map(|i| (format!("api/c{i}/r0"), 5)).collect();
+        let whole = codec::encode(&Frame::Liveness {
+            entries,
+            reply_wanted: false,
+        })
+        .expect("encode");
+        let newer = codec::encode(&Frame::Liveness {
+            entries: vec![("api/c7/r0".into(), 9)],
+            reply_wanted: false,
+        })
+        .expect("encode");
+        let now = h.now_ms;
+        h.nodes[0].handle_frame(now, "n1", &whole);
+        h.nodes[1].handle_frame(now, "n0", &whole);
+        h.nodes[1].handle_frame(now, "n0", &newer);
+        h.drain(0);
+        h.drain(1);
+        let bytes_before: u64 = h.nodes.iter().map(|n| n.stats().bytes_out).sum();
+        h.nodes[0].sync_now(now);
+        h.drain(0);
+        h.run_for(50);
+        assert_eq!(
+            h.nodes[0].replica().liveness(),
+            h.nodes[1].replica().liveness()
+        );
+        let bytes: u64 = h.nodes.iter().map(|n| n.stats().bytes_out).sum::<u64>() - bytes_before;
+        // The whole map is about 27 KB; the bucket hashes and one bucket's entries are a
+        // small part of it.
+        assert!(whole.len() > 20_000, "{}", whole.len());
+        assert!(bytes < 3_000, "{bytes} bytes to repair one entry");
     }
 
     #[test]
