@@ -652,12 +652,15 @@ impl Node {
         let mut parsed = Vec::with_capacity(changes.len());
         for bytes in &changes {
             match automerge::Change::try_from(bytes.as_slice()) {
-                Ok(change) => parsed.push((
-                    change.hash(),
-                    change
+                // The root is the origin the change names, when it is a member; otherwise
+                // (an origin since removed from the mesh) the sender stands in for it.
+                Ok(change) => {
+                    let root = change
                         .message()
-                        .map_or_else(|| from.to_owned(), str::to_owned),
-                )),
+                        .filter(|o| *o == self.id || self.peers.contains_key(*o))
+                        .unwrap_or(from);
+                    parsed.push((change.hash(), root.to_owned()));
+                }
                 Err(e) => {
                     let error = CrdtError::ChangeDecode(e.to_string());
                     self.reject(from, &GossipError::Crdt(error));
