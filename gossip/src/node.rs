@@ -808,7 +808,7 @@ impl Node {
         if self.plumtree.tree(root).is_none() {
             let tree = self.default_tree(root, parent);
             self.plumtree.tree_or_insert(self.now_ms, root, || tree);
-        } else if root != self.id && self.from_other_region(parent) {
+        } else if root != self.id && self.is_of_another_region(parent) {
             // A change that came from another region makes this node its region's entry for
             // the root, whatever role it had (the root's choice moves after a peer went down
             // or came back, and a heal brings changes in anywhere): it pushes on to the
@@ -899,7 +899,7 @@ impl Node {
             }
             return tree;
         }
-        let entry = self.from_other_region(sender);
+        let entry = self.is_of_another_region(sender);
         let mates = self.candidates(root, sender, true);
         let others = self.candidates(root, sender, false);
         if entry {
@@ -998,7 +998,7 @@ impl Node {
     }
 
     /// Whether `sender` is a peer of another region than this node's.
-    fn from_other_region(&self, sender: Option<&str>) -> bool {
+    fn is_of_another_region(&self, sender: Option<&str>) -> bool {
         sender
             .and_then(|s| self.peers.get(s))
             .is_some_and(|p| p.region != self.region)
