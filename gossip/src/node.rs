@@ -947,8 +947,9 @@ impl Node {
 
     /// Tells `peer` to stop pushing changes of `roots` here, and stops pushing them to it.
     fn prune(&mut self, peer: &str, roots: BTreeSet<String>) {
-        let roots: Vec<String> = roots.into_iter().filter(|r| r != peer).collect();
-        for root in &roots {
+        let roots: Vec<String> = roots.into_iter().collect();
+        // Nothing is pushed back to a root, so the root itself needs no lazy entry here.
+        for root in roots.iter().filter(|r| *r != peer) {
             self.plumtree.make_lazy(root, peer);
         }
         for chunk in roots.chunks(ROOTS_PER_FRAME_MAX) {
@@ -1689,6 +1690,51 @@ mod tests {
         );
         let rounds: u64 = h.nodes.iter().map(|n| n.stats().anti_entropy_rounds).sum();
         assert_eq!(rounds, 9, "one round per node at start, none since");
+    }
+
+    #[test]
+    fn an_announcement_that_beats_the_push_grafts_the_faster_path_and_prunes_the_slower() {
+        let mut h = Harness::without_anti_entropy(3);
+        h.run_for(100);
+        let write = StatusWrite::parse(
+            "api",
+            "db",
+            "r0",
+            Observation {
+                state: State::MajorOutage,
+                message: String::new(),
+                reporter: "probe".into(),
+                observed_at_ms: h.now_ms,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("valid");
+        let now = h.now_ms;
+        h.nodes[0].local_write(now, &write).expect("write");
+        let push = std::iter::from_fn(|| h.nodes[0].poll_transmit())
+            .find(|t| t.to == "n1" && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
+            .expect("n0 pushes to n1");
+        let hash = h.nodes[0].last_local_change().expect("a change");
+        let ihave = codec::encode(&Frame::IHave {
+            roots: vec![("n0".into(), vec![plumtree::message_id(&hash)])],
+        })
+        .expect("encode");
+        // n2 announces it; n0's push reaches n1 only the optimisation threshold later.
+        h.nodes[1].handle_frame(now, "n2", &ihave);
+        let threshold = Config::lan().broadcast.optimize_threshold_ms;
+        h.nodes[1].handle_frame(now + threshold, "n0", &push.bytes);
+        let sent: Vec<(String, Frame)> = std::iter::from_fn(|| h.nodes[1].poll_transmit())
+            .map(|t| (t.to, codec::decode(&t.bytes).expect("decodes")))
+            .collect();
+        let roots = vec!["n0".to_owned()];
+        assert!(sent.contains(&(
+            "n2".into(),
+            Frame::Graft {
+                roots: roots.clone(),
+                ids: vec![]
+            }
+        )));
+        assert!(sent.contains(&("n0".into(), Frame::Prune { roots })));
     }
 
     #[test]
