@@ -138,7 +138,7 @@ pub struct Stats {
     pub transmits_dropped: u64,
     pub events_dropped: u64,
     pub anti_entropy_rounds: u64,
-    /// Pushes that brought nothing new (each answered with a prune).
+    /// Pushes that brought nothing new; those from a redundant path are answered with a prune.
     pub pushes_duplicate: u64,
     /// Changes requested by graft after an announcement (not the tree optimisation's).
     pub grafts_sent: u64,
@@ -645,7 +645,8 @@ impl Node {
     }
 
     /// Applies changes that came by push (`pushed`) or repair, and broadcasts on those seen
-    /// for the first time. A push that brings nothing new prunes its sender.
+    /// for the first time. A push that brings nothing new by a redundant path prunes its
+    /// sender.
     fn on_changes(&mut self, from: &str, service: &str, changes: Vec<Vec<u8>>, pushed: bool) {
         // Ids and roots first: a change that does not parse rejects the frame before anything
         // is applied.
