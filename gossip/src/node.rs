@@ -825,15 +825,7 @@ impl Node {
         let lazy: Vec<NodeId> = tree.lazy.iter().filter(|p| !skip(p)).cloned().collect();
         let skip_root_tree =
             |peer: &String| skip(peer) || eager.contains(peer) || lazy.contains(peer);
-        for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
-            let frame = Frame::Push {
-                service: service.to_owned(),
-                changes: chunk.to_vec(),
-            };
-            for peer in &eager {
-                self.send(peer, &frame);
-            }
-        }
+        self.push_to(&eager, service, &changes);
         for peer in &lazy {
             self.plumtree
                 .queue_announcement(self.now_ms, peer, root, ids);
@@ -936,12 +928,20 @@ impl Node {
             self.plumtree.make_eager(self.now_ms, root, from);
         }
         for (service, changes) in by_service {
-            for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
-                let frame = Frame::Push {
-                    service: service.clone(),
-                    changes: chunk.to_vec(),
-                };
-                self.send(from, &frame);
+            self.push_to(&[from.to_owned()], &service, &changes);
+        }
+    }
+
+    /// Pushes `changes` of `service` to each of `peers`, in frames of at most
+    /// `changes_per_frame_max` changes.
+    fn push_to(&mut self, peers: &[NodeId], service: &str, changes: &[Vec<u8>]) {
+        for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
+            let frame = Frame::Push {
+                service: service.to_owned(),
+                changes: chunk.to_vec(),
+            };
+            for peer in peers {
+                self.send(peer, &frame);
             }
         }
     }
@@ -1463,8 +1463,9 @@ mod tests {
             while self.nodes[i].poll_event().is_some() {}
         }
 
-        fn write(&mut self, i: usize, component: &str, state: State) {
-            let write = StatusWrite::parse(
+        /// A status write of `api/{component}/r0`, observed now.
+        fn status_write(&self, component: &str, state: State) -> StatusWrite {
+            StatusWrite::parse(
                 "api",
                 component,
                 "r0",
@@ -1476,7 +1477,20 @@ mod tests {
                     ttl_ms: 60_000,
                 },
             )
-            .expect("valid");
+            .expect("valid")
+        }
+
+        /// Node `i`'s push of its last write to `to`, taken from its queue (the rest of the
+        /// queue is dropped).
+        fn take_push(&mut self, i: usize, to: &str) -> Vec<u8> {
+            std::iter::from_fn(|| self.nodes[i].poll_transmit())
+                .find(|t| t.to == to && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
+                .expect("a push")
+                .bytes
+        }
+
+        fn write(&mut self, i: usize, component: &str, state: State) {
+            let write = self.status_write(component, state);
             self.nodes[i]
                 .local_write(self.now_ms, &write)
                 .expect("write");
@@ -1633,26 +1647,12 @@ mod tests {
     fn a_push_the_network_repeats_does_not_prune_its_sender() {
         let mut h = Harness::without_anti_entropy(3);
         h.run_for(100);
-        let write = StatusWrite::parse(
-            "api",
-            "db",
-            "r0",
-            Observation {
-                state: State::MajorOutage,
-                message: String::new(),
-                reporter: "probe".into(),
-                observed_at_ms: h.now_ms,
-                ttl_ms: 60_000,
-            },
-        )
-        .expect("valid");
+        let write = h.status_write("db", State::MajorOutage);
         let now = h.now_ms;
         h.nodes[0].local_write(now, &write).expect("write");
-        let push = std::iter::from_fn(|| h.nodes[0].poll_transmit())
-            .find(|t| t.to == "n1" && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
-            .expect("n0 pushes to n1");
+        let push = h.take_push(0, "n1");
         for _ in 0..2 {
-            h.nodes[1].handle_frame(now, "n0", &push.bytes);
+            h.nodes[1].handle_frame(now, "n0", &push);
         }
         assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
         let prunes = std::iter::from_fn(|| h.nodes[1].poll_transmit())
@@ -1697,24 +1697,10 @@ mod tests {
     fn an_announcement_that_beats_the_push_grafts_the_faster_path_and_prunes_the_slower() {
         let mut h = Harness::without_anti_entropy(3);
         h.run_for(100);
-        let write = StatusWrite::parse(
-            "api",
-            "db",
-            "r0",
-            Observation {
-                state: State::MajorOutage,
-                message: String::new(),
-                reporter: "probe".into(),
-                observed_at_ms: h.now_ms,
-                ttl_ms: 60_000,
-            },
-        )
-        .expect("valid");
+        let write = h.status_write("db", State::MajorOutage);
         let now = h.now_ms;
         h.nodes[0].local_write(now, &write).expect("write");
-        let push = std::iter::from_fn(|| h.nodes[0].poll_transmit())
-            .find(|t| t.to == "n1" && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
-            .expect("n0 pushes to n1");
+        let push = h.take_push(0, "n1");
         let hash = h.nodes[0].last_local_change().expect("a change");
         let ihave = codec::encode(&Frame::IHave {
             roots: vec![("n0".into(), vec![plumtree::message_id(&hash)])],
@@ -1723,7 +1709,7 @@ mod tests {
         // n2 announces it; n0's push reaches n1 only the optimisation threshold later.
         h.nodes[1].handle_frame(now, "n2", &ihave);
         let threshold = Config::lan().broadcast.optimize_threshold_ms;
-        h.nodes[1].handle_frame(now + threshold, "n0", &push.bytes);
+        h.nodes[1].handle_frame(now + threshold, "n0", &push);
         let sent: Vec<(String, Frame)> = std::iter::from_fn(|| h.nodes[1].poll_transmit())
             .map(|t| (t.to, codec::decode(&t.bytes).expect("decodes")))
             .collect();
