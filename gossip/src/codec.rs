@@ -7,12 +7,21 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::GossipError;
+use crate::liveness_range::BUCKETS;
 use crate::membership::SwimId;
 
 /// Version of the frame format. A frame of another version is rejected, not guessed at.
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2: changes travel by Plumtree ([`Frame::Push`], [`Frame::IHave`], [`Frame::Graft`],
+/// [`Frame::Prune`]); a version-1 node expects every origin to push to it directly.
+pub const WIRE_VERSION: u8 = 2;
 /// Hard upper bound on an encoded frame, in bytes; the transport enforces it too.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most message ids one [`Frame::IHave`] or [`Frame::Graft`] carries.
+pub const IDS_PER_FRAME_MAX: usize = 4_096;
+/// Most roots one [`Frame::IHave`], [`Frame::Graft`] or [`Frame::Prune`] names.
+pub const ROOTS_PER_FRAME_MAX: usize = 1_024;
+/// Longest root (a node id, a DNS label), in bytes.
+pub const ROOT_BYTES_MAX: usize = 63;
 
 /// Everything that crosses the wire between two nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +60,26 @@ pub enum Frame {
         entries: Vec<(String, u64)>,
         reply_wanted: bool,
     },
+    /// Automerge changes of one service pushed along the broadcast tree (eagerly, or in answer
+    /// to a [`Frame::Graft`]). Unlike [`Frame::Changes`] (repair), a push that brings nothing
+    /// new is a duplicate, and the receiver prunes the sender.
+    Push {
+        service: String,
+        changes: Vec<Vec<u8>>,
+    },
+    /// Lazy announcement: per root (the node that made them), the ids of changes the sender
+    /// holds (`plumtree::message_id`, 8 bytes of the change hash).
+    IHave { roots: Vec<(String, Vec<u64>)> },
+    /// "Push to me": the sender becomes an eager peer of each root in `roots` and of the root
+    /// of each change in `ids`, and wants the changes `ids` sent now.
+    Graft { roots: Vec<String>, ids: Vec<u64> },
+    /// "Stop pushing to me": the sender becomes a lazy peer of each root in `roots`.
+    Prune { roots: Vec<String> },
+    /// In answer to a [`Frame::Digest`] whose liveness differs: one hash per bucket of keys
+    /// (`liveness_range::BUCKETS` of them), so that only differing buckets are exchanged.
+    LivenessBuckets { hashes: Vec<u32> },
+    /// "Send me your liveness entries of these buckets."
+    LivenessWant { buckets: Vec<u16> },
 }
 
 impl Frame {
@@ -63,7 +92,75 @@ impl Frame {
             Frame::Liveness { .. } => "liveness",
             Frame::Ack { .. } => "ack",
             Frame::Swim { .. } => "swim",
+            Frame::Push { .. } => "push",
+            Frame::IHave { .. } => "ihave",
+            Frame::Graft { .. } => "graft",
+            Frame::Prune { .. } => "prune",
+            Frame::LivenessBuckets { .. } => "liveness_buckets",
+            Frame::LivenessWant { .. } => "liveness_want",
         }
+    }
+
+    /// The service and change bytes of a frame that carries changes (a push or a repair).
+    pub fn changes(&self) -> Option<(&str, &[Vec<u8>])> {
+        match self {
+            Frame::Changes { service, changes } | Frame::Push { service, changes } => {
+                Some((service, changes))
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the counts the broadcast frames may carry; the error names the first breach.
+    pub fn check_limits(&self) -> Result<(), GossipError> {
+        let (roots, ids): (Vec<&str>, usize) = match self {
+            Frame::IHave { roots } => (
+                roots.iter().map(|(r, _)| r.as_str()).collect(),
+                roots.iter().map(|(_, ids)| ids.len()).sum(),
+            ),
+            Frame::Graft { roots, ids } => (roots.iter().map(String::as_str).collect(), ids.len()),
+            Frame::Prune { roots } => (roots.iter().map(String::as_str).collect(), 0),
+            Frame::LivenessBuckets { hashes } if hashes.len() != BUCKETS => {
+                return Err(GossipError::Decode(format!(
+                    "{} liveness bucket hashes, not {BUCKETS}",
+                    hashes.len()
+                )));
+            }
+            Frame::LivenessWant { buckets }
+                if buckets.len() > BUCKETS
+                    || buckets.iter().any(|b| usize::from(*b) >= BUCKETS) =>
+            {
+                return Err(GossipError::Decode(format!(
+                    "liveness want of {} buckets, or a bucket beyond {BUCKETS}",
+                    buckets.len()
+                )));
+            }
+            _ => return Ok(()),
+        };
+        if roots.len() > ROOTS_PER_FRAME_MAX {
+            return Err(GossipError::Decode(format!(
+                "{} {} roots, above the limit of {ROOTS_PER_FRAME_MAX}",
+                roots.len(),
+                self.kind()
+            )));
+        }
+        if ids > IDS_PER_FRAME_MAX {
+            return Err(GossipError::Decode(format!(
+                "{ids} {} ids, above the limit of {IDS_PER_FRAME_MAX}",
+                self.kind()
+            )));
+        }
+        if let Some(root) = roots
+            .iter()
+            .find(|r| r.is_empty() || r.len() > ROOT_BYTES_MAX)
+        {
+            return Err(GossipError::Decode(format!(
+                "{} root of {} bytes, outside 1..={ROOT_BYTES_MAX}",
+                self.kind(),
+                root.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -71,8 +168,12 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
 }
 
-/// Encodes a frame. Fails only when the frame exceeds [`FRAME_BYTES_MAX`].
+/// Encodes a frame. Fails only when the frame exceeds [`FRAME_BYTES_MAX`] or the counts of
+/// [`Frame::check_limits`].
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, GossipError> {
+    frame
+        .check_limits()
+        .map_err(|e| GossipError::Encode(e.to_string()))?;
     let envelope = Envelope {
         version: WIRE_VERSION,
         frame: frame.clone(),
@@ -110,6 +211,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, GossipError> {
             expected: WIRE_VERSION,
         });
     }
+    envelope.frame.check_limits()?;
     Ok(envelope.frame)
 }
 
@@ -213,6 +315,26 @@ mod tests {
                 service: "api".into(),
                 changes: vec![[7; 32]],
             },
+            Frame::Push {
+                service: "api".into(),
+                changes: vec![vec![4, 5]],
+            },
+            Frame::IHave {
+                roots: vec![("n1".into(), vec![1, u64::MAX])],
+            },
+            Frame::Graft {
+                roots: vec!["n2".into()],
+                ids: vec![3],
+            },
+            Frame::Prune {
+                roots: vec!["n3".into()],
+            },
+            Frame::LivenessBuckets {
+                hashes: vec![7; BUCKETS],
+            },
+            Frame::LivenessWant {
+                buckets: vec![0, 255],
+            },
         ];
         for frame in frames {
             let bytes = encode(&frame).expect("encode");
@@ -234,5 +356,39 @@ mod tests {
         // A length prefix that claims more than the limit must not allocate it.
         let huge = [0u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode(&huge).is_err());
+    }
+
+    #[test]
+    fn broadcast_frames_beyond_their_limits_do_not_encode_or_decode() {
+        let too_many_ids = Frame::IHave {
+            roots: vec![("n1".into(), vec![0; IDS_PER_FRAME_MAX + 1])],
+        };
+        let too_many_roots = Frame::Prune {
+            roots: vec!["n1".into(); ROOTS_PER_FRAME_MAX + 1],
+        };
+        let empty_root = Frame::Graft {
+            roots: vec![String::new()],
+            ids: vec![],
+        };
+        let short_buckets = Frame::LivenessBuckets { hashes: vec![1; 3] };
+        let bucket_beyond = Frame::LivenessWant {
+            buckets: vec![BUCKETS as u16],
+        };
+        for frame in [
+            too_many_ids,
+            too_many_roots,
+            empty_root,
+            short_buckets,
+            bucket_beyond,
+        ] {
+            assert!(encode(&frame).is_err(), "{frame:?}");
+            // Encoded by hand, past the check: the receiver refuses it too.
+            let envelope = Envelope {
+                version: WIRE_VERSION,
+                frame,
+            };
+            let bytes = bincode::serde::encode_to_vec(&envelope, config()).expect("encode");
+            assert!(matches!(decode(&bytes), Err(GossipError::Decode(_))));
+        }
     }
 }

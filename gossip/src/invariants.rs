@@ -56,6 +56,7 @@ pub fn check(node: &Node) -> Result<(), String> {
             "{services} services held, above SERVICES_MAX {SERVICES_MAX}"
         ));
     }
+    node.broadcast_state().check(node.id())?;
     let liveness = node.replica().liveness().len();
     if liveness > LIVENESS_ENTRIES_MAX {
         return Err(format!(

@@ -11,8 +11,10 @@ pub mod codec;
 pub mod error;
 pub mod fuzz;
 pub mod invariants;
+pub mod liveness_range;
 pub mod membership;
 pub mod node;
+pub mod plumtree;
 pub mod topology;
 
 pub use codec::Frame;

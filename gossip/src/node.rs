@@ -2,14 +2,18 @@
 //!
 //! # Flow
 //! 1. The driver calls [`Node::local_write`] when a client writes. A changed value becomes an
-//!    Automerge change that is pushed at once to every peer ([`Frame::Changes`]); a value that
-//!    did not change only refreshes liveness, pushed as [`Frame::Liveness`].
+//!    Automerge change that is broadcast by Plumtree ([`crate::plumtree`]): pushed at once
+//!    ([`Frame::Push`]) along this node's tree and announced ([`Frame::IHave`]) to a few lazy
+//!    peers. A value that did not change only refreshes liveness, pushed as
+//!    [`Frame::Liveness`].
 //! 2. The driver calls [`Node::handle_frame`] for every frame a peer sent. Changes are
-//!    validated and applied; liveness merges (max wins).
-//! 3. The driver calls [`Node::handle_timeout`] when [`Node::poll_timeout`] says so. Each
-//!    anti-entropy round sends a [`Frame::Digest`] (a few bytes) to one random peer; a peer
-//!    whose digest differs answers with its heads, and each side then sends the changes the
-//!    other lacks. This repairs lost pushes, partitions and restarts with an empty disk.
+//!    validated and applied; a change seen for the first time (pushed or repaired) is pushed
+//!    on along its root's tree; liveness merges (max wins).
+//! 3. The driver calls [`Node::handle_timeout`] when [`Node::poll_timeout`] says so: it sends
+//!    the batched announcements, grafts what was announced and did not arrive, and runs the
+//!    anti-entropy round: a [`Frame::Digest`] (a few bytes) to one random peer; a peer whose
+//!    digest differs answers with its heads, and each side then sends the changes the other
+//!    lacks. This repairs lost pushes, partitions and restarts with an empty disk.
 //! 4. After every call the driver drains [`Node::poll_transmit`] (frames to send) and then
 //!    [`Node::poll_event`] (what happened), and re-arms its timer from [`Node::poll_timeout`].
 
@@ -23,9 +27,11 @@ use statusmesh_crdt::{
     StatusWrite, WriteOutcome,
 };
 
-use crate::codec::{self, Frame};
+use crate::codec::{self, Frame, IDS_PER_FRAME_MAX, ROOTS_PER_FRAME_MAX};
 use crate::error::GossipError;
+use crate::liveness_range;
 use crate::membership::{MemberState, Membership, Preset};
+use crate::plumtree::{self, BroadcastConfig, MessageId, Plumtree, RootTree};
 
 /// A node's identity: its id from regions.toml, bound to its certificate by the transport.
 pub type NodeId = String;
@@ -50,6 +56,8 @@ pub struct Config {
     /// This node's generation in SWIM: a node that restarts with a higher one is a new life
     /// (foca renews it by itself when it finds itself declared down). Default 0.
     pub generation: u32,
+    /// Timing and bounds of the Plumtree broadcast.
+    pub broadcast: BroadcastConfig,
 }
 
 impl Config {
@@ -58,6 +66,7 @@ impl Config {
         Self {
             anti_entropy_interval_ms: 500,
             failure_detector: Preset::Lan,
+            broadcast: BroadcastConfig::lan(),
             ..Self::wan()
         }
     }
@@ -72,6 +81,7 @@ impl Config {
             liveness_per_frame_max: 4_096,
             failure_detector: Preset::Wan,
             generation: 0,
+            broadcast: BroadcastConfig::wan(),
         }
     }
 }
@@ -128,6 +138,12 @@ pub struct Stats {
     pub transmits_dropped: u64,
     pub events_dropped: u64,
     pub anti_entropy_rounds: u64,
+    /// Pushes that brought nothing new; those from a redundant path are answered with a prune.
+    pub pushes_duplicate: u64,
+    /// Changes requested by graft after an announcement (not the tree optimisation's).
+    pub grafts_sent: u64,
+    /// Announcements dropped because a peer's batch was full.
+    pub announcements_dropped: u64,
 }
 
 /// What a peer is known to hold, and when it was last heard.
@@ -172,6 +188,12 @@ pub struct Node {
     membership: Membership,
     /// Whether this node announced itself to its seeds yet (on the first timeout).
     announced: bool,
+    /// Plumtree: trees per root, seen changes, missing announcements.
+    plumtree: Plumtree,
+    /// When a graft was last sent to each peer (ms), to time its answer (a round trip).
+    graft_sent_ms: BTreeMap<NodeId, u64>,
+    /// The last anti-entropy digest: to whom and when (ms), to time the answer.
+    digest_sent: Option<(NodeId, u64)>,
     /// The latest time the driver gave (ms).
     now_ms: u64,
 }
@@ -206,6 +228,7 @@ impl Node {
                 )
             })
             .collect();
+        let config_broadcast = config.broadcast.clone();
         Self {
             id,
             region,
@@ -222,24 +245,21 @@ impl Node {
             last_local_change: None,
             membership,
             announced: false,
+            plumtree: Plumtree::new(config_broadcast),
+            graft_sent_ms: BTreeMap::new(),
+            digest_sent: None,
             now_ms: 0,
         }
     }
 
-    /// Applies a client's write. A changed value is pushed to every peer at once; an
-    /// unchanged one refreshes liveness only. Errors leave the state unchanged.
+    /// Applies a client's write. A changed value is broadcast at once (see the module docs);
+    /// an unchanged one refreshes liveness only. Errors leave the state unchanged.
     pub fn local_write(&mut self, now_ms: u64, write: &StatusWrite) -> Result<bool, GossipError> {
         self.now_ms = self.now_ms.max(now_ms);
         let outcome = self.replica.write_status(now_ms, write)?;
-        if let Some(hash) = outcome.change_hash {
+        if let (Some(hash), Some(change)) = (outcome.change_hash, outcome.change) {
             self.track_ack(now_ms, hash);
-        }
-        if let Some(change) = outcome.change {
-            let frame = Frame::Changes {
-                service: write.service.to_string(),
-                changes: vec![change],
-            };
-            self.broadcast(&frame);
+            self.publish(&write.service, hash, change);
             self.emit_doc_events(outcome.doc_events);
         } else {
             let key = write.cell_key();
@@ -258,7 +278,7 @@ impl Node {
     }
 
     /// Applies many client writes at once (group commit): one Automerge change per service
-    /// for the whole batch, one push per service to every peer, one liveness frame for the
+    /// for the whole batch, one broadcast per service, one liveness frame for the
     /// heartbeats. Returns, per write, whether it changed the value it found (the value
     /// before it in the batch, or the replica's) and the change that carries it. All writes
     /// are validated first; an error leaves the state unchanged.
@@ -292,11 +312,7 @@ impl Node {
             };
             self.track_ack(now_ms, hash);
             hashes.insert(outcome.service.clone(), hash);
-            let frame = Frame::Changes {
-                service: outcome.service.to_string(),
-                changes: vec![bytes],
-            };
-            self.broadcast(&frame);
+            self.publish(&outcome.service, hash, bytes);
             self.emit_doc_events(outcome.doc_events);
         }
         let heartbeats: Vec<(String, u64)> = writes
@@ -333,8 +349,8 @@ impl Node {
     }
 
     /// Applies a local change to `service` that `change` makes on the replica (opening or
-    /// updating an incident, a maintenance window, an override): pushed to every peer at
-    /// once like a status write, acknowledged the same way. Returns the change's hash, or
+    /// updating an incident, a maintenance window, an override): broadcast at once like a
+    /// status write, acknowledged the same way. Returns the change's hash, or
     /// `None` when nothing changed. Errors leave the state unchanged.
     pub fn local_change(
         &mut self,
@@ -348,11 +364,7 @@ impl Node {
             return Ok(None);
         };
         self.track_ack(now_ms, hash);
-        let frame = Frame::Changes {
-            service: service.to_string(),
-            changes: vec![bytes],
-        };
-        self.broadcast(&frame);
+        self.publish(service, hash, bytes);
         self.emit_doc_events(outcome.doc_events);
         debug_assert_invariants(self);
         Ok(Some(hash))
@@ -383,7 +395,31 @@ impl Node {
             }
         };
         match frame {
-            Frame::Changes { service, changes } => self.on_changes(from, &service, &changes),
+            Frame::Changes { service, changes } => {
+                self.on_changes(from, &service, changes, false);
+            }
+            Frame::Push { service, changes } => self.on_changes(from, &service, changes, true),
+            Frame::IHave { roots } => {
+                for (root, ids) in roots {
+                    for id in ids {
+                        self.plumtree.announced(now_ms, from, &root, id);
+                    }
+                }
+            }
+            Frame::Graft { roots, ids } => self.on_graft(from, &roots, &ids),
+            Frame::LivenessBuckets { hashes } => {
+                self.sample_digest_rtt(from, true);
+                self.on_liveness_buckets(from, &hashes);
+            }
+            Frame::LivenessWant { buckets } => {
+                let entries = liveness_range::entries_in(self.replica.liveness(), &buckets);
+                self.send_liveness(from, entries, false);
+            }
+            Frame::Prune { roots } => {
+                for root in roots.iter().filter(|r| *r != from) {
+                    self.plumtree.make_lazy(root, from);
+                }
+            }
             Frame::Ack { changes, .. } => self.on_ack(from, &changes),
             Frame::Swim { data } => {
                 if let Err(reason) = self.membership.handle_data(now_ms, from, &data) {
@@ -392,16 +428,22 @@ impl Node {
                 self.flush_membership();
             }
             Frame::Digest { docs, liveness } => self.on_digest(from, docs, liveness),
-            Frame::Heads { docs, reply_wanted } => self.on_heads(from, docs, reply_wanted),
+            Frame::Heads { docs, reply_wanted } => {
+                self.sample_digest_rtt(from, reply_wanted);
+                self.on_heads(from, docs, reply_wanted);
+            }
             Frame::Liveness {
                 entries,
                 reply_wanted,
-            } => self.on_liveness(from, entries, reply_wanted),
+            } => {
+                self.sample_digest_rtt(from, reply_wanted);
+                self.on_liveness(from, entries, reply_wanted);
+            }
         }
         debug_assert_invariants(self);
     }
 
-    /// Runs what is due at `now_ms`: the anti-entropy round.
+    /// Runs what is due at `now_ms`: batched announcements, grafts, the anti-entropy round.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         if !self.announced {
@@ -409,17 +451,14 @@ impl Node {
             // A few seeds are enough: each answers with the members it knows, and SWIM spreads
             // the rest. Announcing to everyone makes every node answer every node at start
             // (quadratic in the mesh size).
-            let mut seeds: Vec<NodeId> = self.peers.keys().cloned().collect();
-            for i in 0..seeds.len().min(ANNOUNCE_SEEDS) {
-                let j = self.rng.random_range(i..seeds.len());
-                seeds.swap(i, j);
-            }
-            for seed in seeds.iter().take(ANNOUNCE_SEEDS) {
-                self.membership.announce(now_ms, seed);
+            let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+            for seed in self.pick_random(peers, ANNOUNCE_SEEDS) {
+                self.membership.announce(now_ms, &seed);
             }
         }
         self.membership.handle_timeout(now_ms);
         self.flush_membership();
+        self.flush_broadcast(now_ms);
         if now_ms < self.next_anti_entropy_ms {
             return;
         }
@@ -435,6 +474,7 @@ impl Node {
             return;
         };
         self.stats.anti_entropy_rounds += 1;
+        self.digest_sent = Some((peer.clone(), now_ms));
         let frame = Frame::Digest {
             docs: self.docs_digest(),
             liveness: self.replica.liveness().digest(),
@@ -470,15 +510,18 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When [`Node::handle_timeout`] should be called next (ms). It changes only when
-    /// `handle_timeout` runs a round.
+    /// When [`Node::handle_timeout`] should be called next (ms): the earliest of the
+    /// anti-entropy round, the failure detector's timers, the next batch of announcements and
+    /// the next graft. Any input may bring it forward (a change to announce, an announcement
+    /// to graft); only `handle_timeout` moves it back.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         if !self.announced {
             return Some(0);
         }
         let swim = self.membership.next_timeout().unwrap_or(u64::MAX);
-        Some(self.next_anti_entropy_ms.min(swim))
+        let broadcast = self.plumtree.next_timeout().unwrap_or(u64::MAX);
+        Some(self.next_anti_entropy_ms.min(swim).min(broadcast))
     }
 
     /// What this node knows of `peer`: the SWIM failure detector's verdict, except that a
@@ -590,7 +633,125 @@ impl Node {
         self.events.len()
     }
 
-    fn on_changes(&mut self, from: &str, service: &str, changes: &[Vec<u8>]) {
+    /// The Plumtree state: trees per root, seen and missing changes.
+    pub fn broadcast_state(&self) -> &Plumtree {
+        &self.plumtree
+    }
+
+    /// The smoothed round-trip time to `peer` (ms), once measured (acknowledged pushes,
+    /// answered grafts and digests).
+    pub fn rtt_ms(&self, peer: &str) -> Option<u64> {
+        self.plumtree.rtt_ms(peer)
+    }
+
+    /// Applies changes that came by push (`pushed`) or repair, and broadcasts on those seen
+    /// for the first time. A push that brings nothing new by a redundant path prunes its
+    /// sender.
+    fn on_changes(&mut self, from: &str, service: &str, changes: Vec<Vec<u8>>, pushed: bool) {
+        // Ids and roots first: a change that does not parse rejects the frame before anything
+        // is applied.
+        let mut parsed = Vec::with_capacity(changes.len());
+        for bytes in &changes {
+            match automerge::Change::try_from(bytes.as_slice()) {
+                // The root is the origin the change names, when it is a member; otherwise
+                // (an origin since removed from the mesh) the sender stands in for it.
+                Ok(change) => {
+                    let root = change
+                        .message()
+                        .filter(|o| *o == self.id || self.peers.contains_key(*o))
+                        .unwrap_or(from);
+                    parsed.push((change.hash(), root.to_owned()));
+                }
+                Err(e) => {
+                    let error = CrdtError::ChangeDecode(e.to_string());
+                    self.reject(from, &GossipError::Crdt(error));
+                    return;
+                }
+            }
+        }
+        let doc = Name::parse("service", service)
+            .ok()
+            .and_then(|name| self.replica.doc(&name));
+        let fresh: Vec<bool> = parsed
+            .iter()
+            .map(|(hash, _)| {
+                !self.plumtree.has_seen(plumtree::message_id(hash))
+                    && !doc.is_some_and(|d| d.has_all(&[*hash]))
+            })
+            .collect();
+        if !self.apply_changes(from, service, &changes) {
+            return;
+        }
+        if pushed {
+            if let Some(sent_ms) = self.graft_sent_ms.remove(from) {
+                self.plumtree
+                    .sample_rtt(from, self.now_ms.saturating_sub(sent_ms));
+            }
+            if !fresh.contains(&true) {
+                self.stats.pushes_duplicate += 1;
+                // A redundant path is one whose copy came after another peer's push. A second
+                // copy from the same peer is the network repeating itself, and a copy that a
+                // repair brought first says nothing about the tree: neither is pruned.
+                let roots: BTreeSet<String> = parsed
+                    .into_iter()
+                    .filter(|(hash, _)| {
+                        self.plumtree
+                            .seen(plumtree::message_id(hash))
+                            .is_none_or(|seen| seen.pushed_by.as_ref().is_some_and(|p| p != from))
+                    })
+                    .map(|(_, root)| root)
+                    .collect();
+                if !roots.is_empty() {
+                    self.prune(from, roots);
+                }
+                return;
+            }
+        }
+        // Per root: the fresh changes and their ids, pushed on along that root's tree.
+        let mut by_root: BTreeMap<String, (Vec<Vec<u8>>, Vec<MessageId>)> = BTreeMap::new();
+        let mut faster: BTreeMap<String, NodeId> = BTreeMap::new();
+        for (((hash, root), bytes), fresh) in parsed.into_iter().zip(changes).zip(fresh) {
+            if !fresh {
+                continue;
+            }
+            let id = plumtree::message_id(&hash);
+            let pushed_by = pushed.then_some(from);
+            let announced = self
+                .plumtree
+                .remember(id, service, &root, bytes.clone(), pushed_by);
+            if let Some((announcer, at_ms)) = announced {
+                let earlier_ms = self.now_ms.saturating_sub(at_ms);
+                if pushed
+                    && announcer != from
+                    && earlier_ms >= self.config.broadcast.optimize_threshold_ms
+                {
+                    faster.insert(root.clone(), announcer);
+                }
+            }
+            let entry = by_root.entry(root).or_default();
+            entry.0.push(bytes);
+            entry.1.push(id);
+        }
+        // The tree optimisation: an announcement that beat the push by the threshold names a
+        // faster path; take it and prune the slower parent.
+        for (root, announcer) in faster {
+            self.send(
+                &announcer,
+                &Frame::Graft {
+                    roots: vec![root.clone()],
+                    ids: Vec::new(),
+                },
+            );
+            self.prune(from, BTreeSet::from([root]));
+        }
+        for (root, (changes, ids)) in by_root {
+            self.forward(&root, Some(from), service, changes, &ids, pushed);
+        }
+    }
+
+    /// Applies remote changes to the replica, acknowledges them to their origins and reports
+    /// their events. False when the replica refused them (counted as a rejected frame).
+    fn apply_changes(&mut self, from: &str, service: &str, changes: &[Vec<u8>]) -> bool {
         match self.replica.apply_remote(service, changes) {
             Ok(outcome) => {
                 self.stats.changes_applied += outcome.new_changes as u64;
@@ -610,8 +771,328 @@ impl Node {
                     self.send(&origin, &frame);
                 }
                 self.emit_doc_events(outcome.doc_events);
+                true
             }
-            Err(e) => self.reject(from, &GossipError::Crdt(e)),
+            Err(e) => {
+                self.reject(from, &GossipError::Crdt(e));
+                false
+            }
+        }
+    }
+
+    /// Broadcasts a change made here: this node is its root.
+    fn publish(&mut self, service: &Name, hash: ChangeHash, bytes: Vec<u8>) {
+        let id = plumtree::message_id(&hash);
+        let root = self.id.clone();
+        let service = service.to_string();
+        self.plumtree
+            .remember(id, &service, &root, bytes.clone(), None);
+        self.forward(&root, None, &service, vec![bytes], &[id], true);
+    }
+
+    /// Pushes changes of `root` to the root's eager peers and queues their announcement for
+    /// its lazy peers, never back to `sender` or to the root. A root seen for the first time
+    /// gets its tree from [`Node::default_tree`]. Changes a repair brought (not `pushed`)
+    /// are also announced along this node's own tree: after a heal, this node may be the
+    /// first of its side to hold them, and its own tree reaches the whole side fast.
+    fn forward(
+        &mut self,
+        root: &str,
+        sender: Option<&str>,
+        service: &str,
+        changes: Vec<Vec<u8>>,
+        ids: &[MessageId],
+        pushed: bool,
+    ) {
+        // A repair's sender is a random peer, not a parent in the root's tree.
+        let parent = if pushed { sender } else { None };
+        if self.plumtree.tree(root).is_none() {
+            let tree = self.default_tree(root, parent);
+            self.plumtree.tree_or_insert(self.now_ms, root, || tree);
+        } else if root != self.id && self.is_of_another_region(parent) {
+            // A change that came from another region makes this node its region's entry for
+            // the root, whatever role it had (the root's choice moves after a peer went down
+            // or came back, and a heal brings changes in anywhere): it pushes on to the
+            // region, except to peers that pruned it.
+            let mates = self.candidates(root, sender, true);
+            self.plumtree.add_eager_unless_lazy(root, &mates);
+        }
+        let tree = self
+            .plumtree
+            .tree_or_insert(self.now_ms, root, RootTree::default);
+        let skip = |peer: &String| Some(peer.as_str()) == sender || peer == root;
+        let eager: Vec<NodeId> = tree.eager.iter().filter(|p| !skip(p)).cloned().collect();
+        let lazy: Vec<NodeId> = tree.lazy.iter().filter(|p| !skip(p)).cloned().collect();
+        let skip_root_tree =
+            |peer: &String| skip(peer) || eager.contains(peer) || lazy.contains(peer);
+        self.push_to(&eager, service, &changes);
+        for peer in &lazy {
+            self.plumtree
+                .queue_announcement(self.now_ms, peer, root, ids);
+        }
+        if pushed || root == self.id {
+            return;
+        }
+        let me = self.id.clone();
+        if self.plumtree.tree(&me).is_none() {
+            let tree = self.default_tree(&me, None);
+            self.plumtree.tree_or_insert(self.now_ms, &me, || tree);
+        }
+        // Its eager peers, and the lazy ones that back them up, per region.
+        let own: Vec<NodeId> = self
+            .plumtree
+            .tree(&me)
+            .map(|t| {
+                t.eager
+                    .iter()
+                    .chain(&t.lazy)
+                    .filter(|p| !skip_root_tree(p))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for peer in &own {
+            self.plumtree
+                .queue_announcement(self.now_ms, peer, root, ids);
+        }
+    }
+
+    /// The first tree of `root` at this node, given who sent its first change (`None` for
+    /// this node's own changes, and for a tree made by a graft).
+    ///
+    /// - The root pushes to every peer of its region and to the best peer of every other
+    ///   region (alive, lowest measured round trip, then a rank that spreads roots over the
+    ///   region's peers); the second best of each region is lazy, ready to take over.
+    /// - A node that got the change from another region pushes on to its own region.
+    /// - Any other node is a leaf that announces to a few peers of its region.
+    fn default_tree(&mut self, root: &str, sender: Option<&str>) -> RootTree {
+        let mut tree = RootTree::default();
+        let fanout = self.config.broadcast.lazy_fanout;
+        if root == self.id {
+            let mut by_region: BTreeMap<&str, Vec<(bool, u64, u64, &NodeId)>> = BTreeMap::new();
+            for (id, peer) in &self.peers {
+                if peer.region == self.region {
+                    tree.eager.insert(id.clone());
+                    continue;
+                }
+                let down = self.membership.state_of(id) == MemberState::Down;
+                let rtt = self.plumtree.rtt_ms(id).unwrap_or(u64::MAX);
+                by_region.entry(&peer.region).or_default().push((
+                    down,
+                    rtt,
+                    plumtree::spread_rank(root, id),
+                    id,
+                ));
+            }
+            for mut ranked in by_region.into_values() {
+                ranked.sort();
+                let mut best = ranked.into_iter().map(|(_, _, _, id)| id.clone());
+                tree.eager.extend(best.next());
+                tree.lazy.extend(best.next());
+            }
+            return tree;
+        }
+        let entry = self.is_of_another_region(sender);
+        let mates = self.candidates(root, sender, true);
+        let others = self.candidates(root, sender, false);
+        if entry {
+            tree.eager.extend(mates);
+            tree.lazy.extend(self.pick_random(others, fanout));
+        } else {
+            let mut lazy = self.pick_random(mates, fanout);
+            let short = fanout.saturating_sub(lazy.len());
+            lazy.extend(self.pick_random(others, short));
+            tree.lazy.extend(lazy);
+        }
+        tree
+    }
+
+    /// Answers a graft: `from` becomes an eager peer of each root named and of the root of
+    /// each change requested, and gets the requested changes still cached.
+    fn on_graft(&mut self, from: &str, roots: &[String], ids: &[MessageId]) {
+        let mut by_service: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut eager_for: BTreeSet<String> = roots.iter().cloned().collect();
+        for id in ids {
+            let Some(seen) = self.plumtree.seen(*id) else {
+                continue;
+            };
+            eager_for.insert(seen.root.clone());
+            if let Some(bytes) = &seen.bytes {
+                by_service
+                    .entry(seen.service.clone())
+                    .or_default()
+                    .push(bytes.clone());
+            }
+        }
+        for root in eager_for.iter().filter(|r| *r != from) {
+            self.plumtree.make_eager(self.now_ms, root, from);
+        }
+        for (service, changes) in by_service {
+            self.push_to(&[from.to_owned()], &service, &changes);
+        }
+    }
+
+    /// Pushes `changes` of `service` to each of `peers`, in frames of at most
+    /// `changes_per_frame_max` changes.
+    fn push_to(&mut self, peers: &[NodeId], service: &str, changes: &[Vec<u8>]) {
+        for chunk in changes.chunks(self.config.changes_per_frame_max.max(1)) {
+            let frame = Frame::Push {
+                service: service.to_owned(),
+                changes: chunk.to_vec(),
+            };
+            for peer in peers {
+                self.send(peer, &frame);
+            }
+        }
+    }
+
+    /// Tells `peer` to stop pushing changes of `roots` here, and stops pushing them to it.
+    fn prune(&mut self, peer: &str, roots: BTreeSet<String>) {
+        let roots: Vec<String> = roots.into_iter().collect();
+        // Nothing is pushed back to a root, so the root itself needs no lazy entry here.
+        for root in roots.iter().filter(|r| *r != peer) {
+            self.plumtree.make_lazy(root, peer);
+        }
+        for chunk in roots.chunks(ROOTS_PER_FRAME_MAX) {
+            self.send(
+                peer,
+                &Frame::Prune {
+                    roots: chunk.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// Sends the announcements and grafts that are due.
+    fn flush_broadcast(&mut self, now_ms: u64) {
+        for (peer, roots) in self.plumtree.due_announcements(now_ms) {
+            let mut frame_roots: Vec<(String, Vec<u64>)> = Vec::new();
+            let mut frame_ids = 0;
+            for (root, ids) in roots {
+                for chunk in ids.chunks(IDS_PER_FRAME_MAX) {
+                    if frame_ids + chunk.len() > IDS_PER_FRAME_MAX
+                        || frame_roots.len() == ROOTS_PER_FRAME_MAX
+                    {
+                        let roots = std::mem::take(&mut frame_roots);
+                        self.send(&peer, &Frame::IHave { roots });
+                        frame_ids = 0;
+                    }
+                    frame_ids += chunk.len();
+                    frame_roots.push((root.clone(), chunk.to_vec()));
+                }
+            }
+            if !frame_roots.is_empty() {
+                self.send(&peer, &Frame::IHave { roots: frame_roots });
+            }
+        }
+        self.stats.announcements_dropped = self.plumtree.announcements_dropped;
+        for (peer, ids) in self.plumtree.due_grafts(now_ms).by_peer {
+            self.stats.grafts_sent += ids.len() as u64;
+            self.graft_sent_ms.insert(peer.clone(), now_ms);
+            for chunk in ids.chunks(IDS_PER_FRAME_MAX) {
+                let frame = Frame::Graft {
+                    roots: Vec::new(),
+                    ids: chunk.to_vec(),
+                };
+                self.send(&peer, &frame);
+            }
+        }
+    }
+
+    /// Whether `sender` is a peer of another region than this node's.
+    fn is_of_another_region(&self, sender: Option<&str>) -> bool {
+        sender
+            .and_then(|s| self.peers.get(s))
+            .is_some_and(|p| p.region != self.region)
+    }
+
+    /// The peers of this node's region (`same_region`) or of the others, but `root` and
+    /// `sender`.
+    fn candidates(&self, root: &str, sender: Option<&str>, same_region: bool) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                (p.region == self.region) == same_region
+                    && id.as_str() != root
+                    && Some(id.as_str()) != sender
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A peer back up rejoins this node's own tree where the default tree would have it: as
+    /// a peer of this region, or as the entry of a region left without one (its entry went
+    /// down, or a partition cut the whole region off).
+    fn restore_in_own_tree(&mut self, up: &str) {
+        let Some(region) = self.peers.get(up).map(|p| p.region.clone()) else {
+            return;
+        };
+        let Some(tree) = self.plumtree.tree(&self.id) else {
+            return;
+        };
+        let region_served = tree
+            .eager
+            .iter()
+            .any(|p| self.peers.get(p).is_some_and(|s| s.region == region));
+        if region == self.region || !region_served {
+            let root = self.id.clone();
+            self.plumtree.make_eager(self.now_ms, &root, up);
+        }
+    }
+
+    /// A peer declared down leaves every tree; where it was eager, a lazy peer of its region
+    /// (or else any other live peer of its region) takes its role.
+    fn remove_from_trees(&mut self, down: &str) {
+        let Some(region) = self.peers.get(down).map(|p| p.region.clone()) else {
+            return;
+        };
+        let peers = &self.peers;
+        let membership = &self.membership;
+        let me = &self.id;
+        let alive_in_region = |id: &String| {
+            id != down
+                && id != me
+                && peers.get(id).is_some_and(|p| p.region == region)
+                && membership.state_of(id) != MemberState::Down
+        };
+        self.plumtree.remove_peer(down, |tree| {
+            tree.lazy
+                .iter()
+                .find(|id| alive_in_region(id))
+                .cloned()
+                .or_else(|| {
+                    peers
+                        .keys()
+                        .find(|id| !tree.eager.contains(*id) && alive_in_region(id))
+                        .cloned()
+                })
+        });
+        self.graft_sent_ms.remove(down);
+    }
+
+    /// Up to `count` of `candidates`, picked at random (a partial Fisher–Yates shuffle).
+    fn pick_random(&mut self, mut candidates: Vec<NodeId>, count: usize) -> Vec<NodeId> {
+        let count = count.min(candidates.len());
+        for i in 0..count {
+            let j = self.rng.random_range(i..candidates.len());
+            candidates.swap(i, j);
+        }
+        candidates.truncate(count);
+        candidates
+    }
+
+    /// An answer to this node's last digest is a round-trip sample.
+    fn sample_digest_rtt(&mut self, from: &str, reply_wanted: bool) {
+        if !reply_wanted {
+            return;
+        }
+        if let Some((peer, sent_ms)) = self.digest_sent.take() {
+            if peer == from {
+                self.plumtree
+                    .sample_rtt(from, self.now_ms.saturating_sub(sent_ms));
+            } else {
+                self.digest_sent = Some((peer, sent_ms));
+            }
         }
     }
 
@@ -630,6 +1111,11 @@ impl Node {
                 // Hearsay against direct evidence: not reported.
                 continue;
             }
+            if change.up {
+                self.restore_in_own_tree(&change.node);
+            } else {
+                self.remove_from_trees(&change.node);
+            }
             self.push_event(if change.up {
                 Event::PeerUp { peer: change.node }
             } else {
@@ -641,9 +1127,18 @@ impl Node {
     fn on_ack(&mut self, from: &str, changes: &[[u8; 32]]) {
         // Entries stay after every peer acknowledged them (until evicted by age), so that a
         // late question about a change still gets the right answer.
+        // An acknowledgement from a peer this node pushed to directly times a round trip.
+        let pushed_to = self
+            .plumtree
+            .tree(&self.id)
+            .is_some_and(|t| t.eager.contains(from));
         for hash in changes {
             if let Some(pending) = self.pending_acks.get_mut(&ChangeHash(*hash)) {
-                pending.acked_by.insert(from.to_owned());
+                let first = pending.acked_by.insert(from.to_owned());
+                if first && pushed_to {
+                    let rtt_ms = self.now_ms.saturating_sub(pending.made_at_ms);
+                    self.plumtree.sample_rtt(from, rtt_ms);
+                }
             }
         }
     }
@@ -678,14 +1173,29 @@ impl Node {
             self.send(from, &frame);
         }
         if liveness != self.replica.liveness().digest() {
-            let entries: Vec<(String, u64)> = self
-                .replica
-                .liveness()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-            self.send_liveness(from, entries, true);
+            let map = self.replica.liveness();
+            if map.len() <= liveness_range::WHOLE_MAP_MAX {
+                let entries: Vec<(String, u64)> =
+                    map.iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                self.send_liveness(from, entries, true);
+            } else {
+                let hashes = liveness_range::bucket_hashes(map);
+                self.send(from, &Frame::LivenessBuckets { hashes });
+            }
         }
+    }
+
+    /// Compares a peer's liveness buckets with ours: sends our entries of the buckets that
+    /// differ and asks for theirs.
+    fn on_liveness_buckets(&mut self, from: &str, hashes: &[u32]) {
+        let ours = liveness_range::bucket_hashes(self.replica.liveness());
+        let buckets = liveness_range::differing(&ours, hashes);
+        if buckets.is_empty() {
+            return;
+        }
+        let entries = liveness_range::entries_in(self.replica.liveness(), &buckets);
+        self.send_liveness(from, entries, false);
+        self.send(from, &Frame::LivenessWant { buckets });
     }
 
     fn on_heads(&mut self, from: &str, docs: Vec<(String, Vec<[u8; 32]>)>, reply_wanted: bool) {
@@ -864,7 +1374,8 @@ mod tests {
     use statusmesh_crdt::{ActorId, Observation, State};
 
     /// A tiny network on virtual time: every frame takes `latency_ms`; `drop_every` > 0
-    /// drops every n-th frame.
+    /// drops every n-th frame; pushes to the nodes in `drop_pushes_to` are lost. Node `i` is
+    /// in region `r{i % 3}`.
     struct Harness {
         nodes: Vec<Node>,
         in_flight: Vec<(u64, usize, String, Vec<u8>)>,
@@ -872,11 +1383,30 @@ mod tests {
         latency_ms: u64,
         cut: Option<usize>,
         drop_every: u64,
+        drop_pushes_to: BTreeSet<usize>,
         sent: u64,
+        /// Frames delivered, per (receiver, frame kind).
+        delivered: BTreeMap<(usize, &'static str), u64>,
     }
 
     impl Harness {
         fn new(count: usize) -> Self {
+            Self::with_config(count, Config::lan())
+        }
+
+        /// A harness whose anti-entropy rounds are a day apart: whatever converges, the
+        /// broadcast did.
+        fn without_anti_entropy(count: usize) -> Self {
+            Self::with_config(
+                count,
+                Config {
+                    anti_entropy_interval_ms: 86_400_000,
+                    ..Config::lan()
+                },
+            )
+        }
+
+        fn with_config(count: usize, config: Config) -> Self {
             let peers: Vec<Peer> = (0..count)
                 .map(|i| Peer {
                     id: format!("n{i}"),
@@ -889,7 +1419,7 @@ mod tests {
                         Replica::new(&format!("n{i}"), ActorId::from(vec![i as u8 + 1; 16]));
                     Node::new(
                         format!("n{i}"),
-                        Config::lan(),
+                        config.clone(),
                         peers.clone(),
                         replica,
                         i as u64,
@@ -903,7 +1433,9 @@ mod tests {
                 latency_ms: 5,
                 cut: None,
                 drop_every: 0,
+                drop_pushes_to: BTreeSet::new(),
                 sent: 0,
+                delivered: BTreeMap::new(),
             }
         }
 
@@ -912,11 +1444,16 @@ mod tests {
         }
 
         fn drain(&mut self, i: usize) {
+            let node = &self.nodes[i];
+            assert_eq!(crate::invariants::check(node), Ok(()));
+            assert_eq!(node.broadcast_state().check_all(node.id()), Ok(()));
             while let Some(t) = self.nodes[i].poll_transmit() {
                 self.sent += 1;
                 let to = Self::index(&t.to);
                 let cut = self.cut.is_some_and(|c| c == i || c == to);
-                let dropped = self.drop_every > 0 && self.sent.is_multiple_of(self.drop_every);
+                let kind = codec::decode(&t.bytes).expect("own frames decode").kind();
+                let dropped = (self.drop_every > 0 && self.sent.is_multiple_of(self.drop_every))
+                    || (kind == "push" && self.drop_pushes_to.contains(&to));
                 if !cut && !dropped {
                     let from = self.nodes[i].id().to_owned();
                     self.in_flight
@@ -926,8 +1463,9 @@ mod tests {
             while self.nodes[i].poll_event().is_some() {}
         }
 
-        fn write(&mut self, i: usize, component: &str, state: State) {
-            let write = StatusWrite::parse(
+        /// A status write of `api/{component}/r0`, observed now.
+        fn status_write(&self, component: &str, state: State) -> StatusWrite {
+            StatusWrite::parse(
                 "api",
                 component,
                 "r0",
@@ -939,7 +1477,20 @@ mod tests {
                     ttl_ms: 60_000,
                 },
             )
-            .expect("valid");
+            .expect("valid")
+        }
+
+        /// Node `i`'s push of its last write to `to`, taken from its queue (the rest of the
+        /// queue is dropped).
+        fn take_push(&mut self, i: usize, to: &str) -> Vec<u8> {
+            std::iter::from_fn(|| self.nodes[i].poll_transmit())
+                .find(|t| t.to == to && matches!(codec::decode(&t.bytes), Ok(Frame::Push { .. })))
+                .expect("a push")
+                .bytes
+        }
+
+        fn write(&mut self, i: usize, component: &str, state: State) {
+            let write = self.status_write(component, state);
             self.nodes[i]
                 .local_write(self.now_ms, &write)
                 .expect("write");
@@ -959,6 +1510,8 @@ mod tests {
                     due
                 };
                 for (_, to, from, bytes) in due {
+                    let kind = codec::decode(&bytes).expect("frames decode").kind();
+                    *self.delivered.entry((to, kind)).or_default() += 1;
                     self.nodes[to].handle_frame(self.now_ms, &from, &bytes);
                     self.drain(to);
                 }
@@ -978,15 +1531,232 @@ mod tests {
             let first = self.nodes[0].replica().cursor();
             self.nodes.iter().all(|n| n.replica().cursor() == first)
         }
+
+        /// Whether every node but `except` holds node `writer`'s last change.
+        fn all_hold_last_change_of(&self, writer: usize, except: Option<usize>) -> bool {
+            let hash = self.nodes[writer].last_local_change().expect("a change");
+            let api = Name::parse("service", "api").expect("name");
+            (0..self.nodes.len())
+                .filter(|i| Some(*i) != except)
+                .all(|i| {
+                    self.nodes[i]
+                        .replica()
+                        .doc(&api)
+                        .is_some_and(|d| d.has_all(&[hash]))
+                })
+        }
+
+        fn delivered(&self, to: usize, kind: &'static str) -> u64 {
+            self.delivered.get(&(to, kind)).copied().unwrap_or(0)
+        }
+
+        /// Runs until `done` holds, one millisecond at a time, for at most `limit_ms`;
+        /// returns how long it took.
+        fn run_until(&mut self, limit_ms: u64, done: impl Fn(&Self) -> bool) -> Option<u64> {
+            for elapsed in 0..=limit_ms {
+                if done(self) {
+                    return Some(elapsed);
+                }
+                self.run_for(1);
+            }
+            None
+        }
     }
 
     #[test]
-    fn a_change_reaches_all_nodes_in_one_hop() {
-        let mut h = Harness::new(5);
+    fn a_change_reaches_every_node_with_one_copy_each_within_two_hops() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(100);
         h.write(0, "db", State::MajorOutage);
-        h.run_for(h.latency_ms + 1);
-        assert!(h.converged());
-        assert!(!h.nodes[4].replica().cursor().encode().is_empty());
+        // The root pushes to its region and to one node of each other region, which pushes
+        // on to its own: two hops, not nine copies from the root.
+        let pushed_by_root = h.nodes[0].stats().frames_out;
+        h.run_for(2 * h.latency_ms + 1);
+        assert!(h.all_hold_last_change_of(0, None));
+        for i in 1..9 {
+            assert_eq!(h.delivered(i, "push"), 1, "pushes delivered to n{i}");
+        }
+        assert_eq!(h.delivered(0, "push"), 0);
+        let tree = h.nodes[0].broadcast_state().tree("n0").expect("own tree");
+        assert_eq!(tree.eager.len(), 4, "{tree:?}");
+        assert!(pushed_by_root > 0);
+        // The tree is kept: a second change costs one copy per node too, and nothing is pruned.
+        h.write(0, "db", State::Operational);
+        h.run_for(2 * h.latency_ms + 1);
+        assert!(h.all_hold_last_change_of(0, None));
+        for i in 1..9 {
+            assert_eq!(h.delivered(i, "push"), 2, "pushes delivered to n{i}");
+            assert_eq!(h.nodes[i].stats().pushes_duplicate, 0);
+        }
+    }
+
+    #[test]
+    fn a_lost_push_is_recovered_by_graft_not_by_anti_entropy() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(100);
+        let rounds_before: u64 = h.nodes.iter().map(|n| n.stats().anti_entropy_rounds).sum();
+        // n4 (region r1) is the region's entry or a leaf there: either way its push is lost,
+        // and a peer that has the change announces it.
+        h.drop_pushes_to.insert(4);
+        h.write(0, "db", State::MajorOutage);
+        h.run_for(2 * h.latency_ms + 1);
+        assert!(!h.all_hold_last_change_of(0, None));
+        h.drop_pushes_to.clear();
+        let took = h.run_until(1_000, |h| h.all_hold_last_change_of(0, None));
+        assert!(took.is_some(), "n4 never got the change");
+        assert!(h.nodes[4].stats().grafts_sent >= 1);
+        let rounds_after: u64 = h.nodes.iter().map(|n| n.stats().anti_entropy_rounds).sum();
+        assert_eq!(rounds_after, rounds_before, "no anti-entropy round ran");
+    }
+
+    #[test]
+    fn a_duplicate_push_prunes_its_sender() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(100);
+        h.write(0, "db", State::MajorOutage);
+        h.run_for(20);
+        // n2 (region r2) is told to push n0's changes to n1 as well: n1 now has two parents.
+        let graft = codec::encode(&Frame::Graft {
+            roots: vec!["n0".into()],
+            ids: Vec::new(),
+        })
+        .expect("encode");
+        h.nodes[2].handle_frame(h.now_ms, "n1", &graft);
+        h.drain(2);
+        let n2_pushes_to_n1 = |h: &Harness| {
+            h.nodes[2]
+                .broadcast_state()
+                .tree("n0")
+                .expect("tree")
+                .eager
+                .contains("n1")
+        };
+        assert!(n2_pushes_to_n1(&h));
+        h.write(0, "db", State::Operational);
+        h.run_for(20);
+        assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
+        assert!(!n2_pushes_to_n1(&h), "the prune reached n2");
+        // The edge is gone: the next change reaches n1 once.
+        h.write(0, "db", State::DegradedPerformance);
+        h.run_for(20);
+        assert!(h.all_hold_last_change_of(0, None));
+        assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
+    }
+
+    #[test]
+    fn a_push_the_network_repeats_does_not_prune_its_sender() {
+        let mut h = Harness::without_anti_entropy(3);
+        h.run_for(100);
+        let write = h.status_write("db", State::MajorOutage);
+        let now = h.now_ms;
+        h.nodes[0].local_write(now, &write).expect("write");
+        let push = h.take_push(0, "n1");
+        for _ in 0..2 {
+            h.nodes[1].handle_frame(now, "n0", &push);
+        }
+        assert_eq!(h.nodes[1].stats().pushes_duplicate, 1);
+        let prunes = std::iter::from_fn(|| h.nodes[1].poll_transmit())
+            .filter(|t| matches!(codec::decode(&t.bytes), Ok(Frame::Prune { .. })))
+            .count();
+        assert_eq!(prunes, 0);
+        let tree = h.nodes[0].broadcast_state().tree("n0").expect("tree");
+        assert!(tree.eager.contains("n1"));
+    }
+
+    #[test]
+    fn a_change_repaired_after_a_heal_is_announced_on_and_reaches_the_rest_without_more_rounds() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(100);
+        h.cut = Some(3);
+        h.write(3, "db", State::MajorOutage);
+        h.run_for(100);
+        h.cut = None;
+        assert!(!h.all_hold_last_change_of(3, None));
+        // One exchange: n1 syncs, and only n3 differs from it.
+        let now = h.now_ms;
+        h.nodes[1].sync_now(now);
+        h.drain(1);
+        // n1 announces it along its own tree: one graft round (virtual time) brings it to
+        // every region, where entries push on; an epidemic of announcements alone needs more.
+        let bound_ms = 2 * Config::lan().broadcast.graft_timeout_ms;
+        let took = h.run_until(bound_ms, |h| h.all_hold_last_change_of(3, None));
+        assert!(
+            took.is_some(),
+            "the rest got n3's change from n1 within {bound_ms} ms"
+        );
+        let heads_frames: u64 = (0..9).map(|i| h.delivered(i, "heads")).sum();
+        assert!(
+            heads_frames <= 2,
+            "{heads_frames} heads frames: only n1 and n3 compared"
+        );
+        let rounds: u64 = h.nodes.iter().map(|n| n.stats().anti_entropy_rounds).sum();
+        assert_eq!(rounds, 9, "one round per node at start, none since");
+    }
+
+    #[test]
+    fn an_announcement_that_beats_the_push_grafts_the_faster_path_and_prunes_the_slower() {
+        let mut h = Harness::without_anti_entropy(3);
+        h.run_for(100);
+        let write = h.status_write("db", State::MajorOutage);
+        let now = h.now_ms;
+        h.nodes[0].local_write(now, &write).expect("write");
+        let push = h.take_push(0, "n1");
+        let hash = h.nodes[0].last_local_change().expect("a change");
+        let ihave = codec::encode(&Frame::IHave {
+            roots: vec![("n0".into(), vec![plumtree::message_id(&hash)])],
+        })
+        .expect("encode");
+        // n2 announces it; n0's push reaches n1 only the optimisation threshold later.
+        h.nodes[1].handle_frame(now, "n2", &ihave);
+        let threshold = Config::lan().broadcast.optimize_threshold_ms;
+        h.nodes[1].handle_frame(now + threshold, "n0", &push);
+        let sent: Vec<(String, Frame)> = std::iter::from_fn(|| h.nodes[1].poll_transmit())
+            .map(|t| (t.to, codec::decode(&t.bytes).expect("decodes")))
+            .collect();
+        let roots = vec!["n0".to_owned()];
+        assert!(sent.contains(&(
+            "n2".into(),
+            Frame::Graft {
+                roots: roots.clone(),
+                ids: vec![]
+            }
+        )));
+        assert!(sent.contains(&("n0".into(), Frame::Prune { roots })));
+    }
+
+    #[test]
+    fn an_eager_peer_declared_down_is_replaced_and_changes_still_reach_everyone() {
+        let mut h = Harness::without_anti_entropy(9);
+        h.run_for(3_000);
+        h.write(0, "db", State::MajorOutage);
+        h.run_for(20);
+        // n0's entry into region r1 (n1, n4 or n7) dies.
+        let tree = h.nodes[0]
+            .broadcast_state()
+            .tree("n0")
+            .expect("tree")
+            .clone();
+        let entry = [1, 4, 7]
+            .into_iter()
+            .find(|i| tree.eager.contains(&format!("n{i}")))
+            .expect("an entry into r1");
+        h.cut = Some(entry);
+        let dead = format!("n{entry}");
+        let declared = h.run_until(20_000, |h| {
+            h.nodes[0].member_state(&dead) == MemberState::Down
+        });
+        assert!(declared.is_some(), "{dead} declared down");
+        let tree = h.nodes[0].broadcast_state().tree("n0").expect("tree");
+        assert!(!tree.eager.contains(&dead));
+        assert!(
+            [1, 4, 7]
+                .iter()
+                .any(|i| *i != entry && tree.eager.contains(&format!("n{i}"))),
+            "another node of r1 took the role: {tree:?}"
+        );
+        h.write(0, "db", State::Operational);
+        let took = h.run_until(1_000, |h| h.all_hold_last_change_of(0, Some(entry)));
+        assert!(took.is_some(), "every living node got the change");
     }
 
     #[test]
@@ -1039,6 +1809,42 @@ mod tests {
             let doc = node.replica().docs().next().expect("doc");
             assert_eq!(doc.history_len(), 1);
         }
+    }
+
+    #[test]
+    fn a_large_liveness_map_is_repaired_by_the_buckets_that_differ() {
+        let mut h = Harness::without_anti_entropy(2);
+        h.run_for(100);
+        let entries: Vec<(String, u64)> = (0..2_000).map(|i| (format!("api/c{i}/r0"), 5)).collect();
+        let whole = codec::encode(&Frame::Liveness {
+            entries,
+            reply_wanted: false,
+        })
+        .expect("encode");
+        let newer = codec::encode(&Frame::Liveness {
+            entries: vec![("api/c7/r0".into(), 9)],
+            reply_wanted: false,
+        })
+        .expect("encode");
+        let now = h.now_ms;
+        h.nodes[0].handle_frame(now, "n1", &whole);
+        h.nodes[1].handle_frame(now, "n0", &whole);
+        h.nodes[1].handle_frame(now, "n0", &newer);
+        h.drain(0);
+        h.drain(1);
+        let bytes_before: u64 = h.nodes.iter().map(|n| n.stats().bytes_out).sum();
+        h.nodes[0].sync_now(now);
+        h.drain(0);
+        h.run_for(50);
+        assert_eq!(
+            h.nodes[0].replica().liveness(),
+            h.nodes[1].replica().liveness()
+        );
+        let bytes: u64 = h.nodes.iter().map(|n| n.stats().bytes_out).sum::<u64>() - bytes_before;
+        // The whole map is about 27 KB; the bucket hashes and one bucket's entries are a
+        // small part of it.
+        assert!(whole.len() > 20_000, "{}", whole.len());
+        assert!(bytes < 3_000, "{bytes} bytes to repair one entry");
     }
 
     #[test]
@@ -1239,6 +2045,49 @@ mod tests {
         }
         let hash = result[1].1.expect("a change");
         assert_eq!(h.nodes[0].regions_holding(&hash), Some(3));
+    }
+
+    #[test]
+    fn garbage_broadcast_frames_change_nothing_and_are_counted() {
+        let mut h = Harness::without_anti_entropy(3);
+        h.run_for(100);
+        h.write(0, "db", State::Operational);
+        h.run_for(20);
+        let before = h.nodes[1].replica().cursor();
+        let tree_before = h.nodes[1].broadcast_state().trees().clone();
+        let missing_before = h.nodes[1].broadcast_state().missing_count();
+        let rejected_before = h.nodes[1].stats().frames_rejected;
+        let bad_push = codec::encode(&Frame::Push {
+            service: "api".into(),
+            changes: vec![vec![0xde, 0xad]],
+        })
+        .expect("encode");
+        let ihave = codec::encode(&Frame::IHave {
+            roots: vec![("n0".into(), vec![1, 2, 3])],
+        })
+        .expect("encode");
+        let truncated_ihave = ihave[..ihave.len() - 1].to_vec();
+        // Version, then the variant index of each broadcast frame, then noise.
+        let noise: Vec<Vec<u8>> = (6u8..=9)
+            .map(|tag| [vec![codec::WIRE_VERSION, tag], vec![0xff; 40]].concat())
+            .collect();
+        let garbage: Vec<Vec<u8>> = [vec![bad_push, truncated_ihave], noise].concat();
+        let count = garbage.len() as u64;
+        for bytes in garbage {
+            h.nodes[1].handle_frame(h.now_ms, "n0", &bytes);
+        }
+        assert_eq!(h.nodes[1].stats().frames_rejected, rejected_before + count);
+        assert_eq!(
+            h.nodes[1].transmits_queued(),
+            0,
+            "nothing forwarded or answered"
+        );
+        assert_eq!(h.nodes[1].replica().cursor(), before);
+        assert_eq!(h.nodes[1].broadcast_state().trees(), &tree_before);
+        assert_eq!(h.nodes[1].broadcast_state().missing_count(), missing_before);
+        h.drain(1);
+        h.run_for(1_000);
+        assert!(h.converged());
     }
 
     #[test]

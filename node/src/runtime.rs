@@ -519,6 +519,16 @@ struct Driver {
     )>,
 }
 
+/// The change frames of one peer for one service in one iteration, merged into one batch.
+struct MergedChanges {
+    from: String,
+    service: String,
+    /// Eager pushes and repairs are merged apart: a push of nothing new prunes its sender.
+    pushed: bool,
+    changes: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
 impl Driver {
     async fn run(
         mut self,
@@ -581,8 +591,8 @@ impl Driver {
         info!(node = %self.info.id, "driver stopped");
     }
 
-    /// Hands this iteration's frames to the gossip core, with the eager pushes of one peer
-    /// for one service merged into one frame: Automerge applies a batch of changes in about
+    /// Hands this iteration's frames to the gossip core, with the change frames of one peer
+    /// for one service merged into one frame (pushes with pushes, repairs with repairs): Automerge applies a batch of changes in about
     /// the time of one (it walks the document once), which is what lets a node keep up with
     /// peers that each push one change per write. A merged batch is rejected whole if one
     /// change in it is bad; all of it came from the same peer, and anti-entropy repairs the
@@ -594,35 +604,57 @@ impl Driver {
         }
         self.touched = true;
         let now = now_ms();
-        let mut merged: Vec<(String, String, Vec<Vec<u8>>, usize)> = Vec::new();
+        let mut merged: Vec<MergedChanges> = Vec::new();
         let mut others = Vec::new();
         for frame in frames {
-            let Ok(Frame::Changes { service, changes }) = codec::decode(&frame.bytes) else {
-                others.push(frame);
-                continue;
+            let (service, changes, pushed) = match codec::decode(&frame.bytes) {
+                Ok(Frame::Changes { service, changes }) => (service, changes, false),
+                Ok(Frame::Push { service, changes }) => (service, changes, true),
+                _ => {
+                    others.push(frame);
+                    continue;
+                }
             };
             let bytes: usize = changes.iter().map(Vec::len).sum();
-            let slot = merged.iter_mut().find(|(from, s, c, b)| {
-                *from == frame.from
-                    && *s == service
-                    && c.len() + changes.len() <= REMOTE_BATCH_MAX
-                    && *b + bytes <= FRAME_BYTES_MAX / 2
+            let slot = merged.iter_mut().find(|m| {
+                m.from == frame.from
+                    && m.service == service
+                    && m.pushed == pushed
+                    && m.changes.len() + changes.len() <= REMOTE_BATCH_MAX
+                    && m.bytes + bytes <= FRAME_BYTES_MAX / 2
             });
             match slot {
-                Some((_, _, c, b)) => {
-                    c.extend(changes);
-                    *b += bytes;
+                Some(m) => {
+                    m.changes.extend(changes);
+                    m.bytes += bytes;
                 }
-                None => merged.push((frame.from, service, changes, bytes)),
+                None => merged.push(MergedChanges {
+                    from: frame.from,
+                    service,
+                    pushed,
+                    changes,
+                    bytes,
+                }),
             }
         }
         for frame in others {
             self.node.handle_frame(now, &frame.from, &frame.bytes);
         }
-        for (from, service, changes, _) in merged {
+        for MergedChanges {
+            from,
+            service,
+            pushed,
+            changes,
+            ..
+        } in merged
+        {
             let name = Name::parse("service", &service).ok();
             let before = self.heads_of(name.as_ref());
-            let frame = Frame::Changes { service, changes };
+            let frame = if pushed {
+                Frame::Push { service, changes }
+            } else {
+                Frame::Changes { service, changes }
+            };
             match codec::encode(&frame) {
                 Ok(bytes) => self.node.handle_frame(now, &from, &bytes),
                 Err(e) => {
@@ -630,7 +662,9 @@ impl Driver {
                     continue;
                 }
             }
-            if let (Some(name), Frame::Changes { changes, .. }) = (name, frame) {
+            if let (Some(name), Frame::Changes { changes, .. } | Frame::Push { changes, .. }) =
+                (name, frame)
+            {
                 self.note_remote(name, before, changes);
             }
         }

@@ -206,6 +206,31 @@ mod tests {
     }
 
     #[test]
+    fn a_broadcast_costs_about_one_copy_per_node_over_near_shortest_paths() {
+        // Regression guard for the Plumtree tree (virtual time, so deterministic): the issue's
+        // targets are at most 1.2 copies per node per change and a full-mesh p99 within 1.2x
+        // the shortest-path bound.
+        let spec = spec(&request("broadcast", 1, 0)).expect("spec");
+        let outcome = Sim::new(spec.clone()).expect("sim").run();
+        assert!(
+            outcome.failure.is_none(),
+            "{}",
+            report::text(&spec, &outcome)
+        );
+        let figures = report::Figures::of(&outcome);
+        assert!(
+            figures.copies_per_node_per_change <= 1.2,
+            "{} copies per node per change",
+            figures.copies_per_node_per_change
+        );
+        assert!(
+            figures.full_mesh_ratio.p99 <= 1.2,
+            "full-mesh p99 at {}x the bound",
+            figures.full_mesh_ratio.p99
+        );
+    }
+
+    #[test]
     fn the_same_seed_gives_byte_identical_output() {
         let a = run(&request("lossy", 7, 15)).expect("runs");
         let b = run(&request("lossy", 7, 15)).expect("runs");

@@ -128,10 +128,11 @@ impl Figures {
             full_mesh_ratio: Percentiles::of(full_ratio),
             copies_per_node_per_change: per_change(copies as f64) / (nodes.max(2) - 1) as f64,
             payload_bytes_per_change: per_change(
-                outcome
-                    .sent_by_kind
-                    .get("changes")
-                    .map_or(0.0, |(_, bytes)| *bytes as f64),
+                crate::sim::CHANGES_KINDS
+                    .iter()
+                    .filter_map(|kind| outcome.sent_by_kind.get(kind))
+                    .map(|(_, bytes)| *bytes as f64)
+                    .sum(),
             ),
             traffic_bytes_per_change: per_change(outcome.bytes_sent_safety as f64),
             idle_bytes_per_s_per_node: if idle_s > 0.0 {

@@ -28,7 +28,7 @@ use statusmesh_crdt::{
     StatusWrite,
 };
 use statusmesh_gossip::topology::{LatencyModel, Member, Topology};
-use statusmesh_gossip::{codec, invariants, Config, Event, Frame, Node, Peer};
+use statusmesh_gossip::{codec, invariants, Config, Event, Node, Peer};
 
 use crate::scenario::{PartitionMode, Plan, Workload};
 
@@ -56,8 +56,8 @@ const WRITES_TRACKED_MAX: usize = 200_000;
 const SERVICES: [&str; 4] = ["checkout", "search", "payments", "identity"];
 const COMPONENTS: [&str; 6] = ["api", "db", "web", "queue", "cache", "auth"];
 
-/// The frame kind that carries changes (`Frame::kind`).
-const CHANGES_KIND: &str = "changes";
+/// The frame kinds that carry changes (`Frame::kind`): repair and broadcast push.
+pub const CHANGES_KINDS: [&str; 2] = ["changes", "push"];
 
 /// A run's inputs: everything that determines its output.
 #[derive(Debug, Clone)]
@@ -757,7 +757,7 @@ impl Sim {
         // full decode of each tag and reused; debug builds decode everything and compare.
         let tag = bytes.get(..2).map(|b| (b[0], b[1]));
         let learned = tag.and_then(|t| self.kind_by_tag.get(&t).copied());
-        if let Some(kind) = learned.filter(|k| *k != CHANGES_KIND) {
+        if let Some(kind) = learned.filter(|k| !CHANGES_KINDS.contains(k)) {
             if cfg!(debug_assertions) {
                 let decoded = codec::decode(&bytes).map_err(|e| e.to_string())?;
                 debug_assert_eq!(
@@ -778,7 +778,7 @@ impl Sim {
             self.kind_by_tag.insert(tag, kind);
         }
         let mut writes = Vec::new();
-        if let Frame::Changes { changes, .. } = &frame {
+        if let Some((_, changes)) = frame.changes() {
             for change in changes {
                 let change = automerge::Change::try_from(change.as_slice())
                     .map_err(|e| format!("change does not parse: {e}"))?;
