@@ -572,8 +572,11 @@ impl Driver {
             }
             self.apply_write_batch();
             self.handle_frames(frames);
-            self.flush();
+            // Durable before anything leaves: a change a peer holds but this node lost in a
+            // crash would, after the restart (a new actor), be concurrent with the node's
+            // next write to the same cell and could win over that acknowledged write.
             self.commit().await;
+            self.flush();
             self.answer_ack_waiters();
             if self.gauges_at.elapsed() >= GAUGE_INTERVAL {
                 self.export_gauges(inbound.len(), commands.len());
@@ -582,8 +585,8 @@ impl Driver {
         // Graceful stop: what was applied is written and fsynced (and its writers answered)
         // before connections close.
         self.apply_write_batch();
-        self.flush();
         self.commit().await;
+        self.flush();
         if let Some(storage) = self.storage.take() {
             storage.close().await;
         }
