@@ -32,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use statusmesh_gossip::topology::one_way_ms;
 use statusmesh_node::config::Topology;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::chaos_net::{self, Net, Relay, GOSSIP_PORT, HTTP_PORT};
@@ -343,20 +344,27 @@ struct ClientLog {
     nodes_used: BTreeSet<String>,
 }
 
-/// Follows `/v1/events?service=` from `first`; when its stream ends (the node was killed) or
-/// cannot connect, it moves to the next node with its last event id.
+/// Follows `/v1/events?service=` from `first`; it moves to the next node with its last event
+/// id when its stream ends (the node was killed), when it cannot connect, and each time `roam`
+/// changes (after every heal), so that every client resumes across nodes and regions.
 fn start_client(
-    client: &reqwest::Client,
     nodes: &[TestNode],
     first: usize,
     log: &Arc<Mutex<ClientLog>>,
-    stop: &Arc<AtomicBool>,
+    mut roam: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (client, nodes, log, stop) = (client.clone(), nodes.to_vec(), log.clone(), stop.clone());
+    // No overall request timeout: a stream lives as long as its node does.
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let (nodes, log) = (nodes.to_vec(), log.clone());
     tokio::spawn(async move {
         let mut at = first;
-        while !stop.load(Ordering::Relaxed) {
+        while !*stop.borrow() {
             let node = &nodes[at % nodes.len()];
+            at += 1;
             let last_id = log.lock().expect("client").last_id.clone();
             let url = node.url(&format!("/v1/events?service={SERVICE}"));
             let opened = tokio::time::timeout(
@@ -365,7 +373,6 @@ fn start_client(
             )
             .await;
             let Ok(Ok(mut reader)) = opened else {
-                at += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -376,21 +383,15 @@ fn start_client(
             loop {
                 let next = tokio::select! {
                     next = reader.try_next() => next,
-                    _ = wait_flag(&stop) => return,
+                    _ = roam.changed() => break,
+                    _ = stop.changed() => return,
                 };
                 let Ok(event) = next else { break };
                 apply_event(&mut log.lock().expect("client"), &event);
             }
             log.lock().expect("client").reconnects += 1;
-            at += 1;
         }
     })
-}
-
-async fn wait_flag(flag: &AtomicBool) {
-    while !flag.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn apply_event(log: &mut ClientLog, event: &harness::SseEvent) {
@@ -417,6 +418,17 @@ fn apply_event(log: &mut ClientLog, event: &harness::SseEvent) {
     if !event.id.is_empty() {
         log.last_id = Some(event.id.clone());
     }
+}
+
+/// "N acked / N 202 / N failed" of `writes`.
+fn outcomes(writes: &[Write]) -> String {
+    let count = |o: Outcome| writes.iter().filter(|w| w.outcome == o).count();
+    format!(
+        "{} acked / {} 202 / {} failed",
+        count(Outcome::Acked),
+        count(Outcome::Accepted),
+        count(Outcome::Failed)
+    )
 }
 
 /// Every node's cells, or None for a node that does not answer.
@@ -511,12 +523,13 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
 
     let writes: Writes = Arc::default();
     let stop_writes = Arc::new(AtomicBool::new(false));
-    let stop_clients = Arc::new(AtomicBool::new(false));
+    let (stop_clients, stop_rx) = watch::channel(false);
+    let (roam, roam_rx) = watch::channel(0u64);
     let client_logs: Vec<Arc<Mutex<ClientLog>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
     let client_tasks: Vec<_> = client_logs
         .iter()
         .enumerate()
-        .map(|(k, l)| start_client(&client, &nodes, k * 2, l, &stop_clients))
+        .map(|(k, l)| start_client(&nodes, k * 2, l, roam_rx.clone(), stop_rx.clone()))
         .collect();
     let writers = start_writers(
         &client,
@@ -531,6 +544,7 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
     let _ = writeln!(log, "faults:");
     for (i, episode) in schedule.iter().enumerate() {
         let t = run_start.elapsed().as_secs_f64();
+        let before = writes.lock().expect("writes").len();
         if let Err(e) = inject(&mut cluster, &episode.fault) {
             failures.push(format!("episode {}: inject: {e}", i + 1));
         }
@@ -538,18 +552,22 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
         if let Err(e) = heal(&mut cluster, &episode.fault) {
             failures.push(format!("episode {}: heal: {e}", i + 1));
         }
-        let answered: Vec<Write> = writes
-            .lock()
-            .expect("writes")
-            .iter()
-            .filter(|w| w.outcome != Outcome::Failed)
-            .cloned()
-            .collect();
+        let (answered, during) = {
+            let writes = writes.lock().expect("writes");
+            let answered: Vec<Write> = writes
+                .iter()
+                .filter(|w| w.outcome != Outcome::Failed)
+                .cloned()
+                .collect();
+            (answered, outcomes(&writes[before..]))
+        };
         let converged = converge(&client, &nodes, &answered).await;
+        let _ = roam.send(i as u64 + 1);
         let _ = writeln!(
             log,
-            "  t={t:6.1}s {:<52} heal; converged in {} (every node holds all {} writes answered 200/202 so far)",
+            "  t={t:6.1}s {} for {:?}: writes meanwhile {during}; healed, converged in {} (every node holds all {} writes answered 200/202 so far)",
             describe(&cluster, &episode.fault),
+            episode.hold,
             converged.map_or("NEVER".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             answered.len()
         );
@@ -647,7 +665,7 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
     {
         tokio::time::sleep(CONVERGE_POLL).await;
     }
-    stop_clients.store(true, Ordering::Relaxed);
+    let _ = stop_clients.send(true);
     for task in client_tasks {
         let _ = task.await;
     }
