@@ -9,12 +9,15 @@
 //! Which fault is made by which mechanism (see `chaos_net`): partitions are blackhole routes
 //! in the nodes' namespaces; kill and restart are SIGKILL and a new process on the same data
 //! directory; latency (the regions' coordinates) and loss are a userspace UDP relay, because
-//! this kernel has neither `sch_netem` nor tc actions. Clock skew is not injected: a time
-//! namespace can offset only CLOCK_MONOTONIC and CLOCK_BOOTTIME, not the CLOCK_REALTIME the
-//! nodes stamp observations with, and shifting the machine's clock would skew every node.
+//! this kernel has neither `sch_netem` nor tc actions. Clock skew is libfaketime preloaded
+//! into a node's process for the whole run (and its restarts): a time namespace can offset
+//! only CLOCK_MONOTONIC and CLOCK_BOOTTIME, not the CLOCK_REALTIME the nodes stamp
+//! observations and gossip timers with, and setting the machine's clock would skew every node.
+//! The run reads each node's clock back from its HTTP `Date` header.
 //!
-//! It needs root and `ip`; without them it says why and passes, unless
-//! `STATUSMESH_REQUIRE_CHAOS=1` (set by CI), where that is a failure. The short scripted
+//! It needs root and `ip` (and libfaketime for the skew; `./test.sh` installs it); without
+//! them it says why and passes, unless `STATUSMESH_REQUIRE_CHAOS=1` (set by CI), where that is
+//! a failure. The short scripted
 //! schedule runs in `cargo test`; a longer seeded one is
 //! `STATUSMESH_CHAOS_SEED=7 STATUSMESH_CHAOS_SECS=600 cargo test -p statusmesh-node --test main
 //! chaos::seeded -- --ignored --nocapture`.
@@ -91,7 +94,8 @@ async fn chaos_short_schedule_loses_no_acknowledged_write_and_no_event() {
             hold: secs(10),
         },
     ];
-    run_if_possible("scripted (CI)", schedule, 12.0, 1).await;
+    // us-east-1 runs 20 s ahead, ap-southeast-2 15 s behind.
+    run_if_possible("scripted (CI)", schedule, &[(2, 20), (5, -15)], 12.0, 1).await;
 }
 
 /// The long run: `STATUSMESH_CHAOS_SEED` picks the faults, their targets and durations until
@@ -109,7 +113,12 @@ async fn seeded() {
     let total = Duration::from_secs(env("STATUSMESH_CHAOS_SECS", 300));
     let rate = env("STATUSMESH_CHAOS_WRITES_PER_S", 12) as f64;
     let schedule = seeded_schedule(seed, total, 6);
-    run_if_possible(&format!("seeded {seed}"), schedule, rate, seed).await;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let skews = [
+        (rng.random_range(0..6), rng.random_range(5..=60)),
+        (rng.random_range(0..6), -rng.random_range(5..=60)),
+    ];
+    run_if_possible(&format!("seeded {seed}"), schedule, &skews, rate, seed).await;
 }
 
 /// Faults picked by `seed` until their holds add up to `total`.
@@ -131,16 +140,40 @@ fn seeded_schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Episode> {
     schedule
 }
 
-async fn run_if_possible(name: &str, schedule: Vec<Episode>, writes_per_s: f64, seed: u64) {
+/// Runs the schedule with node clocks skewed by `(node, seconds)`, or says why it cannot.
+async fn run_if_possible(
+    name: &str,
+    schedule: Vec<Episode>,
+    skews: &[(usize, i64)],
+    writes_per_s: f64,
+    seed: u64,
+) {
     let required = std::env::var("STATUSMESH_REQUIRE_CHAOS").is_ok_and(|v| v == "1");
+    // Straight to stderr, past the test's output capture, so that a skip is seen.
+    let say = |text: &str| {
+        let _ = writeln!(std::io::stderr(), "chaos: {text}");
+    };
     if let Some(reason) = chaos_net::unavailable() {
         assert!(!required, "the chaos run cannot run here: {reason}");
-        // Straight to stderr, past the test's output capture, so that the skip is seen.
-        let _ = writeln!(std::io::stderr(), "chaos: skipped: {reason}");
+        say(&format!("skipped: {reason}"));
         return;
     }
+    let faketime = chaos_net::faketime_library();
+    let skews = if faketime.is_some() {
+        skews
+    } else {
+        let reason = "libfaketime is not installed (./test.sh installs it)";
+        assert!(!required, "the chaos run cannot skew clocks: {reason}");
+        say(&format!("clock skew skipped: {reason}"));
+        &[]
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = run(dir.path(), name, &schedule, writes_per_s, seed).await;
+    let setup = Setup {
+        skews: skews.to_vec(),
+        faketime,
+        seed,
+    };
+    let report = run(dir.path(), name, &schedule, &setup, writes_per_s).await;
     let _ = std::io::stderr().write_all(report.log.as_bytes());
     if let Ok(path) = std::env::var("STATUSMESH_CHAOS_LOG") {
         std::fs::write(&path, &report.log).expect("write STATUSMESH_CHAOS_LOG");
@@ -154,9 +187,20 @@ struct Report {
     failures: Vec<String>,
 }
 
+/// What a run is made with besides its schedule.
+struct Setup {
+    /// (node index, seconds its CLOCK_REALTIME is ahead; negative: behind).
+    skews: Vec<(usize, i64)>,
+    faketime: Option<PathBuf>,
+    seed: u64,
+}
+
 /// The mesh: namespaces, relay, node processes.
 struct Cluster {
     dir: PathBuf,
+    /// Seconds each node's clock is off, and the library that shifts it.
+    skew_s: Vec<i64>,
+    faketime: Option<PathBuf>,
     certs: PathBuf,
     nodes: Vec<TestNode>,
     configs: Vec<PathBuf>,
@@ -167,7 +211,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(dir: &Path, seed: u64) -> Result<Self, String> {
+    async fn start(dir: &Path, setup: &Setup) -> Result<Self, String> {
         let count = harness::REGIONS.len() * 2;
         let net = Net::create(count)?;
         let nodes = harness::test_nodes(2, |i| {
@@ -187,7 +231,7 @@ impl Cluster {
             &net,
             count,
             |a, b| Duration::from_secs_f64(one_way_ms(region(a), region(b)) / 1000.0),
-            seed,
+            setup.seed,
         )
         .await?;
         // Each node sees its peers at their relay sockets, and itself at its real address.
@@ -203,8 +247,14 @@ impl Cluster {
         }
         let certs = dir.join("certs");
         harness::make_certs(&configs[0], &certs);
+        let mut skew_s = vec![0; count];
+        for (i, s) in &setup.skews {
+            skew_s[*i] = *s;
+        }
         let mut cluster = Self {
             dir: dir.to_owned(),
+            skew_s,
+            faketime: setup.faketime.clone(),
             certs,
             nodes,
             configs,
@@ -223,6 +273,15 @@ impl Cluster {
     fn spawn(&self, i: usize) -> Proc {
         let node = &self.nodes[i];
         let mut command = Command::new("ip");
+        if let (skew, Some(library)) = (self.skew_s[i], &self.faketime) {
+            if skew != 0 {
+                // Only the wall clock: tokio's timers keep the real monotonic clock.
+                command
+                    .env("LD_PRELOAD", library)
+                    .env("FAKETIME", format!("{skew:+}"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
+        }
         command
             .args(["netns", "exec", self.net.namespace(i), BIN])
             .args(harness::run_args(
@@ -468,11 +527,18 @@ async fn converge(
     None
 }
 
-async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, seed: u64) -> Report {
+async fn run(
+    dir: &Path,
+    name: &str,
+    schedule: &[Episode],
+    setup: &Setup,
+    writes_per_s: f64,
+) -> Report {
+    let seed = setup.seed;
     let mut log = String::new();
     let mut failures = Vec::new();
     let run_start = Instant::now();
-    let mut cluster = match Cluster::start(dir, seed).await {
+    let mut cluster = match Cluster::start(dir, setup).await {
         Ok(cluster) => cluster,
         Err(e) => {
             return Report {
@@ -509,6 +575,11 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
     let _ = writeln!(
         log,
         "load: {writes_per_s} writes/s over all nodes, each a new cell, ?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}; {CLIENTS} SSE clients (?service={SERVICE}) that roam on disconnect with Last-Event-ID"
+    );
+    let _ = writeln!(
+        log,
+        "clocks (libfaketime, CLOCK_REALTIME of the process; read back from each node's Date header): {}",
+        check_clocks(&client, &cluster, &mut failures).await
     );
     let _ = writeln!(log, "schedule:");
     for (i, episode) in schedule.iter().enumerate() {
@@ -699,10 +770,6 @@ async fn run(dir: &Path, name: &str, schedule: &[Episode], writes_per_s: f64, se
     );
     let _ = writeln!(
         log,
-        "not injected: clock skew (time namespaces offset only CLOCK_MONOTONIC/BOOTTIME, not CLOCK_REALTIME)"
-    );
-    let _ = writeln!(
-        log,
         "result: {} after {:.1} s",
         if failures.is_empty() {
             "PASS".to_owned()
@@ -741,6 +808,44 @@ fn heal(cluster: &mut Cluster, fault: &Fault) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Each node's clock as its HTTP `Date` header shows it, against the skew it should have; a
+/// node more than 2 s off its skew is a failure (the skew was not applied).
+async fn check_clocks(
+    client: &reqwest::Client,
+    cluster: &Cluster,
+    failures: &mut Vec<String>,
+) -> String {
+    let mut parts = Vec::new();
+    for (node, wanted) in cluster.nodes.iter().zip(&cluster.skew_s) {
+        let sent = std::time::SystemTime::now();
+        let date = match client.get(node.url("/healthz")).send().await {
+            Ok(reply) => reply
+                .headers()
+                .get("date")
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| httpdate::parse_http_date(d).ok()),
+            Err(_) => None,
+        };
+        let Some(date) = date else {
+            failures.push(format!("{}: no Date header to read its clock", node.id));
+            continue;
+        };
+        let offset_s = match date.duration_since(sent) {
+            Ok(ahead) => ahead.as_secs_f64(),
+            Err(behind) => -behind.duration().as_secs_f64(),
+        };
+        // The header has whole seconds; the request takes a moment.
+        if (offset_s - *wanted as f64).abs() > 2.0 {
+            failures.push(format!(
+                "{}: clock {offset_s:+.0} s off, wanted {wanted:+} s",
+                node.id
+            ));
+        }
+        parts.push(format!("{} {wanted:+} s (reads {offset_s:+.0} s)", node.id));
+    }
+    parts.join(", ")
 }
 
 /// The fault and the mechanism that makes it.

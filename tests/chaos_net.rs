@@ -67,6 +67,17 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// libfaketime's multithreaded preload library, if installed: it shifts CLOCK_REALTIME for
+/// one process, which no namespace can (a time namespace offsets only CLOCK_MONOTONIC and
+/// CLOCK_BOOTTIME).
+pub fn faketime_library() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.exists())
+}
+
 /// Runs `ip` with `args`; its stderr on failure.
 pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
