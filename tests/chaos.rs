@@ -23,7 +23,6 @@
 //! chaos::seeded -- --ignored --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -187,6 +186,13 @@ async fn run_if_possible(
 struct Report {
     log: String,
     failures: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, text: String) {
+        self.log.push_str(&text);
+        self.log.push('\n');
+    }
 }
 
 /// What a run is made with besides its schedule.
@@ -481,6 +487,15 @@ fn apply_event(log: &mut ClientLog, event: &harness::SseEvent) {
     }
 }
 
+/// The writes that got `outcome`.
+fn with_outcome(writes: &[Write], outcome: Outcome) -> Vec<Write> {
+    writes
+        .iter()
+        .filter(|w| w.outcome == outcome)
+        .cloned()
+        .collect()
+}
+
 /// "N acked / N 202 / N failed" of `writes`.
 fn outcomes(writes: &[Write]) -> String {
     let count = |o: Outcome| writes.iter().filter(|w| w.outcome == o).count();
@@ -536,17 +551,17 @@ async fn run(
     setup: &Setup,
     writes_per_s: f64,
 ) -> Report {
-    let seed = setup.seed;
-    let mut log = String::new();
-    let mut failures = Vec::new();
+    let mut report = Report {
+        log: String::new(),
+        failures: Vec::new(),
+    };
     let run_start = Instant::now();
     let mut cluster = match Cluster::start(dir, setup).await {
         Ok(cluster) => cluster,
         Err(e) => {
-            return Report {
-                log: format!("chaos: the network could not be set up: {e}\n"),
-                failures: vec![e],
-            }
+            report.line(format!("chaos: the network could not be set up: {e}"));
+            report.failures.push(e);
+            return report;
         }
     };
     let nodes = cluster.nodes.clone();
@@ -556,42 +571,30 @@ async fn run(
         .expect("http client");
     harness::wait_healthy(&client, &nodes).await;
     harness::wait_ready(&client, &nodes).await;
-    let _ = writeln!(log, "chaos run: {name}, seed {seed}");
-    let _ = writeln!(
-        log,
+    report.line(format!("chaos run: {name}, seed {}", setup.seed));
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    report.line(format!(
         "mesh: {} nodes ({}) in {} regions; {}",
         nodes.len(),
-        nodes
-            .iter()
-            .map(|n| n.id.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
+        ids.join(" "),
         harness::REGIONS.len(),
         cluster.net.describe()
-    );
-    let _ = writeln!(
-        log,
+    ));
+    report.line(format!(
         "latency (one way, relay, from the regions' coordinates): {}",
         latency_summary(&cluster)
-    );
-    let _ = writeln!(
-        log,
-        "load: {writes_per_s} writes/s over all nodes, each a new cell, ?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}; {CLIENTS} SSE clients (?service={SERVICE}) that roam on disconnect with Last-Event-ID"
-    );
-    let _ = writeln!(
-        log,
-        "clocks (libfaketime, CLOCK_REALTIME of the process; read back from each node's Date header): {}",
-        check_clocks(&client, &cluster, &mut failures).await
-    );
-    let _ = writeln!(log, "schedule:");
+    ));
+    report.line(format!(
+        "load: {writes_per_s} writes/s over all nodes, each a new cell, ?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}; {CLIENTS} SSE clients (?service={SERVICE}) that roam on disconnect and after each heal, with Last-Event-ID"
+    ));
+    let clocks = check_clocks(&client, &cluster, &mut report.failures).await;
+    report.line(format!(
+        "clocks (libfaketime, CLOCK_REALTIME of the process; read back from each node's Date header): {clocks}"
+    ));
+    report.line("schedule:".to_owned());
     for (i, episode) in schedule.iter().enumerate() {
-        let _ = writeln!(
-            log,
-            "  {}. {} for {:?}",
-            i + 1,
-            describe(&cluster, &episode.fault),
-            episode.hold
-        );
+        let fault = describe(&cluster, &episode.fault);
+        report.line(format!("  {}. {fault} for {:?}", i + 1, episode.hold));
     }
 
     let writes: Writes = Arc::default();
@@ -604,48 +607,43 @@ async fn run(
         .enumerate()
         .map(|(k, l)| start_client(&nodes, k * 2, l, roam_rx.clone(), stop_rx.clone()))
         .collect();
-    let writers = start_writers(
-        &client,
-        &nodes,
-        writes_per_s / nodes.len() as f64,
-        &writes,
-        &stop_writes,
-    );
+    let per_node_per_s = writes_per_s / nodes.len() as f64;
+    let writers = start_writers(&client, &nodes, per_node_per_s, &writes, &stop_writes);
     // Some load before the first fault.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let _ = writeln!(log, "faults:");
+    report.line("faults:".to_owned());
     for (i, episode) in schedule.iter().enumerate() {
         let t = run_start.elapsed().as_secs_f64();
         let before = writes.lock().expect("writes").len();
         if let Err(e) = inject(&mut cluster, &episode.fault) {
-            failures.push(format!("episode {}: inject: {e}", i + 1));
+            report
+                .failures
+                .push(format!("episode {}: inject: {e}", i + 1));
         }
         tokio::time::sleep(episode.hold).await;
         if let Err(e) = heal(&mut cluster, &episode.fault) {
-            failures.push(format!("episode {}: heal: {e}", i + 1));
+            report
+                .failures
+                .push(format!("episode {}: heal: {e}", i + 1));
         }
         let (answered, during) = {
             let writes = writes.lock().expect("writes");
-            let answered: Vec<Write> = writes
-                .iter()
-                .filter(|w| w.outcome != Outcome::Failed)
-                .cloned()
-                .collect();
+            let mut answered = with_outcome(&writes, Outcome::Acked);
+            answered.extend(with_outcome(&writes, Outcome::Accepted));
             (answered, outcomes(&writes[before..]))
         };
         let converged = converge(&client, &nodes, &answered).await;
         let _ = roam.send(i as u64 + 1);
-        let _ = writeln!(
-            log,
+        report.line(format!(
             "  t={t:6.1}s {} for {:?}: writes meanwhile {during}; healed, converged in {} (every node holds all {} writes answered 200/202 so far)",
             describe(&cluster, &episode.fault),
             episode.hold,
             converged.map_or("NEVER".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             answered.len()
-        );
+        ));
         if converged.is_none() {
-            failures.push(format!(
+            report.failures.push(format!(
                 "episode {}: no convergence within {CONVERGE_MAX:?} of the heal",
                 i + 1
             ));
@@ -657,130 +655,131 @@ async fn run(
         let _ = writer.await;
     }
     let writes = writes.lock().expect("writes").clone();
-    let count = |o: Outcome| writes.iter().filter(|w| w.outcome == o).count();
-    let acked: Vec<Write> = writes
-        .iter()
-        .filter(|w| w.outcome == Outcome::Acked)
-        .cloned()
-        .collect();
-    let accepted: Vec<Write> = writes
-        .iter()
-        .filter(|w| w.outcome == Outcome::Accepted)
-        .cloned()
-        .collect();
-    let final_start = Instant::now();
-    let mut final_views = views(&client, &nodes).await;
-    while final_start.elapsed() < CONVERGE_MAX {
-        let first = final_views[0].clone();
-        if first.is_some() && final_views.iter().all(|v| *v == first) {
-            break;
-        }
-        tokio::time::sleep(CONVERGE_POLL).await;
-        final_views = views(&client, &nodes).await;
+    let final_view = check_writes(&client, &nodes, &writes, &mut report).await;
+    check_clients(&client_logs, &final_view, &mut report).await;
+    let _ = stop_clients.send(true);
+    for task in client_tasks {
+        let _ = task.await;
     }
-    let equal = final_views[0].is_some() && final_views.iter().all(|v| *v == final_views[0]);
-    let _ = writeln!(
-        log,
-        "writes: {} sent, {} acknowledged (200, {ACK_REGIONS} regions), {} accepted without the ack in time (202), {} failed (node down or cut off: no promise)",
+    let counters = &cluster.relay.counters;
+    report.line(format!(
+        "relay: {} datagrams forwarded, {} dropped as loss, {} dropped on a full queue",
+        counters.forwarded.load(Ordering::Relaxed),
+        counters.lost.load(Ordering::Relaxed),
+        counters.queue_full.load(Ordering::Relaxed)
+    ));
+    let result = if report.failures.is_empty() {
+        "PASS".to_owned()
+    } else {
+        format!("FAIL: {}", report.failures.join("; "))
+    };
+    let elapsed = run_start.elapsed().as_secs_f64();
+    report.line(format!("result: {result} after {elapsed:.1} s"));
+    report
+}
+
+/// With writes stopped: waits until every node's view is the same, and checks that each
+/// holds every acknowledged write. Returns that view.
+async fn check_writes(
+    client: &reqwest::Client,
+    nodes: &[TestNode],
+    writes: &[Write],
+    report: &mut Report,
+) -> BTreeMap<String, String> {
+    let acked = with_outcome(writes, Outcome::Acked);
+    let accepted = with_outcome(writes, Outcome::Accepted);
+    let start = Instant::now();
+    let equal = |views: &[Option<BTreeMap<String, String>>]| {
+        views[0].is_some() && views.iter().all(|v| *v == views[0])
+    };
+    let mut final_views = views(client, nodes).await;
+    while !equal(&final_views) && start.elapsed() < CONVERGE_MAX {
+        tokio::time::sleep(CONVERGE_POLL).await;
+        final_views = views(client, nodes).await;
+    }
+    report.line(format!(
+        "writes: {} sent: {} (ack = {ACK_REGIONS} regions in time; 202 = held where written, not confirmed in time; failed = node down or cut off, no promise)",
         writes.len(),
-        acked.len(),
-        count(Outcome::Accepted),
-        count(Outcome::Failed)
-    );
-    let _ = writeln!(
-        log,
+        outcomes(writes)
+    ));
+    let equal = equal(&final_views);
+    report.line(format!(
         "final convergence (writes stopped): {} in {:.2} s",
         if equal {
             "every node's view equal"
         } else {
             "views DIFFER"
         },
-        final_start.elapsed().as_secs_f64()
-    );
+        start.elapsed().as_secs_f64()
+    ));
     if !equal {
-        failures.push("the nodes' final views differ".to_owned());
+        report
+            .failures
+            .push("the nodes' final views differ".to_owned());
     }
-    let _ = writeln!(log, "acknowledged writes found after the last heal:");
+    report.line("acknowledged writes found after the last heal:".to_owned());
     for (node, view) in nodes.iter().zip(&final_views) {
         let view = view.clone().unwrap_or_default();
         let found = holds_all(&view, &acked);
-        let found_accepted = holds_all(&view, &accepted);
-        let _ = writeln!(
-            log,
-            "  {:<16} {found}/{} acknowledged, {found_accepted}/{} accepted (202), {} cells",
+        report.line(format!(
+            "  {:<16} {found}/{} acknowledged, {}/{} accepted (202), {} cells",
             node.id,
             acked.len(),
+            holds_all(&view, &accepted),
             accepted.len(),
             view.len()
-        );
+        ));
         if found != acked.len() {
-            failures.push(format!(
-                "{} lost {} acknowledged writes",
-                node.id,
-                acked.len() - found
-            ));
+            let lost = acked.len() - found;
+            report
+                .failures
+                .push(format!("{} lost {lost} acknowledged writes", node.id));
         }
     }
+    final_views[0].clone().unwrap_or_default()
+}
 
-    // Each client must end with the final view: a cell it lacks is a gap.
-    let final_view = final_views[0].clone().unwrap_or_default();
-    let gaps_start = Instant::now();
+/// Waits (bounded) until every client's view is `final_view`; a cell a client lacks then is
+/// a gap in its stream.
+async fn check_clients(
+    client_logs: &[Arc<Mutex<ClientLog>>],
+    final_view: &BTreeMap<String, String>,
+    report: &mut Report,
+) {
     let gaps = |l: &ClientLog| {
         final_view
             .iter()
             .filter(|(c, m)| l.view.get(*c) != Some(*m))
             .count()
     };
-    while gaps_start.elapsed() < harness::WAIT
+    let start = Instant::now();
+    while start.elapsed() < harness::WAIT
         && client_logs
             .iter()
             .any(|l| gaps(&l.lock().expect("client")) > 0)
     {
         tokio::time::sleep(CONVERGE_POLL).await;
     }
-    let _ = stop_clients.send(true);
-    for task in client_tasks {
-        let _ = task.await;
-    }
-    let _ = writeln!(log, "SSE clients:");
+    report.line("SSE clients:".to_owned());
     for (k, l) in client_logs.iter().enumerate() {
         let l = l.lock().expect("client");
         let gap = gaps(&l);
-        let _ = writeln!(
-            log,
+        let used: Vec<&str> = l.nodes_used.iter().map(String::as_str).collect();
+        report.line(format!(
             "  client {k}: {} status events, {} snapshots, {} reconnects over {}; gaps {gap}, duplicates {}",
             l.status_events,
             l.snapshots,
             l.reconnects,
-            l.nodes_used.iter().cloned().collect::<Vec<_>>().join(","),
+            used.join(","),
             l.duplicates
-        );
+        ));
         if gap > 0 || l.duplicates > 0 {
-            failures.push(format!(
+            report.failures.push(format!(
                 "client {k}: {gap} gaps, {} duplicates",
                 l.duplicates
             ));
         }
     }
-    let counters = &cluster.relay.counters;
-    let _ = writeln!(
-        log,
-        "relay: {} datagrams forwarded, {} dropped as loss, {} dropped on a full queue",
-        counters.forwarded.load(Ordering::Relaxed),
-        counters.lost.load(Ordering::Relaxed),
-        counters.queue_full.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        log,
-        "result: {} after {:.1} s",
-        if failures.is_empty() {
-            "PASS".to_owned()
-        } else {
-            format!("FAIL: {}", failures.join("; "))
-        },
-        run_start.elapsed().as_secs_f64()
-    );
-    Report { log, failures }
 }
 
 fn inject(cluster: &mut Cluster, fault: &Fault) -> Result<(), String> {
