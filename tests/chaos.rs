@@ -41,15 +41,18 @@ use crate::chaos_net::{self, Net, Relay, GOSSIP_PORT, HTTP_PORT};
 use crate::harness::{self, Proc, SseReader, TestNode, BIN};
 
 const TOKEN: &str = "chaos-token-0123456789";
-/// The service every write goes to; each write has a component of its own.
+/// The service every write goes to.
 const SERVICE: &str = "chaos";
 /// Writes ask for copies in this many regions.
 const ACK_REGIONS: usize = 2;
 const ACK_TIMEOUT_MS: u64 = 3_000;
 /// The longest a heal may take to converge before the run fails.
 const CONVERGE_MAX: Duration = Duration::from_secs(90);
-/// How often convergence is polled.
-const CONVERGE_POLL: Duration = Duration::from_millis(200);
+/// How often convergence is polled (each poll reads every node's view).
+const CONVERGE_POLL: Duration = Duration::from_millis(250);
+/// Each node's writer cycles over this many cells of its own: enough that a cell is rewritten
+/// only every few seconds, few enough that a node's whole view stays cheap to read.
+const CELLS_PER_WRITER: u64 = 32;
 /// SSE clients, attached first to the first node of each region.
 const CLIENTS: usize = 3;
 
@@ -175,7 +178,6 @@ async fn run_if_possible(
         seed,
     };
     let report = run(dir.path(), name, &schedule, &setup, writes_per_s).await;
-    let _ = std::io::stderr().write_all(report.log.as_bytes());
     if let Ok(path) = std::env::var("STATUSMESH_CHAOS_LOG") {
         std::fs::write(&path, &report.log).expect("write STATUSMESH_CHAOS_LOG");
     }
@@ -189,7 +191,10 @@ struct Report {
 }
 
 impl Report {
+    /// Adds a line to the log and shows it at once (past the test's output capture, so that
+    /// a long run shows its progress).
     fn line(&mut self, text: String) {
+        let _ = writeln!(std::io::stderr(), "{text}");
         self.log.push_str(&text);
         self.log.push('\n');
     }
@@ -336,7 +341,8 @@ enum Outcome {
 #[derive(Debug, Clone)]
 struct Write {
     component: String,
-    message: String,
+    /// The writer's sequence number; the message is [`message`] of it.
+    seq: u64,
     outcome: Outcome,
 }
 
@@ -370,8 +376,8 @@ fn start_writers(
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let component = format!("{}-{seq}", node.id);
-                    let message = format!("write {seq} on {}", node.id);
+                    let component = format!("{}-c{}", node.id, seq % CELLS_PER_WRITER);
+                    let message = message(seq);
                     let url = node.url(&format!(
                         "/v1/status/{SERVICE}/{component}/{}?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}",
                         node.region
@@ -389,7 +395,7 @@ fn start_writers(
                     };
                     writes.lock().expect("writes").push(Write {
                         component,
-                        message,
+                        seq,
                         outcome,
                     });
                 }
@@ -516,10 +522,22 @@ async fn views(
         .await
 }
 
+/// The message of a writer's write `seq`.
+fn message(seq: u64) -> String {
+    format!("write {seq}")
+}
+
+/// How many of `writes` `view` holds: a write is held when its cell has its message or that
+/// of a later write (each cell has one writer, whose writes are sequential).
 fn holds_all(view: &BTreeMap<String, String>, writes: &[Write]) -> usize {
+    let seq_of = |message: &str| message.strip_prefix("write ")?.parse::<u64>().ok();
     writes
         .iter()
-        .filter(|w| view.get(&w.component) == Some(&w.message))
+        .filter(|w| {
+            view.get(&w.component)
+                .and_then(|m| seq_of(m))
+                .is_some_and(|held| held >= w.seq)
+        })
         .count()
 }
 
@@ -585,7 +603,7 @@ async fn run(
         latency_summary(&cluster)
     ));
     report.line(format!(
-        "load: {writes_per_s} writes/s over all nodes, each a new cell, ?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}; {CLIENTS} SSE clients (?service={SERVICE}) that roam on disconnect and after each heal, with Last-Event-ID"
+        "load: {writes_per_s} writes/s over all nodes, each node's writer cycling over {CELLS_PER_WRITER} cells of its own, ?ack={ACK_REGIONS}&ack_timeout_ms={ACK_TIMEOUT_MS}; {CLIENTS} SSE clients (?service={SERVICE}) that roam on disconnect and after each heal, with Last-Event-ID"
     ));
     let clocks = check_clocks(&client, &cluster, &mut report.failures).await;
     report.line(format!(
