@@ -20,7 +20,8 @@
 //! a failure. The short scripted
 //! schedule runs in `cargo test`; a longer seeded one is
 //! `STATUSMESH_CHAOS_SEED=7 STATUSMESH_CHAOS_SECS=600 cargo test -p statusmesh-node --test main
-//! chaos::seeded -- --ignored --nocapture`.
+//! chaos::seeded -- --ignored --nocapture` (`STATUSMESH_CHAOS_BIN=target/release/statusmesh` runs
+//! release nodes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -296,7 +297,8 @@ impl Cluster {
             }
         }
         command
-            .args(["netns", "exec", self.net.namespace(i), BIN])
+            .args(["netns", "exec", self.net.namespace(i)])
+            .arg(node_binary())
             .args(harness::run_args(
                 &self.configs[i],
                 &self.certs,
@@ -325,6 +327,12 @@ impl Cluster {
             .filter(|i| self.nodes[*i].region == region)
             .collect()
     }
+}
+
+/// The `statusmesh` the nodes run: this build's, or `STATUSMESH_CHAOS_BIN` (a release build
+/// for a long run, so that the nodes rather than a debug build's overhead are measured).
+fn node_binary() -> PathBuf {
+    std::env::var_os("STATUSMESH_CHAOS_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
 }
 
 /// What a write got back.
@@ -589,7 +597,11 @@ async fn run(
         .expect("http client");
     harness::wait_healthy(&client, &nodes).await;
     harness::wait_ready(&client, &nodes).await;
-    report.line(format!("chaos run: {name}, seed {}", setup.seed));
+    report.line(format!(
+        "chaos run: {name}, seed {}, nodes run {}",
+        setup.seed,
+        node_binary().display()
+    ));
     let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     report.line(format!(
         "mesh: {} nodes ({}) in {} regions; {}",
