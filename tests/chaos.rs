@@ -54,6 +54,8 @@ const CONVERGE_POLL: Duration = Duration::from_millis(250);
 /// Each node's writer cycles over this many cells of its own: enough that a cell is rewritten
 /// only every few seconds, few enough that a node's whole view stays cheap to read.
 const CELLS_PER_WRITER: u64 = 32;
+/// Duplicates each client shows in full in the log.
+const DUPLICATE_EXAMPLES_MAX: usize = 3;
 /// SSE clients, attached first to the first node of each region.
 const CLIENTS: usize = 3;
 
@@ -423,6 +425,10 @@ struct ClientLog {
     snapshots: u64,
     reconnects: u64,
     nodes_used: BTreeSet<String>,
+    /// The node the client reads now.
+    node: String,
+    /// The first few duplicates: the node that sent each and the event, for the log.
+    duplicate_examples: Vec<String>,
 }
 
 /// Follows `/v1/events?service=` from `first`; it moves to the next node with its last event
@@ -492,6 +498,10 @@ fn apply_event(log: &mut ClientLog, event: &harness::SseEvent) {
             let previous = log.view.insert(component.to_owned(), message.to_owned());
             if previous.as_deref() == Some(message) {
                 log.duplicates += 1;
+                if log.duplicate_examples.len() < DUPLICATE_EXAMPLES_MAX {
+                    let example = format!("from {} id {}: {}", log.node, event.id, event.data);
+                    log.duplicate_examples.push(example);
+                }
             }
         }
         _ => {}
@@ -803,6 +813,9 @@ async fn check_clients(
             used.join(","),
             l.duplicates
         ));
+        for example in &l.duplicate_examples {
+            report.line(format!("    duplicate {example}"));
+        }
         if gap > 0 || l.duplicates > 0 {
             report.failures.push(format!(
                 "client {k}: {gap} gaps, {} duplicates",

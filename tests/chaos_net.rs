@@ -18,7 +18,8 @@
 //!
 //! A partition of node a from node b is a blackhole route to b's relay address in a's
 //! namespace and to a's relay address in b's: each side's datagrams for the other die in its
-//! own kernel, while HTTP between the test and every node keeps working.
+//! own kernel (sendmsg fails with EINVAL, which quinn counts as a lost datagram), while HTTP
+//! between the test and every node keeps working.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
