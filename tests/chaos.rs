@@ -425,6 +425,10 @@ struct ClientLog {
     snapshots: u64,
     reconnects: u64,
     nodes_used: BTreeSet<String>,
+    /// Cells whose last event said `conflict: true`.
+    conflicted: BTreeSet<String>,
+    /// Events that only set or cleared a cell's conflict flag.
+    conflict_events: u64,
     /// The node the client reads now.
     node: String,
     /// The first few duplicates: the node that sent each and the event, for the log.
@@ -490,13 +494,23 @@ fn apply_event(log: &mut ClientLog, event: &harness::SseEvent) {
                 .and_then(|services| services.iter().find(|s| s["name"] == SERVICE))
                 .and_then(harness::service_messages)
                 .unwrap_or_default();
+            log.conflicted.clear();
         }
         "status" if event.data["service"] == SERVICE => {
             log.status_events += 1;
             let component = event.data["component"].as_str().unwrap_or_default();
             let message = event.data["message"].as_str().unwrap_or_default();
+            // A change of a cell's conflict flag (concurrent values) is news, not a duplicate.
+            let conflict = event.data["conflict"].as_bool().unwrap_or(false);
+            let conflict_changed = if conflict {
+                log.conflicted.insert(component.to_owned())
+            } else {
+                log.conflicted.remove(component)
+            };
             let previous = log.view.insert(component.to_owned(), message.to_owned());
-            if previous.as_deref() == Some(message) {
+            if conflict_changed {
+                log.conflict_events += 1;
+            } else if previous.as_deref() == Some(message) {
                 log.duplicates += 1;
                 if log.duplicate_examples.len() < DUPLICATE_EXAMPLES_MAX {
                     let example = format!("from {} id {}: {}", log.node, event.id, event.data);
@@ -806,8 +820,9 @@ async fn check_clients(
         let gap = gaps(&l);
         let used: Vec<&str> = l.nodes_used.iter().map(String::as_str).collect();
         report.line(format!(
-            "  client {k}: {} status events, {} snapshots, {} reconnects over {}; gaps {gap}, duplicates {}",
+            "  client {k}: {} status events ({} of them a conflict flag set or cleared), {} snapshots, {} reconnects over {}; gaps {gap}, duplicates {}",
             l.status_events,
+            l.conflict_events,
             l.snapshots,
             l.reconnects,
             used.join(","),
