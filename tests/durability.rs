@@ -10,34 +10,6 @@ use crate::harness::{self, Proc, TestNode};
 
 const TOKEN: &str = "durability-token";
 
-/// Every cell of `service` on `node`: component → message (the test's cells are all in one
-/// region per component).
-async fn messages(
-    client: &reqwest::Client,
-    node: &TestNode,
-    service: &str,
-) -> Option<BTreeMap<String, String>> {
-    let response = client
-        .get(node.url(&format!("/v1/status/{service}")))
-        .send()
-        .await
-        .ok()?;
-    if response.status() == 404 {
-        return Some(BTreeMap::new());
-    }
-    let view: serde_json::Value = response.json().await.ok()?;
-    let mut cells = BTreeMap::new();
-    for component in view["components"].as_array()? {
-        for region in component["regions"].as_array()? {
-            cells.insert(
-                component["name"].as_str()?.to_owned(),
-                region["message"].as_str()?.to_owned(),
-            );
-        }
-    }
-    Some(cells)
-}
-
 /// Waits until `node` holds every `(component, message)` in `expected`.
 async fn wait_holds(
     client: &reqwest::Client,
@@ -51,7 +23,7 @@ async fn wait_holds(
         || {
             let expected = expected.clone();
             async move {
-                let held = messages(client, node, service).await?;
+                let held = harness::messages(client, node, service).await?;
                 expected
                     .iter()
                     .all(|(component, message)| held.get(component) == Some(message))
@@ -192,6 +164,8 @@ async fn a_node_that_was_down_catches_up_from_its_peers() {
     procs[1].terminate();
     procs[1] = harness::run_node(dir.path(), &config, &certs, us, TOKEN);
     harness::wait_healthy(&client, std::slice::from_ref(us)).await;
-    let held = messages(&client, us, "catchup").await.expect("status");
+    let held = harness::messages(&client, us, "catchup")
+        .await
+        .expect("status");
     assert_eq!(held, expected, "{}", procs[1].output());
 }

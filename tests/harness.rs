@@ -1,5 +1,6 @@
 //! The test harness: topologies on free loopback ports, node processes, an SSE reader.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,38 +41,56 @@ impl TestNode {
 }
 
 /// Regions with real coordinates, as in the repository's regions.toml.
-const REGIONS: [(&str, f64, f64); 3] = [
+pub const REGIONS: [(&str, f64, f64); 3] = [
     ("eu-west", 53.35, -6.26),
     ("us-east", 39.04, -77.49),
     ("ap-southeast", 1.35, 103.82),
 ];
 
-/// A topology with `per_region` nodes in each of the three regions, on free ports,
-/// written as regions.toml into `dir`.
-pub fn topology(dir: &Path, per_region: usize) -> (PathBuf, Vec<TestNode>) {
-    let mut text = String::from("[cluster]\nname = \"test\"\n\n");
+/// `per_region` nodes in each of the three regions (ids `<region>-<n>`), with the addresses
+/// `addrs(index)` gives each.
+pub fn test_nodes(
+    per_region: usize,
+    mut addrs: impl FnMut(usize) -> (SocketAddr, SocketAddr),
+) -> Vec<TestNode> {
     let mut nodes = Vec::new();
+    for (region, _, _) in REGIONS {
+        for i in 1..=per_region {
+            let (gossip, http) = addrs(nodes.len());
+            nodes.push(TestNode {
+                id: format!("{region}-{i}"),
+                region: region.to_owned(),
+                gossip,
+                http,
+            });
+        }
+    }
+    nodes
+}
+
+/// The regions.toml text of the three regions and `nodes`.
+pub fn regions_toml(nodes: &[TestNode]) -> String {
+    let mut text = String::from("[cluster]\nname = \"test\"\n\n");
     for (region, lat, lon) in REGIONS {
         text.push_str(&format!(
             "[[region]]\nname = \"{region}\"\nlat = {lat}\nlon = {lon}\n\n"
         ));
-        for i in 1..=per_region {
-            nodes.push(TestNode {
-                id: format!("{region}-{i}"),
-                region: region.to_owned(),
-                gossip: free_udp(),
-                http: free_tcp(),
-            });
-        }
     }
-    for n in &nodes {
+    for n in nodes {
         text.push_str(&format!(
             "[[node]]\nid = \"{}\"\nregion = \"{}\"\ngossip = \"{}\"\nhttp = \"{}\"\n\n",
             n.id, n.region, n.gossip, n.http
         ));
     }
+    text
+}
+
+/// A topology with `per_region` nodes in each of the three regions, on free ports,
+/// written as regions.toml into `dir`.
+pub fn topology(dir: &Path, per_region: usize) -> (PathBuf, Vec<TestNode>) {
+    let nodes = test_nodes(per_region, |_| (free_udp(), free_tcp()));
     let path = dir.join("regions.toml");
-    std::fs::write(&path, text).expect("write regions.toml");
+    std::fs::write(&path, regions_toml(&nodes)).expect("write regions.toml");
     (path, nodes)
 }
 
@@ -175,15 +194,37 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut command = Command::new(BIN);
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .args(["--node", &node.id, "--certs"])
-        .arg(certs)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args);
+    command.args(base_run_args(config, certs, node, data)).args(args);
     Proc::spawn(command, dir.join(format!("{}.log", node.id)))
+}
+
+/// The arguments of `statusmesh run` for one node.
+pub fn run_args(
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    token: &str,
+    data: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args = base_run_args(config, certs, node, data);
+    args.extend(["--token".into(), token.into()]);
+    args
+}
+
+/// `statusmesh run` arguments up to the data directory (the token or tokens file follow).
+fn base_run_args(
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    data: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--config".into()];
+    args.push(config.into());
+    args.extend(["--node".into(), node.id.clone().into(), "--certs".into()]);
+    args.push(certs.into());
+    args.push("--data-dir".into());
+    args.push(data.into());
+    args
 }
 
 /// Polls `check` until it returns Some, at most [`WAIT`]; panics with `what` otherwise.
@@ -245,26 +286,38 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn connect(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
+        Self::open(client, url, last_event_id)
+            .await
+            .expect("connect SSE")
+    }
+
+    /// Connects, or says why not (for tests where a node may be down or cut off).
+    pub async fn open(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Self, String> {
         let mut request = client.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.expect("connect SSE");
-        assert_eq!(response.status(), 200, "SSE status");
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("SSE status {}", response.status()));
+        }
         let content_type = response
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "content-type {content_type}"
-        );
-        Self {
+        if !content_type.starts_with("text/event-stream") {
+            return Err(format!("content-type {content_type}"));
+        }
+        Ok(Self {
             stream: response.bytes_stream().boxed(),
             buffer: String::new(),
-        }
+        })
     }
 
     /// The next event (comments skipped), within [`WAIT`].
@@ -289,6 +342,11 @@ impl SseReader {
     }
 
     async fn next_inner(&mut self) -> SseEvent {
+        self.try_next().await.expect("SSE stream")
+    }
+
+    /// The next event (comments skipped), or why the stream ended; no time limit.
+    pub async fn try_next(&mut self) -> Result<SseEvent, String> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -307,14 +365,14 @@ impl SseReader {
                     continue; // a heartbeat comment or a bare retry
                 }
                 event.data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
-                return event;
+                return Ok(event);
             }
             let chunk = self
                 .stream
                 .next()
                 .await
-                .expect("SSE stream ended")
-                .expect("SSE stream error");
+                .ok_or("SSE stream ended")?
+                .map_err(|e| format!("SSE stream error: {e}"))?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
@@ -340,6 +398,40 @@ pub async fn put_status(
         status,
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Every cell of `service` on `node`: component → message (for tests whose cells are all in
+/// one region per component); empty when the node does not know the service.
+pub async fn messages(
+    client: &reqwest::Client,
+    node: &TestNode,
+    service: &str,
+) -> Option<BTreeMap<String, String>> {
+    let response = client
+        .get(node.url(&format!("/v1/status/{service}")))
+        .send()
+        .await
+        .ok()?;
+    if response.status() == 404 {
+        return Some(BTreeMap::new());
+    }
+    let view: serde_json::Value = response.json().await.ok()?;
+    service_messages(&view)
+}
+
+/// The component → message cells of one service's view (`GET /v1/status/{service}`, or one
+/// entry of a snapshot's `services`).
+pub fn service_messages(view: &serde_json::Value) -> Option<BTreeMap<String, String>> {
+    let mut cells = BTreeMap::new();
+    for component in view["components"].as_array()? {
+        for region in component["regions"].as_array()? {
+            cells.insert(
+                component["name"].as_str()?.to_owned(),
+                region["message"].as_str()?.to_owned(),
+            );
+        }
+    }
+    Some(cells)
 }
 
 /// The state of one cell in a node's GET /v1/status, if present.

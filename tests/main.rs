@@ -4,6 +4,8 @@
 //! conditions with bounded timeouts and kills only the processes it started.
 
 mod bench_sse;
+mod chaos;
+mod chaos_net;
 mod client;
 mod contract;
 mod durability;
