@@ -528,15 +528,16 @@ impl ServiceDoc {
         let mut fresh_keys = Vec::with_capacity(changes.len());
         let mut held = Vec::with_capacity(changes.len());
         for bytes in changes {
-            let change = Change::try_from(bytes.as_slice())
-                .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
-            check_checksum(bytes, &change)?;
+            let change = parse_change(bytes)?;
             let origin = change.message().map(str::to_owned);
             if self.has_change(&change.hash()) {
                 held.push((change.hash(), origin));
                 continue;
             }
-            let keys = validate_change(&change)?;
+            // Expanding a change decodes its columns; a panic in that decoder is a bad change.
+            let keys = std::panic::catch_unwind(|| validate_change(&change)).map_err(|_| {
+                CrdtError::ChangeDecode(format!("change {} does not decode", change.hash()))
+            })??;
             fresh_keys.push((change.hash(), origin, keys));
             fresh.push(change);
         }
@@ -975,19 +976,35 @@ fn str_of(value: &Value<'_>) -> Option<String> {
 
 /// Checks that a change only touches what the schema allows: root keys of the layout above,
 /// set to a valid JSON value of their kind, or deleted where deleting is allowed.
-/// Automerge checks a change's checksum when it loads a whole document, not when it parses
-/// one change: a change whose checksum is wrong would be applied, and the document saved
-/// with it would then fail to load (found by fuzzing). The checksum is the first four bytes
-/// of the change's hash, right after the four magic bytes, in plain and compressed changes
-/// alike.
-fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), CrdtError> {
+/// Automerge's chunk types that hold one change: plain and deflated. A chunk starts with four
+/// magic bytes, a four-byte checksum and its type.
+const CHANGE_CHUNK_TYPES: [u8; 2] = [1, 2];
+
+/// Parses one change from a peer, more strictly than `Change::try_from` alone (both found
+/// by fuzzing):
+/// - only change chunks: Automerge would also parse a bundle chunk here, and its bundle
+///   decoder panics on some truncated input;
+/// - a panic while parsing is a decode error, not the end of the node's driver;
+/// - the checksum must match: Automerge checks it when it loads a whole document, not when
+///   it parses one change, so a change with a wrong checksum was applied and the document
+///   saved with it then failed to load. The checksum is the first four bytes of the hash.
+fn parse_change(bytes: &[u8]) -> Result<Change, CrdtError> {
+    let kind = bytes.get(8).copied();
+    if !kind.is_some_and(|k| CHANGE_CHUNK_TYPES.contains(&k)) {
+        return Err(CrdtError::ChangeDecode(format!(
+            "chunk type {kind:?} is not a change"
+        )));
+    }
+    let change = std::panic::catch_unwind(|| Change::try_from(bytes))
+        .map_err(|_| CrdtError::ChangeDecode("the change does not decode".into()))?
+        .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
     let hash = change.hash();
     if bytes.get(4..8) != Some(&hash.0[..4]) {
         return Err(CrdtError::ChangeDecode(format!(
             "checksum does not match change {hash}"
         )));
     }
-    Ok(())
+    Ok(change)
 }
 
 pub(crate) fn validate_change(change: &Change) -> Result<Vec<String>, CrdtError> {
