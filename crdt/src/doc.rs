@@ -345,10 +345,7 @@ impl ServiceDoc {
 
     /// Loads a saved document and validates every change in it as if it came from a peer.
     pub fn load(service: Name, bytes: &[u8], actor: ActorId) -> Result<Self, CrdtError> {
-        let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load {
-            service: service.to_string(),
-            reason: e.to_string(),
-        })?;
+        let doc = load_automerge(&service, bytes)?;
         for change in doc.get_changes(&[]) {
             validate_change(&change)?;
         }
@@ -365,10 +362,7 @@ impl ServiceDoc {
     /// changes were validated when they were applied, and storage checksums the bytes. Use
     /// [`Self::load`] for anything that came from elsewhere.
     pub fn load_trusted(service: Name, bytes: &[u8], actor: ActorId) -> Result<Self, CrdtError> {
-        let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load {
-            service: service.to_string(),
-            reason: e.to_string(),
-        })?;
+        let doc = load_automerge(&service, bytes)?;
         let records = doc.length(ROOT);
         Ok(Self {
             service,
@@ -528,15 +522,16 @@ impl ServiceDoc {
         let mut fresh_keys = Vec::with_capacity(changes.len());
         let mut held = Vec::with_capacity(changes.len());
         for bytes in changes {
-            let change = Change::try_from(bytes.as_slice())
-                .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
-            check_checksum(bytes, &change)?;
+            let change = parse_change(bytes)?;
             let origin = change.message().map(str::to_owned);
             if self.has_change(&change.hash()) {
                 held.push((change.hash(), origin));
                 continue;
             }
-            let keys = validate_change(&change)?;
+            // Expanding a change decodes its columns; a panic in that decoder is a bad change.
+            let keys = std::panic::catch_unwind(|| validate_change(&change)).map_err(|_| {
+                CrdtError::ChangeDecode(format!("change {} does not decode", change.hash()))
+            })??;
             fresh_keys.push((change.hash(), origin, keys));
             fresh.push(change);
         }
@@ -975,19 +970,78 @@ fn str_of(value: &Value<'_>) -> Option<String> {
 
 /// Checks that a change only touches what the schema allows: root keys of the layout above,
 /// set to a valid JSON value of their kind, or deleted where deleting is allowed.
-/// Automerge checks a change's checksum when it loads a whole document, not when it parses
-/// one change: a change whose checksum is wrong would be applied, and the document saved
-/// with it would then fail to load (found by fuzzing). The checksum is the first four bytes
-/// of the change's hash, right after the four magic bytes, in plain and compressed changes
-/// alike.
-fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), CrdtError> {
+/// `Automerge::load` of document and change chunks only: Automerge's bundle decoder panics
+/// on some truncated input (found by fuzzing), and a saved document holds no bundles. A
+/// panic in the other decoders is reported as a load error like any other bad input.
+fn load_automerge(service: &Name, bytes: &[u8]) -> Result<Automerge, CrdtError> {
+    let error = |reason: String| CrdtError::Load {
+        service: service.to_string(),
+        reason,
+    };
+    check_chunk_types(bytes).map_err(error)?;
+    std::panic::catch_unwind(|| Automerge::load(bytes))
+        .map_err(|_| error("the document does not decode".into()))?
+        .map_err(|e| error(e.to_string()))
+}
+
+/// Automerge's chunk types that hold one change: plain and deflated. A chunk starts with four
+/// magic bytes, a four-byte checksum, its type and its length (unsigned LEB128).
+const CHANGE_CHUNK_TYPES: [u8; 2] = [1, 2];
+/// The chunk type of a whole document.
+const DOCUMENT_CHUNK_TYPE: u8 = 0;
+
+/// Checks that `bytes` is a sequence of document and change chunks, by their headers.
+fn check_chunk_types(mut bytes: &[u8]) -> Result<(), String> {
+    while !bytes.is_empty() {
+        let kind = *bytes.get(8).ok_or("truncated chunk header")?;
+        if kind != DOCUMENT_CHUNK_TYPE && !CHANGE_CHUNK_TYPES.contains(&kind) {
+            return Err(format!("chunk type {kind} is not a document or a change"));
+        }
+        let mut length: u64 = 0;
+        let mut at = 9;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(at).ok_or("truncated chunk length")?;
+            at += 1;
+            length |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|length| at.checked_add(length))
+            .filter(|&end| end <= bytes.len())
+            .ok_or("truncated chunk")?;
+        bytes = &bytes[end..];
+    }
+    Ok(())
+}
+
+/// Parses one change from a peer, more strictly than `Change::try_from` alone (both found
+/// by fuzzing):
+/// - only change chunks: Automerge would also parse a bundle chunk here, and its bundle
+///   decoder panics on some truncated input;
+/// - a panic while parsing is a decode error, not the end of the node's driver;
+/// - the checksum must match: Automerge checks it when it loads a whole document, not when
+///   it parses one change, so a change with a wrong checksum was applied and the document
+///   saved with it then failed to load. The checksum is the first four bytes of the hash.
+fn parse_change(bytes: &[u8]) -> Result<Change, CrdtError> {
+    let kind = bytes.get(8).copied();
+    if !kind.is_some_and(|k| CHANGE_CHUNK_TYPES.contains(&k)) {
+        return Err(CrdtError::ChangeDecode(format!(
+            "chunk type {kind:?} is not a change"
+        )));
+    }
+    let change = std::panic::catch_unwind(|| Change::try_from(bytes))
+        .map_err(|_| CrdtError::ChangeDecode("the change does not decode".into()))?
+        .map_err(|e| CrdtError::ChangeDecode(e.to_string()))?;
     let hash = change.hash();
     if bytes.get(4..8) != Some(&hash.0[..4]) {
         return Err(CrdtError::ChangeDecode(format!(
             "checksum does not match change {hash}"
         )));
     }
-    Ok(())
+    Ok(change)
 }
 
 pub(crate) fn validate_change(change: &Change) -> Result<Vec<String>, CrdtError> {
