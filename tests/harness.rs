@@ -194,7 +194,9 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut command = Command::new(BIN);
-    command.args(base_run_args(config, certs, node, data)).args(args);
+    command
+        .args(base_run_args(config, certs, node, data))
+        .args(args);
     Proc::spawn(command, dir.join(format!("{}.log", node.id)))
 }
 
