@@ -144,6 +144,8 @@ pub struct Stats {
     pub grafts_sent: u64,
     /// Announcements dropped because a peer's batch was full.
     pub announcements_dropped: u64,
+    /// Entries of this node's tree into other regions swapped for a faster or live peer.
+    pub entries_swapped: u64,
 }
 
 /// What a peer is known to hold, and when it was last heard.
@@ -1096,7 +1098,8 @@ impl Node {
             })
             .collect();
         let me = self.id.clone();
-        self.plumtree.rechoose_entries(&me, &candidates);
+        let swaps = self.plumtree.rechoose_entries(&me, &candidates);
+        self.stats.entries_swapped += swaps.len() as u64;
     }
 
     /// Whether `peer` has not acknowledged this node's last change though it had time to:
@@ -1858,6 +1861,7 @@ mod tests {
             assert_eq!(r1_entries(&h), vec![fastest], "the entry stays");
         }
         assert!(h.all_hold_last_change_of(0, None));
+        assert!((1..=2).contains(&h.nodes[0].stats().entries_swapped));
     }
 
     #[test]
@@ -1869,6 +1873,7 @@ mod tests {
             rtt_round(&mut h, round);
             assert_eq!(r1_entries(&h), first);
         }
+        assert_eq!(h.nodes[0].stats().entries_swapped, 0);
         // Every peer of r1 was measured by then, so the labels were not what kept it.
         for i in [1, 4, 7] {
             assert!(
