@@ -165,7 +165,7 @@ struct Rtt {
 pub struct EntryCandidate {
     pub peer: String,
     pub region: String,
-    /// Suspected by the failure detector, or its acknowledgements stopped.
+    /// Suspected by the failure detector (and not heard from directly since).
     pub failing: bool,
 }
 
@@ -519,7 +519,7 @@ impl Plumtree {
     }
 
     /// Re-chooses `root`'s entry into each region of `candidates` (the live peers of other
-    /// regions, with whether each is failing: suspected, or its acks stopped): a failing
+    /// regions, each marked failing when suspected by the failure detector): a failing
     /// entry gives way to the best peer of its region that is not failing; a measured entry
     /// gives way to a measured peer whose round trip is clearly lower (see
     /// [`RTT_SWAP_MIN_PERCENT`]). The best peer is the lowest measured round trip, then the
