@@ -234,9 +234,14 @@ fn swim_config() -> impl bincode::config::Config {
 impl SwimCodec {
     /// The node a SWIM message says it comes from, without running it through foca.
     pub fn peek_sender(data: &[u8]) -> Result<String, String> {
+        Ok(Self::peek_header(data)?.src.node)
+    }
+
+    /// The header of a SWIM message (who sends what), without running it through foca.
+    pub fn peek_header(data: &[u8]) -> Result<foca::Header<SwimId>, String> {
         let (header, _): (foca::Header<SwimId>, usize) =
             bincode::serde::decode_from_slice(data, swim_config()).map_err(|e| e.to_string())?;
-        Ok(header.src.node)
+        Ok(header)
     }
 
     fn encode<T: Serialize>(value: &T, mut buf: impl bytes::BufMut) -> Result<(), SwimCodecError> {

@@ -19,6 +19,9 @@ use crate::codec::SwimCodec;
 /// Most foca timers pending at once; foca keeps a handful per member.
 const TIMERS_MAX: usize = 65_536;
 
+/// Most direct probes awaiting their ack, and most round-trip samples awaiting the node.
+const PROBES_MAX: usize = 65_536;
+
 /// A member's identity in SWIM: its node id, and a generation that grows each time it
 /// rejoins after being declared down (so that the new life wins over the old).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,6 +87,10 @@ pub struct Membership {
     outbox: Vec<(String, Vec<u8>)>,
     changes: Vec<MemberChange>,
     errors: u64,
+    /// The last direct probe sent to each member: its number and when (ms).
+    probes: BTreeMap<String, (foca::ProbeNumber, u64)>,
+    /// Round trips (member, ms) timed from probes and their acks, for the broadcast.
+    rtt_samples: Vec<(String, u64)>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -137,6 +144,8 @@ impl Membership {
             timers: BTreeMap::new(),
             timer_seq: 0,
             outbox: Vec::new(),
+            probes: BTreeMap::new(),
+            rtt_samples: Vec::new(),
             changes: Vec::new(),
             errors: 0,
         }
@@ -157,11 +166,23 @@ impl Membership {
     /// Handles SWIM bytes that arrived from `from`. A message whose sender is not `from`
     /// (the transport's authenticated identity) is refused: no one speaks for another node.
     pub fn handle_data(&mut self, now_ms: u64, from: &str, data: &[u8]) -> Result<(), String> {
-        let src = SwimCodec::peek_sender(data)?;
+        let header = SwimCodec::peek_header(data)?;
+        let src = header.src.node;
         if src != from {
             return Err(format!(
                 "SWIM message from {from:?} claims to come from {src:?}"
             ));
+        }
+        // Probes are answered at once: the ack of a direct probe times a round trip free.
+        if let foca::Message::Ack(number) = header.message {
+            if self.probes.get(from).is_some_and(|(n, _)| *n == number) {
+                if let Some((_, sent_ms)) = self.probes.remove(from) {
+                    if self.rtt_samples.len() < PROBES_MAX {
+                        let rtt_ms = now_ms.saturating_sub(sent_ms);
+                        self.rtt_samples.push((from.to_owned(), rtt_ms));
+                    }
+                }
+            }
         }
         let result = self.foca.handle_data(data, &mut self.runtime);
         self.drain(now_ms);
@@ -199,6 +220,11 @@ impl Membership {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Round trips (member, ms) timed since the last call.
+    pub fn take_rtt_samples(&mut self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.rtt_samples)
+    }
+
     /// Peers that came up or went down since the last call.
     pub fn take_changes(&mut self) -> Vec<MemberChange> {
         std::mem::take(&mut self.changes)
@@ -224,6 +250,13 @@ impl Membership {
 
     fn drain(&mut self, now_ms: u64) {
         while let Some((to, bytes)) = self.runtime.to_send() {
+            if let Ok(foca::Message::Ping(number)) =
+                SwimCodec::peek_header(&bytes).map(|h| h.message)
+            {
+                if self.probes.len() < PROBES_MAX || self.probes.contains_key(&to.node) {
+                    self.probes.insert(to.node.clone(), (number, now_ms));
+                }
+            }
             self.outbox.push((to.node, bytes.to_vec()));
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {

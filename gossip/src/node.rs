@@ -31,7 +31,7 @@ use crate::codec::{self, Frame, IDS_PER_FRAME_MAX, ROOTS_PER_FRAME_MAX};
 use crate::error::GossipError;
 use crate::liveness_range;
 use crate::membership::{MemberState, Membership, Preset};
-use crate::plumtree::{self, BroadcastConfig, MessageId, Plumtree, RootTree};
+use crate::plumtree::{self, BroadcastConfig, EntryCandidate, MessageId, Plumtree, RootTree};
 
 /// A node's identity: its id from regions.toml, bound to its certificate by the transport.
 pub type NodeId = String;
@@ -144,6 +144,8 @@ pub struct Stats {
     pub grafts_sent: u64,
     /// Announcements dropped because a peer's batch was full.
     pub announcements_dropped: u64,
+    /// Entries of this node's tree into other regions swapped for a faster or live peer.
+    pub entries_swapped: u64,
 }
 
 /// What a peer is known to hold, and when it was last heard.
@@ -194,6 +196,8 @@ pub struct Node {
     graft_sent_ms: BTreeMap<NodeId, u64>,
     /// The last anti-entropy digest: to whom and when (ms), to time the answer.
     digest_sent: Option<(NodeId, u64)>,
+    /// When this node next re-chooses its tree's entries into other regions (ms).
+    next_entry_check_ms: u64,
     /// The latest time the driver gave (ms).
     now_ms: u64,
 }
@@ -248,6 +252,7 @@ impl Node {
             plumtree: Plumtree::new(config_broadcast),
             graft_sent_ms: BTreeMap::new(),
             digest_sent: None,
+            next_entry_check_ms: 0,
             now_ms: 0,
         }
     }
@@ -459,6 +464,7 @@ impl Node {
         self.membership.handle_timeout(now_ms);
         self.flush_membership();
         self.flush_broadcast(now_ms);
+        self.rechoose_own_entries(now_ms);
         if now_ms < self.next_anti_entropy_ms {
             return;
         }
@@ -1070,6 +1076,34 @@ impl Node {
         self.graft_sent_ms.remove(down);
     }
 
+    /// Re-chooses this node's entry into each other region by measured round trip and
+    /// failure ([`Plumtree::rechoose_entries`]), once per graft timeout: linear in peers.
+    /// A suspected entry gives way before it is declared down, so its region keeps getting
+    /// pushes meanwhile. (Missing acks were tried as a second sign: under 20% loss a lost
+    /// ack swapped live entries and cost copies, and it did not help crash-restart.)
+    fn rechoose_own_entries(&mut self, now_ms: u64) {
+        if now_ms < self.next_entry_check_ms || self.plumtree.tree(&self.id).is_none() {
+            return;
+        }
+        self.next_entry_check_ms = now_ms + self.config.broadcast.graft_timeout_ms.max(1);
+        let candidates: Vec<EntryCandidate> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.region != self.region && self.membership.state_of(id) != MemberState::Down
+            })
+            .map(|(id, p)| EntryCandidate {
+                peer: id.clone(),
+                region: p.region.clone(),
+                failing: self.membership.state_of(id) == MemberState::Suspect
+                    && !self.heard_recently(id),
+            })
+            .collect();
+        let me = self.id.clone();
+        let swaps = self.plumtree.rechoose_entries(&me, &candidates);
+        self.stats.entries_swapped += swaps.len() as u64;
+    }
+
     /// Up to `count` of `candidates`, picked at random (a partial Fisher–Yates shuffle).
     fn pick_random(&mut self, mut candidates: Vec<NodeId>, count: usize) -> Vec<NodeId> {
         let count = count.min(candidates.len());
@@ -1101,6 +1135,11 @@ impl Node {
         for (to, data) in self.membership.take_outbox() {
             if self.peers.contains_key(&to) {
                 self.send(&to, &Frame::Swim { data });
+            }
+        }
+        for (peer, rtt_ms) in self.membership.take_rtt_samples() {
+            if self.peers.contains_key(&peer) {
+                self.plumtree.sample_rtt(&peer, rtt_ms);
             }
         }
         for change in self.membership.take_changes() {
@@ -1381,6 +1420,8 @@ mod tests {
         in_flight: Vec<(u64, usize, String, Vec<u8>)>,
         now_ms: u64,
         latency_ms: u64,
+        /// Latencies of particular links (either way), instead of `latency_ms`.
+        link_latency_ms: BTreeMap<(usize, usize), u64>,
         cut: Option<usize>,
         drop_every: u64,
         drop_pushes_to: BTreeSet<usize>,
@@ -1431,6 +1472,7 @@ mod tests {
                 in_flight: Vec::new(),
                 now_ms: 1_000,
                 latency_ms: 5,
+                link_latency_ms: BTreeMap::new(),
                 cut: None,
                 drop_every: 0,
                 drop_pushes_to: BTreeSet::new(),
@@ -1456,8 +1498,13 @@ mod tests {
                     || (kind == "push" && self.drop_pushes_to.contains(&to));
                 if !cut && !dropped {
                     let from = self.nodes[i].id().to_owned();
+                    let latency_ms = self
+                        .link_latency_ms
+                        .get(&(i.min(to), i.max(to)))
+                        .copied()
+                        .unwrap_or(self.latency_ms);
                     self.in_flight
-                        .push((self.now_ms + self.latency_ms, to, from, t.bytes));
+                        .push((self.now_ms + latency_ms, to, from, t.bytes));
                 }
             }
             while self.nodes[i].poll_event().is_some() {}
@@ -1722,6 +1769,125 @@ mod tests {
             }
         )));
         assert!(sent.contains(&("n0".into(), Frame::Prune { roots })));
+    }
+
+    /// Node 0's entries into region r1 (nodes 1, 4 and 7) in its own tree.
+    fn r1_entries(h: &Harness) -> Vec<usize> {
+        let tree = h.nodes[0].broadcast_state().tree("n0");
+        [1, 4, 7]
+            .into_iter()
+            .filter(|i| tree.is_some_and(|t| t.eager.contains(&format!("n{i}"))))
+            .collect()
+    }
+
+    /// One round of the RTT tests: node 0 writes a new state (acks time its entries) and
+    /// the mesh runs an anti-entropy interval (probes and digests time the other peers).
+    fn rtt_round(h: &mut Harness, round: usize) {
+        let state = [State::Operational, State::DegradedPerformance][round % 2];
+        h.write(0, "db", state);
+        h.run_for(Config::lan().anti_entropy_interval_ms);
+    }
+
+    /// Nine nodes in three regions, 5 ms apart inside one and 40 ms across, but node 0 is
+    /// `to_r1_ms` from nodes 1, 4 and 7 (region r1); node 0 writes once and the tree it
+    /// builds is returned with the harness. Region labels and ranks choose that first tree:
+    /// no round trip is known yet.
+    fn rtt_mesh(to_r1_ms: [u64; 3]) -> Harness {
+        let mut h = Harness::new(9);
+        h.latency_ms = 40;
+        for i in 0..9 {
+            for j in (i + 1..9).filter(|j| j % 3 == i % 3) {
+                h.link_latency_ms.insert((i, j), 5);
+            }
+        }
+        for (peer, ms) in [1, 4, 7].into_iter().zip(to_r1_ms) {
+            h.link_latency_ms.insert((0, peer), ms);
+        }
+        h.run_for(100);
+        h.write(0, "db", State::Operational);
+        h
+    }
+
+    #[test]
+    fn the_entry_into_a_region_moves_to_its_peer_with_the_lowest_measured_round_trip() {
+        // The entry its rank picks first is made the slowest peer, and the last the fastest:
+        // whatever the labels say, only measured round trips can find the fast one.
+        let mut by_rank = [1, 4, 7];
+        by_rank.sort_by_key(|i| plumtree::spread_rank("n0", &format!("n{i}")));
+        let mut to_r1_ms = [0; 3];
+        for (i, ms) in by_rank.iter().zip([60, 40, 5]) {
+            to_r1_ms[[1, 4, 7].iter().position(|p| p == i).expect("r1")] = ms;
+        }
+        let fastest = by_rank[2];
+        let mut h = rtt_mesh(to_r1_ms);
+        assert_eq!(
+            r1_entries(&h),
+            vec![by_rank[0]],
+            "labels and ranks chose first"
+        );
+        // A round is one write and one anti-entropy interval: acks time the entry, digest
+        // replies time the other peers.
+        let rounds = (0..100).find(|round| {
+            rtt_round(&mut h, *round);
+            r1_entries(&h) == vec![fastest]
+        });
+        assert!(
+            rounds.is_some(),
+            "entries stayed {:?}; by rank {by_rank:?}; rtt {:?}",
+            r1_entries(&h),
+            by_rank.map(|i| h.nodes[0].rtt_ms(&format!("n{i}")))
+        );
+        for round in 0..20 {
+            rtt_round(&mut h, round);
+            assert_eq!(r1_entries(&h), vec![fastest], "the entry stays");
+        }
+        assert!(h.all_hold_last_change_of(0, None));
+        assert!((1..=2).contains(&h.nodes[0].stats().entries_swapped));
+    }
+
+    #[test]
+    fn a_suspected_entry_gives_way_before_it_is_declared_down() {
+        let mut h = rtt_mesh([40, 40, 40]);
+        h.run_for(3_000);
+        let [entry] = r1_entries(&h)[..] else {
+            panic!("one entry into r1: {:?}", r1_entries(&h));
+        };
+        h.cut = Some(entry);
+        let moved_ms = h.run_until(30_000, |h| !r1_entries(h).contains(&entry));
+        assert!(moved_ms.is_some(), "the cut entry stayed");
+        let state = h.nodes[0].member_state(&format!("n{entry}"));
+        assert_eq!(state, MemberState::Suspect, "moved after {moved_ms:?} ms");
+        assert_eq!(r1_entries(&h).len(), 1);
+        assert_eq!(h.nodes[0].stats().entries_swapped, 1);
+        // The new entry gets the next write by push and passes it on to the rest of r1 (by
+        // push, or by announcement and one graft where it was a lazy peer of a mate).
+        h.write(0, "db", State::MajorOutage);
+        let graft_ms = Config::lan().broadcast.graft_timeout_ms;
+        let within_ms = 2 * 40 + graft_ms + 4 * 10;
+        let took = h.run_until(within_ms, |h| h.all_hold_last_change_of(0, Some(entry)));
+        assert!(
+            took.is_some(),
+            "r1 did not get the write within {within_ms} ms"
+        );
+    }
+
+    #[test]
+    fn peers_of_similar_round_trip_do_not_take_turns_as_the_entry() {
+        let mut h = rtt_mesh([40, 37, 38]);
+        let first = r1_entries(&h);
+        assert_eq!(first.len(), 1);
+        for round in 0..60 {
+            rtt_round(&mut h, round);
+            assert_eq!(r1_entries(&h), first);
+        }
+        assert_eq!(h.nodes[0].stats().entries_swapped, 0);
+        // Every peer of r1 was measured by then, so the labels were not what kept it.
+        for i in [1, 4, 7] {
+            assert!(
+                h.nodes[0].rtt_ms(&format!("n{i}")).is_some(),
+                "n{i} measured"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! pushes to every peer of its own region and to the nearest peer of every other region;
 //! that peer pushes on to its region. So a change reaches every node in about the one-way
 //! latency of the direct path plus one hop inside the region, with one copy per node.
+//! Region labels and a rank only choose while round trips are unknown: the root keeps
+//! re-choosing its entry into each region ([`Plumtree::rechoose_entries`]) as samples come
+//! in, and swaps an entry that is failing or clearly slower than a peer of its region.
 //!
 //! [`Frame::Push`]: crate::codec::Frame::Push
 //! [`Frame::IHave`]: crate::codec::Frame::IHave
@@ -48,6 +51,18 @@ pub fn message_id(hash: &ChangeHash) -> MessageId {
 
 /// Most peers that announced one missing change and are kept to graft from, in turn.
 pub const ANNOUNCERS_MAX: usize = 4;
+
+/// Round-trip samples a peer needs before its estimate counts: one sample may be a queue
+/// spike; below this, region labels and ranks choose.
+pub const RTT_SAMPLES_MIN: u32 = 3;
+
+/// An entry is swapped for a peer of its region only if the peer's round trip is lower by
+/// both this share (percent) and [`RTT_SWAP_MIN_MS`]: peers of similar round trip never
+/// take turns.
+pub const RTT_SWAP_MIN_PERCENT: u64 = 20;
+
+/// See [`RTT_SWAP_MIN_PERCENT`].
+pub const RTT_SWAP_MIN_MS: u64 = 2;
 
 /// Timing and bounds of the broadcast, part of [`crate::Config`].
 ///
@@ -138,6 +153,22 @@ pub struct Seen {
     pub pushed_by: Option<String>,
 }
 
+/// A peer's smoothed round trip and how many samples it rests on.
+#[derive(Debug, Clone, Copy)]
+struct Rtt {
+    smoothed_ms: u64,
+    samples: u32,
+}
+
+/// A live peer of another region, as a possible entry of a root's tree into its region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCandidate {
+    pub peer: String,
+    pub region: String,
+    /// Suspected by the failure detector (and not heard from directly since).
+    pub failing: bool,
+}
+
 /// A change that was announced but has not arrived.
 #[derive(Debug, Clone)]
 struct Missing {
@@ -167,8 +198,8 @@ pub struct Plumtree {
     pending: BTreeMap<String, BTreeMap<String, Vec<MessageId>>>,
     pending_count: BTreeMap<String, usize>,
     next_flush_ms: Option<u64>,
-    /// Smoothed round-trip time per peer (ms), from request → response pairs.
-    rtt_ms: BTreeMap<String, u64>,
+    /// Smoothed round-trip time per peer, from request → response pairs.
+    rtt: BTreeMap<String, Rtt>,
     /// Announcements dropped because a peer's batch was full (anti-entropy repairs).
     pub announcements_dropped: u64,
     /// The root whose tree changed last, for the invariant checker.
@@ -188,7 +219,7 @@ impl Plumtree {
             pending: BTreeMap::new(),
             pending_count: BTreeMap::new(),
             next_flush_ms: None,
-            rtt_ms: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             announcements_dropped: 0,
             last_root: None,
         }
@@ -302,7 +333,7 @@ impl Plumtree {
         for missing in self.missing.values_mut() {
             missing.announcers.retain(|(p, _)| p != peer);
         }
-        self.rtt_ms.remove(peer);
+        self.rtt.remove(peer);
     }
 
     /// Whether `id` was seen (pushed, repaired or made here).
@@ -467,15 +498,96 @@ impl Plumtree {
     /// Feeds a round-trip sample for `peer` into its smoothed estimate (7/8 old, 1/8 new,
     /// as TCP's SRTT).
     pub fn sample_rtt(&mut self, peer: &str, rtt_ms: u64) {
-        self.rtt_ms
+        self.rtt
             .entry(peer.to_owned())
-            .and_modify(|r| *r = (*r * 7 + rtt_ms) / 8)
-            .or_insert(rtt_ms);
+            .and_modify(|r| {
+                r.smoothed_ms = (r.smoothed_ms.saturating_mul(7).saturating_add(rtt_ms)) / 8;
+                r.samples = r.samples.saturating_add(1);
+            })
+            .or_insert(Rtt {
+                smoothed_ms: rtt_ms,
+                samples: 1,
+            });
     }
 
-    /// The smoothed round-trip time to `peer` (ms), once measured.
+    /// The smoothed round-trip time to `peer` (ms), once it has [`RTT_SAMPLES_MIN`] samples.
     pub fn rtt_ms(&self, peer: &str) -> Option<u64> {
-        self.rtt_ms.get(peer).copied()
+        self.rtt
+            .get(peer)
+            .filter(|r| r.samples >= RTT_SAMPLES_MIN)
+            .map(|r| r.smoothed_ms)
+    }
+
+    /// Re-chooses `root`'s entry into each region of `candidates` (the live peers of other
+    /// regions, each marked failing when suspected by the failure detector): a failing
+    /// entry gives way to the best peer of its region that is not failing; a measured entry
+    /// gives way to a measured peer whose round trip is clearly lower (see
+    /// [`RTT_SWAP_MIN_PERCENT`]). The best peer is the lowest measured round trip, then the
+    /// lowest [`spread_rank`]. The old entry becomes lazy. Work is linear in `candidates`.
+    /// Returns the swaps made, (old, new).
+    pub fn rechoose_entries(
+        &mut self,
+        root: &str,
+        candidates: &[EntryCandidate],
+    ) -> Vec<(String, String)> {
+        let mut swaps = Vec::new();
+        let Some(tree) = self.trees.get(root) else {
+            return swaps;
+        };
+        let mut by_region: BTreeMap<&str, Vec<&EntryCandidate>> = BTreeMap::new();
+        for candidate in candidates {
+            by_region
+                .entry(candidate.region.as_str())
+                .or_default()
+                .push(candidate);
+        }
+        for peers in by_region.values() {
+            // The worst entry: a failing one first, then the slowest measured one.
+            let entry = peers
+                .iter()
+                .filter(|c| tree.eager.contains(&c.peer))
+                .max_by_key(|c| (c.failing, self.rtt_ms(&c.peer)));
+            let Some(entry) = entry else {
+                continue;
+            };
+            let best = peers
+                .iter()
+                .filter(|c| !c.failing && !tree.eager.contains(&c.peer))
+                .min_by_key(|c| {
+                    (
+                        self.rtt_ms(&c.peer).unwrap_or(u64::MAX),
+                        spread_rank(root, &c.peer),
+                    )
+                });
+            let Some(best) = best else {
+                continue;
+            };
+            let clearly_faster = match (self.rtt_ms(&entry.peer), self.rtt_ms(&best.peer)) {
+                (Some(old), Some(new)) => {
+                    new.saturating_mul(100) <= old.saturating_mul(100 - RTT_SWAP_MIN_PERCENT)
+                        && old.saturating_sub(new) >= RTT_SWAP_MIN_MS
+                }
+                _ => false,
+            };
+            if entry.failing || clearly_faster {
+                swaps.push((entry.peer.clone(), best.peer.clone()));
+            }
+        }
+        let lazy_max = self.bounds.lazy_peers_max;
+        if let Some(tree) = self.trees.get_mut(root) {
+            for (old, new) in &swaps {
+                tree.eager.remove(old);
+                tree.lazy.remove(new);
+                tree.eager.insert(new.clone());
+                if tree.lazy.len() < lazy_max {
+                    tree.lazy.insert(old.clone());
+                }
+            }
+        }
+        if !swaps.is_empty() {
+            self.last_root = Some(root.to_owned());
+        }
+        swaps
     }
 
     /// Changes announced but not arrived.
@@ -657,6 +769,88 @@ mod tests {
         p.remember(7, "api", "n9", vec![1], Some("n3"));
         p.announced(3 * timeout, "n4", "n9", 7);
         assert_eq!(p.missing_count(), 0);
+    }
+
+    fn candidates(failing: &[&str]) -> Vec<EntryCandidate> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|p| EntryCandidate {
+                peer: (*p).to_owned(),
+                region: "far".to_owned(),
+                failing: failing.contains(p),
+            })
+            .collect()
+    }
+
+    fn sample(p: &mut Plumtree, peer: &str, rtt_ms: u64) {
+        for _ in 0..RTT_SAMPLES_MIN {
+            p.sample_rtt(peer, rtt_ms);
+        }
+    }
+
+    fn entry_tree(p: &mut Plumtree, entry: &str) {
+        p.tree_or_insert(0, "root", || RootTree {
+            eager: BTreeSet::from([entry.to_owned()]),
+            ..RootTree::default()
+        });
+    }
+
+    #[test]
+    fn an_entry_gives_way_only_to_a_clearly_faster_peer_of_its_region() {
+        let mut p = Plumtree::new(BroadcastConfig::wan());
+        entry_tree(&mut p, "a");
+        sample(&mut p, "a", 100);
+        // Too few samples: unknown, so labels keep choosing.
+        p.sample_rtt("b", 85);
+        assert_eq!(p.rtt_ms("b"), None);
+        assert!(p.rechoose_entries("root", &candidates(&[])).is_empty());
+        // 15% faster is within the hysteresis.
+        sample(&mut p, "b", 85);
+        assert_eq!(p.rtt_ms("b"), Some(85));
+        assert!(p.rechoose_entries("root", &candidates(&[])).is_empty());
+        // 25% faster swaps, and the old entry stays as a lazy back-up.
+        sample(&mut p, "c", 75);
+        assert_eq!(
+            p.rechoose_entries("root", &candidates(&[])),
+            vec![("a".to_owned(), "c".to_owned())]
+        );
+        let tree = p.tree("root").expect("tree");
+        assert!(tree.eager.contains("c") && tree.lazy.contains("a"));
+        assert!(!tree.eager.contains("a"));
+        assert_eq!(p.check_all("root"), Ok(()));
+        // The swapped-out peer, slightly faster now, does not take the entry back.
+        for _ in 0..40 {
+            p.sample_rtt("a", 70);
+        }
+        assert_eq!(p.rtt_ms("a"), Some(70));
+        assert!(p.rechoose_entries("root", &candidates(&[])).is_empty());
+    }
+
+    #[test]
+    fn round_trips_below_the_minimum_difference_never_swap() {
+        let mut p = Plumtree::new(BroadcastConfig::lan());
+        entry_tree(&mut p, "a");
+        sample(&mut p, "a", 4);
+        sample(&mut p, "b", 2);
+        // Half the round trip and 2 ms less swaps; 1 ms less never does, whatever the share.
+        assert_eq!(p.rechoose_entries("root", &candidates(&[])).len(), 1);
+        sample(&mut p, "a", 1);
+        assert!(p.rechoose_entries("root", &candidates(&[])).is_empty());
+    }
+
+    #[test]
+    fn a_failing_entry_gives_way_at_once_even_to_an_unmeasured_peer() {
+        let mut p = Plumtree::new(BroadcastConfig::wan());
+        entry_tree(&mut p, "a");
+        sample(&mut p, "a", 10);
+        assert_eq!(
+            p.rechoose_entries("root", &candidates(&["a", "b"])),
+            vec![("a".to_owned(), "c".to_owned())]
+        );
+        // Every other peer failing: nobody better to take over.
+        assert!(p
+            .rechoose_entries("root", &candidates(&["c", "a", "b"]))
+            .is_empty());
     }
 
     #[test]

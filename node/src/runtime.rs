@@ -816,6 +816,19 @@ impl Driver {
             "statusmesh_gossip_anti_entropy_rounds_total",
             stats.anti_entropy_rounds,
         );
+        counter(
+            "statusmesh_gossip_pushes_duplicate_total",
+            stats.pushes_duplicate,
+        );
+        counter("statusmesh_gossip_grafts_sent_total", stats.grafts_sent);
+        counter(
+            "statusmesh_gossip_announcements_dropped_total",
+            stats.announcements_dropped,
+        );
+        counter(
+            "statusmesh_gossip_entries_swapped_total",
+            stats.entries_swapped,
+        );
         self.transport.export_gauges();
     }
 
