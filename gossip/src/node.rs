@@ -1527,6 +1527,18 @@ mod tests {
             .expect("valid")
         }
 
+        /// Three nodes without anti-entropy, n0 having written `db`; its push to n1 is taken
+        /// from its queue (not delivered) and returned with the time of the write.
+        fn with_push_from_n0_to_n1() -> (Self, u64, Vec<u8>) {
+            let mut h = Harness::without_anti_entropy(3);
+            h.run_for(100);
+            let write = h.status_write("db", State::MajorOutage);
+            let now = h.now_ms;
+            h.nodes[0].local_write(now, &write).expect("write");
+            let push = h.take_push(0, "n1");
+            (h, now, push)
+        }
+
         /// Node `i`'s push of its last write to `to`, taken from its queue (the rest of the
         /// queue is dropped).
         fn take_push(&mut self, i: usize, to: &str) -> Vec<u8> {
@@ -1692,12 +1704,7 @@ mod tests {
 
     #[test]
     fn a_push_the_network_repeats_does_not_prune_its_sender() {
-        let mut h = Harness::without_anti_entropy(3);
-        h.run_for(100);
-        let write = h.status_write("db", State::MajorOutage);
-        let now = h.now_ms;
-        h.nodes[0].local_write(now, &write).expect("write");
-        let push = h.take_push(0, "n1");
+        let (mut h, now, push) = Harness::with_push_from_n0_to_n1();
         for _ in 0..2 {
             h.nodes[1].handle_frame(now, "n0", &push);
         }
@@ -1742,12 +1749,7 @@ mod tests {
 
     #[test]
     fn an_announcement_that_beats_the_push_grafts_the_faster_path_and_prunes_the_slower() {
-        let mut h = Harness::without_anti_entropy(3);
-        h.run_for(100);
-        let write = h.status_write("db", State::MajorOutage);
-        let now = h.now_ms;
-        h.nodes[0].local_write(now, &write).expect("write");
-        let push = h.take_push(0, "n1");
+        let (mut h, now, push) = Harness::with_push_from_n0_to_n1();
         let hash = h.nodes[0].last_local_change().expect("a change");
         let ihave = codec::encode(&Frame::IHave {
             roots: vec![("n0".into(), vec![plumtree::message_id(&hash)])],
