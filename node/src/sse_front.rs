@@ -31,6 +31,10 @@ const REQUEST_HEADERS_MAX: usize = 64;
 const EVENTS_REQUEST: &[u8] = b"GET /v1/events";
 /// Most bytes written to one subscriber at once when events queued up behind each other.
 const BATCH_BYTES_MAX: usize = 64 * 1024;
+/// The kernel send buffer of an event stream (Linux doubles it): hundreds of events. A
+/// subscriber further behind blocks its writer, falls behind the shared ring and gets a fresh
+/// snapshot, instead of its backlog growing in kernel memory up to the autotuned maximum.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Looks at the first bytes without consuming them: an events request is served here (and
 /// `None` returned when it ends); anything else, or a request line that arrived in pieces,
@@ -60,6 +64,7 @@ pub async fn route(
     }
     // Events are small and must leave at once.
     let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
     serve_events(stream, peer, node.clone(), shutdown, head_timeout).await;
     None
 }
