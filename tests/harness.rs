@@ -437,6 +437,14 @@ pub fn service_messages(view: &serde_json::Value) -> Option<BTreeMap<String, Str
 }
 
 /// The state of one cell in a node's GET /v1/status, if present.
+/// GET `url` as JSON; None when it fails or is not JSON (callers poll until it works).
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
 pub async fn cell_state(
     client: &reqwest::Client,
     node: &TestNode,
@@ -444,14 +452,7 @@ pub async fn cell_state(
     component: &str,
     region: &str,
 ) -> Option<String> {
-    let view: serde_json::Value = client
-        .get(node.url("/v1/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let view = get_json(client, node.url("/v1/status")).await?;
     let services = view["services"].as_array()?;
     let service = services.iter().find(|s| s["name"] == service)?;
     let component = service["components"]

@@ -140,14 +140,7 @@ async fn the_page_of_one_node_shows_a_write_on_another_region_without_a_reload()
     let _driver = Proc::spawn(driver_cmd, dir.path().join("chromedriver.log"));
     let driver = format!("http://{driver_addr}");
     harness::wait_for("chromedriver to be ready", || async {
-        let status: Value = client
-            .get(format!("{driver}/status"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let status = harness::get_json(&client, format!("{driver}/status")).await?;
         (status["value"]["ready"] == true).then_some(())
     })
     .await;

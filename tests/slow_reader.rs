@@ -86,14 +86,7 @@ async fn a_reader_that_stops_for_thirty_seconds_does_not_grow_memory_and_catches
         })
         .collect();
     harness::wait_for("the reader's node to hold the last write", || async {
-        let view: serde_json::Value = client
-            .get(reader_node.url("/v1/status/api"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let view = harness::get_json(client, reader_node.url("/v1/status/api")).await?;
         let text = view.to_string();
         text.contains(&format!("write {}", WRITES - 1))
             .then_some(())

@@ -129,14 +129,7 @@ pub(crate) async fn counter(
 
 /// The node ids a node has recorded contact from, per its /v1/nodes.
 async fn contacted(client: &reqwest::Client, node: &harness::TestNode) -> Option<Vec<String>> {
-    let nodes: serde_json::Value = client
-        .get(node.url("/v1/nodes"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let nodes = harness::get_json(client, node.url("/v1/nodes")).await?;
     Some(
         nodes["nodes"]
             .as_array()?

@@ -2169,27 +2169,12 @@ mod tests {
     #[test]
     fn a_batch_of_writes_is_one_change_per_service_and_reaches_everyone() {
         let mut h = Harness::new(3);
-        let write = |component: &str, state: State| {
-            StatusWrite::parse(
-                "api",
-                component,
-                "r0",
-                Observation {
-                    state,
-                    message: String::new(),
-                    reporter: "probe".into(),
-                    observed_at_ms: 1,
-                    ttl_ms: 60_000,
-                },
-            )
-            .expect("valid")
-        };
         h.write(0, "db", State::Operational);
         let batch = [
-            write("db", State::Operational),
-            write("db", State::MajorOutage),
-            write("db", State::Operational),
-            write("web", State::PartialOutage),
+            h.status_write("db", State::Operational),
+            h.status_write("db", State::MajorOutage),
+            h.status_write("db", State::Operational),
+            h.status_write("web", State::PartialOutage),
         ];
         let now = h.now_ms;
         let result = h.nodes[0].local_write_batch(now, &batch).expect("batch");

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use statusmesh_crdt::{
-    CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name, Override,
+    CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name, Override, Put,
     State as ComponentState,
 };
 use statusmesh_gossip::GossipError;
@@ -363,10 +363,10 @@ pub(crate) fn maintenance_op(
         author,
     };
     window.validate()?;
-    Ok(RecordOp::Maintenance {
+    Ok(RecordOp::Put(Put::Maintenance {
         id: Name::parse("id", id)?,
         window: Some(window),
-    })
+    }))
 }
 
 async fn delete_maintenance(
@@ -376,10 +376,10 @@ async fn delete_maintenance(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let op = RecordOp::Maintenance {
+    let op = RecordOp::Put(Put::Maintenance {
         id: Name::parse("id", &id)?,
         window: None,
-    };
+    });
     apply_change(&node, &writer, &service, op, &ack).await
 }
 
@@ -410,10 +410,10 @@ pub(crate) fn override_op(
         until_ms: b.until_ms,
     };
     value.validate()?;
-    Ok(RecordOp::Override {
+    Ok(RecordOp::Put(Put::Override {
         component: Name::parse("component", component)?,
         value: Some(value),
-    })
+    }))
 }
 
 async fn delete_override(
@@ -423,10 +423,10 @@ async fn delete_override(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
-    let op = RecordOp::Override {
+    let op = RecordOp::Put(Put::Override {
         component: Name::parse("component", &component)?,
         value: None,
-    };
+    });
     apply_change(&node, &writer, &service, op, &ack).await
 }
 

@@ -15,8 +15,8 @@ use serde_json::json;
 use statusmesh_crdt::doc::REMOTE_BATCH_MAX;
 use statusmesh_crdt::history;
 use statusmesh_crdt::{
-    ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Maintenance, Name, Override, Put,
-    Replica, StatusEvent, StatusWrite,
+    ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Name, Put, Replica, StatusEvent,
+    StatusWrite,
 };
 use statusmesh_gossip::codec::{self, Frame, FRAME_BYTES_MAX};
 use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, MemberState, Node, Peer};
@@ -138,14 +138,8 @@ pub enum RecordOp {
         id: Name,
         change: IncidentChange,
     },
-    Maintenance {
-        id: Name,
-        window: Option<Maintenance>,
-    },
-    Override {
-        component: Name,
-        value: Option<Override>,
-    },
+    /// A maintenance window or an override, written as the crdt's own record put.
+    Put(Put),
 }
 
 /// Most `?ack=N` writes waiting at once; more are answered at once with what is known.
@@ -876,12 +870,7 @@ impl Driver {
                     RecordOp::ChangeIncident { id, change } => {
                         replica.change_incident(now, &service, &id, change)
                     }
-                    RecordOp::Maintenance { id, window } => {
-                        replica.write_records(now, &service, &[Put::Maintenance { id, window }])
-                    }
-                    RecordOp::Override { component, value } => {
-                        replica.write_records(now, &service, &[Put::Override { component, value }])
-                    }
+                    RecordOp::Put(put) => replica.write_records(now, &service, &[put]),
                 });
                 match result {
                     Ok(change) => {
