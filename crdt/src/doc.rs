@@ -25,6 +25,9 @@ use automerge::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::epoch::{
+    self, ActorKind, CarriedWrite, Clock, EpochMeta, Lineage, Origin, WriteId, Writer, META_KEY,
+};
 use crate::error::CrdtError;
 use crate::model::{Name, Observation, StatusWrite};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override, UPDATES_MAX};
@@ -319,6 +322,41 @@ pub struct RemoteApplied {
     /// True when more changes were held back than their keys could be remembered for: the
     /// caller must compute events by diffing heads instead.
     pub keys_incomplete: bool,
+    /// Changes this document made itself while applying (a base it proposed, writes it
+    /// carried into a new epoch): the caller broadcasts them like local changes.
+    pub made: Vec<Vec<u8>>,
+    /// The epoch this document rolled over to, when it did.
+    pub rolled_over: Option<u32>,
+}
+
+/// Most writes of older epochs waiting to be carried (their writer's previous write has not
+/// arrived); beyond it the newest are dropped and counted (anti-entropy brings them again).
+pub const WAITING_MAX: usize = 16_384;
+/// Most changes of a newer epoch held until its base arrives; beyond it they are dropped and
+/// counted (anti-entropy brings the base and them again).
+pub const FUTURE_MAX: usize = 16_384;
+
+/// Counters of the epoch machinery, for metrics; they only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochStats {
+    /// Epochs this document moved to (proposed here or adopted).
+    pub rollovers: u64,
+    /// Writes of an older epoch carried into the current one by this node.
+    pub carried: u64,
+    /// Changes of an older epoch that the current base already covers (dropped).
+    pub stale: u64,
+    /// Changes dropped because the waiting or future buffers were full.
+    pub dropped: u64,
+}
+
+/// The epoch before the current one, kept until the next rollover: clients resuming with a
+/// cursor of it are answered exactly, and its writes can still be carried if a concurrent
+/// proposal wins.
+#[derive(Debug)]
+struct PrevEpoch {
+    doc: Automerge,
+    meta: EpochMeta,
+    base: Option<ChangeHash>,
 }
 
 /// One service's document.
@@ -329,33 +367,71 @@ pub struct ServiceDoc {
     records: usize,
     /// Origin and keys of remote changes Automerge holds back until their dependencies arrive.
     held_back: BTreeMap<ChangeHash, (Option<String>, Vec<String>)>,
+    /// The current epoch: its number, coverage clock and the origins its base restates.
+    meta: EpochMeta,
+    /// The current epoch's base change (`None` in epoch 0).
+    base: Option<ChangeHash>,
+    /// This incarnation's writer id and the number of its last write to this document.
+    writer: Writer,
+    writes_made: u64,
+    prev: Option<PrevEpoch>,
+    /// Uncovered writes of older epochs not carried yet (a gap before them).
+    waiting: BTreeMap<WriteId, CarriedWrite>,
+    /// Carried changes of the current epoch, by write.
+    carried: BTreeMap<WriteId, ChangeHash>,
+    /// Changes of newer epochs (or another base of this one), until their base arrives.
+    future: BTreeMap<Lineage, Vec<Vec<u8>>>,
+    future_len: usize,
+    epoch_stats: EpochStats,
 }
 
 impl ServiceDoc {
     /// An empty document that writes under `actor`. The actor must never have written to this
     /// service before on any replica (see `Replica::new`).
     pub fn new(service: Name, actor: ActorId) -> Self {
-        Self {
+        Self::from_automerge(service, Automerge::new(), &actor)
+    }
+
+    /// Wraps a loaded Automerge document: finds its epoch from its base change, if any.
+    fn from_automerge(service: Name, doc: Automerge, actor: &ActorId) -> Self {
+        let (meta, base) = find_base(&doc);
+        let mut this = Self {
             service,
-            doc: Automerge::new().with_actor(actor),
+            doc,
             records: 0,
             held_back: BTreeMap::new(),
-        }
+            meta,
+            base,
+            writer: epoch::writer_of(actor),
+            writes_made: 0,
+            prev: None,
+            waiting: BTreeMap::new(),
+            carried: BTreeMap::new(),
+            future: BTreeMap::new(),
+            future_len: 0,
+            epoch_stats: EpochStats::default(),
+        };
+        this.carried = carried_in(&this.doc, this.lineage());
+        this.reset_actor();
+        this.records = this.count_records();
+        this
     }
 
     /// Loads a saved document and validates every change in it as if it came from a peer.
     pub fn load(service: Name, bytes: &[u8], actor: ActorId) -> Result<Self, CrdtError> {
         let doc = load_automerge(&service, bytes)?;
         for change in doc.get_changes(&[]) {
-            validate_change(&change)?;
+            match ActorKind::parse(change.actor_id()) {
+                Some(ActorKind::Base { .. }) => {
+                    validate_base(&change)?;
+                }
+                Some(_) => {
+                    validate_change(&change)?;
+                }
+                None => return Err(actor_error()),
+            }
         }
-        let records = doc.length(ROOT);
-        Ok(Self {
-            service,
-            doc: doc.with_actor(actor),
-            records,
-            held_back: BTreeMap::new(),
-        })
+        Ok(Self::from_automerge(service, doc, &actor))
     }
 
     /// Loads a document this node saved itself, without re-validating every change: its
@@ -363,18 +439,163 @@ impl ServiceDoc {
     /// [`Self::load`] for anything that came from elsewhere.
     pub fn load_trusted(service: Name, bytes: &[u8], actor: ActorId) -> Result<Self, CrdtError> {
         let doc = load_automerge(&service, bytes)?;
-        let records = doc.length(ROOT);
-        Ok(Self {
-            service,
-            doc: doc.with_actor(actor),
-            records,
-            held_back: BTreeMap::new(),
+        Ok(Self::from_automerge(service, doc, &actor))
+    }
+
+    /// Attaches the previous epoch's document (saved by [`Self::save_prev`]) after a load, so
+    /// cursors of that epoch resume exactly. A document of another lineage than the one the
+    /// current base closed is ignored. Loaded as trusted (this node saved it).
+    pub fn attach_prev(&mut self, bytes: &[u8]) -> Result<(), CrdtError> {
+        let doc = load_automerge(&self.service, bytes)?;
+        let (meta, base) = find_base(&doc);
+        if meta.epoch >= self.meta.epoch {
+            return Ok(());
+        }
+        for change in doc.get_changes_meta(&[]) {
+            let uncovered = ActorKind::parse(&change.actor)
+                .and_then(|k| k.write_id(change.seq))
+                .filter(|w| !self.meta.clock.covers(w) && !self.carried.contains_key(w));
+            if uncovered.is_some() {
+                if let Some(write) = doc
+                    .get_change_by_hash(&change.hash)
+                    .and_then(|c| carried_write(&c))
+                {
+                    self.wait(write);
+                }
+            }
+        }
+        self.prev = Some(PrevEpoch { doc, meta, base });
+        Ok(())
+    }
+
+    /// The previous epoch's whole document, for storage (`None` in epoch 0 and right after
+    /// a restart that found none).
+    pub fn save_prev(&self) -> Option<Vec<u8>> {
+        self.prev.as_ref().map(|p| p.doc.save())
+    }
+
+    /// Writes as `actor` from now on: a new incarnation, whose writes count from 1.
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.writer = epoch::writer_of(&actor);
+        self.writes_made = 0;
+        self.reset_actor();
+    }
+
+    /// The current epoch number (0 until the first rollover).
+    pub fn epoch(&self) -> u32 {
+        self.meta.epoch
+    }
+
+    /// The current epoch's base change, if it has one.
+    pub fn base(&self) -> Option<ChangeHash> {
+        self.base
+    }
+
+    /// The current epoch's coverage clock.
+    pub fn clock(&self) -> &Clock {
+        &self.meta.clock
+    }
+
+    /// Counters of rollovers, carried and stale writes.
+    pub fn epoch_stats(&self) -> &EpochStats {
+        &self.epoch_stats
+    }
+
+    /// The lineage of the current epoch.
+    pub fn lineage(&self) -> Lineage {
+        Lineage::of(self.meta.epoch, self.base.as_ref())
+    }
+
+    /// Whether the write `write` is part of this document: covered by the current base, in
+    /// the current epoch's changes, or waiting to be carried.
+    pub fn holds_write(&self, write: &WriteId) -> bool {
+        if self.meta.clock.covers(write) || self.carried.contains_key(write) {
+            return true;
+        }
+        if self.waiting.contains_key(write) {
+            return true;
+        }
+        self.doc.get_changes_meta(&[]).iter().any(|m| {
+            ActorKind::parse(&m.actor)
+                .filter(|k| !matches!(k, ActorKind::Carried { .. }))
+                .and_then(|k| k.write_id(m.seq))
+                == Some(*write)
         })
     }
 
-    /// Writes as `actor` from now on.
-    pub fn set_actor(&mut self, actor: ActorId) {
-        self.doc.set_actor(actor);
+    /// The identity of the change `hash` of the current epoch, if it is a write.
+    pub fn write_of(&self, hash: &ChangeHash) -> Option<WriteId> {
+        let meta = self.doc.get_change_meta_by_hash(hash)?;
+        ActorKind::parse(&meta.actor)?.write_id(meta.seq)
+    }
+
+    /// Whether every hash of `heads` is a change of the previous epoch's document.
+    pub fn prev_has_all(&self, heads: &[ChangeHash]) -> bool {
+        self.prev.as_ref().is_some_and(|p| {
+            heads
+                .iter()
+                .all(|h| p.doc.get_change_meta_by_hash(h).is_some())
+        })
+    }
+
+    /// Rolls the document over to the next epoch at the cut `at` (heads this document holds,
+    /// known to be held by every live node): makes the base change, moves to it, and carries
+    /// every write after the cut. The base and carried changes are in `made`, for the caller
+    /// to broadcast. `None` when `at` is not held here or there is nothing to compact.
+    pub fn rollover(&mut self, at: &[ChangeHash]) -> Result<Option<RemoteApplied>, CrdtError> {
+        if at.is_empty() || !self.has_all(at) {
+            return Ok(None);
+        }
+        let after: BTreeSet<ChangeHash> = self
+            .doc
+            .get_changes_meta(at)
+            .into_iter()
+            .map(|m| m.hash)
+            .collect();
+        let mut clock = self.meta.clock.clone();
+        let mut time_ms = 0_i64;
+        let mut compacted = 0;
+        for meta in self.doc.get_changes_meta(&[]) {
+            if after.contains(&meta.hash) {
+                continue;
+            }
+            time_ms = time_ms.max(meta.timestamp);
+            match ActorKind::parse(&meta.actor) {
+                Some(ActorKind::Base { .. }) | None => {}
+                Some(kind) => {
+                    compacted += 1;
+                    if let Some(write) = kind.write_id(meta.seq) {
+                        clock.cover(&write);
+                    }
+                }
+            }
+        }
+        if compacted == 0 {
+            return Ok(None);
+        }
+        let mut records = BTreeMap::new();
+        let mut origins = BTreeMap::new();
+        for key in self.doc.keys_at(ROOT, at) {
+            if key == META_KEY {
+                continue;
+            }
+            let Ok(Some((value, id))) = self.doc.get_at(ROOT, key.as_str(), at) else {
+                continue;
+            };
+            let Some(json) = str_of(&value) else { continue };
+            origins.insert(key.clone(), self.origin_of(&key, &id));
+            records.insert(key, json);
+        }
+        let meta = EpochMeta {
+            epoch: self.meta.epoch.saturating_add(1),
+            clock,
+            origins,
+        };
+        let mut base = epoch::build_base(&meta, &records, time_ms)?;
+        let mut applied = RemoteApplied::default();
+        applied.made.push(base.bytes().into_owned());
+        self.adopt(base, meta, &mut applied)?;
+        Ok(Some(applied))
     }
 
     /// The service this document describes.
@@ -489,10 +710,11 @@ impl ServiceDoc {
             )
             .map_err(|failure| CrdtError::Automerge(failure.error))?;
         if writes.iter().any(|(_, json)| json.is_none()) {
-            self.records = self.doc.length(ROOT);
+            self.records = self.count_records();
         } else {
             self.records += new_keys;
         }
+        self.writes_made += 1;
         let keys = writes.into_iter().map(|(key, _)| key).collect();
         Ok(self
             .doc
@@ -511,6 +733,11 @@ impl ServiceDoc {
 
     /// [`Self::apply_remote`], also returning the keys of every change that became part of the
     /// document, including held-back changes whose dependencies just arrived.
+    ///
+    /// Changes are routed by the epoch their actor names (see [`crate::epoch`]): those of the
+    /// current epoch are applied; a base that beats the current one is adopted; writes of an
+    /// older epoch are carried unless the current base covers them; changes of a newer epoch
+    /// wait for its base.
     pub fn apply_remote_keys(&mut self, changes: &[Vec<u8>]) -> Result<RemoteApplied, CrdtError> {
         if changes.len() > REMOTE_BATCH_MAX {
             return Err(CrdtError::BatchTooLarge {
@@ -518,34 +745,108 @@ impl ServiceDoc {
                 limit: REMOTE_BATCH_MAX,
             });
         }
-        let mut fresh = Vec::with_capacity(changes.len());
-        let mut fresh_keys = Vec::with_capacity(changes.len());
+        let lineage = self.lineage();
+        let mut current = Vec::with_capacity(changes.len());
+        let mut current_keys = Vec::with_capacity(changes.len());
+        let mut bases = Vec::new();
+        let mut older = Vec::new();
+        let mut newer = Vec::new();
         let mut held = Vec::with_capacity(changes.len());
         for bytes in changes {
             let change = parse_change(bytes)?;
+            let kind = ActorKind::parse(change.actor_id()).ok_or_else(actor_error)?;
             let origin = change.message().map(str::to_owned);
-            if self.has_change(&change.hash()) {
+            if kind.lineage() == Some(lineage) && self.has_change(&change.hash()) {
                 held.push((change.hash(), origin));
                 continue;
             }
             // Expanding a change decodes its columns; a panic in that decoder is a bad change.
-            let keys = std::panic::catch_unwind(|| validate_change(&change)).map_err(|_| {
+            let checked = std::panic::catch_unwind(|| match kind {
+                ActorKind::Base { .. } => validate_base(&change).map(|meta| (Vec::new(), Some(meta))),
+                _ => validate_change(&change).map(|keys| (keys, None)),
+            })
+            .map_err(|_| {
                 CrdtError::ChangeDecode(format!("change {} does not decode", change.hash()))
             })??;
-            fresh_keys.push((change.hash(), origin, keys));
-            fresh.push(change);
+            match (kind, checked) {
+                (ActorKind::Base { .. }, (_, Some(meta))) => bases.push((change, meta)),
+                (_, (keys, _)) => match kind.lineage() {
+                    Some(l) if l == lineage => {
+                        current_keys.push((change.hash(), origin, keys, kind));
+                        current.push(change);
+                    }
+                    Some(l) if l.epoch < lineage.epoch => older.push((change, kind)),
+                    Some(l) => newer.push((l, bytes.clone())),
+                    None => {}
+                },
+            }
         }
-        let new_changes = fresh.len();
         let mut applied = RemoteApplied {
-            new_changes,
             held,
             ..RemoteApplied::default()
         };
-        if new_changes == 0 {
-            return Ok(applied);
+        self.apply_current(current, current_keys, &mut applied)?;
+        // The best base that beats the current one, if any.
+        let mut best: Option<(Change, EpochMeta)> = None;
+        for (change, meta) in bases {
+            let current_hash = self.base.unwrap_or(ChangeHash([0; 32]));
+            let beats_current = meta.beats(&change.hash(), &self.meta, &current_hash);
+            let beats_best = best
+                .as_ref()
+                .is_none_or(|(b, m)| meta.beats(&change.hash(), m, &b.hash()));
+            if beats_current && beats_best {
+                best = Some((change, meta));
+            } else if !beats_current && self.base != Some(change.hash()) {
+                self.epoch_stats.stale += 1;
+            }
         }
-        self.doc.apply_changes(fresh)?;
-        for (hash, origin, keys) in fresh_keys {
+        if let Some((base, meta)) = best {
+            self.adopt(base, meta, &mut applied)?;
+        }
+        for (change, kind) in older {
+            self.take_older(&change, &kind);
+        }
+        for (lineage, bytes) in newer {
+            if lineage == self.lineage() {
+                // The base of this lineage came in the same batch.
+                let _ = self.apply_remote_nested(&[bytes], &mut applied);
+            } else if lineage.epoch >= self.meta.epoch && self.future_len < FUTURE_MAX {
+                self.future.entry(lineage).or_default().push(bytes);
+                self.future_len += 1;
+            } else if lineage.epoch >= self.meta.epoch {
+                self.epoch_stats.dropped += 1;
+            } else {
+                self.epoch_stats.stale += 1;
+            }
+        }
+        self.carry_waiting(&mut applied)?;
+        self.records = self.count_records();
+        Ok(applied)
+    }
+
+    /// Applies changes of the current lineage (already validated).
+    fn apply_current(
+        &mut self,
+        fresh: Vec<Change>,
+        fresh_keys: Vec<(ChangeHash, Option<String>, Vec<String>, ActorKind)>,
+        applied: &mut RemoteApplied,
+    ) -> Result<(), CrdtError> {
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        applied.new_changes += fresh.len();
+        if self.doc.apply_changes(fresh.clone()).is_err() {
+            // A change that collides with one held (the same actor and sequence number, other
+            // bytes) cannot be applied; apply the others one by one.
+            for change in fresh {
+                let _ = self.doc.apply_changes([change]);
+            }
+        }
+        for (hash, origin, keys, kind) in fresh_keys {
+            if let ActorKind::Carried { write, .. } = kind {
+                self.carried.insert(write, hash);
+                self.waiting.remove(&write);
+            }
             if self.has_change(&hash) {
                 applied.held.push((hash, origin));
                 applied.keys.extend(keys);
@@ -568,8 +869,218 @@ impl ServiceDoc {
                 applied.keys.extend(keys);
             }
         }
-        self.records = self.doc.length(ROOT);
-        Ok(applied)
+        Ok(())
+    }
+
+    /// [`Self::apply_remote_keys`] into an outcome being built (changes released by a new
+    /// base).
+    fn apply_remote_nested(
+        &mut self,
+        changes: &[Vec<u8>],
+        applied: &mut RemoteApplied,
+    ) -> Result<(), CrdtError> {
+        let inner = self.apply_remote_keys(changes)?;
+        applied.new_changes += inner.new_changes;
+        applied.keys.extend(inner.keys);
+        applied.held.extend(inner.held);
+        applied.keys_incomplete |= inner.keys_incomplete;
+        applied.made.extend(inner.made);
+        applied.rolled_over = applied.rolled_over.or(inner.rolled_over);
+        Ok(())
+    }
+
+    /// A write of an older epoch: applied to the previous epoch's document when it is of
+    /// that lineage, then carried unless the current base covers it.
+    fn take_older(&mut self, change: &Change, kind: &ActorKind) {
+        if let Some(prev) = self.prev.as_mut() {
+            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
+                let _ = prev.doc.apply_changes([change.clone()]);
+            }
+        }
+        let Some(write) = kind.write_id(change.seq()) else {
+            return;
+        };
+        if self.meta.clock.covers(&write) || self.carried.contains_key(&write) {
+            self.epoch_stats.stale += 1;
+            return;
+        }
+        if let Some(carried) = carried_write(change) {
+            self.wait(carried);
+        }
+    }
+
+    fn wait(&mut self, write: CarriedWrite) {
+        if self.waiting.len() >= WAITING_MAX && !self.waiting.contains_key(&write.write) {
+            self.epoch_stats.dropped += 1;
+            return;
+        }
+        self.waiting.insert(write.write, write);
+    }
+
+    /// Carries every waiting write whose writer's previous write is covered or carried.
+    fn carry_waiting(&mut self, applied: &mut RemoteApplied) -> Result<(), CrdtError> {
+        let Some(base) = self.base else {
+            return Ok(());
+        };
+        let lineage = self.lineage();
+        let writers: BTreeSet<Writer> = self.waiting.keys().map(|w| w.writer).collect();
+        for writer in writers {
+            // The chain so far: the base, then this writer's carried writes without a gap.
+            let mut tail_n = self.meta.clock.of(&writer);
+            let mut tail = base;
+            while let Some(hash) = self.carried.get(&WriteId {
+                writer,
+                n: tail_n + 1,
+            }) {
+                tail = *hash;
+                tail_n += 1;
+            }
+            let mut chain = Vec::new();
+            loop {
+                let next = WriteId {
+                    writer,
+                    n: tail_n + 1,
+                };
+                let Some(write) = self.waiting.remove(&next) else {
+                    break;
+                };
+                chain.push(write);
+                tail_n += 1;
+            }
+            // Drop what is covered or already carried, below the chain.
+            self.waiting
+                .retain(|w, _| w.writer != writer || w.n > tail_n);
+            if chain.is_empty() {
+                continue;
+            }
+            let scratch = self.doc.fork_at(&[tail])?;
+            let made = epoch::carry_chain(&scratch, lineage, &chain)?;
+            let mut keys = Vec::new();
+            for (write, change) in chain.iter().zip(&made) {
+                self.carried.insert(write.write, change.hash());
+                keys.extend(write.ops.iter().map(|(k, _)| k.clone()));
+            }
+            let new: Vec<Change> = made
+                .into_iter()
+                .filter(|c| !self.has_change(&c.hash()))
+                .collect();
+            self.epoch_stats.carried += new.len() as u64;
+            for mut change in new.iter().cloned() {
+                applied.made.push(change.bytes().into_owned());
+            }
+            if !new.is_empty() {
+                self.doc.apply_changes(new)?;
+                applied.keys.extend(keys);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the epoch of `base` (which beats the current one): a new document from the
+    /// base, every uncovered write held here carried on top, and the keys whose value, losing
+    /// values or origin differ from before reported as changed.
+    fn adopt(
+        &mut self,
+        base: Change,
+        meta: EpochMeta,
+        applied: &mut RemoteApplied,
+    ) -> Result<(), CrdtError> {
+        let before = self.reads();
+        // Every write held here that the new base does not cover.
+        let mut writes: Vec<CarriedWrite> = std::mem::take(&mut self.waiting).into_values().collect();
+        collect_uncovered(&self.doc, &meta.clock, &mut writes);
+        if let Some(prev) = &self.prev {
+            collect_uncovered(&prev.doc, &meta.clock, &mut writes);
+        }
+        let mut doc = Automerge::new();
+        doc.apply_changes([base.clone()])?;
+        let old_doc = std::mem::replace(&mut self.doc, doc);
+        let old_meta = std::mem::replace(&mut self.meta, meta);
+        let old_base = self.base.replace(base.hash());
+        if self.meta.epoch > old_meta.epoch {
+            self.prev = Some(PrevEpoch {
+                doc: old_doc,
+                meta: old_meta,
+                base: old_base,
+            });
+        }
+        self.held_back.clear();
+        self.carried.clear();
+        self.reset_actor();
+        for write in writes {
+            if !self.meta.clock.covers(&write.write) {
+                self.wait(write);
+            }
+        }
+        // Changes of this lineage that came before their base.
+        let lineage = self.lineage();
+        self.future.retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
+        let released = self.future.remove(&lineage).unwrap_or_default();
+        self.future_len = self.future.values().map(Vec::len).sum();
+        self.carry_waiting(applied)?;
+        for chunk in released.chunks(REMOTE_BATCH_MAX) {
+            let _ = self.apply_remote_nested(chunk, applied);
+        }
+        self.records = self.count_records();
+        let after = self.reads();
+        for (key, read) in &after {
+            if before.get(key) != Some(read) {
+                applied.keys.insert(key.clone());
+            }
+        }
+        for key in before.keys() {
+            if !after.contains_key(key) {
+                applied.keys.insert(key.clone());
+            }
+        }
+        self.epoch_stats.rollovers += 1;
+        applied.rolled_over = Some(self.meta.epoch);
+        Ok(())
+    }
+
+    /// Every record's values (winner first) and the winner's origin, for comparing states.
+    fn reads(&self) -> BTreeMap<String, (Vec<String>, Origin)> {
+        reads_of(&self.doc, None, |key, id| self.origin_of(key, id))
+    }
+
+    /// The events a client whose cursor names `heads` of the previous epoch has not seen:
+    /// every record whose value, losing values or origin differ from then, coalesced.
+    /// `None` when the previous epoch's document does not hold those heads.
+    pub fn events_since_prev(&self, heads: &[ChangeHash]) -> Option<Vec<DocEvent>> {
+        let prev = self.prev.as_ref()?;
+        if !self.prev_has_all(heads) {
+            return None;
+        }
+        let prev_base = prev.base;
+        let then = reads_of(&prev.doc, Some(heads), |key, id| {
+            origin_in(&prev.doc, prev_base.as_ref(), &prev.meta, key, id)
+        });
+        let now = self.reads();
+        let mut keys = BTreeSet::new();
+        for (key, read) in &now {
+            if then.get(key) != Some(read) {
+                keys.insert(key.clone());
+            }
+        }
+        keys.extend(then.keys().filter(|k| !now.contains_key(*k)).cloned());
+        Some(self.events_for_keys(&keys, None))
+    }
+
+    /// Sets the actor local writes use: this incarnation's writer in the current lineage.
+    fn reset_actor(&mut self) {
+        let actor = ActorKind::Local {
+            lineage: self.lineage(),
+            writer: self.writer,
+            start_n: if self.meta.epoch == 0 { 0 } else { self.writes_made },
+        }
+        .to_actor();
+        self.doc.set_actor(actor);
+    }
+
+    /// Records in the current document (the base's meta key is not one).
+    fn count_records(&self) -> usize {
+        let meta = usize::from(self.base.is_some());
+        self.doc.length(ROOT).saturating_sub(meta)
     }
 
     /// The current heads.
@@ -842,6 +1353,29 @@ impl ServiceDoc {
         self.doc.get_changes(&[])
     }
 
+    /// The writes of the previous epoch (its changes but its base), in causal order: what
+    /// the archive keeps of an epoch when it closes. Empty in epoch 0 and after a restart that
+    /// found no previous epoch.
+    pub fn prev_writes(&self) -> Vec<Change> {
+        self.prev.as_ref().map_or_else(Vec::new, |p| {
+            p.doc
+                .get_changes(&[])
+                .into_iter()
+                .filter(|c| !matches!(ActorKind::parse(c.actor_id()), Some(ActorKind::Base { .. })))
+                .collect()
+        })
+    }
+
+    /// The previous epoch's number, if this document holds it.
+    pub fn prev_epoch(&self) -> Option<u32> {
+        self.prev.as_ref().map(|p| p.meta.epoch)
+    }
+
+    /// Whether `change` is a base change (it restates a state, it is not a write).
+    pub fn is_base(change: &Change) -> bool {
+        matches!(ActorKind::parse(change.actor_id()), Some(ActorKind::Base { .. }))
+    }
+
     /// The whole document, compressed.
     pub fn save(&self) -> Vec<u8> {
         self.doc.save()
@@ -901,7 +1435,7 @@ impl ServiceDoc {
                 self.doc.get_all(ROOT, key).ok()?,
             ),
         };
-        let (origin_node, changed_at_ms) = self.origin_of(&winner.1);
+        let (origin_node, changed_at_ms) = self.origin_of(key, &winner.1);
         let value: T = serde_json::from_str(&str_of(&winner.0)?).ok()?;
         // The winner is what Automerge's `get` returns, the same on every replica; the other
         // values of `get_all` lost a concurrent write.
@@ -924,20 +1458,186 @@ impl ServiceDoc {
         self.doc.get_change_meta_by_hash(hash).is_some()
     }
 
-    /// The origin node and time of the change that made the op `id`.
-    fn origin_of(&self, id: &ObjId) -> (Option<String>, Option<u64>) {
-        let Some(meta) = self
-            .doc
-            .hash_for_opid(id)
-            .and_then(|hash| self.doc.get_change_meta_by_hash(&hash))
-        else {
-            return (None, None);
-        };
-        (
-            meta.message.as_deref().map(str::to_owned),
-            u64::try_from(meta.timestamp).ok(),
-        )
+    /// The origin node and time of the change that made the op `id` of `key`.
+    fn origin_of(&self, key: &str, id: &ObjId) -> Origin {
+        origin_in(&self.doc, self.base.as_ref(), &self.meta, key, id)
     }
+}
+
+/// The origin of the op `id` of `key` in `doc`: the change that made it, or for a value a base
+/// restates, the origin the base recorded.
+fn origin_in(
+    doc: &Automerge,
+    base: Option<&ChangeHash>,
+    meta: &EpochMeta,
+    key: &str,
+    id: &ObjId,
+) -> Origin {
+    let Some(hash) = doc.hash_for_opid(id) else {
+        return (None, None);
+    };
+    if Some(&hash) == base {
+        return meta.origins.get(key).cloned().unwrap_or((None, None));
+    }
+    let Some(meta) = doc.get_change_meta_by_hash(&hash) else {
+        return (None, None);
+    };
+    (
+        meta.message.as_deref().map(str::to_owned),
+        u64::try_from(meta.timestamp).ok(),
+    )
+}
+
+/// Every record of `doc` (at `heads`, or now) with its values (winner first) and origin.
+fn reads_of(
+    doc: &Automerge,
+    heads: Option<&[ChangeHash]>,
+    origin: impl Fn(&str, &ObjId) -> Origin,
+) -> BTreeMap<String, (Vec<String>, Origin)> {
+    let keys: Vec<String> = match heads {
+        Some(h) => doc.keys_at(ROOT, h).collect(),
+        None => doc.keys(ROOT).collect(),
+    };
+    let mut out = BTreeMap::new();
+    for key in keys {
+        if key == META_KEY {
+            continue;
+        }
+        let (winner, all) = match heads {
+            Some(h) => (doc.get_at(ROOT, key.as_str(), h), doc.get_all_at(ROOT, key.as_str(), h)),
+            None => (doc.get(ROOT, key.as_str()), doc.get_all(ROOT, key.as_str())),
+        };
+        let (Ok(Some((value, id))), Ok(all)) = (winner, all) else {
+            continue;
+        };
+        let mut values: Vec<String> = str_of(&value).into_iter().collect();
+        let mut losers: Vec<String> = all
+            .iter()
+            .filter(|(_, other)| *other != id)
+            .filter_map(|(v, _)| str_of(v))
+            .collect();
+        losers.sort();
+        values.extend(losers);
+        let from = origin(&key, &id);
+        out.insert(key, (values, from));
+    }
+    out
+}
+
+/// The base change of a document and the epoch it starts (epoch 0 without one).
+fn find_base(doc: &Automerge) -> (EpochMeta, Option<ChangeHash>) {
+    for meta in doc.get_changes_meta(&[]) {
+        if !meta.deps.is_empty() {
+            continue;
+        }
+        if let Some(ActorKind::Base { .. }) = ActorKind::parse(&meta.actor) {
+            if let Some(parsed) = doc
+                .get_change_by_hash(&meta.hash)
+                .and_then(|c| validate_base(&c).ok())
+            {
+                return (parsed, Some(meta.hash));
+            }
+        }
+    }
+    (EpochMeta::default(), None)
+}
+
+/// The carried changes of `lineage` in `doc`, by write.
+fn carried_in(doc: &Automerge, lineage: Lineage) -> BTreeMap<WriteId, ChangeHash> {
+    doc.get_changes_meta(&[])
+        .into_iter()
+        .filter_map(|meta| match ActorKind::parse(&meta.actor) {
+            Some(ActorKind::Carried { lineage: l, write }) if l == lineage => {
+                Some((write, meta.hash))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Adds every write of `doc` that `clock` does not cover to `out`.
+fn collect_uncovered(doc: &Automerge, clock: &Clock, out: &mut Vec<CarriedWrite>) {
+    for meta in doc.get_changes_meta(&[]) {
+        let uncovered = ActorKind::parse(&meta.actor)
+            .and_then(|k| k.write_id(meta.seq))
+            .filter(|w| !clock.covers(w));
+        if uncovered.is_none() {
+            continue;
+        }
+        if let Some(write) = doc
+            .get_change_by_hash(&meta.hash)
+            .and_then(|c| carried_write(&c))
+        {
+            out.push(write);
+        }
+    }
+}
+
+/// What a write did, to carry it into another epoch.
+fn carried_write(change: &Change) -> Option<CarriedWrite> {
+    use automerge::legacy::{Key, OpType};
+    let write = ActorKind::parse(change.actor_id())?.write_id(change.seq())?;
+    let mut ops = Vec::new();
+    for op in change.decode().operations {
+        let Key::Map(key) = &op.key else { continue };
+        match &op.action {
+            OpType::Put(ScalarValue::Str(text)) => ops.push((key.to_string(), Some(text.to_string()))),
+            OpType::Delete => ops.push((key.to_string(), None)),
+            _ => {}
+        }
+    }
+    Some(CarriedWrite {
+        write,
+        ops,
+        time_ms: change.timestamp(),
+        origin: change.message().map(str::to_owned),
+    })
+}
+
+fn actor_error() -> CrdtError {
+    CrdtError::ChangeSchema {
+        key: String::new(),
+        reason: "the change's actor is not one of the schema".into(),
+    }
+}
+
+/// Checks a base change: the first of its epoch (no deps, seq 1), its meta under
+/// [`META_KEY`] naming the epoch its actor names, and every other op a valid record.
+pub(crate) fn validate_base(change: &Change) -> Result<EpochMeta, CrdtError> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let schema = |key: &str, reason: &str| CrdtError::ChangeSchema {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(ActorKind::Base { epoch }) = ActorKind::parse(change.actor_id()) else {
+        return Err(actor_error());
+    };
+    if !change.deps().is_empty() || change.seq() != 1 || epoch == 0 {
+        return Err(schema("", "a base change starts its epoch"));
+    }
+    let mut meta = None;
+    for op in &change.decode().operations {
+        let Key::Map(key) = &op.key else {
+            return Err(schema("", "sequence operations are not part of the schema"));
+        };
+        if op.obj != ObjectId::Root {
+            return Err(schema(key, "only root keys are part of the schema"));
+        }
+        let OpType::Put(ScalarValue::Str(text)) = &op.action else {
+            return Err(schema(key, "a base only puts JSON strings"));
+        };
+        if key.as_str() == META_KEY {
+            let parsed = EpochMeta::from_json(text).map_err(|r| schema(key, &r))?;
+            if parsed.epoch != epoch {
+                return Err(schema(key, "the meta names another epoch than the actor"));
+            }
+            meta = Some(parsed);
+            continue;
+        }
+        let record = RecordKey::parse(key).ok_or_else(|| schema(key, "not a key of the schema"))?;
+        record.validate_json(text).map_err(|r| schema(key, &r))?;
+    }
+    meta.ok_or_else(|| schema(META_KEY, "a base holds its epoch's meta"))
 }
 
 /// True when writing `put` over the values a key holds now would change nothing. For an

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cursor;
+pub mod epoch;
 pub mod doc;
 pub mod error;
 pub mod fuzz;

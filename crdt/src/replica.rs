@@ -55,6 +55,11 @@ pub struct RemoteOutcome {
     pub doc_events: Vec<DocEvent>,
     /// Changes this replica now holds, with their origin node: what it acknowledges.
     pub held: Vec<(ChangeHash, Option<String>)>,
+    /// Changes this replica made while applying (a base it proposed, writes it carried into
+    /// a new epoch): broadcast them like local changes.
+    pub made: Vec<Vec<u8>>,
+    /// The epoch the document rolled over to, when it did.
+    pub rolled_over: Option<u32>,
 }
 
 /// All documents of one node.
@@ -261,7 +266,36 @@ impl Replica {
         let doc = self.doc_mut(&service)?;
         let before = doc.heads();
         let applied = doc.apply_remote_keys(changes)?;
-        let doc_events = if applied.keys_incomplete {
+        Ok(self.outcome(&service, before, applied))
+    }
+
+    /// Rolls `service` over to its next epoch at the cut `at` (see [`ServiceDoc::rollover`]).
+    /// `None` when the document does not hold `at` or has nothing to compact.
+    pub fn rollover(
+        &mut self,
+        service: &Name,
+        at: &[ChangeHash],
+    ) -> Result<Option<RemoteOutcome>, CrdtError> {
+        let Some(doc) = self.docs.get_mut(service) else {
+            return Ok(None);
+        };
+        let before = doc.heads();
+        let Some(applied) = doc.rollover(at)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.outcome(service, before, applied)))
+    }
+
+    fn outcome(
+        &mut self,
+        service: &Name,
+        before: Vec<ChangeHash>,
+        applied: crate::doc::RemoteApplied,
+    ) -> RemoteOutcome {
+        let Some(doc) = self.docs.get(service) else {
+            return RemoteOutcome::default();
+        };
+        let doc_events = if applied.keys_incomplete && applied.rolled_over.is_none() {
             doc.doc_events_between(&before, &doc.heads())
         } else {
             doc.events_for_keys(&applied.keys, None)
@@ -281,12 +315,14 @@ impl Replica {
                 self.liveness.observe(&key, observation.observed_at_ms);
             }
         }
-        Ok(RemoteOutcome {
+        RemoteOutcome {
             new_changes: applied.new_changes,
             events: status_only(&doc_events),
             doc_events,
             held: applied.held,
-        })
+            made: applied.made,
+            rolled_over: applied.rolled_over,
+        }
     }
 
     /// The liveness map.
@@ -330,7 +366,7 @@ impl Replica {
     pub fn doc_events_since(&self, cursor: &Cursor) -> Option<Vec<DocEvent>> {
         for (service, heads) in cursor.iter() {
             match self.docs.get(service) {
-                Some(doc) if doc.has_all(heads) => {}
+                Some(doc) if doc.has_all(heads) || doc.prev_has_all(heads) => {}
                 _ => return None,
             }
         }
@@ -338,8 +374,14 @@ impl Replica {
         for (service, doc) in &self.docs {
             let after = doc.heads();
             let before = cursor.heads_of(service);
-            if before != after.as_slice() {
+            if before == after.as_slice() {
+                continue;
+            }
+            if before.is_empty() || doc.has_all(before) {
                 events.extend(doc.doc_events_between(before, &after));
+            } else {
+                // A cursor of the epoch before: what differs from then, coalesced.
+                events.extend(doc.events_since_prev(before)?);
             }
         }
         Some(events)
