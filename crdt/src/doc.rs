@@ -383,6 +383,8 @@ pub struct ServiceDoc {
     future: BTreeMap<Lineage, Vec<Vec<u8>>>,
     future_len: usize,
     epoch_stats: EpochStats,
+    /// Encoded bytes of the current epoch's changes (approximate after a load).
+    history_bytes: u64,
 }
 
 impl ServiceDoc {
@@ -410,7 +412,9 @@ impl ServiceDoc {
             future: BTreeMap::new(),
             future_len: 0,
             epoch_stats: EpochStats::default(),
+            history_bytes: 0,
         };
+        this.history_bytes = this.doc.save().len() as u64;
         this.carried = carried_in(&this.doc, this.lineage());
         this.reset_actor();
         this.records = this.count_records();
@@ -527,6 +531,34 @@ impl ServiceDoc {
     pub fn write_of(&self, hash: &ChangeHash) -> Option<WriteId> {
         let meta = self.doc.get_change_meta_by_hash(hash)?;
         ActorKind::parse(&meta.actor)?.write_id(meta.seq)
+    }
+
+    /// Whether a peer with `heads` holds every change of `cut` (both of this document).
+    pub fn covered_by(&self, cut: &[ChangeHash], heads: &[ChangeHash]) -> bool {
+        if !self.has_all(heads) || !self.has_all(cut) {
+            return false;
+        }
+        let missing: BTreeSet<ChangeHash> = self
+            .doc
+            .get_changes_meta(heads)
+            .into_iter()
+            .map(|m| m.hash)
+            .collect();
+        cut.iter().all(|h| !missing.contains(h))
+    }
+
+    /// Bytes of the current epoch's changes (their encoded size): a size trigger for rollover.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes
+    }
+
+    /// When the current epoch started (ms): its base's time, or epoch 0's first change.
+    pub fn epoch_started_ms(&self) -> Option<u64> {
+        let first = match self.base {
+            Some(base) => self.doc.get_change_meta_by_hash(&base)?.timestamp,
+            None => self.doc.get_changes_meta(&[]).first()?.timestamp,
+        };
+        u64::try_from(first).ok()
     }
 
     /// Whether every hash of `heads` is a change of the previous epoch's document.
@@ -716,10 +748,11 @@ impl ServiceDoc {
         }
         self.writes_made += 1;
         let keys = writes.into_iter().map(|(key, _)| key).collect();
-        Ok(self
-            .doc
-            .get_last_local_change()
-            .map(|change| (change, keys)))
+        let change = self.doc.get_last_local_change();
+        if let Some(change) = &change {
+            self.history_bytes += change.raw_bytes().len() as u64;
+        }
+        Ok(change.map(|change| (change, keys)))
     }
 
     /// Applies change bytes from a peer. Every change is decoded and checked against the
@@ -762,7 +795,9 @@ impl ServiceDoc {
             }
             // Expanding a change decodes its columns; a panic in that decoder is a bad change.
             let checked = std::panic::catch_unwind(|| match kind {
-                ActorKind::Base { .. } => validate_base(&change).map(|meta| (Vec::new(), Some(meta))),
+                ActorKind::Base { .. } => {
+                    validate_base(&change).map(|meta| (Vec::new(), Some(meta)))
+                }
                 _ => validate_change(&change).map(|keys| (keys, None)),
             })
             .map_err(|_| {
@@ -835,6 +870,10 @@ impl ServiceDoc {
             return Ok(());
         }
         applied.new_changes += fresh.len();
+        self.history_bytes += fresh
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
         if self.doc.apply_changes(fresh.clone()).is_err() {
             // A change that collides with one held (the same actor and sequence number, other
             // bytes) cannot be applied; apply the others one by one.
@@ -987,12 +1026,14 @@ impl ServiceDoc {
     ) -> Result<(), CrdtError> {
         let before = self.reads();
         // Every write held here that the new base does not cover.
-        let mut writes: Vec<CarriedWrite> = std::mem::take(&mut self.waiting).into_values().collect();
+        let mut writes: Vec<CarriedWrite> =
+            std::mem::take(&mut self.waiting).into_values().collect();
         collect_uncovered(&self.doc, &meta.clock, &mut writes);
         if let Some(prev) = &self.prev {
             collect_uncovered(&prev.doc, &meta.clock, &mut writes);
         }
         let mut doc = Automerge::new();
+        self.history_bytes = base.raw_bytes().len() as u64;
         doc.apply_changes([base.clone()])?;
         let old_doc = std::mem::replace(&mut self.doc, doc);
         let old_meta = std::mem::replace(&mut self.meta, meta);
@@ -1014,7 +1055,8 @@ impl ServiceDoc {
         }
         // Changes of this lineage that came before their base.
         let lineage = self.lineage();
-        self.future.retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
+        self.future
+            .retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
         let released = self.future.remove(&lineage).unwrap_or_default();
         self.future_len = self.future.values().map(Vec::len).sum();
         self.carry_waiting(applied)?;
@@ -1071,7 +1113,11 @@ impl ServiceDoc {
         let actor = ActorKind::Local {
             lineage: self.lineage(),
             writer: self.writer,
-            start_n: if self.meta.epoch == 0 { 0 } else { self.writes_made },
+            start_n: if self.meta.epoch == 0 {
+                0
+            } else {
+                self.writes_made
+            },
         }
         .to_actor();
         self.doc.set_actor(actor);
@@ -1373,7 +1419,10 @@ impl ServiceDoc {
 
     /// Whether `change` is a base change (it restates a state, it is not a write).
     pub fn is_base(change: &Change) -> bool {
-        matches!(ActorKind::parse(change.actor_id()), Some(ActorKind::Base { .. }))
+        matches!(
+            ActorKind::parse(change.actor_id()),
+            Some(ActorKind::Base { .. })
+        )
     }
 
     /// The whole document, compressed.
@@ -1504,7 +1553,10 @@ fn reads_of(
             continue;
         }
         let (winner, all) = match heads {
-            Some(h) => (doc.get_at(ROOT, key.as_str(), h), doc.get_all_at(ROOT, key.as_str(), h)),
+            Some(h) => (
+                doc.get_at(ROOT, key.as_str(), h),
+                doc.get_all_at(ROOT, key.as_str(), h),
+            ),
             None => (doc.get(ROOT, key.as_str()), doc.get_all(ROOT, key.as_str())),
         };
         let (Ok(Some((value, id))), Ok(all)) = (winner, all) else {
@@ -1581,7 +1633,9 @@ fn carried_write(change: &Change) -> Option<CarriedWrite> {
     for op in change.decode().operations {
         let Key::Map(key) = &op.key else { continue };
         match &op.action {
-            OpType::Put(ScalarValue::Str(text)) => ops.push((key.to_string(), Some(text.to_string()))),
+            OpType::Put(ScalarValue::Str(text)) => {
+                ops.push((key.to_string(), Some(text.to_string())))
+            }
             OpType::Delete => ops.push((key.to_string(), None)),
             _ => {}
         }

@@ -285,12 +285,7 @@ impl EpochMeta {
         let json = MetaJson {
             v: 1,
             epoch: self.epoch,
-            clock: self
-                .clock
-                .0
-                .iter()
-                .map(|(w, n)| (hex(w), *n))
-                .collect(),
+            clock: self.clock.0.iter().map(|(w, n)| (hex(w), *n)).collect(),
             origins: self.origins.clone(),
         };
         serde_json::to_string(&json).unwrap_or_default()
@@ -326,7 +321,11 @@ impl EpochMeta {
     /// the smaller hash.
     pub fn beats(&self, hash: &ChangeHash, other: &EpochMeta, other_hash: &ChangeHash) -> bool {
         (self.epoch, self.clock.total(), std::cmp::Reverse(hash.0))
-            > (other.epoch, other.clock.total(), std::cmp::Reverse(other_hash.0))
+            > (
+                other.epoch,
+                other.clock.total(),
+                std::cmp::Reverse(other_hash.0),
+            )
     }
 }
 
@@ -371,11 +370,10 @@ pub fn build_base(
         },
     )
     .map_err(|failure| CrdtError::Automerge(failure.error))?;
-    doc.get_last_local_change()
-        .ok_or_else(|| CrdtError::Load {
-            service: String::new(),
-            reason: "the base change was not made".into(),
-        })
+    doc.get_last_local_change().ok_or_else(|| CrdtError::Load {
+        service: String::new(),
+        reason: "the base change was not made".into(),
+    })
 }
 
 /// One write to carry: its identity, what it did (key → JSON, or `None` for a delete), and its
@@ -411,7 +409,9 @@ pub fn carry_chain(
             .ops
             .iter()
             .filter(|(key, json)| {
-                json.is_some() || automerge::ReadDoc::get(&scratch, ROOT, key.as_str()).is_ok_and(|v| v.is_some())
+                json.is_some()
+                    || automerge::ReadDoc::get(&scratch, ROOT, key.as_str())
+                        .is_ok_and(|v| v.is_some())
             })
             .collect();
         if effective.is_empty() {
@@ -430,11 +430,9 @@ pub fn carry_chain(
                 |tx| {
                     for (key, json) in &effective {
                         match json {
-                            Some(json) => tx.put(
-                                ROOT,
-                                key.as_str(),
-                                ScalarValue::Str(json.as_str().into()),
-                            )?,
+                            Some(json) => {
+                                tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?
+                            }
                             None => tx.delete(ROOT, key.as_str())?,
                         }
                     }

@@ -58,6 +58,53 @@ pub struct Config {
     pub generation: u32,
     /// Timing and bounds of the Plumtree broadcast.
     pub broadcast: BroadcastConfig,
+    /// When documents roll over to a new epoch (bounded history).
+    pub epoch: EpochConfig,
+}
+
+/// When a document's history is compacted into a new epoch (see `statusmesh_crdt::epoch`).
+/// A rollover is proposed by the live member with the smallest id, only while a majority of
+/// the mesh is alive, at a cut every live member was seen to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochConfig {
+    /// Roll over when the live epoch holds more than this many changes; 0 never does on
+    /// count. Default 2,000 (Automerge holds ~2 KB of memory per change).
+    pub history_changes_max: usize,
+    /// Roll over when the live epoch's changes add up to more than this many bytes; 0 never
+    /// does on size. Default 8 MiB.
+    pub history_bytes_max: u64,
+    /// Roll over when the live epoch is older than this (ms) and has changes of its own; 0
+    /// never does on age. Default 0.
+    pub age_ms_max: u64,
+    /// Least time between two proposals for one document (ms). Default 5,000.
+    pub propose_interval_ms: u64,
+}
+
+impl EpochConfig {
+    /// Rollover switched off: history grows without bound (the behaviour before epochs).
+    pub fn off() -> Self {
+        Self {
+            history_changes_max: 0,
+            history_bytes_max: 0,
+            age_ms_max: 0,
+            ..Self::default()
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.history_changes_max > 0 || self.history_bytes_max > 0 || self.age_ms_max > 0
+    }
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        Self {
+            history_changes_max: 2_000,
+            history_bytes_max: 8 << 20,
+            age_ms_max: 0,
+            propose_interval_ms: 5_000,
+        }
+    }
 }
 
 impl Config {
@@ -82,6 +129,7 @@ impl Config {
             failure_detector: Preset::Wan,
             generation: 0,
             broadcast: BroadcastConfig::wan(),
+            epoch: EpochConfig::default(),
         }
     }
 }
@@ -146,6 +194,10 @@ pub struct Stats {
     pub announcements_dropped: u64,
     /// Entries of this node's tree into other regions swapped for a faster or live peer.
     pub entries_swapped: u64,
+    /// Rollovers this node proposed (each made a base change).
+    pub rollovers_proposed: u64,
+    /// Rollovers this node went through (proposed here or adopted from a peer).
+    pub rollovers: u64,
 }
 
 /// What a peer is known to hold, and when it was last heard.
@@ -200,6 +252,9 @@ pub struct Node {
     next_entry_check_ms: u64,
     /// The latest time the driver gave (ms).
     now_ms: u64,
+    /// Per document: the cut this node would roll over at once every live peer holds it,
+    /// and when it was chosen (ms).
+    rollover_cuts: BTreeMap<Name, (Vec<ChangeHash>, u64)>,
 }
 
 impl Node {
@@ -254,6 +309,7 @@ impl Node {
             digest_sent: None,
             next_entry_check_ms: 0,
             now_ms: 0,
+            rollover_cuts: BTreeMap::new(),
         }
     }
 
@@ -479,6 +535,7 @@ impl Node {
         let Some(peer) = self.peers.keys().nth(index).cloned() else {
             return;
         };
+        self.maybe_roll_over(now_ms);
         self.stats.anti_entropy_rounds += 1;
         self.digest_sent = Some((peer.clone(), now_ms));
         let frame = Frame::Digest {
@@ -502,6 +559,24 @@ impl Node {
         for peer in peers {
             self.send(&peer, &frame);
         }
+    }
+
+    /// Rolls `service` over to a new epoch now, at this node's current heads, whatever the
+    /// triggers and the proposer rule say: for operators and for tests of concurrent
+    /// proposals. The base and the writes carried on top are broadcast like local changes.
+    /// Returns the new epoch, or `None` when there was nothing to compact.
+    pub fn propose_rollover(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+    ) -> Result<Option<u32>, GossipError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(heads) = self.replica.doc(service).map(|d| d.heads()) else {
+            return Ok(None);
+        };
+        let epoch = self.roll_over_at(service, &heads)?;
+        debug_assert_invariants(self);
+        Ok(epoch)
     }
 
     /// The next frame to send, oldest first.
@@ -776,6 +851,13 @@ impl Node {
                     };
                     self.send(&origin, &frame);
                 }
+                if outcome.rolled_over.is_some() {
+                    self.stats.rollovers += 1;
+                    if let Ok(name) = Name::parse("service", service) {
+                        self.rollover_cuts.remove(&name);
+                    }
+                }
+                self.publish_made(service, outcome.made);
                 self.emit_doc_events(outcome.doc_events);
                 true
             }
@@ -1163,6 +1245,121 @@ impl Node {
         }
     }
 
+    /// Broadcasts changes the replica made while applying (a base, carried writes): this node
+    /// is their root, as for a local write.
+    fn publish_made(&mut self, service: &str, made: Vec<Vec<u8>>) {
+        let Ok(name) = Name::parse("service", service) else {
+            return;
+        };
+        for bytes in made {
+            if let Ok(change) = automerge::Change::try_from(bytes.as_slice()) {
+                self.publish(&name, change.hash(), bytes);
+            }
+        }
+    }
+
+    /// Rolls `service` over at `cut`, broadcasts what that made and reports the events.
+    fn roll_over_at(
+        &mut self,
+        service: &Name,
+        cut: &[ChangeHash],
+    ) -> Result<Option<u32>, GossipError> {
+        let Some(outcome) = self.replica.rollover(service, cut)? else {
+            return Ok(None);
+        };
+        self.stats.rollovers_proposed += 1;
+        self.stats.rollovers += 1;
+        self.rollover_cuts.remove(service);
+        self.publish_made(service.as_str(), outcome.made);
+        self.emit_doc_events(outcome.doc_events);
+        Ok(outcome.rolled_over)
+    }
+
+    /// Proposes rollovers that are due (see [`EpochConfig`]). The proposer is the live member
+    /// with the smallest id, while a majority is alive; it first chooses a cut (its heads)
+    /// and asks every live peer for its heads, and rolls over at that cut once every live
+    /// peer was seen to hold it. Concurrent proposals are still possible (a split view of who
+    /// is alive); the crdt's rule picks one winner everywhere.
+    fn maybe_roll_over(&mut self, now_ms: u64) {
+        let config = self.config.epoch.clone();
+        if !config.enabled() {
+            return;
+        }
+        let alive: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| self.member_state(p) == MemberState::Alive)
+            .cloned()
+            .collect();
+        let members = self.peers.len() + 1;
+        if alive.iter().any(|p| *p < self.id) || (alive.len() + 1) * 2 <= members {
+            return;
+        }
+        let due: Vec<Name> = self
+            .replica
+            .docs()
+            .filter(|d| {
+                let history = d.history_len();
+                let by_count =
+                    config.history_changes_max > 0 && history > config.history_changes_max;
+                let by_size =
+                    config.history_bytes_max > 0 && d.history_bytes() > config.history_bytes_max;
+                let by_age = config.age_ms_max > 0
+                    && history > 1
+                    && d.epoch_started_ms()
+                        .is_some_and(|t| now_ms.saturating_sub(t) > config.age_ms_max);
+                by_count || by_size || by_age
+            })
+            .map(|d| d.service().clone())
+            .collect();
+        let mut ask = false;
+        for service in due {
+            let Some(doc) = self.replica.doc(&service) else {
+                continue;
+            };
+            match self.rollover_cuts.get(&service) {
+                Some((cut, _)) if doc.has_all(cut) => {
+                    let held_everywhere = alive.iter().all(|p| {
+                        self.peers
+                            .get(p)
+                            .and_then(|state| state.heads.get(&service))
+                            .is_some_and(|heads| doc.covered_by(cut, heads))
+                    });
+                    if held_everywhere {
+                        let cut = cut.clone();
+                        if let Err(e) = self.roll_over_at(&service, &cut) {
+                            let id = self.id.clone();
+                            self.reject(&id, &e);
+                        }
+                        continue;
+                    }
+                    ask = true;
+                }
+                Some((_, chosen_ms))
+                    if now_ms.saturating_sub(*chosen_ms) < config.propose_interval_ms =>
+                {
+                    ask = true;
+                }
+                _ => {
+                    self.rollover_cuts
+                        .insert(service.clone(), (doc.heads(), now_ms));
+                    ask = true;
+                }
+            }
+        }
+        if ask {
+            // Every live peer answers with its heads (see `on_heads`), so the next round
+            // knows whether it holds the cut.
+            let frame = Frame::Heads {
+                docs: self.all_heads(),
+                reply_wanted: true,
+            };
+            for peer in alive {
+                self.send(&peer, &frame);
+            }
+        }
+    }
+
     fn on_ack(&mut self, from: &str, changes: &[[u8; 32]]) {
         // Entries stay after every peer acknowledged them (until evicted by age), so that a
         // late question about a change still gets the right answer.
@@ -1210,6 +1407,16 @@ impl Node {
                 reply_wanted: true,
             };
             self.send(from, &frame);
+        } else {
+            // Equal digests: the peer holds what this node holds.
+            let heads: BTreeMap<Name, Vec<ChangeHash>> = self
+                .replica
+                .docs()
+                .map(|d| (d.service().clone(), d.heads()))
+                .collect();
+            if let Some(peer) = self.peers.get_mut(from) {
+                peer.heads = heads;
+            }
         }
         if liveness != self.replica.liveness().digest() {
             let map = self.replica.liveness();
@@ -1269,7 +1476,10 @@ impl Node {
                 .doc(service)
                 .is_none_or(|doc| !doc.has_all(heads))
         });
-        if reply_wanted && we_lack {
+        // Answered even when nothing is lacking: the asker learns what this node holds (a
+        // rollover proposer waits for that).
+        let _ = we_lack;
+        if reply_wanted {
             let frame = Frame::Heads {
                 docs: self.all_heads(),
                 reply_wanted: false,
