@@ -27,6 +27,33 @@ struct Cli {
     command: Command,
 }
 
+/// When a document's history is compacted into a new epoch (its transitions go to the
+/// archive on disk; see the README's "Bounded history").
+#[derive(Debug, clap::Args)]
+struct EpochArgs {
+    /// Roll a document over when its live epoch holds more than this many changes (0: never
+    /// on count).
+    #[arg(long, default_value_t = 2_000)]
+    epoch_history_changes_max: usize,
+    /// Roll a document over when its live epoch's changes add up to more than this many bytes
+    /// (0: never on size).
+    #[arg(long, default_value_t = 8 << 20)]
+    epoch_history_bytes_max: u64,
+    /// Roll a document over when its live epoch is older than this many seconds and has
+    /// changes of its own (0: never on age).
+    #[arg(long, default_value_t = 0)]
+    epoch_age_s_max: u64,
+}
+
+impl EpochArgs {
+    fn apply(&self, mut gossip: GossipConfig) -> GossipConfig {
+        gossip.epoch.history_changes_max = self.epoch_history_changes_max;
+        gossip.epoch.history_bytes_max = self.epoch_history_bytes_max;
+        gossip.epoch.age_ms_max = self.epoch_age_s_max.saturating_mul(1_000);
+        gossip
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every node of a topology on loopback, with throw-away certificates.
@@ -41,6 +68,8 @@ enum Command {
         /// removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        epoch: EpochArgs,
     },
     /// Run one regional node.
     Run {
@@ -79,6 +108,8 @@ enum Command {
             value_parser = clap::value_parser!(u64).range(100..=600_000)
         )]
         request_read_timeout_ms: u64,
+        #[command(flatten)]
+        epoch: EpochArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -226,7 +257,8 @@ fn main() -> anyhow::Result<()> {
                 config,
                 token,
                 data_dir,
-            } => dev(config, token, data_dir).await,
+                epoch,
+            } => dev(config, token, data_dir, epoch.apply(GossipConfig::lan())).await,
             Command::Run {
                 config,
                 node,
@@ -236,6 +268,7 @@ fn main() -> anyhow::Result<()> {
                 tokens,
                 subscribers_max,
                 request_read_timeout_ms,
+                epoch,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -247,7 +280,14 @@ fn main() -> anyhow::Result<()> {
                     request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
                     ..NodeSettings::new(data_dir, tokens)
                 };
-                run(config, node, certs, settings).await
+                run(
+                    config,
+                    node,
+                    certs,
+                    settings,
+                    epoch.apply(GossipConfig::wan()),
+                )
+                .await
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,
@@ -414,6 +454,7 @@ async fn dev(
     config: Option<PathBuf>,
     token: Option<String>,
     data_dir: Option<PathBuf>,
+    gossip: GossipConfig,
 ) -> anyhow::Result<()> {
     let topology = match &config {
         Some(path) => Topology::load(path)?,
@@ -448,7 +489,7 @@ async fn dev(
             node_id: spec.id.clone(),
             identity: ca.identity(&spec.id)?,
             settings: NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token)),
-            gossip: GossipConfig::lan(),
+            gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
         };
         let node = runtime::start(options, stop_rx.clone())
@@ -500,6 +541,7 @@ async fn run(
     node: String,
     certs_dir: PathBuf,
     settings: NodeSettings,
+    gossip: GossipConfig,
 ) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
@@ -511,7 +553,7 @@ async fn run(
         node_id: node.clone(),
         identity,
         settings,
-        gossip: GossipConfig::wan(),
+        gossip,
         metrics: Some(metrics),
     };
     let running = runtime::start(options, stop_rx)

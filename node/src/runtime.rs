@@ -394,6 +394,7 @@ pub async fn start(
                 Persisted {
                     heads: doc.heads(),
                     log,
+                    epoch: (doc.epoch(), doc.base()),
                 },
             )
         })
@@ -723,6 +724,22 @@ impl Driver {
             if heads == persisted.heads {
                 continue;
             }
+            let lineage = (doc.epoch(), doc.base());
+            if lineage != persisted.epoch {
+                // A rollover: the new epoch's document replaces snapshot and log whole, and
+                // the closed epoch is kept beside it.
+                persisted.epoch = lineage;
+                persisted.heads = heads;
+                persisted.log = storage::LogSize::default();
+                self.remote_records.remove(doc.service());
+                docs.push(DocWrite {
+                    service: doc.service().clone(),
+                    records: Vec::new(),
+                    snapshot: Some(doc.save()),
+                    prev: doc.save_prev(),
+                });
+                continue;
+            }
             let records = match self.remote_records.remove(doc.service()) {
                 // Accepted remote batches that lead exactly from the persisted heads to now
                 // (duplicates among them load again harmlessly).
@@ -748,6 +765,7 @@ impl Driver {
                     records
                 },
                 snapshot,
+                prev: None,
             });
         }
         self.remote_records.clear();

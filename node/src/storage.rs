@@ -272,6 +272,14 @@ fn load_doc(
             path: log_path.display().to_string(),
             reason: e.to_string(),
         })?;
+    // The epoch before the current one: without it only older cursors get a snapshot, so a
+    // bad file is logged and skipped rather than refusing to start.
+    let prev_path = dir.join("prev");
+    if let Some(bytes) = read_bounded(&prev_path, SNAPSHOT_BYTES_MAX)? {
+        if let Err(e) = doc.attach_prev(&bytes) {
+            warn!(path = %prev_path.display(), error = %e, "previous epoch does not load; skipped");
+        }
+    }
     let size = LogSize {
         records: records.len() as u64,
         bytes: valid_bytes,
@@ -359,6 +367,9 @@ pub struct DocWrite {
     /// A snapshot that covers every change so far, including `records`: when present it
     /// replaces the snapshot and the log starts over empty.
     pub snapshot: Option<Vec<u8>>,
+    /// The previous epoch's whole document, after a rollover: written (atomically) before
+    /// the new epoch's snapshot, so cursors of that epoch still resume after a restart.
+    pub prev: Option<Vec<u8>>,
 }
 
 /// One unit of work: document writes, then the acknowledgements to send once they are durable.
@@ -487,6 +498,10 @@ fn commit_group(
                 let log = open_log(dir, &write.service)?;
                 logs.insert(write.service.clone(), log);
             }
+            if let Some(prev) = &write.prev {
+                let path = dir.join("docs").join(write.service.as_str()).join("prev");
+                write_atomically(&path, prev)?;
+            }
             if let Some(snapshot) = write.snapshot {
                 // The snapshot holds every change so far: what is buffered for this log is
                 // in it too, and the log starts over.
@@ -586,6 +601,9 @@ fn replace_snapshot(
 pub struct Persisted {
     pub heads: Vec<ChangeHash>,
     pub log: LogSize,
+    /// The epoch and base of the document as persisted: a new one means a rollover, which
+    /// is saved as a new snapshot (and the closed epoch as `prev`), not appended to the log.
+    pub epoch: (u32, Option<ChangeHash>),
 }
 
 #[cfg(test)]
@@ -653,6 +671,7 @@ mod tests {
                     service: service.clone(),
                     records,
                     snapshot: None,
+                    prev: None,
                 }],
                 on_durable: vec![Box::new(move || {
                     let _ = tx.send(());
@@ -700,11 +719,13 @@ mod tests {
                 service: service.clone(),
                 records: vec![first],
                 snapshot: None,
+                prev: None,
             }],
             vec![DocWrite {
                 service: service.clone(),
                 records: Vec::new(),
                 snapshot: Some(snapshot),
+                prev: None,
             }],
         ] {
             let batch = Batch {
@@ -719,6 +740,49 @@ mod tests {
         let again = open(dir.path(), "n1").expect("reopen");
         let restored = Replica::from_docs("n1", again.actor, again.docs);
         assert_eq!(restored.cursor(), replica.cursor());
+    }
+
+    #[tokio::test]
+    async fn a_rolled_over_document_loads_with_its_previous_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = open(dir.path(), "n1").expect("open");
+        let mut replica = Replica::from_docs("n1", loaded.actor, loaded.docs);
+        let storage =
+            StorageHandle::start(dir.path().to_owned(), "n1".into(), loaded.lock).expect("start");
+        let service = Name::parse("service", "api").expect("name");
+        replica.write_status(1, &write("db", "one")).expect("write");
+        let old_cursor = replica.cursor();
+        replica
+            .write_status(2, &write("web", "two"))
+            .expect("write");
+        let heads = replica.doc(&service).expect("doc").heads();
+        replica
+            .rollover(&service, &heads)
+            .expect("rollover")
+            .expect("rolled over");
+        let doc = replica.doc(&service).expect("doc");
+        let batch = Batch {
+            docs: vec![DocWrite {
+                service: service.clone(),
+                records: Vec::new(),
+                snapshot: Some(doc.save()),
+                prev: doc.save_prev(),
+            }],
+            on_durable: Vec::new(),
+        };
+        assert!(storage.submit(batch).await);
+        storage.close().await;
+        let again = open(dir.path(), "n1").expect("reopen");
+        let restored = Replica::from_docs("n1", again.actor, again.docs);
+        let doc = restored.doc(&service).expect("doc");
+        assert_eq!(doc.epoch(), 1);
+        assert_eq!(restored.cursor(), replica.cursor());
+        assert!(doc.prev_has_all(old_cursor.heads_of(&service)));
+        let events = restored
+            .events_since(&old_cursor)
+            .expect("the previous epoch tells");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].component.as_str(), "web");
     }
 
     #[test]
