@@ -8,16 +8,18 @@
 //! - [`doc`]: one service's Automerge document, local writes, remote changes, events.
 //! - [`records`]: incidents, updates, maintenance windows, operator overrides.
 //! - [`replica`]: all documents of a node plus the liveness map.
-//! - [`history`]: timelines and uptime from the Automerge history.
+//! - [`history`]: timelines and uptime from the Automerge history and the archive.
+//! - [`archive`]: the compact append-only archive of the writes of closed epochs.
 //! - [`liveness`]: reporter heartbeats outside history (max-wins map).
 //! - [`cursor`]: the mesh-wide cursor clients resume from.
 //! - [`view`]: derived statuses, freshness and the page indicator.
 //! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod cursor;
-pub mod epoch;
 pub mod doc;
+pub mod epoch;
 pub mod error;
 pub mod fuzz;
 pub mod history;
