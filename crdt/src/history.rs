@@ -2,13 +2,17 @@
 //!
 //! Every observation change is in the document's history with the node that made it (the
 //! change message) and when (the observation's time), so who said what, where and when can
-//! be read back without any other log.
+//! be read back without any other log. The history of closed epochs is in the archive
+//! ([`crate::archive`]); the `*_with` functions merge it with the live epoch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use automerge::Change;
 use serde::Serialize;
 
+use crate::archive::{writes_of, ArchivedWrite};
 use crate::doc::{RecordKey, ServiceDoc};
+use crate::epoch::{EpochMeta, Writer, META_KEY};
 use crate::model::{Name, Observation, State};
 
 /// Share of a period that counts as down, per state (Statuspage's weighting: a partial
@@ -53,64 +57,41 @@ pub struct Uptime {
 }
 
 /// Every state transition of `component`, in every region, oldest first. A write that kept
-/// the state (a new message, say) is not a transition.
+/// the state (a new message, say) is not a transition. Reads the live document only: the
+/// case of a node without an archive (see [`timeline_with`]).
 pub fn timeline(doc: &ServiceDoc, component: &Name) -> Vec<Transition> {
-    let mut writes: Vec<(u64, Name, Observation, Option<String>)> = Vec::new();
-    for change in doc.all_changes() {
-        let origin = change.message().map(str::to_owned);
-        for op in change.decode().operations {
-            let automerge::legacy::Key::Map(key) = &op.key else {
-                continue;
-            };
-            let Some(RecordKey::Observation {
-                component: c,
-                region,
-            }) = RecordKey::parse(key)
-            else {
-                continue;
-            };
-            if &c != component {
-                continue;
-            }
-            if let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(text)) = &op.action {
-                if let Ok(observation) = serde_json::from_str::<Observation>(text) {
-                    writes.push((
-                        observation.observed_at_ms,
-                        region,
-                        observation,
-                        origin.clone(),
-                    ));
-                }
-            }
-        }
-    }
-    // Causal order within a region is also time order for one reporter; across regions the
-    // observation time is what people read.
-    writes.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-    let mut last: BTreeMap<Name, State> = BTreeMap::new();
-    let mut transitions = Vec::new();
-    for (at_ms, region, observation, origin_node) in writes {
-        let previous = last.insert(region.clone(), observation.state);
-        if previous == Some(observation.state) {
-            continue;
-        }
-        transitions.push(Transition {
-            at_ms,
-            region,
-            state: observation.state,
-            previous,
-            message: observation.message,
-            reporter: observation.reporter,
-            origin_node,
-        });
-    }
-    transitions
+    timeline_with(doc, &[], component)
+}
+
+/// The timeline of `component` over the archived writes of closed epochs and the live epoch
+/// of `doc`. A write carried from one epoch into the next is in both, once: writes are told
+/// apart by their identity (writer, number) and cell. The live epoch's base restates a
+/// state, it is not a write, so it is skipped, except where it is the only knowledge of the
+/// state before: a region with no archived write (a node that restarted with an empty disk,
+/// say) starts from the base's value, at the time that value was observed.
+pub fn timeline_with(
+    doc: &ServiceDoc,
+    archived: &[ArchivedWrite],
+    component: &Name,
+) -> Vec<Transition> {
+    transitions(steps(doc, archived, component))
 }
 
 /// Uptime of `component` over `[from_ms, to_ms)`: one entry per region, then one for the
 /// component as a whole (at each moment, the worst state any region reported).
 pub fn uptime(doc: &ServiceDoc, component: &Name, from_ms: u64, to_ms: u64) -> Vec<Uptime> {
-    let transitions = timeline(doc, component);
+    uptime_with(doc, &[], component, from_ms, to_ms)
+}
+
+/// [`uptime`] over the archive and the live epoch (see [`timeline_with`]).
+pub fn uptime_with(
+    doc: &ServiceDoc,
+    archived: &[ArchivedWrite],
+    component: &Name,
+    from_ms: u64,
+    to_ms: u64,
+) -> Vec<Uptime> {
+    let transitions = timeline_with(doc, archived, component);
     uptime_of(&transitions, from_ms, to_ms)
 }
 
@@ -123,7 +104,19 @@ pub fn uptime_buckets(
     to_ms: u64,
     bucket_ms: u64,
 ) -> Vec<Uptime> {
-    let transitions = timeline(doc, component);
+    uptime_buckets_with(doc, &[], component, from_ms, to_ms, bucket_ms)
+}
+
+/// [`uptime_buckets`] over the archive and the live epoch (see [`timeline_with`]).
+pub fn uptime_buckets_with(
+    doc: &ServiceDoc,
+    archived: &[ArchivedWrite],
+    component: &Name,
+    from_ms: u64,
+    to_ms: u64,
+    bucket_ms: u64,
+) -> Vec<Uptime> {
+    let transitions = timeline_with(doc, archived, component);
     let bucket_ms = bucket_ms.max(1);
     let mut buckets = Vec::new();
     let mut start = from_ms;
@@ -136,6 +129,132 @@ pub fn uptime_buckets(
         start = end;
     }
     buckets
+}
+
+/// One write of an observation, as the timeline needs it.
+#[derive(Debug)]
+struct Step {
+    at_ms: u64,
+    region: Name,
+    state: State,
+    message: String,
+    reporter: String,
+    origin_node: Option<String>,
+}
+
+impl Step {
+    fn of(write: &ArchivedWrite) -> Self {
+        Self {
+            at_ms: write.at_ms,
+            region: write.region.clone(),
+            state: write.state,
+            message: write.message.clone(),
+            reporter: write.reporter.clone(),
+            origin_node: write.origin_node.clone(),
+        }
+    }
+}
+
+/// The writes of `component`, oldest first: the base's starting points (see
+/// [`timeline_with`]), then the archived writes, then the live ones, each write once.
+fn steps(doc: &ServiceDoc, archived: &[ArchivedWrite], component: &Name) -> Vec<Step> {
+    let changes = doc.all_changes();
+    let live = writes_of(&changes);
+    let archived_regions: BTreeSet<&Name> = archived
+        .iter()
+        .filter(|w| &w.component == component)
+        .map(|w| &w.region)
+        .collect();
+    let mut steps: Vec<Step> = changes
+        .iter()
+        .filter(|c| ServiceDoc::is_base(c))
+        .flat_map(|base| base_values(base, component))
+        .filter(|step| !archived_regions.contains(&step.region))
+        .collect();
+    let mut seen: HashSet<(Writer, u64, &Name)> = HashSet::new();
+    for write in archived.iter().chain(&live) {
+        if &write.component == component && seen.insert((write.writer, write.n, &write.region)) {
+            steps.push(Step::of(write));
+        }
+    }
+    // Causal order within a region is also time order for one reporter; across regions the
+    // observation time is what people read. The sort is stable, so equal times keep the
+    // order above (base values, then older epochs, then the live one).
+    steps.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.region.cmp(&b.region)));
+    steps
+}
+
+/// The observations of `component` a base change restates, with the origin the base
+/// records for each (who wrote the value it restates).
+fn base_values(base: &Change, component: &Name) -> Vec<Step> {
+    let operations = base.decode().operations;
+    let mut origins = BTreeMap::new();
+    for op in &operations {
+        if let (
+            automerge::legacy::Key::Map(key),
+            automerge::legacy::OpType::Put(automerge::ScalarValue::Str(text)),
+        ) = (&op.key, &op.action)
+        {
+            if key.as_str() == META_KEY {
+                if let Ok(meta) = EpochMeta::from_json(text) {
+                    origins = meta.origins;
+                }
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for op in &operations {
+        let automerge::legacy::Key::Map(key) = &op.key else {
+            continue;
+        };
+        let Some(RecordKey::Observation {
+            component: c,
+            region,
+        }) = RecordKey::parse(key)
+        else {
+            continue;
+        };
+        let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(text)) = &op.action else {
+            continue;
+        };
+        if &c != component {
+            continue;
+        }
+        let Ok(observation) = serde_json::from_str::<Observation>(text) else {
+            continue;
+        };
+        steps.push(Step {
+            at_ms: observation.observed_at_ms,
+            region,
+            state: observation.state,
+            message: observation.message,
+            reporter: observation.reporter,
+            origin_node: origins.get(key.as_str()).and_then(|(node, _)| node.clone()),
+        });
+    }
+    steps
+}
+
+/// The steps that changed their region's state.
+fn transitions(steps: Vec<Step>) -> Vec<Transition> {
+    let mut last: BTreeMap<Name, State> = BTreeMap::new();
+    let mut transitions = Vec::new();
+    for step in steps {
+        let previous = last.insert(step.region.clone(), step.state);
+        if previous == Some(step.state) {
+            continue;
+        }
+        transitions.push(Transition {
+            at_ms: step.at_ms,
+            region: step.region,
+            state: step.state,
+            previous,
+            message: step.message,
+            reporter: step.reporter,
+            origin_node: step.origin_node,
+        });
+    }
+    transitions
 }
 
 fn uptime_of(transitions: &[Transition], from_ms: u64, to_ms: u64) -> Vec<Uptime> {
@@ -222,6 +341,7 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::writes_of;
     use crate::model::StatusWrite;
     use automerge::ActorId;
 
@@ -295,5 +415,143 @@ mod tests {
         assert_eq!(buckets.len(), 2);
         assert_eq!(buckets[0].uptime, Some(1.0));
         assert_eq!(buckets[1].worst, Some(State::MajorOutage));
+    }
+
+    /// Writes the fixture's writes one by one into `doc` (the same values `doc_with` makes).
+    fn put(doc: &mut ServiceDoc, at: u64, region: &str, state: State) {
+        let write = StatusWrite::parse(
+            "api",
+            "db",
+            region,
+            Observation {
+                state,
+                message: format!("{state}"),
+                reporter: "probe".into(),
+                observed_at_ms: at,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("write");
+        doc.put_observation(at, "n1", &write).expect("put");
+    }
+
+    const WRITES: [(u64, &str, State); 9] = [
+        (1_000, "eu", State::Operational),
+        (1_500, "us", State::Operational),
+        (2_000, "eu", State::MajorOutage),
+        (3_000, "eu", State::Operational),
+        (3_500, "us", State::PartialOutage),
+        (4_000, "eu", State::DegradedPerformance),
+        (5_000, "us", State::Operational),
+        (6_000, "eu", State::Operational),
+        (7_000, "us", State::MajorOutage),
+    ];
+
+    /// `WRITES` with a rollover after the 4th and the 7th write, each at a cut two writes
+    /// back (so those two are carried into the new epoch and sit in two epochs), archiving
+    /// every closed epoch. Returns the live document and the archive.
+    fn rolled_over_twice() -> (ServiceDoc, Vec<ArchivedWrite>) {
+        let mut doc = doc_with(&[]);
+        let mut archive = Vec::new();
+        let mut cuts = Vec::new();
+        for (i, (at, region, state)) in WRITES.iter().enumerate() {
+            cuts.push(doc.heads());
+            put(&mut doc, *at, region, *state);
+            if i == 3 || i == 6 {
+                let cut = cuts[i - 1].clone();
+                doc.rollover(&cut).expect("rollover").expect("rolled over");
+                archive.extend(writes_of(&doc.prev_writes()));
+            }
+        }
+        assert_eq!(doc.epoch(), 2);
+        (doc, archive)
+    }
+
+    #[test]
+    fn a_timeline_across_two_rollovers_equals_the_timeline_without_them() {
+        let (doc, archive) = rolled_over_twice();
+        let db = Name::parse("component", "db").expect("name");
+        let whole = timeline(&doc_with(&WRITES), &db);
+        assert_eq!(whole.len(), WRITES.len());
+        assert_eq!(timeline_with(&doc, &archive, &db), whole);
+        let reference = doc_with(&WRITES);
+        assert_eq!(
+            uptime_with(&doc, &archive, &db, 0, 8_000),
+            uptime(&reference, &db, 0, 8_000)
+        );
+        assert_eq!(
+            uptime_buckets_with(&doc, &archive, &db, 0, 8_000, 1_000),
+            uptime_buckets(&reference, &db, 0, 8_000, 1_000)
+        );
+    }
+
+    #[test]
+    fn a_write_carried_into_the_next_epoch_is_counted_once() {
+        let (doc, archive) = rolled_over_twice();
+        // The carried writes are in the archive (their epoch) and in the live epoch.
+        let live = writes_of(&doc.all_changes());
+        let twice = live
+            .iter()
+            .filter(|w| archive.iter().any(|a| (a.writer, a.n) == (w.writer, w.n)))
+            .count();
+        assert!(twice > 0, "the fixture carries writes");
+        let db = Name::parse("component", "db").expect("name");
+        assert_eq!(timeline_with(&doc, &archive, &db).len(), WRITES.len());
+    }
+
+    #[test]
+    fn without_an_archive_the_base_values_are_the_starting_point() {
+        let (doc, _) = rolled_over_twice();
+        let db = Name::parse("component", "db").expect("name");
+        let restarted = timeline(&doc, &db);
+        let states: Vec<_> = restarted
+            .iter()
+            .map(|t| (t.at_ms, t.region.as_str(), t.state))
+            .collect();
+        // The second base restates eu (3,000) and us (3,500); the live epoch holds the
+        // writes after its cut (4,000 and 5,000, carried) and those after the rollover.
+        assert_eq!(
+            states,
+            vec![
+                (3_000, "eu", State::Operational),
+                (3_500, "us", State::PartialOutage),
+                (4_000, "eu", State::DegradedPerformance),
+                (5_000, "us", State::Operational),
+                (6_000, "eu", State::Operational),
+                (7_000, "us", State::MajorOutage),
+            ]
+        );
+        assert!(restarted
+            .iter()
+            .all(|t| t.origin_node.as_deref() == Some("n1")));
+    }
+
+    #[test]
+    fn an_archived_region_does_not_restart_from_the_base_value() {
+        let (doc, archive) = rolled_over_twice();
+        let db = Name::parse("component", "db").expect("name");
+        // Only eu's archived writes: us still starts from the base, eu from its writes.
+        let eu_only: Vec<ArchivedWrite> = archive
+            .into_iter()
+            .filter(|w| w.region.as_str() == "eu")
+            .collect();
+        let merged = timeline_with(&doc, &eu_only, &db);
+        let regions: Vec<_> = merged
+            .iter()
+            .map(|t| (t.at_ms, t.region.as_str()))
+            .collect();
+        assert_eq!(
+            regions,
+            vec![
+                (1_000, "eu"),
+                (2_000, "eu"),
+                (3_000, "eu"),
+                (3_500, "us"),
+                (4_000, "eu"),
+                (5_000, "us"),
+                (6_000, "eu"),
+                (7_000, "us"),
+            ]
+        );
     }
 }
