@@ -9,6 +9,7 @@ mod chaos_net;
 mod client;
 mod contract;
 mod durability;
+mod epoch;
 mod harness;
 mod mesh;
 mod page;

@@ -1059,10 +1059,16 @@ impl ServiceDoc {
             .retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
         let released = self.future.remove(&lineage).unwrap_or_default();
         self.future_len = self.future.values().map(Vec::len).sum();
-        self.carry_waiting(applied)?;
+        // What clients are told is the difference of the states, not the keys the carried
+        // writes touch: they restate values clients saw in the epoch before.
+        let mut inner = RemoteApplied::default();
+        self.carry_waiting(&mut inner)?;
         for chunk in released.chunks(REMOTE_BATCH_MAX) {
-            let _ = self.apply_remote_nested(chunk, applied);
+            let _ = self.apply_remote_nested(chunk, &mut inner);
         }
+        applied.new_changes += inner.new_changes;
+        applied.held.extend(inner.held);
+        applied.made.extend(inner.made);
         self.records = self.count_records();
         let after = self.reads();
         for (key, read) in &after {

@@ -841,6 +841,30 @@ impl Driver {
             "statusmesh_gossip_entries_swapped_total",
             stats.entries_swapped,
         );
+        counter("statusmesh_epoch_rollovers_total", stats.rollovers);
+        counter(
+            "statusmesh_epoch_rollovers_proposed_total",
+            stats.rollovers_proposed,
+        );
+        let (mut carried, mut stale, mut dropped) = (0, 0, 0);
+        for doc in self.node.replica().docs() {
+            let epoch_stats = doc.epoch_stats();
+            carried += epoch_stats.carried;
+            stale += epoch_stats.stale;
+            dropped += epoch_stats.dropped;
+            let labels = [
+                ("node", node.clone()),
+                ("service", doc.service().to_string()),
+            ];
+            metrics::gauge!("statusmesh_document_history_changes", &labels)
+                .set(doc.history_len() as f64);
+            metrics::gauge!("statusmesh_document_history_bytes", &labels)
+                .set(doc.history_bytes() as f64);
+            metrics::gauge!("statusmesh_document_epoch", &labels).set(f64::from(doc.epoch()));
+        }
+        counter("statusmesh_epoch_carried_writes_total", carried);
+        counter("statusmesh_epoch_stale_changes_total", stale);
+        counter("statusmesh_epoch_dropped_changes_total", dropped);
         self.transport.export_gauges();
     }
 
