@@ -6,6 +6,7 @@
 //! incarnation.json          {"node": "<id>", "incarnation": N, "actor": "<hex>"}
 //! docs/<service>/snapshot   ServiceDoc::save(), replaced by atomic rename
 //! docs/<service>/log        records: [len u32 LE][crc32 u32 LE][Automerge change bytes]
+//! docs/<service>/archive    the writes of closed epochs (statusmesh_crdt::archive blocks)
 //! ```
 //!
 //! Writes go through one storage thread (blocking file IO stays off the async driver). The
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use statusmesh_crdt::archive::{ArchiveReader, ArchiveWriter, ArchivedWrite};
 use statusmesh_crdt::{ActorId, ChangeHash, Name, ServiceDoc};
 use tracing::{error, info, warn};
 
@@ -606,6 +608,112 @@ pub struct Persisted {
     pub epoch: (u32, Option<ChangeHash>),
 }
 
+/// Largest archive read, in bytes (256 MiB: some thirty million transitions at about eight
+/// bytes each). A larger file is refused (reads and appends fail with `Corrupt`).
+pub const ARCHIVE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Serialises the archive functions of this process: a read that met a block still being
+/// appended would take it for a torn tail and truncate it.
+static ARCHIVE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The archive file of a document directory (`DIR/docs/<service>/archive`).
+pub fn archive_path(dir_of_service: &Path) -> PathBuf {
+    dir_of_service.join("archive")
+}
+
+/// Appends the writes of a closed epoch to the document's archive (one append of one block,
+/// or a few when they are very many) and fsyncs it before returning, so a rollover may drop
+/// the closed epoch once this returns. Blocking: call it off the async driver. A torn tail
+/// left by a crash is truncated first (logged and counted), since blocks after it would be
+/// unreadable. Returns the bytes appended (0 for no writes). Reads the archive first to
+/// rebuild its intern table: rollovers are rare next to writes.
+pub fn append_archive(
+    dir_of_service: &Path,
+    writes: &[ArchivedWrite],
+) -> Result<u64, StorageError> {
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    let _guard = ARCHIVE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    fs::create_dir_all(dir_of_service).map_err(io_error(dir_of_service, "create directory"))?;
+    let path = archive_path(dir_of_service);
+    let existing = read_bounded(&path, ARCHIVE_BYTES_MAX)?;
+    let is_new = existing.is_none();
+    let existing = existing.unwrap_or_default();
+    let (mut writer, valid) = ArchiveWriter::resume(&existing);
+    if valid < existing.len() {
+        truncate_archive(&path, valid as u64, existing.len() as u64)?;
+    }
+    let bytes = writer.encode(writes);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_error(&path, "open"))?;
+    file.write_all(&bytes).map_err(io_error(&path, "append"))?;
+    file.sync_all().map_err(io_error(&path, "fsync"))?;
+    if is_new {
+        sync_dir(dir_of_service)?;
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Every write of the document's archive, oldest epoch first; empty when it has none.
+/// Blocking. A torn or corrupt tail is truncated (logged and counted), as on start.
+pub fn load_archive(dir_of_service: &Path) -> Result<Vec<ArchivedWrite>, StorageError> {
+    read_archive(dir_of_service, ArchiveReader::read)
+}
+
+/// The archived writes of one component only (what a history request needs; the rest of
+/// the archive is checked but not kept). Otherwise as [`load_archive`].
+pub fn load_archive_component(
+    dir_of_service: &Path,
+    component: &Name,
+) -> Result<Vec<ArchivedWrite>, StorageError> {
+    read_archive(dir_of_service, |bytes| {
+        ArchiveReader::read_component(bytes, component)
+    })
+}
+
+fn read_archive(
+    dir_of_service: &Path,
+    decode: impl FnOnce(&[u8]) -> (Vec<ArchivedWrite>, usize),
+) -> Result<Vec<ArchivedWrite>, StorageError> {
+    let _guard = ARCHIVE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = archive_path(dir_of_service);
+    let Some(bytes) = read_bounded(&path, ARCHIVE_BYTES_MAX)? else {
+        return Ok(Vec::new());
+    };
+    let (writes, valid) = decode(&bytes);
+    if valid < bytes.len() {
+        truncate_archive(&path, valid as u64, bytes.len() as u64)?;
+    }
+    Ok(writes)
+}
+
+/// Cuts an archive's torn or corrupt tail: everything from `valid` on.
+fn truncate_archive(path: &Path, valid: u64, len: u64) -> Result<(), StorageError> {
+    let service = path
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    warn!(
+        path = %path.display(),
+        kept_bytes = valid,
+        dropped_bytes = len - valid,
+        "torn or corrupt archive tail; truncating"
+    );
+    metrics::counter!("statusmesh_storage_archive_truncated_tails_total", "service" => service)
+        .increment(1);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(path, "open"))?;
+    file.set_len(valid).map_err(io_error(path, "truncate"))?;
+    file.sync_all().map_err(io_error(path, "fsync"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,5 +912,75 @@ mod tests {
         drop(open(dir.path(), "n1").expect("open"));
         let err = open(dir.path(), "n2").expect_err("refused");
         assert!(matches!(err, StorageError::WrongNode { .. }), "{err}");
+    }
+
+    fn archived(n: u64, component: &str) -> ArchivedWrite {
+        ArchivedWrite {
+            at_ms: 1_000 + n,
+            changed_at_ms: 1_000 + n,
+            component: Name::parse("component", component).expect("name"),
+            region: Name::parse("region", "eu-west").expect("name"),
+            state: State::Operational,
+            message: "all good".into(),
+            reporter: "probe".into(),
+            origin_node: Some("eu-1".into()),
+            writer: [5; 16],
+            n,
+        }
+    }
+
+    #[test]
+    fn archive_appends_load_back_in_order_and_by_component() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service_dir = dir.path().join("docs").join("api");
+        assert!(load_archive(&service_dir).expect("load").is_empty());
+        let first: Vec<_> = (1..=3).map(|n| archived(n, "db")).collect();
+        let second: Vec<_> = (4..=5).map(|n| archived(n, "web")).collect();
+        assert!(append_archive(&service_dir, &first).expect("append") > 0);
+        assert_eq!(append_archive(&service_dir, &[]).expect("append"), 0);
+        append_archive(&service_dir, &second).expect("append");
+        assert!(archive_path(&service_dir).ends_with("docs/api/archive"));
+        assert_eq!(
+            load_archive(&service_dir).expect("load"),
+            [first.clone(), second].concat()
+        );
+        let db = Name::parse("component", "db").expect("name");
+        assert_eq!(
+            load_archive_component(&service_dir, &db).expect("load"),
+            first
+        );
+    }
+
+    #[test]
+    fn a_torn_archive_tail_is_truncated_and_appends_continue_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service_dir = dir.path().join("api");
+        let first: Vec<_> = (1..=3).map(|n| archived(n, "db")).collect();
+        append_archive(&service_dir, &first).expect("append");
+        let whole = fs::metadata(archive_path(&service_dir))
+            .expect("stat")
+            .len();
+        // A crash in the middle of the next append: half a block.
+        let mut torn = ArchiveWriter::resume(&fs::read(archive_path(&service_dir)).expect("read"))
+            .0
+            .encode(&[archived(4, "db")]);
+        torn.truncate(torn.len() / 2);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(archive_path(&service_dir))
+            .expect("open");
+        file.write_all(&torn).expect("write");
+        drop(file);
+        assert_eq!(load_archive(&service_dir).expect("load"), first);
+        assert_eq!(
+            fs::metadata(archive_path(&service_dir))
+                .expect("stat")
+                .len(),
+            whole
+        );
+        append_archive(&service_dir, &[archived(5, "db")]).expect("append");
+        let all = load_archive(&service_dir).expect("load");
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].n, 5);
     }
 }
