@@ -23,9 +23,10 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
+use statusmesh_crdt::archive::ArchivedWrite;
 use statusmesh_crdt::{
-    CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name, Override, Put,
-    State as ComponentState,
+    history, CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name,
+    Override, Put, ServiceDoc, State as ComponentState,
 };
 use statusmesh_gossip::GossipError;
 
@@ -447,6 +448,64 @@ async fn get_history(
             format!("no status has been written for service {service:?}"),
         )),
     }
+}
+
+/// The archived writes of `component` of `service`, read from the data directory off the
+/// async threads. A read that fails is logged and answered from the live epoch alone: a
+/// history with a gap beats no history.
+pub async fn read_archive(
+    data_dir: &std::path::Path,
+    service: &Name,
+    component: &Name,
+) -> Vec<ArchivedWrite> {
+    let dir = data_dir.join("docs").join(service.as_str());
+    let wanted = component.clone();
+    let read =
+        tokio::task::spawn_blocking(move || crate::storage::load_archive_component(&dir, &wanted))
+            .await;
+    match read {
+        Ok(Ok(writes)) => writes,
+        Ok(Err(e)) => {
+            tracing::warn!(service = %service, error = %e, "archive not read; history from the live epoch only");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(service = %service, error = %e, "archive read failed");
+            Vec::new()
+        }
+    }
+}
+
+/// The history answer of `component`: its timeline and daily uptime over the last `days`
+/// (1 to 365) up to `now_ms`, over the archived writes of closed epochs and the live epoch
+/// of `doc`. The newest 200 transitions are listed, newest first.
+pub fn history_json(
+    doc: &ServiceDoc,
+    archived: &[ArchivedWrite],
+    component: &Name,
+    days: u64,
+    now_ms: u64,
+) -> serde_json::Value {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let days = days.clamp(1, 365);
+    // Whole days, so that the bars line up with calendar days (UTC).
+    let to = (now_ms / DAY_MS + 1) * DAY_MS;
+    let from = to.saturating_sub(days * DAY_MS);
+    let transitions = history::timeline_with(doc, archived, component);
+    let buckets =
+        history::uptime_buckets_with(doc, archived, component, from, to.min(now_ms), DAY_MS);
+    let whole = history::uptime_with(doc, archived, component, from, now_ms);
+    let overall = whole.last();
+    json!({
+        "service": doc.service(),
+        "component": component,
+        "from_ms": from,
+        "to_ms": now_ms,
+        "uptime": overall.and_then(|u| u.uptime),
+        "days": buckets,
+        "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
+        "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
+    })
 }
 
 fn base36(mut n: u64) -> String {
