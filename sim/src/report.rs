@@ -179,6 +179,7 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         plan.scenario, spec.seed, spec.topology_arg, f.nodes, f.regions
     );
     let _ = writeln!(out, "faults: {}", plan.faults.summary());
+    let _ = writeln!(out, "epochs plan: {}", plan.epochs.summary());
     let _ = writeln!(
         out,
         "phases: safety {:.1} s, heal at {:.1} s, liveness bound {:.1} s, end at {:.1} s",
@@ -297,6 +298,28 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.conflict_flags_missed,
         outcome.conflict_reannouncements
     );
+    let e = &outcome.epochs;
+    let reached: Vec<String> = e
+        .reached
+        .iter()
+        .map(|(service, epoch)| format!("{service} {epoch}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "epochs: reached {} (first node, per service); {} rollovers proposed ({} forced, {} forced moments skipped while a contest was open), {} adopted over all nodes; {} writes carried; history at the end {} changes ({} without rollover); {} epochs ahead of the cut-off side at the heal, {} writes made there while cut off; {} proposer crashes ({} with an empty disk)",
+        if reached.is_empty() { "nothing".to_owned() } else { reached.join(", ") },
+        e.proposed,
+        e.forced,
+        e.forced_skipped,
+        e.adopted,
+        e.carried,
+        e.history_len,
+        e.history_len_without,
+        e.gap_at_heal,
+        e.cut_writes,
+        e.proposer_crashes,
+        e.proposer_crashes_empty_disk
+    );
     let _ = writeln!(
         out,
         "events processed: {}, trace digest {:016x}",
@@ -322,7 +345,22 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         .iter()
         .map(|(kind, (frames, bytes))| (*kind, json!({"frames": frames, "bytes": bytes})))
         .collect();
-    let value = json!({
+    let epochs = json!({
+        "plan": spec.plan.epochs.summary(),
+        "reached": outcome.epochs.reached.iter().map(|(s, e)| (s.to_string(), *e)).collect::<BTreeMap<String, u32>>(),
+        "rollovers_proposed": outcome.epochs.proposed,
+        "rollovers_forced": outcome.epochs.forced,
+        "forced_skipped": outcome.epochs.forced_skipped,
+        "rollovers_adopted": outcome.epochs.adopted,
+        "carried": outcome.epochs.carried,
+        "history_len": outcome.epochs.history_len,
+        "history_len_without_rollover": outcome.epochs.history_len_without,
+        "gap_at_heal": outcome.epochs.gap_at_heal,
+        "cut_writes": outcome.epochs.cut_writes,
+        "proposer_crashes": outcome.epochs.proposer_crashes,
+        "proposer_crashes_empty_disk": outcome.epochs.proposer_crashes_empty_disk,
+    });
+    let mut value = json!({
         "seed": spec.seed,
         "scenario": spec.plan.scenario,
         "topology": spec.topology_arg,
@@ -369,6 +407,8 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "failure": outcome.failure,
         "replay": replay_command(spec),
     });
+    // Apart, as one more key would pass the json! macro's recursion limit.
+    value["epochs"] = epochs;
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{e}"));
     text.push('\n');
     text

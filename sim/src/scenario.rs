@@ -6,9 +6,10 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use statusmesh_gossip::node::EpochConfig;
 
 /// Every scenario name `run --scenario` accepts, in the order the tests sweep them.
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 19] = [
     "steady",
     "broadcast",
     "burst",
@@ -23,6 +24,11 @@ pub const SCENARIOS: [&str; 14] = [
     "empty-disk-restart",
     "clock-skew",
     "swarm",
+    "rollover",
+    "rollover-concurrent",
+    "rollover-partition",
+    "rollover-crash",
+    "swarm-epochs",
 ];
 
 /// How a partition chooses the side that is cut off.
@@ -161,6 +167,106 @@ impl Faults {
     }
 }
 
+/// Forced rollovers: at several moments two or three nodes in different regions call
+/// `Node::propose_rollover` for one service at the same instant (concurrent proposals).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForcedRollovers {
+    /// The first moment, ms after the start of the run.
+    pub first_ms: u64,
+    /// Time between moments, in milliseconds.
+    pub interval_ms: u64,
+    /// How many nodes propose at each moment: uniform in this range (each in another region
+    /// while there are regions left).
+    pub proposers: (usize, usize),
+}
+
+/// The proposer crashes right after each rollover it proposes, and restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProposerCrash {
+    /// How long it stays down: uniform in this range, in milliseconds.
+    pub down_ms: (u64, u64),
+    /// Probability that the frames of the proposal never leave (it crashed mid-broadcast).
+    pub drop_frames_probability: f64,
+    /// Most nodes down at once, so the mesh keeps a majority running.
+    pub down_max: usize,
+}
+
+/// The epoch part of a plan: when documents roll over, and the epoch faults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochPlan {
+    /// The nodes' rollover triggers (`Config::epoch`).
+    pub config: EpochConfig,
+    pub forced: Option<ForcedRollovers>,
+    pub proposer_crash: Option<ProposerCrash>,
+    /// While a partition is on, this share of writes is made by a node of the cut-off side
+    /// (so that writes made while isolated exist and must survive the rollovers).
+    pub cut_write_share: f64,
+}
+
+impl EpochPlan {
+    /// The default triggers of `Config::wan()`, no epoch faults.
+    pub fn default_triggers() -> Self {
+        Self {
+            config: EpochConfig::default(),
+            forced: None,
+            proposer_crash: None,
+            cut_write_share: 0.0,
+        }
+    }
+
+    /// Rollover above `changes` changes per epoch, proposals at most a second apart.
+    fn low(changes: usize) -> Self {
+        Self {
+            config: EpochConfig {
+                history_changes_max: changes,
+                propose_interval_ms: 1_000,
+                ..EpochConfig::default()
+            },
+            ..Self::default_triggers()
+        }
+    }
+
+    /// A one-line summary for reports, the same for the same plan.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let mut parts = Vec::new();
+        if c.history_changes_max == 0 && c.history_bytes_max == 0 && c.age_ms_max == 0 {
+            parts.push("rollover off".to_owned());
+        } else {
+            let mut text = format!(
+                "rollover above {} changes or {} bytes",
+                c.history_changes_max, c.history_bytes_max
+            );
+            if c.age_ms_max > 0 {
+                text.push_str(&format!(" or {} ms of age", c.age_ms_max));
+            }
+            text.push_str(&format!(", proposals {} ms apart", c.propose_interval_ms));
+            parts.push(text);
+        }
+        if let Some(f) = &self.forced {
+            parts.push(format!(
+                "forced concurrent proposals by {}-{} nodes every {} ms from {} ms",
+                f.proposers.0, f.proposers.1, f.interval_ms, f.first_ms
+            ));
+        }
+        if let Some(p) = &self.proposer_crash {
+            parts.push(format!(
+                "the proposer crashes after proposing (disk kept on every other crash), down {}-{} ms, {:.0}% before its frames leave",
+                p.down_ms.0,
+                p.down_ms.1,
+                p.drop_frames_probability * 100.0
+            ));
+        }
+        if self.cut_write_share > 0.0 {
+            parts.push(format!(
+                "{:.0}% of writes on the cut-off side while partitioned",
+                self.cut_write_share * 100.0
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
 /// What clients write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Workload {
@@ -195,6 +301,8 @@ pub struct Plan {
     pub subscribers: usize,
     /// The roaming subscriber reconnects to another node this often, in milliseconds.
     pub roam_interval_ms: u64,
+    /// Rollover triggers and epoch faults.
+    pub epochs: EpochPlan,
 }
 
 /// Longest safety phase a plan may ask for: a day of simulated time.
@@ -233,6 +341,16 @@ impl Plan {
             idle_ms: 10_000,
             subscribers: 3,
             roam_interval_ms: 20_000,
+            epochs: EpochPlan::default_triggers(),
+        };
+        // Steady writes under load for the epoch scenarios: ~10 changes per second.
+        let load = Workload::Flips {
+            interval_ms: 100,
+            services: 2,
+            components: 4,
+            burst_probability: 0.0,
+            burst_size: 1,
+            heartbeat_probability: 0.1,
         };
         match name {
             "steady" => plan.safety_ms = 600_000,
@@ -279,6 +397,55 @@ impl Plan {
             "empty-disk-restart" => plan.faults.crash = Some(crash_plan(1.0)),
             "clock-skew" => plan.faults.clock_skew_ms = 5_000,
             "swarm" => plan = swarm(rng),
+            "rollover" => {
+                plan.workload = load;
+                plan.epochs = EpochPlan::low(40);
+                plan.roam_interval_ms = 3_000;
+            }
+            "rollover-concurrent" => {
+                plan.workload = load;
+                plan.epochs = EpochPlan::low(200);
+                plan.epochs.forced = Some(ForcedRollovers {
+                    first_ms: 3_000,
+                    interval_ms: 4_000,
+                    proposers: (2, 3),
+                });
+                plan.roam_interval_ms = 3_000;
+            }
+            "rollover-partition" => {
+                plan.workload = Workload::Flips {
+                    interval_ms: 100,
+                    services: 1,
+                    components: 4,
+                    burst_probability: 0.0,
+                    burst_size: 1,
+                    heartbeat_probability: 0.1,
+                };
+                plan.faults.partition = Some(PartitionPlan {
+                    mode: PartitionMode::IsolateNode,
+                    symmetric: true,
+                    start_ms: 2_000,
+                    flapping: None,
+                });
+                plan.epochs = EpochPlan::low(40);
+                plan.epochs.cut_write_share = 0.2;
+                plan.roam_interval_ms = 3_000;
+            }
+            "rollover-crash" => {
+                plan.workload = load;
+                plan.epochs = EpochPlan::low(40);
+                plan.epochs.proposer_crash = Some(ProposerCrash {
+                    down_ms: (1_000, 8_000),
+                    drop_frames_probability: 0.5,
+                    down_max: 3,
+                });
+                plan.roam_interval_ms = 3_000;
+            }
+            "swarm-epochs" => {
+                plan = swarm(rng);
+                plan.scenario = name.to_owned();
+                plan.epochs = swarm_epochs(rng);
+            }
             _ => {
                 return Err(format!(
                     "unknown scenario {name:?}; scenarios are: {}",
@@ -370,7 +537,26 @@ fn swarm(rng: &mut ChaCha8Rng) -> Plan {
         idle_ms: 2_000,
         subscribers: 3,
         roam_interval_ms: rng.random_range(2_000..15_000),
+        epochs: EpochPlan::default_triggers(),
     }
+}
+
+/// The epoch part of `swarm-epochs`: a low bound, and forced concurrent proposals on some
+/// seeds. Drawn after the swarm plan, so a seed's faults are those of `swarm`.
+fn swarm_epochs(rng: &mut ChaCha8Rng) -> EpochPlan {
+    let mut epochs = EpochPlan::low(rng.random_range(10..120));
+    epochs.config.propose_interval_ms = rng.random_range(200..5_000);
+    if rng.random_bool(0.5) {
+        epochs.forced = Some(ForcedRollovers {
+            first_ms: rng.random_range(1_000..10_000),
+            interval_ms: rng.random_range(1_000..10_000),
+            proposers: (2, 3),
+        });
+    }
+    if rng.random_bool(0.3) {
+        epochs.cut_write_share = rng.random_range(0.0..0.5);
+    }
+    epochs
 }
 
 #[cfg(test)]
@@ -394,5 +580,11 @@ mod tests {
         let a = Plan::named("swarm", None, &mut ChaCha8Rng::seed_from_u64(9)).expect("plan");
         let b = Plan::named("swarm", None, &mut ChaCha8Rng::seed_from_u64(9)).expect("plan");
         assert_eq!(a, b);
+        let c = Plan::named("swarm-epochs", None, &mut ChaCha8Rng::seed_from_u64(9)).expect("plan");
+        assert_eq!(
+            c.faults, a.faults,
+            "swarm-epochs keeps the swarm's fault mix"
+        );
+        assert!(c.epochs.config.history_changes_max < 200);
     }
 }

@@ -22,6 +22,7 @@ use std::rc::Rc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use statusmesh_crdt::doc::CellRead;
+use statusmesh_crdt::epoch::{ActorKind, Lineage, WriteId};
 use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::{
     ActorId, ChangeHash, Cursor, Name, Observation, Replica, ServiceDoc, State, StatusEvent,
@@ -30,7 +31,7 @@ use statusmesh_crdt::{
 use statusmesh_gossip::topology::{LatencyModel, Member, Topology};
 use statusmesh_gossip::{codec, invariants, Config, Event, Node, Peer};
 
-use crate::scenario::{PartitionMode, Plan, Workload};
+use crate::scenario::{PartitionMode, Plan, ProposerCrash, Workload};
 
 /// Node clocks read as milliseconds since the Unix epoch; the run starts here (Nov 2023).
 const CLOCK_BASE_MS: u64 = 1_700_000_000_000;
@@ -86,6 +87,9 @@ pub struct WriteRecord {
     pub node: usize,
     pub service: Name,
     pub hash: ChangeHash,
+    /// The write's identity, which survives rollovers (its change may be compacted into a
+    /// base or carried under another hash): "present" means `holds_write(&id)`.
+    pub id: WriteId,
     pub at_us: u64,
     /// When each node first held the change, microseconds after the write.
     pub delivered_us: Vec<Option<u64>>,
@@ -140,6 +144,36 @@ pub struct Outcome {
     pub events_processed: u64,
     pub frames_rejected: u64,
     pub trace_digest: u64,
+    pub epochs: EpochFigures,
+}
+
+/// What the epoch machinery did in a run (summed over every node and incarnation).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochFigures {
+    /// The epoch of each service on the first node at the end.
+    pub reached: BTreeMap<Name, u32>,
+    /// Rollovers proposed (`Stats::rollovers_proposed`), forced ones included.
+    pub proposed: u64,
+    /// Epochs moved to, proposed or adopted (`Stats::rollovers`), over all nodes.
+    pub adopted: u64,
+    /// Forced proposals that rolled over, and forced moments skipped because the nodes did
+    /// not agree on the service's epoch yet (a contest still open; see `force_rollovers`).
+    pub forced: u64,
+    pub forced_skipped: u64,
+    /// Writes carried into a newer epoch (`EpochStats::carried`), over all nodes.
+    pub carried: u64,
+    /// Proposers that crashed right after proposing, and how many of those lost the disk.
+    pub proposer_crashes: u64,
+    pub proposer_crashes_empty_disk: u64,
+    /// Changes in the first node's documents at the end, and what they would be without
+    /// rollover: one per acknowledged write (the histories are equal at convergence).
+    pub history_len: usize,
+    pub history_len_without: usize,
+    /// At the heal: how many epochs the rest of the mesh was ahead of the cut-off side, the
+    /// most over services (a node partitioned through that many rollovers).
+    pub gap_at_heal: u32,
+    /// Acknowledged writes made by a node of the cut-off side while the partition was on.
+    pub cut_writes: u64,
 }
 
 #[derive(Debug)]
@@ -177,6 +211,7 @@ enum Ev {
     Heal,
     Probe,
     End,
+    ForceRollovers,
 }
 
 impl Ev {
@@ -194,6 +229,7 @@ impl Ev {
             Ev::Heal => 9,
             Ev::Probe => 10,
             Ev::End => 11,
+            Ev::ForceRollovers => 12,
         }
     }
 }
@@ -236,20 +272,41 @@ struct Slot {
     incarnation: u32,
     skew_ms: i64,
     timer_local_ms: Option<u64>,
-    /// The saved documents of a crashed node that kept its disk.
-    disk: Option<Vec<(Name, Vec<u8>)>>,
+    /// The saved documents of a crashed node that kept its disk, each with its previous
+    /// epoch's document when it held one.
+    disk: Option<Vec<SavedDoc>>,
     /// Tracked writes the disk holds, for the lost-write accounting.
     disk_writes: BTreeSet<usize>,
     /// Last state this node wrote per (service, component), to repeat it as a heartbeat.
     last_written: BTreeMap<(usize, usize), (State, String)>,
     /// While crashed: since when, and the index of the crash.
     down_since: Option<(u64, usize)>,
+    /// Rollovers this incarnation proposed so far (to crash it right after a new one).
+    proposed_seen: u64,
+}
+
+/// A proposer crash `after_call` decided on.
+#[derive(Debug, Clone, Copy)]
+struct PlannedCrash {
+    empty_disk: bool,
+    drop_frames: bool,
+    down_ms: u64,
+}
+
+/// One document on a crashed node's disk.
+#[derive(Debug)]
+struct SavedDoc {
+    service: Name,
+    bytes: Vec<u8>,
+    prev: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
 struct Subscriber {
     node: usize,
     cursor: Cursor,
+    /// The epoch lineage of each service when the cursor was taken.
+    lineages: BTreeMap<Name, Lineage>,
     cells: BTreeMap<CellKey, CellState>,
     /// The losing values of each cell at the last check (events do not carry them).
     conflicts: BTreeMap<CellKey, Vec<Observation>>,
@@ -325,7 +382,7 @@ impl Sim {
             let replica = Replica::new(&member.id, actor_id(spec.seed, i, 0));
             let node = Node::new(
                 member.id.clone(),
-                Config::wan(),
+                node_config(&spec.plan),
                 peers.clone(),
                 replica,
                 node_seed(spec.seed, i, 0),
@@ -339,6 +396,7 @@ impl Sim {
                 disk_writes: BTreeSet::new(),
                 last_written: BTreeMap::new(),
                 down_since: None,
+                proposed_seen: 0,
             });
         }
         let regions_with_nodes = spec
@@ -358,6 +416,7 @@ impl Sim {
             .map(|k| Subscriber {
                 node: k * members.len() / spec.plan.subscribers.max(1),
                 cursor: Cursor::default(),
+                lineages: BTreeMap::new(),
                 cells: BTreeMap::new(),
                 conflicts: BTreeMap::new(),
             })
@@ -400,6 +459,7 @@ impl Sim {
             events_processed: 0,
             frames_rejected: 0,
             trace_digest: 0,
+            epochs: EpochFigures::default(),
         };
         let mut sim = Self {
             members,
@@ -471,11 +531,22 @@ impl Sim {
             self.fail("the run ended without reaching its end event".to_owned());
         }
         self.out.trace_digest = self.trace.finish();
-        for slot in &self.slots {
-            if let Some(node) = &slot.node {
+        for i in 0..self.slots.len() {
+            if let Some(node) = self.slots[i].node.take() {
                 self.out.frames_rejected += node.stats().frames_rejected;
+                self.retire(&node);
+                if i == 0 {
+                    let epochs = &mut self.out.epochs;
+                    for doc in node.replica().docs() {
+                        epochs.reached.insert(doc.service().clone(), doc.epoch());
+                        epochs.history_len += doc.history_len();
+                    }
+                }
+                self.slots[i].node = Some(node);
             }
         }
+        self.out.epochs.history_len_without =
+            self.out.writes.iter().filter(|w| !w.lost_with_disk).count();
         self.out
     }
 
@@ -506,6 +577,11 @@ impl Sim {
                 .rng
                 .random_range(crash.interval_ms / 2..=crash.interval_ms);
             self.schedule(first * 1_000, Ev::Crash);
+        }
+        if let Some(forced) = &plan.epochs.forced {
+            if forced.first_ms * 1_000 < self.safety_end_us {
+                self.schedule(forced.first_ms * 1_000, Ev::ForceRollovers);
+            }
         }
         if !self.subscribers.is_empty() {
             self.schedule(plan.roam_interval_ms.max(1) * 1_000, Ev::Roam);
@@ -588,6 +664,7 @@ impl Sim {
             Ev::Heal => self.heal(),
             Ev::Probe => self.probe(),
             Ev::End => {}
+            Ev::ForceRollovers => self.force_rollovers(),
         }
     }
 
@@ -633,6 +710,13 @@ impl Sim {
         while let Some(e) = node.poll_event() {
             events.push(e);
         }
+        let proposed = node.stats().rollovers_proposed;
+        let crash = self.proposer_crash_due(i, proposed);
+        if crash.is_some_and(|c| c.drop_frames) {
+            // It crashed before its broadcast left: the frames never reach anyone.
+            self.out.dropped_down += transmits.len() as u64;
+            transmits.clear();
+        }
         for t in transmits {
             self.send(i, t.to, t.bytes);
         }
@@ -652,7 +736,135 @@ impl Sim {
             }
         }
         self.check_subscribers(i, status);
-        self.rearm(i);
+        match crash {
+            Some(c) => {
+                let epochs = &mut self.out.epochs;
+                epochs.proposer_crashes += 1;
+                epochs.proposer_crashes_empty_disk += u64::from(c.empty_disk);
+                self.crash_node(i, c.empty_disk, c.down_ms);
+            }
+            None => self.rearm(i),
+        }
+    }
+
+    /// Whether node `i`, which has now proposed `proposed` rollovers, crashes right after a
+    /// new one (the plan's proposer crash), and how. Every other proposer crash loses the
+    /// disk; at most `down_max` nodes are down at once.
+    fn proposer_crash_due(&mut self, i: usize, proposed: u64) -> Option<PlannedCrash> {
+        if proposed <= self.slots[i].proposed_seen {
+            return None;
+        }
+        self.slots[i].proposed_seen = proposed;
+        let ProposerCrash {
+            down_ms,
+            drop_frames_probability,
+            down_max,
+        } = self.spec.plan.epochs.proposer_crash.clone()?;
+        let live = self.live_nodes().len();
+        if !self.faults_on || self.slots.len() - live >= down_max || live <= 1 {
+            return None;
+        }
+        let drop_frames = self
+            .rng
+            .random_bool(drop_frames_probability.clamp(0.0, 1.0));
+        Some(PlannedCrash {
+            empty_disk: self.out.epochs.proposer_crashes % 2 == 1,
+            drop_frames,
+            down_ms: self.rng.random_range(down_ms.0..=down_ms.1.max(down_ms.0)),
+        })
+    }
+
+    /// Adds a node incarnation's epoch counters to the run's (before it crashes or at the
+    /// end: a restart starts them from zero).
+    fn retire(&mut self, node: &Node) {
+        let stats = node.stats();
+        let epochs = &mut self.out.epochs;
+        epochs.proposed += stats.rollovers_proposed;
+        epochs.adopted += stats.rollovers;
+        epochs.carried += node
+            .replica()
+            .docs()
+            .map(|d| d.epoch_stats().carried)
+            .sum::<u64>();
+    }
+
+    /// At several moments two or three live nodes in different regions propose a rollover
+    /// of one service at the same instant. A moment is skipped while the live nodes do not
+    /// all hold the service in one lineage: a contest must be decided before the next one,
+    /// or two lineages could both advance past a contested epoch (the crdt's documented
+    /// limit, which the gossip proposer rule prevents for its own proposals).
+    fn force_rollovers(&mut self) {
+        let Some(forced) = self.spec.plan.epochs.forced.clone() else {
+            return;
+        };
+        let interval_us = forced.interval_ms.max(1) * 1_000;
+        if self.now_us + interval_us < self.safety_end_us {
+            self.schedule(self.now_us + interval_us, Ev::ForceRollovers);
+        }
+        if !self.faults_on {
+            return;
+        }
+        let services = match self.spec.plan.workload {
+            Workload::Flips { services, .. } => services.clamp(1, SERVICES.len()),
+            Workload::Broadcast { .. } => 1,
+        };
+        let Ok(service) = Name::parse("service", SERVICES[self.rng.random_range(0..services)])
+        else {
+            return;
+        };
+        let live = self.live_nodes();
+        let lineages: BTreeSet<Lineage> = live
+            .iter()
+            .filter_map(|&i| self.slots[i].node.as_ref())
+            .filter_map(|n| n.replica().doc(&service).map(|d| d.lineage()))
+            .collect();
+        if lineages.len() > 1 {
+            self.out.epochs.forced_skipped += 1;
+            return;
+        }
+        let (low, high) = forced.proposers;
+        let count = self.rng.random_range(low.max(1)..=high.max(low).max(1));
+        // Distinct regions first (in a seeded order), then any node left.
+        let mut candidates = live.clone();
+        let mut chosen: Vec<usize> = Vec::new();
+        while chosen.len() < count && !candidates.is_empty() {
+            let fresh: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&c| {
+                    !chosen
+                        .iter()
+                        .any(|&o| self.members[o].region == self.members[c].region)
+                })
+                .collect();
+            let pool = if fresh.is_empty() {
+                &candidates
+            } else {
+                &fresh
+            };
+            let pick = pool[self.rng.random_range(0..pool.len())];
+            chosen.push(pick);
+            candidates.retain(|&c| c != pick);
+        }
+        for &node in &chosen {
+            let now_ms = self.local_ms(node);
+            let Some(n) = self.slots[node].node.as_mut() else {
+                continue;
+            };
+            match n.propose_rollover(now_ms, &service) {
+                Ok(Some(_)) => self.out.epochs.forced += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    let id = self.members[node].id.clone();
+                    self.fail(format!("{id}: a forced rollover of {service} failed: {e}"));
+                    return;
+                }
+            }
+        }
+        // Only now do their frames leave: the proposals are concurrent.
+        for node in chosen {
+            self.after_call(node);
+        }
     }
 
     fn rearm(&mut self, i: usize) {
@@ -856,8 +1068,13 @@ impl Sim {
             .node
             .as_ref()
             .and_then(|n| n.replica().doc(&record.service))
-            // A change that just arrived is usually a head, which is much cheaper to ask.
-            .is_some_and(|d| d.heads().contains(&record.hash) || d.has_all(&[record.hash]))
+            // A change that just arrived is usually a head, which is much cheaper to ask; after
+            // a rollover the write is covered by a base or carried under another hash.
+            .is_some_and(|d| {
+                d.heads().contains(&record.hash)
+                    || d.has_all(&[record.hash])
+                    || d.holds_write(&record.id)
+            })
     }
 
     fn live_nodes(&self) -> Vec<usize> {
@@ -891,7 +1108,18 @@ impl Sim {
             if live.is_empty() {
                 break;
             }
-            let node = live[self.rng.random_range(0..live.len())];
+            let share = self.spec.plan.epochs.cut_write_share;
+            let cut_live: Vec<usize> = if self.partition_active && share > 0.0 {
+                live.iter().copied().filter(|&i| self.cut[i]).collect()
+            } else {
+                Vec::new()
+            };
+            let pool = if !cut_live.is_empty() && self.rng.random_bool(share.clamp(0.0, 1.0)) {
+                &cut_live
+            } else {
+                &live
+            };
+            let node = pool[self.rng.random_range(0..pool.len())];
             let service = self.rng.random_range(0..services.clamp(1, SERVICES.len()));
             let component = self
                 .rng
@@ -967,6 +1195,18 @@ impl Sim {
                     self.fail(format!("{id}: after a local write the heads are {heads:?}"));
                     return;
                 };
+                let Some(write_id) = n
+                    .replica()
+                    .doc(&write.service)
+                    .and_then(|d| d.write_of(hash))
+                else {
+                    let id = n.id().to_owned();
+                    self.fail(format!("{id}: a local write {hash} has no write identity"));
+                    return;
+                };
+                if self.partition_active && self.cut[node] {
+                    self.out.epochs.cut_writes += 1;
+                }
                 if self.out.writes.len() < WRITES_TRACKED_MAX {
                     let mut delivered_us = vec![None; self.slots.len()];
                     delivered_us[node] = Some(0);
@@ -975,6 +1215,7 @@ impl Sim {
                         node,
                         service: write.service.clone(),
                         hash: *hash,
+                        id: write_id,
                         at_us: self.now_us,
                         delivered_us,
                         copies: 0,
@@ -1019,19 +1260,20 @@ impl Sim {
         let down_ms = self
             .rng
             .random_range(plan.down_ms.0..=plan.down_ms.1.max(plan.down_ms.0));
+        self.crash_node(node, empty_disk, down_ms);
+    }
+
+    /// Crashes `node` now (with or without its disk) and restarts it after `down_ms`.
+    fn crash_node(&mut self, node: usize, empty_disk: bool, down_ms: u64) {
         self.slots[node].down_since = Some((self.now_us, self.out.crashes.len()));
         self.out.crashes.push((self.now_us, node, empty_disk));
+        let held: BTreeSet<usize> = (0..self.out.writes.len())
+            .filter(|&w| self.holds(node, w))
+            .collect();
         let Some(crashed) = self.slots[node].node.take() else {
             return;
         };
-        let held: BTreeSet<usize> = (0..self.out.writes.len())
-            .filter(|&w| {
-                crashed
-                    .replica()
-                    .doc(&self.out.writes[w].service)
-                    .is_some_and(|d| d.has_all(&[self.out.writes[w].hash]))
-            })
-            .collect();
+        self.retire(&crashed);
         if empty_disk {
             self.slots[node].disk = None;
             self.slots[node].disk_writes.clear();
@@ -1044,7 +1286,11 @@ impl Sim {
             let docs = crashed
                 .replica()
                 .docs()
-                .map(|d| (d.service().clone(), d.save()))
+                .map(|d| SavedDoc {
+                    service: d.service().clone(),
+                    bytes: d.save(),
+                    prev: d.save_prev(),
+                })
                 .collect();
             self.slots[node].disk = Some(docs);
             self.slots[node].disk_writes = held;
@@ -1079,23 +1325,38 @@ impl Sim {
         let replica = match self.slots[node].disk.take() {
             Some(saved) => {
                 let mut docs = Vec::with_capacity(saved.len());
-                for (service, bytes) in saved {
-                    match ServiceDoc::load(service.clone(), &bytes, actor.clone()) {
-                        Ok(doc) => docs.push(doc),
+                for SavedDoc {
+                    service,
+                    bytes,
+                    prev,
+                } in saved
+                {
+                    let mut doc = match ServiceDoc::load(service.clone(), &bytes, actor.clone()) {
+                        Ok(doc) => doc,
                         Err(e) => {
                             self.fail(format!("{id}: saved document {service} does not load: {e}"));
                             return;
                         }
+                    };
+                    if let Some(prev) = prev {
+                        if let Err(e) = doc.attach_prev(&prev) {
+                            self.fail(format!(
+                                "{id}: the saved previous epoch of {service} does not load: {e}"
+                            ));
+                            return;
+                        }
                     }
+                    docs.push(doc);
                 }
                 Replica::from_docs(&id, actor, docs)
             }
             None => Replica::new(&id, actor),
         };
         self.slots[node].disk_writes.clear();
+        self.slots[node].proposed_seen = 0;
         self.slots[node].node = Some(Node::new(
             id,
-            Config::wan(),
+            node_config(&self.spec.plan),
             self.peers.clone(),
             replica,
             node_seed(self.spec.seed, node, incarnation),
@@ -1104,6 +1365,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        self.out.epochs.gap_at_heal = self.epoch_gap();
         self.faults_on = false;
         self.end_partition();
         for node in 0..self.slots.len() {
@@ -1135,6 +1397,28 @@ impl Sim {
             return;
         }
         self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+    }
+
+    /// How many epochs the nodes outside the partition's cut-off side are ahead of those on
+    /// it (running nodes only), the most over services; 0 without a partition on.
+    fn epoch_gap(&self) -> u32 {
+        if !self.partition_active {
+            return 0;
+        }
+        let mut rest: BTreeMap<Name, u32> = BTreeMap::new();
+        let mut cut: BTreeMap<Name, u32> = BTreeMap::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(node) = &slot.node else { continue };
+            let side = if self.cut[i] { &mut cut } else { &mut rest };
+            for doc in node.replica().docs() {
+                let epoch = side.entry(doc.service().clone()).or_default();
+                *epoch = (*epoch).max(doc.epoch());
+            }
+        }
+        rest.iter()
+            .map(|(service, e)| e.saturating_sub(cut.get(service).copied().unwrap_or(0)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Failure detection: the first time each observer declares a crashed node down counts
@@ -1295,13 +1579,29 @@ impl Sim {
                 .map(|(_, c)| normalized(c))
                 .unwrap_or(node_cursor.clone());
             if new_cursor != node_cursor {
-                self.fail(format!(
-                    "subscriber {s} on {}: the last event's cursor is not the node's cursor",
-                    self.members[node].id
-                ));
-                return;
+                // One call may change heads after its last event without changing a value
+                // (a second document rolling over in the same tick): resuming from the last
+                // event's cursor must then miss nothing.
+                let missed = self.slots[node]
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.replica().events_since(&new_cursor));
+                if missed.as_ref().is_none_or(|m| !m.is_empty()) {
+                    let differ: Vec<String> = node_cursor
+                        .iter()
+                        .filter(|(service, heads)| new_cursor.heads_of(service) != *heads)
+                        .map(|(service, _)| service.to_string())
+                        .collect();
+                    self.fail(format!(
+                        "subscriber {s} on {}: the last event's cursor is not the node's cursor (services {}), and resuming from it would give {}",
+                        self.members[node].id,
+                        differ.join(", "),
+                        missed.map_or("a snapshot".to_owned(), |m| format!("{} events", m.len()))
+                    ));
+                    return;
+                }
             }
-            self.advance_cursor(s, node, new_cursor);
+            self.advance_cursor(s, node, node_cursor);
             self.check_subscriber_state(s, node, "after an event batch");
         }
     }
@@ -1346,14 +1646,18 @@ impl Sim {
         let Some(n) = self.slots[node].node.as_ref() else {
             return;
         };
-        if let Err(e) = covers(n.replica(), &self.subscribers[s].cursor, &new_cursor) {
+        let sub = &self.subscribers[s];
+        if let Err(e) = covers(n.replica(), &sub.cursor, &sub.lineages, &new_cursor) {
             self.fail(format!(
                 "subscriber {s} on {} went backwards: {e}",
                 self.members[node].id
             ));
             return;
         }
-        self.subscribers[s].cursor = new_cursor;
+        let lineages = lineages_of(n.replica());
+        let sub = &mut self.subscribers[s];
+        sub.cursor = new_cursor;
+        sub.lineages = lineages;
     }
 
     fn check_subscriber_state(&mut self, s: usize, node: usize, when: &str) {
@@ -1460,6 +1764,7 @@ impl Sim {
             sub.node = target;
             (sub.cells, sub.conflicts) = node_cells(n.replica());
             sub.cursor = cursor_of(n.replica());
+            sub.lineages = lineages_of(n.replica());
         }
     }
 
@@ -1535,6 +1840,14 @@ fn actor_id(seed: u64, node: usize, incarnation: u32) -> ActorId {
     bytes.extend_from_slice(&incarnation.to_be_bytes());
     bytes.extend_from_slice(&node_seed(seed, node, incarnation).to_be_bytes());
     ActorId::from(bytes)
+}
+
+/// The protocol settings of every node: the WAN defaults with the plan's rollover triggers.
+fn node_config(plan: &Plan) -> Config {
+    Config {
+        epoch: plan.epochs.config.clone(),
+        ..Config::wan()
+    }
 }
 
 /// The gossip RNG seed of a node incarnation, derived from the run's seed.
@@ -1638,16 +1951,60 @@ fn node_cells(replica: &Replica) -> (BTreeMap<CellKey, CellState>, CellConflicts
     (cells, conflict_counts)
 }
 
+/// The epoch lineage of every document of a replica.
+fn lineages_of(replica: &Replica) -> BTreeMap<Name, Lineage> {
+    replica
+        .docs()
+        .map(|d| (d.service().clone(), d.lineage()))
+        .collect()
+}
+
 /// True when `new` names every change `old` names, or a descendant of it: everything `new`
-/// lacks, `old` lacked too. Judged on `replica`, which must hold both.
-fn covers(replica: &Replica, old: &Cursor, new: &Cursor) -> Result<(), String> {
+/// lacks, `old` lacked too. Judged on `replica`, which must hold both, and whose heads `new`
+/// names. `old_lineages` are the epoch lineages the old cursor was taken in: when a service's
+/// document has moved to a later epoch since (or adopted the winning base of the same one),
+/// the old heads are of an older epoch and cannot be compared change by change; then the
+/// new cursor covers the old when every write of the previous epoch (which holds the old
+/// heads, when the node kept it) is still held.
+fn covers(
+    replica: &Replica,
+    old: &Cursor,
+    old_lineages: &BTreeMap<Name, Lineage>,
+    new: &Cursor,
+) -> Result<(), String> {
     for (service, old_heads) in old.iter() {
         let doc = replica
             .doc(service)
             .ok_or_else(|| format!("the node does not hold service {service}"))?;
         let new_heads = new.heads_of(service);
-        if !doc.has_all(old_heads) || !doc.has_all(new_heads) {
-            return Err(format!("the node lacks heads of {service}"));
+        if !doc.has_all(new_heads) {
+            return Err(format!("the node lacks the new heads of {service}"));
+        }
+        let lineage = doc.lineage();
+        if let Some(old_lineage) = old_lineages.get(service).filter(|l| **l != lineage) {
+            if lineage.epoch < old_lineage.epoch {
+                return Err(format!(
+                    "the new cursor of {service} is of epoch {}, the old one of epoch {}",
+                    lineage.epoch, old_lineage.epoch
+                ));
+            }
+            if doc.prev_has_all(old_heads) {
+                let lost = doc.prev_writes().into_iter().find_map(|c| {
+                    ActorKind::parse(c.actor_id())
+                        .and_then(|k| k.write_id(c.seq()))
+                        .filter(|w| !doc.holds_write(w))
+                });
+                if let Some(write) = lost {
+                    return Err(format!(
+                        "the new cursor of {service} (epoch {}) lost write #{} of a writer of the previous epoch",
+                        lineage.epoch, write.n
+                    ));
+                }
+            }
+            continue;
+        }
+        if !doc.has_all(old_heads) {
+            return Err(format!("the node lacks the old heads of {service}"));
         }
         let lacked_before: BTreeSet<Vec<u8>> = doc.changes_since(old_heads).into_iter().collect();
         if doc
@@ -1717,9 +2074,10 @@ mod tests {
             .write_status(2_000, &write("web", State::Operational, 2_000))
             .expect("write");
         let new = replica.cursor();
-        assert_eq!(covers(&replica, &old, &new), Ok(()));
-        assert_eq!(covers(&replica, &new, &new), Ok(()));
-        let err = covers(&replica, &new, &old).expect_err("backwards");
+        let lineages = lineages_of(&replica);
+        assert_eq!(covers(&replica, &old, &lineages, &new), Ok(()));
+        assert_eq!(covers(&replica, &new, &lineages, &new), Ok(()));
+        let err = covers(&replica, &new, &lineages, &old).expect_err("backwards");
         assert!(err.contains("lost changes"), "{err}");
     }
 }
