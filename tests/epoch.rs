@@ -117,11 +117,14 @@ async fn a_mesh_rolls_over_under_writes_and_loses_no_write_or_event() {
     // The subscriber saw every cell reach its last value and never the same value twice.
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut repeats = Vec::new();
+    let mut early_id: Option<String> = None;
     while seen != expected {
         let event = stream.next().await;
         if event.event != "status" {
             continue;
         }
+        // The id of the first write's event: a cursor of epoch 0.
+        early_id.get_or_insert_with(|| event.id.clone());
         let key = format!(
             "{}/{}",
             event.data["component"].as_str().unwrap_or_default(),
@@ -138,16 +141,51 @@ async fn a_mesh_rolls_over_under_writes_and_loses_no_write_or_event() {
     }
     assert!(repeats.is_empty(), "events repeated a value: {repeats:?}");
 
-    // kill -9 and a restart from the same disk: back in the new epoch with every value.
+    // kill -9, the rest of the mesh stopped too, and a restart from the same disk alone:
+    // back in the new epoch with every value, from its own disk.
     procs[1].child.kill().expect("kill -9 us");
     let _ = procs[1].child.wait();
+    for i in [0, 2] {
+        let _ = procs[i].child.kill();
+        let _ = procs[i].child.wait();
+    }
     procs[1] = run(dir.path(), &config, &certs, &nodes[1]);
     harness::wait_healthy(&client, &nodes[1..2]).await;
     wait_cells(&client, &nodes[1], &expected).await;
-    let epoch = api_gauge(&client, &nodes[1], "statusmesh_document_epoch")
-        .await
-        .unwrap_or_default();
-    assert!(epoch >= 2.0, "restarted in epoch {epoch}");
+    harness::wait_for("the restarted node's epoch gauge", || async {
+        let epoch = api_gauge(&client, &nodes[1], "statusmesh_document_epoch").await?;
+        assert!(epoch >= 2.0, "restarted in epoch {epoch}");
+        Some(())
+    })
+    .await;
+
+    // A cursor of a compacted epoch is answered with the whole truth, a fresh snapshot.
+    let mut resumed = SseReader::connect(
+        &client,
+        &nodes[1].url("/v1/events?service=api"),
+        early_id.as_deref(),
+    )
+    .await;
+    let again = resumed.next().await;
+    assert_eq!(again.event, "snapshot");
+    let cells: BTreeMap<String, String> = again.data["services"][0]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["regions"].as_array().into_iter().flatten().map(move |r| {
+                (
+                    format!(
+                        "{}/{}",
+                        c["name"].as_str().unwrap_or_default(),
+                        r["region"].as_str().unwrap_or_default()
+                    ),
+                    r["message"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(cells, expected);
 }
 
 /// Waits until `node` shows every `component/region → message` of `expected` for `api`.

@@ -13,8 +13,11 @@ use base64::Engine as _;
 use crate::error::CrdtError;
 use crate::model::Name;
 
-/// Format version of the encoded cursor.
-const CURSOR_VERSION: u8 = 1;
+/// Format version of the encoded cursor: 2 adds each document's epoch (so a node can tell a
+/// cursor of a compacted epoch, which only a snapshot answers, from one it has not caught up
+/// with yet). Version 1 cursors still decode, with no epochs.
+const CURSOR_VERSION: u8 = 2;
+const CURSOR_VERSION_1: u8 = 1;
 /// Longest encoded cursor accepted, in characters.
 pub const CURSOR_LEN_MAX: usize = 16 * 1024;
 /// Most heads per document in a cursor.
@@ -24,12 +27,30 @@ const HEADS_PER_DOC_MAX: usize = 64;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     heads: BTreeMap<Name, Vec<ChangeHash>>,
+    /// The epoch of each document's heads, when known.
+    epochs: BTreeMap<Name, u32>,
 }
 
 impl Cursor {
     /// A cursor from per-service heads.
     pub fn new(heads: BTreeMap<Name, Vec<ChangeHash>>) -> Self {
-        Self { heads }
+        Self {
+            heads,
+            epochs: BTreeMap::new(),
+        }
+    }
+
+    /// A cursor from per-service heads and the epoch each is of.
+    pub fn with_epochs(
+        heads: BTreeMap<Name, Vec<ChangeHash>>,
+        epochs: BTreeMap<Name, u32>,
+    ) -> Self {
+        Self { heads, epochs }
+    }
+
+    /// The epoch of a service's heads, when the cursor says.
+    pub fn epoch_of(&self, service: &Name) -> Option<u32> {
+        self.epochs.get(service).copied()
     }
 
     /// The heads seen of one service (empty when none).
@@ -42,8 +63,9 @@ impl Cursor {
         self.heads.iter().map(|(k, v)| (k, v.as_slice()))
     }
 
-    /// Replaces the heads of one service.
+    /// Replaces the heads of one service (its epoch becomes unknown).
     pub fn set(&mut self, service: Name, heads: Vec<ChangeHash>) {
+        self.epochs.remove(&service);
         self.heads.insert(service, heads);
     }
 
@@ -56,6 +78,9 @@ impl Cursor {
             }
             bytes.push(service.as_str().len() as u8);
             bytes.extend_from_slice(service.as_str().as_bytes());
+            // u32::MAX: the epoch is not known.
+            let epoch = self.epochs.get(service).copied().unwrap_or(u32::MAX);
+            bytes.extend_from_slice(&epoch.to_be_bytes());
             bytes.push(heads.len().min(HEADS_PER_DOC_MAX) as u8);
             for head in heads.iter().take(HEADS_PER_DOC_MAX) {
                 bytes.extend_from_slice(head.as_ref());
@@ -74,10 +99,12 @@ impl Cursor {
             .decode(text.trim())
             .map_err(|_| bad("not base64url"))?;
         let (&version, mut rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
-        if version != CURSOR_VERSION {
+        if version != CURSOR_VERSION && version != CURSOR_VERSION_1 {
             return Err(bad(&format!("unknown version {version}")));
         }
+        let epoch_len = if version == CURSOR_VERSION { 4 } else { 0 };
         let mut heads = BTreeMap::new();
+        let mut epochs = BTreeMap::new();
         while let Some((&name_len, tail)) = rest.split_first() {
             let name_len = usize::from(name_len);
             if tail.len() < name_len + 1 {
@@ -86,11 +113,22 @@ impl Cursor {
             let name =
                 std::str::from_utf8(&tail[..name_len]).map_err(|_| bad("service is not UTF-8"))?;
             let service = Name::parse("service", name).map_err(|_| bad("invalid service name"))?;
-            let count = usize::from(tail[name_len]);
+            let tail = &tail[name_len..];
+            if tail.len() < epoch_len + 1 {
+                return Err(bad("truncated epoch"));
+            }
+            if epoch_len == 4 {
+                let epoch = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+                if epoch != u32::MAX {
+                    epochs.insert(service.clone(), epoch);
+                }
+            }
+            let tail = &tail[epoch_len..];
+            let count = usize::from(tail[0]);
             if count == 0 || count > HEADS_PER_DOC_MAX {
                 return Err(bad("head count out of range"));
             }
-            let hashes_at = name_len + 1;
+            let hashes_at = 1;
             let hashes_end = hashes_at + count * 32;
             if tail.len() < hashes_end {
                 return Err(bad("truncated heads"));
@@ -104,7 +142,7 @@ impl Cursor {
             }
             rest = &tail[hashes_end..];
         }
-        Ok(Self { heads })
+        Ok(Self { heads, epochs })
     }
 }
 
@@ -113,6 +151,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn heads_epochs(heads: &BTreeMap<Name, Vec<ChangeHash>>) -> BTreeMap<Name, u32> {
+        heads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(i, (name, _))| (name.clone(), i as u32))
+            .collect()
+    }
+
+    #[test]
+    fn a_version_1_cursor_still_decodes_without_epochs() {
+        let name = Name::parse("service", "api").expect("name");
+        let mut bytes = vec![1, 3];
+        bytes.extend_from_slice(b"api");
+        bytes.push(1);
+        bytes.extend_from_slice(&[7; 32]);
+        let cursor = Cursor::decode(&URL_SAFE_NO_PAD.encode(bytes)).expect("v1 decodes");
+        assert_eq!(cursor.heads_of(&name), &[ChangeHash([7; 32])]);
+        assert_eq!(cursor.epoch_of(&name), None);
+    }
+
     proptest! {
         #[test]
         fn cursor_round_trips(docs in proptest::collection::btree_map("[a-z]{1,10}", proptest::collection::vec(any::<[u8; 32]>(), 1..4), 0..5)) {
@@ -120,7 +179,8 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (Name::parse("service", &k).expect("valid"), v.into_iter().map(ChangeHash).collect()))
                 .collect();
-            let cursor = Cursor::new(heads);
+            let epochs = heads_epochs(&heads);
+            let cursor = Cursor::with_epochs(heads, epochs);
             prop_assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
         }
 

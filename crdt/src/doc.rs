@@ -385,6 +385,13 @@ pub struct ServiceDoc {
     epoch_stats: EpochStats,
     /// Encoded bytes of the current epoch's changes (approximate after a load).
     history_bytes: u64,
+    /// Counts applies that put changes into the document other than the batch's own, at
+    /// once: a held-back change released, a carried write made here, a rollover. Storage that
+    /// logs a batch's bytes as they came must save from the document instead when it moved.
+    irregular_applies: u64,
+    /// Set for good once held-back changes were too many to track: every apply counts as
+    /// irregular from then on.
+    untracked_held_back: bool,
 }
 
 impl ServiceDoc {
@@ -413,6 +420,8 @@ impl ServiceDoc {
             future_len: 0,
             epoch_stats: EpochStats::default(),
             history_bytes: 0,
+            irregular_applies: 0,
+            untracked_held_back: false,
         };
         this.history_bytes = this.doc.save().len() as u64;
         this.carried = carried_in(&this.doc, this.lineage());
@@ -545,6 +554,12 @@ impl ServiceDoc {
             .map(|m| m.hash)
             .collect();
         cut.iter().all(|h| !missing.contains(h))
+    }
+
+    /// How many applies put changes into the document that were not the applied batch's own
+    /// (see the field). While it stays the same, a batch's bytes are exactly what it added.
+    pub fn irregular_applies(&self) -> u64 {
+        self.irregular_applies
     }
 
     /// Bytes of the current epoch's changes (their encoded size): a size trigger for rollover.
@@ -894,6 +909,7 @@ impl ServiceDoc {
             } else {
                 // Beyond the bound the keys are forgotten: the caller diffs instead.
                 applied.keys_incomplete = true;
+                self.untracked_held_back = true;
             }
         }
         let arrived: Vec<ChangeHash> = self
@@ -902,6 +918,9 @@ impl ServiceDoc {
             .filter(|h| self.has_change(h))
             .copied()
             .collect();
+        if !arrived.is_empty() || self.untracked_held_back {
+            self.irregular_applies += 1;
+        }
         for hash in arrived {
             if let Some((origin, keys)) = self.held_back.remove(&hash) {
                 applied.held.push((hash, origin));
@@ -1004,6 +1023,9 @@ impl ServiceDoc {
                 .filter(|c| !self.has_change(&c.hash()))
                 .collect();
             self.epoch_stats.carried += new.len() as u64;
+            if !new.is_empty() {
+                self.irregular_applies += 1;
+            }
             for mut change in new.iter().cloned() {
                 applied.made.push(change.bytes().into_owned());
             }
@@ -1082,6 +1104,7 @@ impl ServiceDoc {
             }
         }
         self.epoch_stats.rollovers += 1;
+        self.irregular_applies += 1;
         applied.rolled_over = Some(self.meta.epoch);
         Ok(())
     }

@@ -347,12 +347,30 @@ impl Replica {
 
     /// Heads of every document, as a cursor: "everything this replica holds now".
     pub fn cursor(&self) -> Cursor {
-        Cursor::new(
+        Cursor::with_epochs(
             self.docs
                 .iter()
                 .map(|(k, d)| (k.clone(), d.heads()))
                 .collect(),
+            self.docs
+                .iter()
+                .map(|(k, d)| (k.clone(), d.epoch()))
+                .collect(),
         )
+    }
+
+    /// True when `cursor` names a document epoch this replica has compacted away (older than
+    /// the epoch before the current one): only a snapshot can answer it, and waiting for
+    /// peers would not help. A cursor whose epochs are unknown (version 1) is never called
+    /// compacted.
+    pub fn cursor_is_compacted(&self, cursor: &Cursor) -> bool {
+        cursor.iter().any(|(service, heads)| {
+            let (Some(epoch), Some(doc)) = (cursor.epoch_of(service), self.docs.get(service))
+            else {
+                return false;
+            };
+            epoch < doc.epoch() && !doc.has_all(heads) && !doc.prev_has_all(heads)
+        })
     }
 
     /// The observation events a client at `cursor` has not seen (see [`Self::doc_events_since`]).

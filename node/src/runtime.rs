@@ -395,6 +395,7 @@ pub async fn start(
                     heads: doc.heads(),
                     log,
                     epoch: (doc.epoch(), doc.base()),
+                    irregular_applies: doc.irregular_applies(),
                 },
             )
         })
@@ -729,6 +730,7 @@ impl Driver {
                 // A rollover: the new epoch's document replaces snapshot and log whole, and
                 // the closed epoch is kept beside it.
                 persisted.epoch = lineage;
+                persisted.irregular_applies = doc.irregular_applies();
                 persisted.heads = heads;
                 persisted.log = storage::LogSize::default();
                 self.remote_records.remove(doc.service());
@@ -740,10 +742,15 @@ impl Driver {
                 });
                 continue;
             }
+            // A batch's bytes are what it added only if nothing else entered the document:
+            // a change held back from an earlier batch and released now, or a write carried
+            // here, is in no batch and would be missing from the log after a restart.
+            let regular = doc.irregular_applies() == persisted.irregular_applies;
+            persisted.irregular_applies = doc.irregular_applies();
             let records = match self.remote_records.remove(doc.service()) {
                 // Accepted remote batches that lead exactly from the persisted heads to now
                 // (duplicates among them load again harmlessly).
-                Some((tip, records)) if tip == heads => records,
+                Some((tip, records)) if tip == heads && regular => records,
                 _ => doc.save_after(&persisted.heads),
             };
             persisted.heads = heads;
@@ -1080,7 +1087,10 @@ impl Driver {
             data: view,
             frame: std::sync::OnceLock::new(),
         }];
-        (snapshot, resume.is_some())
+        // A cursor of a compacted epoch is answered by the snapshot at once; any other cursor
+        // this node cannot answer is one it has not caught up with yet.
+        let ahead = resume.is_some_and(|cursor| !replica.cursor_is_compacted(cursor));
+        (snapshot, ahead)
     }
 
     fn status(&self, service: Option<&Name>) -> (serde_json::Value, String) {

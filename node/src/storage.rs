@@ -606,6 +606,8 @@ pub struct Persisted {
     /// The epoch and base of the document as persisted: a new one means a rollover, which
     /// is saved as a new snapshot (and the closed epoch as `prev`), not appended to the log.
     pub epoch: (u32, Option<ChangeHash>),
+    /// The document's [`statusmesh_crdt::ServiceDoc::irregular_applies`] when last persisted.
+    pub irregular_applies: u64,
 }
 
 /// Largest archive read, in bytes (256 MiB: some thirty million transitions at about eight
