@@ -159,6 +159,15 @@ async fn a_mesh_rolls_over_under_writes_and_loses_no_write_or_event() {
     })
     .await;
 
+    // The audit trail survives the rollovers: every write of c0 flipped its region's state,
+    // and each is a transition (the newest 200 are listed), from the archive and the epoch.
+    let history = harness::get_json(&client, nodes[1].url("/v1/status/api/c0/history?days=1"))
+        .await
+        .expect("history");
+    let transitions = history["transitions"].as_array().map_or(0, Vec::len);
+    let c0_writes = writes.div_ceil(8);
+    assert_eq!(transitions, c0_writes.min(200), "{history}");
+
     // A cursor of a compacted epoch is answered with the whole truth, a fresh snapshot.
     let mut resumed = SseReader::connect(
         &client,

@@ -439,7 +439,12 @@ async fn get_history(
     let service = Name::parse("service", &service)?;
     let component = Name::parse("component", &component)?;
     let days = query.days()?;
-    match node.history(service.clone(), component, days).await? {
+    // Read rarely, so straight from disk: the archive never sits in the driver's memory.
+    let archived = read_archive(&node.info.data_dir, &service, &component).await;
+    match node
+        .history(service.clone(), component, days, archived)
+        .await?
+    {
         Some(history) => Ok(Json(history).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -13,7 +13,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
 use statusmesh_crdt::doc::REMOTE_BATCH_MAX;
-use statusmesh_crdt::history;
 use statusmesh_crdt::{
     ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Name, Put, Replica, StatusEvent,
     StatusWrite,
@@ -171,6 +170,7 @@ enum Command {
         service: Name,
         component: Name,
         days: u64,
+        archived: Vec<statusmesh_crdt::archive::ArchivedWrite>,
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     AwaitRegions {
@@ -190,6 +190,8 @@ pub struct NodeInfo {
     pub tokens: Tokens,
     /// How long a client may take to send a request body (see `NodeSettings`).
     pub request_read_timeout: Duration,
+    /// The data directory: the history endpoint reads a document's archive from it.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// A cheap, cloneable handle to a running node's driver.
@@ -262,11 +264,13 @@ impl NodeHandle {
         service: Name,
         component: Name,
         days: u64,
+        archived: Vec<statusmesh_crdt::archive::ArchivedWrite>,
     ) -> Result<Option<serde_json::Value>, Unavailable> {
         self.ask(|reply| Command::History {
             service,
             component,
             days,
+            archived,
             reply,
         })
         .await
@@ -396,6 +400,7 @@ pub async fn start(
                     log,
                     epoch: (doc.epoch(), doc.base()),
                     irregular_applies: doc.irregular_applies(),
+                    archived_epoch: doc.prev_epoch(),
                 },
             )
         })
@@ -428,6 +433,7 @@ pub async fn start(
         cluster: topology.cluster.clone(),
         tokens: options.settings.tokens.clone(),
         request_read_timeout: options.settings.request_read_timeout,
+        data_dir: options.settings.data_dir.clone(),
     });
     let handle = NodeHandle {
         commands: commands_tx,
@@ -734,11 +740,21 @@ impl Driver {
                 persisted.heads = heads;
                 persisted.log = storage::LogSize::default();
                 self.remote_records.remove(doc.service());
+                // The closed epoch's writes go to the archive once, when it becomes the
+                // previous one (a switch between concurrent bases of one epoch keeps it).
+                let closed = doc.prev_epoch();
+                let archive = if closed.is_some() && closed != persisted.archived_epoch {
+                    persisted.archived_epoch = closed;
+                    statusmesh_crdt::archive::writes_of(&doc.prev_writes())
+                } else {
+                    Vec::new()
+                };
                 docs.push(DocWrite {
                     service: doc.service().clone(),
                     records: Vec::new(),
                     snapshot: Some(doc.save()),
                     prev: doc.save_prev(),
+                    archive,
                 });
                 continue;
             }
@@ -773,6 +789,7 @@ impl Driver {
                 },
                 snapshot,
                 prev: None,
+                archive: Vec::new(),
             });
         }
         self.remote_records.clear();
@@ -941,9 +958,13 @@ impl Driver {
                 service,
                 component,
                 days,
+                archived,
                 reply,
             } => {
-                let _ = reply.send(self.history(&service, &component, days));
+                let history = self.node.replica().doc(&service).map(|doc| {
+                    crate::api_records::history_json(doc, &archived, &component, days, now_ms())
+                });
+                let _ = reply.send(history);
             }
             Command::AwaitRegions {
                 change,
@@ -1031,30 +1052,6 @@ impl Driver {
             let _ = std::mem::replace(reply, closed).send(holding);
             false
         });
-    }
-
-    fn history(&self, service: &Name, component: &Name, days: u64) -> Option<serde_json::Value> {
-        const DAY_MS: u64 = 24 * 3600 * 1000;
-        let doc = self.node.replica().doc(service)?;
-        let days = days.clamp(1, 365);
-        let now = now_ms();
-        // Whole days, so that the bars line up with calendar days (UTC).
-        let to = (now / DAY_MS + 1) * DAY_MS;
-        let from = to.saturating_sub(days * DAY_MS);
-        let transitions = history::timeline(doc, component);
-        let buckets = history::uptime_buckets(doc, component, from, to.min(now), DAY_MS);
-        let whole = history::uptime(doc, component, from, now);
-        let overall = whole.last();
-        Some(json!({
-            "service": service,
-            "component": component,
-            "from_ms": from,
-            "to_ms": now,
-            "uptime": overall.and_then(|u| u.uptime),
-            "days": buckets,
-            "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
-            "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
-        }))
     }
 
     /// What a new subscriber gets first, and whether its cursor is ahead of this node.

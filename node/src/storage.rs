@@ -372,6 +372,9 @@ pub struct DocWrite {
     /// The previous epoch's whole document, after a rollover: written (atomically) before
     /// the new epoch's snapshot, so cursors of that epoch still resume after a restart.
     pub prev: Option<Vec<u8>>,
+    /// The writes of the epoch that just closed, appended to the document's archive (the
+    /// audit trail) before anything else of this write.
+    pub archive: Vec<ArchivedWrite>,
 }
 
 /// One unit of work: document writes, then the acknowledgements to send once they are durable.
@@ -500,6 +503,12 @@ fn commit_group(
                 let log = open_log(dir, &write.service)?;
                 logs.insert(write.service.clone(), log);
             }
+            if !write.archive.is_empty() {
+                append_archive(
+                    &dir.join("docs").join(write.service.as_str()),
+                    &write.archive,
+                )?;
+            }
             if let Some(prev) = &write.prev {
                 let path = dir.join("docs").join(write.service.as_str()).join("prev");
                 write_atomically(&path, prev)?;
@@ -608,6 +617,8 @@ pub struct Persisted {
     pub epoch: (u32, Option<ChangeHash>),
     /// The document's [`statusmesh_crdt::ServiceDoc::irregular_applies`] when last persisted.
     pub irregular_applies: u64,
+    /// The last closed epoch whose writes went to the archive.
+    pub archived_epoch: Option<u32>,
 }
 
 /// Largest archive read, in bytes (256 MiB: some thirty million transitions at about eight
@@ -782,6 +793,7 @@ mod tests {
                     records,
                     snapshot: None,
                     prev: None,
+                    archive: Vec::new(),
                 }],
                 on_durable: vec![Box::new(move || {
                     let _ = tx.send(());
@@ -830,12 +842,14 @@ mod tests {
                 records: vec![first],
                 snapshot: None,
                 prev: None,
+                archive: Vec::new(),
             }],
             vec![DocWrite {
                 service: service.clone(),
                 records: Vec::new(),
                 snapshot: Some(snapshot),
                 prev: None,
+                archive: Vec::new(),
             }],
         ] {
             let batch = Batch {
@@ -877,6 +891,7 @@ mod tests {
                 records: Vec::new(),
                 snapshot: Some(doc.save()),
                 prev: doc.save_prev(),
+                archive: statusmesh_crdt::archive::writes_of(&doc.prev_writes()),
             }],
             on_durable: Vec::new(),
         };
