@@ -913,6 +913,13 @@ impl ServiceDoc {
                 self.untracked_held_back = true;
             }
         }
+        self.release_held_back(applied);
+        Ok(())
+    }
+
+    /// Reports held-back changes whose dependencies have arrived (by any apply: a remote
+    /// batch, or a write carried here that another node carried first and built on).
+    fn release_held_back(&mut self, applied: &mut RemoteApplied) {
         let arrived: Vec<ChangeHash> = self
             .held_back
             .keys()
@@ -928,7 +935,6 @@ impl ServiceDoc {
                 applied.keys.extend(keys);
             }
         }
-        Ok(())
     }
 
     /// [`Self::apply_remote_keys`] into an outcome being built (changes released by a new
@@ -1033,6 +1039,8 @@ impl ServiceDoc {
             if !new.is_empty() {
                 self.doc.apply_changes(new)?;
                 applied.keys.extend(keys);
+                // Changes built on these carried writes elsewhere may have waited for them.
+                self.release_held_back(applied);
             }
         }
         Ok(())

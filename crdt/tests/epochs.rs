@@ -279,6 +279,54 @@ fn a_node_cut_off_through_two_rollovers_converges_and_keeps_its_writes() {
 }
 
 #[test]
+fn a_change_released_by_a_write_carried_here_is_reported_as_an_event() {
+    // Found by the simulator (rollover-crash, seed 24): n1 rolled over, carried n2's late
+    // epoch-0 write x and wrote y on top of the carried x. n3 got the base and y, but not x:
+    // y waited for its dependency. When x itself reached n3, n3 carried it (the same bytes as
+    // n1's) and so released y, whose cell then changed without an event.
+    let mut rs = vec![replica(1), replica(2), replica(3)];
+    rs[0]
+        .write_status(1, &write("db", "eu", State::Operational, "ok", 1))
+        .expect("write");
+    settle(&mut rs);
+    let x = rs[1]
+        .write_status(2, &write("db", "us", State::MajorOutage, "x", 2))
+        .expect("write")
+        .change
+        .expect("changed");
+    roll(&mut rs[0]);
+    let (n1, n3) = pair(&mut rs, 0, 2);
+    sync(n1, n3);
+    assert_eq!(n3.doc(&api()).map(|d| d.epoch()), Some(1));
+    n1.apply_remote("api", std::slice::from_ref(&x))
+        .expect("x is carried on n1");
+    let y = n1
+        .write_status(3, &write("web", "eu", State::DegradedPerformance, "y", 3))
+        .expect("write")
+        .change
+        .expect("changed");
+    let held = n3
+        .apply_remote("api", &[y])
+        .expect("y waits for the carried x");
+    assert!(held.events.is_empty(), "{:?}", held.events);
+    let outcome = n3.apply_remote("api", &[x]).expect("x is carried on n3");
+    assert!(
+        cells(n3).contains_key(&("web".into(), "eu".into())),
+        "y was released"
+    );
+    let components: Vec<String> = outcome
+        .events
+        .iter()
+        .map(|e| e.component.to_string())
+        .collect();
+    assert!(
+        components.contains(&"db".to_owned()) && components.contains(&"web".to_owned()),
+        "events for the carried x and the released y: {components:?}"
+    );
+    assert_eq!(n1.cursor(), n3.cursor());
+}
+
+#[test]
 fn concurrent_proposals_end_in_one_epoch_document_everywhere() {
     let mut rs = vec![replica(1), replica(2)];
     rs[0]
