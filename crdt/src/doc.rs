@@ -623,15 +623,13 @@ impl ServiceDoc {
         }
         let mut records = BTreeMap::new();
         let mut origins = BTreeMap::new();
-        for key in self.doc.keys_at(ROOT, at) {
-            if key == META_KEY {
-                continue;
-            }
-            let Ok(Some((value, id))) = self.doc.get_at(ROOT, key.as_str(), at) else {
+        for (key, (values, origin)) in reads_of(&self.doc, Some(at), self.base.as_ref(), &self.meta)
+        {
+            // The winner at the cut; values that lost a concurrent write there collapse.
+            let Some(json) = values.into_iter().next() else {
                 continue;
             };
-            let Some(json) = str_of(&value) else { continue };
-            origins.insert(key.clone(), self.origin_of(&key, &id));
+            origins.insert(key.clone(), origin);
             records.insert(key, json);
         }
         let meta = EpochMeta {
@@ -1120,7 +1118,7 @@ impl ServiceDoc {
 
     /// Every record's values (winner first) and the winner's origin, for comparing states.
     fn reads(&self) -> BTreeMap<String, (Vec<String>, Origin)> {
-        reads_of(&self.doc, None, |key, id| self.origin_of(key, id))
+        reads_of(&self.doc, None, self.base.as_ref(), &self.meta)
     }
 
     /// The events a client whose cursor names `heads` of the previous epoch has not seen:
@@ -1131,10 +1129,7 @@ impl ServiceDoc {
         if !self.prev_has_all(heads) {
             return None;
         }
-        let prev_base = prev.base;
-        let then = reads_of(&prev.doc, Some(heads), |key, id| {
-            origin_in(&prev.doc, prev_base.as_ref(), &prev.meta, key, id)
-        });
+        let then = reads_of(&prev.doc, Some(heads), prev.base.as_ref(), &prev.meta);
         let now = self.reads();
         let mut keys = BTreeSet::new();
         for (key, read) in &now {
@@ -1575,40 +1570,65 @@ fn origin_in(
     )
 }
 
-/// Every record of `doc` (at `heads`, or now) with its values (winner first) and origin.
+/// Every record of `doc` (at `heads`, or now) with its values (winner first) and origin. One
+/// pass over the root map: only keys in conflict are read again for their other values, and
+/// the origin of each change is looked up once (a group commit sets many keys).
 fn reads_of(
     doc: &Automerge,
     heads: Option<&[ChangeHash]>,
-    origin: impl Fn(&str, &ObjId) -> Origin,
+    base: Option<&ChangeHash>,
+    meta: &EpochMeta,
 ) -> BTreeMap<String, (Vec<String>, Origin)> {
-    let keys: Vec<String> = match heads {
-        Some(h) => doc.keys_at(ROOT, h).collect(),
-        None => doc.keys(ROOT).collect(),
+    let items: Vec<(String, Option<String>, ObjId, bool)> = match heads {
+        Some(h) => doc
+            .map_range_at(ROOT, .., h)
+            .map(|item| {
+                let (id, conflict) = (item.id(), item.conflict);
+                let text = str_of(&item.value.into_value());
+                (item.key.into_owned(), text, id, conflict)
+            })
+            .collect(),
+        None => doc
+            .map_range(ROOT, ..)
+            .map(|item| {
+                let (id, conflict) = (item.id(), item.conflict);
+                let text = str_of(&item.value.into_value());
+                (item.key.into_owned(), text, id, conflict)
+            })
+            .collect(),
     };
+    let mut origins: std::collections::HashMap<ChangeHash, Origin> =
+        std::collections::HashMap::new();
     let mut out = BTreeMap::new();
-    for key in keys {
+    for (key, winner, id, conflict) in items {
         if key == META_KEY {
             continue;
         }
-        let (winner, all) = match heads {
-            Some(h) => (
-                doc.get_at(ROOT, key.as_str(), h),
-                doc.get_all_at(ROOT, key.as_str(), h),
-            ),
-            None => (doc.get(ROOT, key.as_str()), doc.get_all(ROOT, key.as_str())),
+        let mut values: Vec<String> = winner.into_iter().collect();
+        if conflict {
+            let all = match heads {
+                Some(h) => doc.get_all_at(ROOT, key.as_str(), h),
+                None => doc.get_all(ROOT, key.as_str()),
+            };
+            let mut losers: Vec<String> = all
+                .unwrap_or_default()
+                .iter()
+                .filter(|(_, other)| *other != id)
+                .filter_map(|(v, _)| str_of(v))
+                .collect();
+            losers.sort();
+            values.extend(losers);
+        }
+        let from = match doc.hash_for_opid(&id) {
+            Some(hash) if Some(&hash) == base => {
+                meta.origins.get(&key).cloned().unwrap_or((None, None))
+            }
+            Some(hash) => origins
+                .entry(hash)
+                .or_insert_with(|| origin_in(doc, base, meta, &key, &id))
+                .clone(),
+            None => (None, None),
         };
-        let (Ok(Some((value, id))), Ok(all)) = (winner, all) else {
-            continue;
-        };
-        let mut values: Vec<String> = str_of(&value).into_iter().collect();
-        let mut losers: Vec<String> = all
-            .iter()
-            .filter(|(_, other)| *other != id)
-            .filter_map(|(v, _)| str_of(v))
-            .collect();
-        losers.sort();
-        values.extend(losers);
-        let from = origin(&key, &id);
         out.insert(key, (values, from));
     }
     out
