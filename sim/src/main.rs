@@ -34,7 +34,8 @@ enum Command {
         topology: Option<PathBuf>,
         /// One of: steady, broadcast, burst, region-partition, one-way-partition,
         /// continent-split, isolate-node, random-halves, flapping, lossy, crash-restart,
-        /// empty-disk-restart, clock-skew, swarm.
+        /// empty-disk-restart, clock-skew, swarm, rollover, rollover-concurrent,
+        /// rollover-partition, rollover-crash, swarm-epochs.
         #[arg(long, default_value = "steady")]
         scenario: String,
         #[arg(long, default_value_t = 1)]
@@ -63,6 +64,10 @@ enum Command {
         /// The first seed; seeds run in order from it.
         #[arg(long, default_value_t = 1)]
         first_seed: u64,
+        /// The scenario every seed runs: swarm (the seed picks the faults), swarm-epochs (the
+        /// same with rollover at a low bound and forced concurrent proposals), or any other.
+        #[arg(long, default_value = "swarm")]
+        scenario: String,
         /// A regions.toml (default: the embedded sim/topologies/swarm.toml, 12 nodes).
         #[arg(long)]
         topology: Option<PathBuf>,
@@ -132,6 +137,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
         Command::Swarm {
             seeds,
             first_seed,
+            scenario,
             topology,
             nodes,
         } => {
@@ -140,7 +146,20 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
             }
             let (topology_text, topology_arg) =
                 read_topology(topology, SWARM_TOPOLOGY, SWARM_TOPOLOGY_PATH)?;
-            swarm(seeds, first_seed, topology_text, topology_arg, nodes)
+            if !SCENARIOS.contains(&scenario.as_str()) {
+                anyhow::bail!(
+                    "unknown scenario {scenario:?}; scenarios are: {}",
+                    SCENARIOS.join(", ")
+                );
+            }
+            swarm(
+                &scenario,
+                seeds,
+                first_seed,
+                topology_text,
+                topology_arg,
+                nodes,
+            )
         }
         Command::Scenarios => {
             for name in SCENARIOS {
@@ -152,6 +171,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
 }
 
 fn swarm(
+    scenario: &str,
     seeds: u64,
     first_seed: u64,
     topology_text: String,
@@ -165,7 +185,7 @@ fn swarm(
         let seed = first_seed.wrapping_add(k);
         let request = Request {
             seed,
-            scenario: "swarm".to_owned(),
+            scenario: scenario.to_owned(),
             topology_text: topology_text.clone(),
             topology_arg: topology_arg.clone(),
             nodes,
@@ -185,7 +205,7 @@ fn swarm(
         }
     }
     println!(
-        "swarm: {seeds} seeds from {first_seed} on {topology_arg}: {} passed, {failed} failed",
+        "swarm: {seeds} seeds of {scenario} from {first_seed} on {topology_arg}: {} passed, {failed} failed",
         seeds - failed
     );
     for (seed, reason, replay) in &failures {
