@@ -207,7 +207,25 @@ pub fn seed_remote_changes() -> Vec<Vec<u8>> {
         .map(|change| length_prefixed(std::slice::from_ref(change)))
         .collect();
     seeds.push(length_prefixed(&changes));
-    seeds.push(doc.save());
+    let saved = doc.save();
+    // An epoch's base and a write carried on top of it: the cut is one change back, so the
+    // last records write is carried.
+    // One writer, so the changes are a chain: the one before the last is a cut.
+    let cut = changes
+        .len()
+        .checked_sub(2)
+        .and_then(|i| automerge::Change::try_from(changes[i].as_slice()).ok())
+        .map(|change| vec![change.hash()]);
+    if let Some(cut) = cut {
+        if let Ok(Some(rolled)) = replica.rollover(&service, &cut) {
+            for change in &rolled.made {
+                seeds.push(length_prefixed(std::slice::from_ref(change)));
+            }
+            seeds.push(length_prefixed(&rolled.made));
+        }
+    }
+    // The last seed is a saved document.
+    seeds.push(saved);
     seeds
 }
 
