@@ -1470,15 +1470,9 @@ impl Node {
                 self.send(from, &frame);
             }
         }
-        // Ask for what we lack: they hold heads we do not know.
-        let we_lack = theirs.iter().any(|(service, heads)| {
-            self.replica
-                .doc(service)
-                .is_none_or(|doc| !doc.has_all(heads))
-        });
-        // Answered even when nothing is lacking: the asker learns what this node holds (a
-        // rollover proposer waits for that).
-        let _ = we_lack;
+        // Our heads ask for what we lack (they hold heads we do not know), and are sent even
+        // when nothing is lacking: the asker learns what this node holds, which a rollover
+        // proposer waits for.
         if reply_wanted {
             let frame = Frame::Heads {
                 docs: self.all_heads(),
