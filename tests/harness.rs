@@ -380,6 +380,34 @@ impl SseReader {
     }
 }
 
+/// The sum of the series of metric `name` in a node's `/metrics` whose labels contain every
+/// one of `labels` (e.g. `service="api"`); `None` when `/metrics` does not answer.
+pub async fn metric_sum(
+    client: &reqwest::Client,
+    node: &TestNode,
+    name: &str,
+    labels: &[&str],
+) -> Option<f64> {
+    let text = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// PUTs a status and returns the JSON reply.
 pub async fn put_status(
     client: &reqwest::Client,

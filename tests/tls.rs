@@ -110,21 +110,8 @@ pub(crate) async fn counter(
     node: &harness::TestNode,
     name: &str,
 ) -> Option<f64> {
-    let text = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
     let label = format!("node=\"{}\"", node.id);
-    Some(
-        text.lines()
-            .filter(|line| line.starts_with(name) && line.contains(&label))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    harness::metric_sum(client, node, name, &[&label]).await
 }
 
 /// The node ids a node has recorded contact from, per its /v1/nodes.

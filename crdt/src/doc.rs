@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::transaction::{CommitOptions, Transactable};
+use automerge::transaction::CommitOptions;
 use automerge::{
     ActorId, Automerge, Change, ChangeHash, ObjId, PatchAction, ReadDoc, ScalarValue, Value, ROOT,
 };
@@ -742,17 +742,7 @@ impl ServiceDoc {
                         .with_time(time)
                         .with_message(origin_node)
                 },
-                |tx| {
-                    for (key, json) in &writes {
-                        match json {
-                            Some(json) => {
-                                tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?
-                            }
-                            None => tx.delete(ROOT, key.as_str())?,
-                        }
-                    }
-                    Ok(())
-                },
+                |tx| epoch::put_records(tx, &writes),
             )
             .map_err(|failure| CrdtError::Automerge(failure.error))?;
         if writes.iter().any(|(_, json)| json.is_none()) {

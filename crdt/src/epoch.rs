@@ -376,6 +376,20 @@ pub fn build_base(
     })
 }
 
+/// Puts (or, for `None`, deletes) root records in a transaction: one op per record.
+pub(crate) fn put_records<'a>(
+    tx: &mut impl Transactable,
+    records: impl IntoIterator<Item = &'a (String, Option<String>)>,
+) -> Result<(), automerge::AutomergeError> {
+    for (key, json) in records {
+        match json {
+            Some(json) => tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?,
+            None => tx.delete(ROOT, key.as_str())?,
+        }
+    }
+    Ok(())
+}
+
 /// One write to carry: its identity, what it did (key → JSON, or `None` for a delete), and its
 /// time and origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,17 +441,7 @@ pub fn carry_chain(
                         None => options,
                     }
                 },
-                |tx| {
-                    for (key, json) in &effective {
-                        match json {
-                            Some(json) => {
-                                tx.put(ROOT, key.as_str(), ScalarValue::Str(json.as_str().into()))?
-                            }
-                            None => tx.delete(ROOT, key.as_str())?,
-                        }
-                    }
-                    Ok(())
-                },
+                |tx| put_records(tx, effective.iter().copied()),
             )
             .map_err(|failure| CrdtError::Automerge(failure.error))?;
         if let Some(change) = scratch.get_last_local_change() {
