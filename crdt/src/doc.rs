@@ -339,8 +339,6 @@ pub const FUTURE_MAX: usize = 16_384;
 /// Counters of the epoch machinery, for metrics; they only grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpochStats {
-    /// Epochs this document moved to (proposed here or adopted).
-    pub rollovers: u64,
     /// Writes of an older epoch carried into the current one by this node.
     pub carried: u64,
     /// Changes of an older epoch that the current base already covers (dropped).
@@ -381,7 +379,6 @@ pub struct ServiceDoc {
     carried: BTreeMap<WriteId, ChangeHash>,
     /// Changes of newer epochs (or another base of this one), until their base arrives.
     future: BTreeMap<Lineage, Vec<Vec<u8>>>,
-    future_len: usize,
     epoch_stats: EpochStats,
     /// Encoded bytes of the current epoch's changes (approximate after a load).
     history_bytes: u64,
@@ -417,7 +414,6 @@ impl ServiceDoc {
             waiting: BTreeMap::new(),
             carried: BTreeMap::new(),
             future: BTreeMap::new(),
-            future_len: 0,
             epoch_stats: EpochStats::default(),
             history_bytes: 0,
             irregular_applies: 0,
@@ -505,12 +501,7 @@ impl ServiceDoc {
         self.base
     }
 
-    /// The current epoch's coverage clock.
-    pub fn clock(&self) -> &Clock {
-        &self.meta.clock
-    }
-
-    /// Counters of rollovers, carried and stale writes.
+    /// Counters of carried, stale and dropped changes.
     pub fn epoch_stats(&self) -> &EpochStats {
         &self.epoch_stats
     }
@@ -548,12 +539,7 @@ impl ServiceDoc {
         if !self.has_all(heads) || !self.has_all(cut) {
             return false;
         }
-        let missing: BTreeSet<ChangeHash> = self
-            .doc
-            .get_changes_meta(heads)
-            .into_iter()
-            .map(|m| m.hash)
-            .collect();
+        let missing = self.changes_after(heads);
         cut.iter().all(|h| !missing.contains(h))
     }
 
@@ -594,12 +580,7 @@ impl ServiceDoc {
         if at.is_empty() || !self.has_all(at) {
             return Ok(None);
         }
-        let after: BTreeSet<ChangeHash> = self
-            .doc
-            .get_changes_meta(at)
-            .into_iter()
-            .map(|m| m.hash)
-            .collect();
+        let after = self.changes_after(at);
         let mut clock = self.meta.clock.clone();
         let mut time_ms = 0_i64;
         let mut compacted = 0;
@@ -849,9 +830,10 @@ impl ServiceDoc {
             if lineage == self.lineage() {
                 // The base of this lineage came in the same batch.
                 let _ = self.apply_remote_nested(&[bytes], &mut applied);
-            } else if lineage.epoch >= self.meta.epoch && self.future_len < FUTURE_MAX {
+            } else if lineage.epoch >= self.meta.epoch
+                && self.future.values().map(Vec::len).sum::<usize>() < FUTURE_MAX
+            {
                 self.future.entry(lineage).or_default().push(bytes);
-                self.future_len += 1;
             } else if lineage.epoch >= self.meta.epoch {
                 self.epoch_stats.dropped += 1;
             } else {
@@ -1077,7 +1059,6 @@ impl ServiceDoc {
         self.future
             .retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
         let released = self.future.remove(&lineage).unwrap_or_default();
-        self.future_len = self.future.values().map(Vec::len).sum();
         // What clients are told is the difference of the states, not the keys the carried
         // writes touch: they restate values clients saw in the epoch before.
         let mut inner = RemoteApplied::default();
@@ -1100,7 +1081,6 @@ impl ServiceDoc {
                 applied.keys.insert(key.clone());
             }
         }
-        self.epoch_stats.rollovers += 1;
         self.irregular_applies += 1;
         applied.rolled_over = Some(self.meta.epoch);
         Ok(())
@@ -1144,6 +1124,15 @@ impl ServiceDoc {
         }
         .to_actor();
         self.doc.set_actor(actor);
+    }
+
+    /// The changes that are not ancestors of `heads` (all held here).
+    fn changes_after(&self, heads: &[ChangeHash]) -> BTreeSet<ChangeHash> {
+        self.doc
+            .get_changes_meta(heads)
+            .into_iter()
+            .map(|m| m.hash)
+            .collect()
     }
 
     /// Records in the current document (the base's meta key is not one).

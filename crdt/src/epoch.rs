@@ -243,16 +243,6 @@ impl Clock {
     pub fn total(&self) -> u128 {
         self.0.values().map(|&n| u128::from(n)).sum()
     }
-
-    /// Number of writer incarnations named.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when nothing is covered.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Where a record's value came from, kept for records a base restates (their op is the

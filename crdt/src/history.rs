@@ -341,6 +341,14 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timeline as (time, region, state), for comparing with a fixture.
+    fn states_of(timeline: &[Transition]) -> Vec<(u64, &str, State)> {
+        timeline
+            .iter()
+            .map(|t| (t.at_ms, t.region.as_str(), t.state))
+            .collect()
+    }
     use crate::archive::writes_of;
     use crate::model::StatusWrite;
     use automerge::ActorId;
@@ -379,10 +387,7 @@ mod tests {
         ]);
         let db = Name::parse("component", "db").expect("name");
         let timeline = timeline(&doc, &db);
-        let states: Vec<_> = timeline
-            .iter()
-            .map(|t| (t.at_ms, t.region.as_str(), t.state))
-            .collect();
+        let states = states_of(&timeline);
         assert_eq!(
             states,
             vec![
@@ -504,10 +509,7 @@ mod tests {
         let (doc, _) = rolled_over_twice();
         let db = Name::parse("component", "db").expect("name");
         let restarted = timeline(&doc, &db);
-        let states: Vec<_> = restarted
-            .iter()
-            .map(|t| (t.at_ms, t.region.as_str(), t.state))
-            .collect();
+        let states = states_of(&restarted);
         // The second base restates eu (3,000) and us (3,500); the live epoch holds the
         // writes after its cut (4,000 and 5,000, carried) and those after the rollover.
         assert_eq!(
