@@ -215,6 +215,44 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, GossipError> {
     Ok(envelope.frame)
 }
 
+/// The kinds of [`Frame`] in the order of its variants: the variant index on the wire.
+const KINDS: [&str; 12] = [
+    "changes",
+    "digest",
+    "heads",
+    "ack",
+    "swim",
+    "liveness",
+    "push",
+    "ihave",
+    "graft",
+    "prune",
+    "liveness_buckets",
+    "liveness_want",
+];
+
+/// The kind of a frame (as [`Frame::kind`] names it) from its envelope's header alone,
+/// without decoding the payload: for drivers that count or route frames by kind (the
+/// simulator decodes each broadcast's bytes once, not once per receiver). Says nothing about
+/// whether the rest of the frame is valid; [`decode`] does.
+pub fn peek_kind(bytes: &[u8]) -> Result<&'static str, GossipError> {
+    let (&version, rest) = bytes
+        .split_first()
+        .ok_or_else(|| GossipError::Decode("an empty frame".into()))?;
+    if version != WIRE_VERSION {
+        return Err(GossipError::Version {
+            got: version,
+            expected: WIRE_VERSION,
+        });
+    }
+    let (index, _): (u32, usize) = bincode::decode_from_slice(rest, config())
+        .map_err(|e| GossipError::Decode(e.to_string()))?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| KINDS.get(i).copied())
+        .ok_or_else(|| GossipError::Decode(format!("unknown frame variant {index}")))
+}
+
 /// A SWIM codec error: what did not encode or decode.
 #[derive(Debug, thiserror::Error)]
 #[error("swim codec: {0}")]
@@ -341,10 +379,22 @@ mod tests {
                 buckets: vec![0, 255],
             },
         ];
-        for frame in frames {
-            let bytes = encode(&frame).expect("encode");
-            assert_eq!(decode(&bytes).expect("decode"), frame);
+        for frame in frames.iter().chain([&Frame::Swim { data: vec![1] }]) {
+            let bytes = encode(frame).expect("encode");
+            assert_eq!(&decode(&bytes).expect("decode"), frame);
+            assert_eq!(peek_kind(&bytes).expect("peek"), frame.kind());
         }
+    }
+
+    #[test]
+    fn a_header_that_is_not_a_frame_has_no_kind() {
+        assert!(peek_kind(&[]).is_err());
+        assert!(matches!(
+            peek_kind(&[WIRE_VERSION + 1, 0]),
+            Err(GossipError::Version { .. })
+        ));
+        assert!(peek_kind(&[WIRE_VERSION]).is_err());
+        assert!(peek_kind(&[WIRE_VERSION, KINDS.len() as u8]).is_err());
     }
 
     #[test]

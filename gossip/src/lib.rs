@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod error;
 pub mod fuzz;
+pub mod inputs;
 pub mod invariants;
 pub mod liveness_range;
 pub mod membership;
@@ -19,6 +20,9 @@ pub mod topology;
 
 pub use codec::Frame;
 pub use error::GossipError;
+pub use inputs::{
+    AcceptedBatch, InboundFrame, LocalWrite, RecordOp, Resume, WriteResult, RESUME_WAIT_MS,
+};
 pub use membership::MemberState;
 pub use node::{Config, Event, Node, NodeId, Peer, PeerState, Stats, Transmit};
 pub use topology::{LatencyModel, Topology, TopologyError};
