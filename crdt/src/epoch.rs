@@ -247,7 +247,13 @@ impl Clock {
 
 /// Where a record's value came from, kept for records a base restates (their op is the
 /// base's, but clients still see who set the value and when).
-pub type Origin = (Option<String>, Option<u64>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The node that made the change (its message), if it names one.
+    pub node: Option<String>,
+    /// When the change was made, on its origin's clock, in milliseconds since the epoch.
+    pub at_ms: Option<u64>,
+}
 
 /// What a base change says about its epoch (stored as JSON under [`META_KEY`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -276,7 +282,11 @@ impl EpochMeta {
             v: 1,
             epoch: self.epoch,
             clock: self.clock.0.iter().map(|(w, n)| (hex(w), *n)).collect(),
-            origins: self.origins.clone(),
+            origins: self
+                .origins
+                .iter()
+                .map(|(key, origin)| (key.clone(), (origin.node.clone(), origin.at_ms)))
+                .collect(),
         };
         serde_json::to_string(&json).unwrap_or_default()
     }
@@ -302,7 +312,11 @@ impl EpochMeta {
         Ok(Self {
             epoch: json.epoch,
             clock,
-            origins: json.origins,
+            origins: json
+                .origins
+                .into_iter()
+                .map(|(key, (node, at_ms))| (key, Origin { node, at_ms }))
+                .collect(),
         })
     }
 
@@ -498,8 +512,13 @@ mod tests {
             writer: [3; WRITER_LEN],
             n: 10,
         });
-        meta.origins
-            .insert("obs/db/eu".into(), (Some("n1".into()), Some(5)));
+        meta.origins.insert(
+            "obs/db/eu".into(),
+            Origin {
+                node: Some("n1".into()),
+                at_ms: Some(5),
+            },
+        );
         let records = BTreeMap::from([("obs/db/eu".to_owned(), "{}".to_owned())]);
         let mut a = build_base(&meta, &records, 77).expect("base");
         let mut b = build_base(&meta, &records, 77).expect("base");

@@ -229,7 +229,9 @@ fn base_values(base: &Change, component: &Name) -> Vec<Step> {
             state: observation.state,
             message: observation.message,
             reporter: observation.reporter,
-            origin_node: origins.get(key.as_str()).and_then(|(node, _)| node.clone()),
+            origin_node: origins
+                .get(key.as_str())
+                .and_then(|origin| origin.node.clone()),
         });
     }
     steps

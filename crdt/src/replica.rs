@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use automerge::{ActorId, ChangeHash};
 
 use crate::cursor::Cursor;
-use crate::doc::{DocEvent, Put, ServiceDoc, StatusEvent};
+use crate::doc::{DocEvent, LocalChange, Put, RemoteApplied, ServiceDoc, StatusEvent};
 use crate::error::CrdtError;
 use crate::liveness::Liveness;
 use crate::model::{Name, StatusWrite};
@@ -234,7 +234,8 @@ impl Replica {
     ) -> Result<WriteOutcome, CrdtError> {
         let node = self.node.clone();
         let doc = self.doc_mut(service)?;
-        let Some((mut change, keys)) = doc.apply_puts_keys(now_ms, &node, puts)? else {
+        let Some(LocalChange { mut change, keys }) = doc.apply_puts_keys(now_ms, &node, puts)?
+        else {
             return Ok(WriteOutcome {
                 service: service.clone(),
                 changed: false,
@@ -290,7 +291,7 @@ impl Replica {
         &mut self,
         service: &Name,
         before: Vec<ChangeHash>,
-        applied: crate::doc::RemoteApplied,
+        applied: RemoteApplied,
     ) -> RemoteOutcome {
         let Some(doc) = self.docs.get(service) else {
             return RemoteOutcome::default();

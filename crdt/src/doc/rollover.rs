@@ -1,0 +1,423 @@
+//! The epoch glue of a document: rolling over at a cut, adopting a base that beats the
+//! current one, carrying uncovered writes into the current epoch, and the previous epoch
+//! kept for cursors. The protocol itself is described in [`crate::epoch`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::legacy::{Key, OpType};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc, ScalarValue, ROOT};
+
+use super::decode::{load_automerge, BaseChange};
+use super::reads::{changed_keys, reads_of};
+use super::schema::str_of;
+use super::{PrevEpoch, RemoteApplied, ServiceDoc, REMOTE_BATCH_MAX, WAITING_MAX};
+use crate::epoch::{
+    self, ActorKind, CarriedWrite, Clock, EpochMeta, Lineage, WriteId, Writer, META_KEY,
+};
+use crate::error::CrdtError;
+
+/// Where a document's epoch starts: its meta, and its base change (`None` in epoch 0).
+pub(super) struct EpochStart {
+    pub(super) meta: EpochMeta,
+    pub(super) base: Option<ChangeHash>,
+}
+
+impl ServiceDoc {
+    /// Rolls the document over to the next epoch at the cut `at` (heads this document holds,
+    /// known to be held by every live node): makes the base change, moves to it, and carries
+    /// every write after the cut. The base and carried changes are in `made`, for the caller
+    /// to broadcast. `None` when `at` is not held here or there is nothing to compact.
+    pub fn rollover(&mut self, at: &[ChangeHash]) -> Result<Option<RemoteApplied>, CrdtError> {
+        if at.is_empty() || !self.has_all(at) {
+            return Ok(None);
+        }
+        let after = self.changes_after(at);
+        let mut clock = self.meta.clock.clone();
+        let mut time_ms = 0_i64;
+        let mut compacted = 0;
+        for meta in self.doc.get_changes_meta(&[]) {
+            if after.contains(&meta.hash) {
+                continue;
+            }
+            time_ms = time_ms.max(meta.timestamp);
+            match ActorKind::parse(&meta.actor) {
+                Some(ActorKind::Base { .. }) | None => {}
+                Some(kind) => {
+                    compacted += 1;
+                    if let Some(write) = kind.write_id(meta.seq) {
+                        clock.cover(&write);
+                    }
+                }
+            }
+        }
+        if compacted == 0 {
+            return Ok(None);
+        }
+        let mut records = BTreeMap::new();
+        let mut origins = BTreeMap::new();
+        for (key, state) in reads_of(&self.doc, Some(at), self.base.as_ref(), &self.meta) {
+            // The winner at the cut; values that lost a concurrent write there collapse.
+            let Some(json) = state.values.into_iter().next() else {
+                continue;
+            };
+            origins.insert(key.clone(), state.origin);
+            records.insert(key, json);
+        }
+        let meta = EpochMeta {
+            epoch: self.meta.epoch.saturating_add(1),
+            clock,
+            origins,
+        };
+        let mut base = epoch::build_base(&meta, &records, time_ms)?;
+        let mut applied = RemoteApplied::default();
+        applied.made.push(base.bytes().into_owned());
+        self.adopt(base, meta, &mut applied)?;
+        Ok(Some(applied))
+    }
+
+    /// Attaches the previous epoch's document (saved by [`Self::save_prev`]) after a load, so
+    /// cursors of that epoch resume exactly. A document of another lineage than the one the
+    /// current base closed is ignored. Loaded as trusted (this node saved it).
+    pub fn attach_prev(&mut self, bytes: &[u8]) -> Result<(), CrdtError> {
+        let doc = load_automerge(&self.service, bytes)?;
+        let EpochStart { meta, base } = find_base(&doc);
+        if meta.epoch >= self.meta.epoch {
+            return Ok(());
+        }
+        for change in doc.get_changes_meta(&[]) {
+            let uncovered = ActorKind::parse(&change.actor)
+                .and_then(|k| k.write_id(change.seq))
+                .filter(|w| !self.meta.clock.covers(w) && !self.carried.contains_key(w));
+            if uncovered.is_some() {
+                if let Some(write) = doc
+                    .get_change_by_hash(&change.hash)
+                    .and_then(|c| carried_write(&c))
+                {
+                    self.wait(write);
+                }
+            }
+        }
+        self.prev = Some(PrevEpoch { doc, meta, base });
+        Ok(())
+    }
+
+    /// The previous epoch's whole document, for storage (`None` in epoch 0 and right after
+    /// a restart that found none).
+    pub fn save_prev(&self) -> Option<Vec<u8>> {
+        self.prev.as_ref().map(|p| p.doc.save())
+    }
+
+    /// Whether the write `write` is part of this document: covered by the current base, in
+    /// the current epoch's changes, or waiting to be carried.
+    pub fn holds_write(&self, write: &WriteId) -> bool {
+        if self.meta.clock.covers(write) || self.carried.contains_key(write) {
+            return true;
+        }
+        if self.waiting.contains_key(write) {
+            return true;
+        }
+        self.doc.get_changes_meta(&[]).iter().any(|m| {
+            ActorKind::parse(&m.actor)
+                .filter(|k| !matches!(k, ActorKind::Carried { .. }))
+                .and_then(|k| k.write_id(m.seq))
+                == Some(*write)
+        })
+    }
+
+    /// The identity of the change `hash` of the current epoch, if it is a write.
+    pub fn write_of(&self, hash: &ChangeHash) -> Option<WriteId> {
+        let meta = self.doc.get_change_meta_by_hash(hash)?;
+        ActorKind::parse(&meta.actor)?.write_id(meta.seq)
+    }
+
+    /// When the current epoch started (ms): its base's time, or epoch 0's first change.
+    pub fn epoch_started_ms(&self) -> Option<u64> {
+        let first = match self.base {
+            Some(base) => self.doc.get_change_meta_by_hash(&base)?.timestamp,
+            None => self.doc.get_changes_meta(&[]).first()?.timestamp,
+        };
+        u64::try_from(first).ok()
+    }
+
+    /// Whether every hash of `heads` is a change of the previous epoch's document.
+    pub fn prev_has_all(&self, heads: &[ChangeHash]) -> bool {
+        self.prev.as_ref().is_some_and(|p| {
+            heads
+                .iter()
+                .all(|h| p.doc.get_change_meta_by_hash(h).is_some())
+        })
+    }
+
+    /// The writes of the previous epoch (its changes but its base), in causal order: what
+    /// the archive keeps of an epoch when it closes. Empty in epoch 0 and after a restart that
+    /// found no previous epoch.
+    pub fn prev_writes(&self) -> Vec<Change> {
+        self.prev.as_ref().map_or_else(Vec::new, |p| {
+            p.doc
+                .get_changes(&[])
+                .into_iter()
+                .filter(|c| !Self::is_base(c))
+                .collect()
+        })
+    }
+
+    /// The previous epoch's number, if this document holds it.
+    pub fn prev_epoch(&self) -> Option<u32> {
+        self.prev.as_ref().map(|p| p.meta.epoch)
+    }
+
+    /// The best of `bases` that beats the current base, if any; counts the others that lose
+    /// to it as stale.
+    pub(super) fn best_base(&mut self, bases: Vec<BaseChange>) -> Option<BaseChange> {
+        let mut best: Option<BaseChange> = None;
+        for candidate in bases {
+            let hash = candidate.change.hash();
+            let current_hash = self.base.unwrap_or(ChangeHash([0; 32]));
+            let beats_current = candidate.meta.beats(&hash, &self.meta, &current_hash);
+            let beats_best = best
+                .as_ref()
+                .is_none_or(|b| candidate.meta.beats(&hash, &b.meta, &b.change.hash()));
+            if beats_current && beats_best {
+                best = Some(candidate);
+            } else if !beats_current && self.base != Some(hash) {
+                self.epoch_stats.stale += 1;
+            }
+        }
+        best
+    }
+
+    /// A write of an older epoch: applied to the previous epoch's document when it is of
+    /// that lineage, then carried unless the current base covers it.
+    pub(super) fn take_older(&mut self, change: &Change, kind: &ActorKind) {
+        if let Some(prev) = self.prev.as_mut() {
+            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
+                let _ = prev.doc.apply_changes([change.clone()]);
+            }
+        }
+        let Some(write) = kind.write_id(change.seq()) else {
+            return;
+        };
+        if self.meta.clock.covers(&write) || self.carried.contains_key(&write) {
+            self.epoch_stats.stale += 1;
+            return;
+        }
+        if let Some(carried) = carried_write(change) {
+            self.wait(carried);
+        }
+    }
+
+    /// Keeps `write` until it can be carried, within [`WAITING_MAX`].
+    fn wait(&mut self, write: CarriedWrite) {
+        if self.waiting.len() >= WAITING_MAX && !self.waiting.contains_key(&write.write) {
+            self.epoch_stats.dropped += 1;
+            return;
+        }
+        self.waiting.insert(write.write, write);
+    }
+
+    /// Carries every waiting write whose writer's previous write is covered or carried.
+    pub(super) fn carry_waiting(&mut self, applied: &mut RemoteApplied) -> Result<(), CrdtError> {
+        let Some(base) = self.base else {
+            return Ok(());
+        };
+        let lineage = self.lineage();
+        let writers: BTreeSet<Writer> = self.waiting.keys().map(|w| w.writer).collect();
+        for writer in writers {
+            // The chain so far: the base, then this writer's carried writes without a gap.
+            let mut tail_n = self.meta.clock.of(&writer);
+            let mut tail = base;
+            while let Some(hash) = self.carried.get(&WriteId {
+                writer,
+                n: tail_n + 1,
+            }) {
+                tail = *hash;
+                tail_n += 1;
+            }
+            let mut chain = Vec::new();
+            loop {
+                let next = WriteId {
+                    writer,
+                    n: tail_n + 1,
+                };
+                let Some(write) = self.waiting.remove(&next) else {
+                    break;
+                };
+                chain.push(write);
+                tail_n += 1;
+            }
+            // Drop what is covered or already carried, below the chain.
+            self.waiting
+                .retain(|w, _| w.writer != writer || w.n > tail_n);
+            if chain.is_empty() {
+                continue;
+            }
+            let scratch = self.doc.fork_at(&[tail])?;
+            let made = epoch::carry_chain(&scratch, lineage, &chain)?;
+            let mut keys = Vec::new();
+            for (write, change) in chain.iter().zip(&made) {
+                self.carried.insert(write.write, change.hash());
+                keys.extend(write.ops.iter().map(|(k, _)| k.clone()));
+            }
+            let new: Vec<Change> = made
+                .into_iter()
+                .filter(|c| !self.has_change(&c.hash()))
+                .collect();
+            self.epoch_stats.carried += new.len() as u64;
+            if !new.is_empty() {
+                self.irregular_applies += 1;
+            }
+            for mut change in new.iter().cloned() {
+                applied.made.push(change.bytes().into_owned());
+            }
+            if !new.is_empty() {
+                self.doc.apply_changes(new)?;
+                applied.keys.extend(keys);
+                // Changes built on these carried writes elsewhere may have waited for them.
+                self.release_held_back(applied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the epoch of `base` (which beats the current one): a new document from the
+    /// base, every uncovered write held here carried on top, and the keys whose value, losing
+    /// values or origin differ from before reported as changed.
+    pub(super) fn adopt(
+        &mut self,
+        base: Change,
+        meta: EpochMeta,
+        applied: &mut RemoteApplied,
+    ) -> Result<(), CrdtError> {
+        let before = self.reads();
+        // Every write held here that the new base does not cover.
+        let mut writes: Vec<CarriedWrite> =
+            std::mem::take(&mut self.waiting).into_values().collect();
+        collect_uncovered(&self.doc, &meta.clock, &mut writes);
+        if let Some(prev) = &self.prev {
+            collect_uncovered(&prev.doc, &meta.clock, &mut writes);
+        }
+        let mut doc = Automerge::new();
+        self.history_bytes = base.raw_bytes().len() as u64;
+        doc.apply_changes([base.clone()])?;
+        let old_doc = std::mem::replace(&mut self.doc, doc);
+        let old_meta = std::mem::replace(&mut self.meta, meta);
+        let old_base = self.base.replace(base.hash());
+        if self.meta.epoch > old_meta.epoch {
+            self.prev = Some(PrevEpoch {
+                doc: old_doc,
+                meta: old_meta,
+                base: old_base,
+            });
+        }
+        self.held_back.clear();
+        self.carried.clear();
+        self.reset_actor();
+        for write in writes {
+            if !self.meta.clock.covers(&write.write) {
+                self.wait(write);
+            }
+        }
+        // Changes of this lineage that came before their base.
+        let lineage = self.lineage();
+        self.future
+            .retain(|l, _| l.epoch > lineage.epoch || *l == lineage);
+        let released = self.future.remove(&lineage).unwrap_or_default();
+        // What clients are told is the difference of the states, not the keys the carried
+        // writes touch: they restate values clients saw in the epoch before.
+        let mut inner = RemoteApplied::default();
+        self.carry_waiting(&mut inner)?;
+        for chunk in released.chunks(REMOTE_BATCH_MAX) {
+            let _ = self.apply_remote_nested(chunk, &mut inner);
+        }
+        applied.new_changes += inner.new_changes;
+        applied.held.extend(inner.held);
+        applied.made.extend(inner.made);
+        self.records = self.count_records();
+        applied.keys.extend(changed_keys(&before, &self.reads()));
+        self.irregular_applies += 1;
+        applied.rolled_over = Some(self.meta.epoch);
+        Ok(())
+    }
+}
+
+/// The base change of a document and the epoch it starts (epoch 0 without one).
+pub(super) fn find_base(doc: &Automerge) -> EpochStart {
+    for meta in doc.get_changes_meta(&[]) {
+        if !meta.deps.is_empty() {
+            continue;
+        }
+        if let Some(ActorKind::Base { .. }) = ActorKind::parse(&meta.actor) {
+            // The base's records were validated when it was applied or loaded; only its
+            // meta is needed here, read from the document rather than decoding the change.
+            let parsed = doc
+                .get_at(ROOT, META_KEY, &[meta.hash])
+                .ok()
+                .flatten()
+                .and_then(|(value, _)| str_of(&value))
+                .and_then(|json| EpochMeta::from_json(&json).ok());
+            if let Some(parsed) = parsed {
+                return EpochStart {
+                    meta: parsed,
+                    base: Some(meta.hash),
+                };
+            }
+        }
+    }
+    EpochStart {
+        meta: EpochMeta::default(),
+        base: None,
+    }
+}
+
+/// The carried changes of `lineage` in `doc`, by write.
+pub(super) fn carried_in(doc: &Automerge, lineage: Lineage) -> BTreeMap<WriteId, ChangeHash> {
+    doc.get_changes_meta(&[])
+        .into_iter()
+        .filter_map(|meta| match ActorKind::parse(&meta.actor) {
+            Some(ActorKind::Carried { lineage: l, write }) if l == lineage => {
+                Some((write, meta.hash))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Adds every write of `doc` that `clock` does not cover to `out`.
+fn collect_uncovered(doc: &Automerge, clock: &Clock, out: &mut Vec<CarriedWrite>) {
+    for meta in doc.get_changes_meta(&[]) {
+        let uncovered = ActorKind::parse(&meta.actor)
+            .and_then(|k| k.write_id(meta.seq))
+            .filter(|w| !clock.covers(w));
+        if uncovered.is_none() {
+            continue;
+        }
+        if let Some(write) = doc
+            .get_change_by_hash(&meta.hash)
+            .and_then(|c| carried_write(&c))
+        {
+            out.push(write);
+        }
+    }
+}
+
+/// What a write did, to carry it into another epoch.
+fn carried_write(change: &Change) -> Option<CarriedWrite> {
+    let write = ActorKind::parse(change.actor_id())?.write_id(change.seq())?;
+    let mut ops = Vec::new();
+    for op in change.decode().operations {
+        let Key::Map(key) = &op.key else { continue };
+        match &op.action {
+            OpType::Put(ScalarValue::Str(text)) => {
+                ops.push((key.to_string(), Some(text.to_string())))
+            }
+            OpType::Delete => ops.push((key.to_string(), None)),
+            _ => {}
+        }
+    }
+    Some(CarriedWrite {
+        write,
+        ops,
+        time_ms: change.timestamp(),
+        origin: change.message().map(str::to_owned),
+    })
+}

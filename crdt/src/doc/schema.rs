@@ -1,0 +1,271 @@
+//! The schema: the only code that knows the document's root keys.
+//!
+//! Layout: the root map holds one key per record, each value one JSON string:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `obs/<component>/<region>` | [`Observation`] |
+//! | `inc/<incident>` | [`Incident`] (the header) |
+//! | `upd/<incident>/<update-key>` | [`IncidentUpdate`] (append-only) |
+//! | `mnt/<window>` | [`Maintenance`] |
+//! | `ovr/<component>` | [`Override`] |
+//!
+//! Flat keys and scalar values mean that no two replicas ever create the same object
+//! concurrently (which Automerge would resolve by hiding one object wholesale), that a
+//! concurrent write to one record is a plain register conflict (one value wins everywhere,
+//! the others stay visible as `conflicts`), and that incident updates, each under a key of
+//! their own, never conflict at all. (A base change also holds the epoch's meta under
+//! [`crate::epoch::META_KEY`], which is not a record.)
+
+use std::ops::Range;
+
+use automerge::{ScalarValue, Value};
+use serde::de::DeserializeOwned;
+
+use crate::error::CrdtError;
+use crate::model::{Name, Observation};
+use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
+
+/// Longest update key, in bytes.
+const UPDATE_KEY_LEN_MAX: usize = 128;
+
+/// Where a record lives in the document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordKey {
+    Observation { component: Name, region: Name },
+    Incident { id: Name },
+    Update { incident: Name, key: String },
+    Maintenance { id: Name },
+    Override { component: Name },
+}
+
+impl RecordKey {
+    /// The root key in the document.
+    pub fn to_key(&self) -> String {
+        match self {
+            RecordKey::Observation { component, region } => format!("obs/{component}/{region}"),
+            RecordKey::Incident { id } => format!("inc/{id}"),
+            RecordKey::Update { incident, key } => format!("upd/{incident}/{key}"),
+            RecordKey::Maintenance { id } => format!("mnt/{id}"),
+            RecordKey::Override { component } => format!("ovr/{component}"),
+        }
+    }
+
+    /// Parses a root key; `None` for anything outside the schema.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (kind, rest) = key.split_once('/')?;
+        let name = |field: &'static str, value: &str| Name::parse(field, value).ok();
+        match kind {
+            "obs" => {
+                let (component, region) = rest.split_once('/')?;
+                Some(RecordKey::Observation {
+                    component: name("component", component)?,
+                    region: name("region", region)?,
+                })
+            }
+            "inc" => Some(RecordKey::Incident {
+                id: name("incident", rest)?,
+            }),
+            "upd" => {
+                let (incident, update) = rest.split_once('/')?;
+                if !valid_update_key(update) {
+                    return None;
+                }
+                Some(RecordKey::Update {
+                    incident: name("incident", incident)?,
+                    key: update.to_owned(),
+                })
+            }
+            "mnt" => Some(RecordKey::Maintenance {
+                id: name("maintenance", rest)?,
+            }),
+            "ovr" => Some(RecordKey::Override {
+                component: name("component", rest)?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the record may be deleted. Incidents and their updates are the audit trail:
+    /// never deleted, only resolved.
+    pub(super) fn deletable(&self) -> bool {
+        matches!(
+            self,
+            RecordKey::Observation { .. }
+                | RecordKey::Maintenance { .. }
+                | RecordKey::Override { .. }
+        )
+    }
+
+    /// Checks that `json` is a valid value for this key.
+    pub(super) fn validate_json(&self, json: &str) -> Result<(), String> {
+        fn check<T: DeserializeOwned>(
+            json: &str,
+            validate: impl Fn(&T) -> Result<(), CrdtError>,
+        ) -> Result<(), String> {
+            let value: T =
+                serde_json::from_str(json).map_err(|e| format!("value does not parse: {e}"))?;
+            validate(&value).map_err(|e| e.to_string())
+        }
+        match self {
+            RecordKey::Observation { .. } => check::<Observation>(json, Observation::validate),
+            RecordKey::Incident { .. } => check::<Incident>(json, Incident::validate),
+            RecordKey::Update { .. } => check::<IncidentUpdate>(json, IncidentUpdate::validate),
+            RecordKey::Maintenance { .. } => check::<Maintenance>(json, Maintenance::validate),
+            RecordKey::Override { .. } => check::<Override>(json, Override::validate),
+        }
+    }
+}
+
+/// Whether `key` may name an incident update: 1-128 characters of a-z, 0-9, '-', '_', '.'.
+fn valid_update_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= UPDATE_KEY_LEN_MAX
+        && key.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// A kind of record, by the prefix of its root keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RecordKind {
+    Observation,
+    Incident,
+    Update,
+    Maintenance,
+    Override,
+}
+
+impl RecordKind {
+    /// Every root key of this kind, as a range of the root map.
+    pub(super) fn keys(self) -> Range<String> {
+        let prefix = match self {
+            RecordKind::Observation => "obs",
+            RecordKind::Incident => "inc",
+            RecordKind::Update => "upd",
+            RecordKind::Maintenance => "mnt",
+            RecordKind::Override => "ovr",
+        };
+        prefix_range(prefix)
+    }
+}
+
+/// The root keys of the updates of `incident`.
+pub(super) fn updates_of(incident: &Name) -> Range<String> {
+    prefix_range(&format!("upd/{incident}"))
+}
+
+/// The root key of the header of incident `id`.
+pub(super) fn incident_key(id: &Name) -> String {
+    RecordKey::Incident { id: id.clone() }.to_key()
+}
+
+/// The keys that start with `prefix` and a '/': '0' is the byte after '/', so the range ends
+/// right after the last of them.
+fn prefix_range(prefix: &str) -> Range<String> {
+    format!("{prefix}/")..format!("{prefix}0")
+}
+
+/// The text of a string value (every record is one).
+pub(super) fn str_of(value: &Value<'_>) -> Option<String> {
+    match value {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(text) => Some(text.to_string()),
+            _ => None,
+        },
+        Value::Object(_) => None,
+    }
+}
+
+/// One record write: a key and its new value (`None` deletes, where allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Observation {
+        component: Name,
+        region: Name,
+        observation: Observation,
+    },
+    Incident {
+        id: Name,
+        incident: Incident,
+    },
+    Update {
+        incident: Name,
+        key: String,
+        update: IncidentUpdate,
+    },
+    Maintenance {
+        id: Name,
+        window: Option<Maintenance>,
+    },
+    Override {
+        component: Name,
+        value: Option<Override>,
+    },
+}
+
+impl Put {
+    /// Where the put writes.
+    pub(super) fn key(&self) -> RecordKey {
+        match self {
+            Put::Observation {
+                component, region, ..
+            } => RecordKey::Observation {
+                component: component.clone(),
+                region: region.clone(),
+            },
+            Put::Incident { id, .. } => RecordKey::Incident { id: id.clone() },
+            Put::Update { incident, key, .. } => RecordKey::Update {
+                incident: incident.clone(),
+                key: key.clone(),
+            },
+            Put::Maintenance { id, .. } => RecordKey::Maintenance { id: id.clone() },
+            Put::Override { component, .. } => RecordKey::Override {
+                component: component.clone(),
+            },
+        }
+    }
+
+    /// The JSON to store, or `None` for a delete.
+    pub(super) fn json(&self) -> Result<Option<String>, CrdtError> {
+        let encode = |r: serde_json::Result<String>| {
+            r.map(Some).map_err(|e| CrdtError::InvalidField {
+                field: "value",
+                value: String::new(),
+                reason: e.to_string(),
+            })
+        };
+        match self {
+            Put::Observation { observation, .. } => encode(serde_json::to_string(observation)),
+            Put::Incident { incident, .. } => encode(serde_json::to_string(incident)),
+            Put::Update { update, .. } => encode(serde_json::to_string(update)),
+            Put::Maintenance {
+                window: Some(w), ..
+            } => encode(serde_json::to_string(w)),
+            Put::Override { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::Maintenance { window: None, .. } | Put::Override { value: None, .. } => Ok(None),
+        }
+    }
+
+    /// Validates the value before anything is written.
+    pub(super) fn validate(&self) -> Result<(), CrdtError> {
+        match self {
+            Put::Observation { observation, .. } => observation.validate(),
+            Put::Incident { incident, .. } => incident.validate(),
+            Put::Update { key, update, .. } => {
+                if RecordKey::parse(&self.key().to_key()).is_none() {
+                    return Err(CrdtError::InvalidField {
+                        field: "update_key",
+                        value: key.clone(),
+                        reason: "must be 1-128 characters of a-z, 0-9, '-', '_', '.'".into(),
+                    });
+                }
+                update.validate()
+            }
+            Put::Maintenance { window, .. } => {
+                window.as_ref().map_or(Ok(()), Maintenance::validate)
+            }
+            Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
+        }
+    }
+}
