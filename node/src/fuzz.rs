@@ -8,8 +8,8 @@
 
 use axum::http::Uri;
 
-use crate::api_records::{self, HistoryQuery};
 use crate::config::Topology;
+use crate::http::records::{self as api_records, HistoryQuery};
 use crate::http::{self, AckQuery, EventsQuery, PollQuery};
 use crate::settings::Tokens;
 

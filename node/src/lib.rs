@@ -1,31 +1,28 @@
 //! statusmesh-node: the `statusmesh` process, a thin tokio driver of the gossip core.
 //!
+//! Modules by concern; `use` arrows point one way (down this list, never up):
+//! - [`start`]: starting a node; the only module that knows both the driver and `http`.
+//! - [`http`]: the client contract (JSON, SSE, health, metrics), its server loop and limits;
+//!   it holds the driver's [`driver::NodeHandle`].
+//! - [`driver`]: the one task that owns the gossip state machine, storage glue and metrics.
+//! - [`storage`]: snapshots and change logs on disk, group commit, archives.
+//! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
+//! - [`settings`]: node settings beyond regions.toml (tokens, limits).
 //! - [`config`]: regions.toml into validated types.
 //! - [`certs`]: the cluster CA and node certificates.
 //! - [`client`]: the client commands (`get`, `set`, `incident`, `watch`).
-//! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
-//! - [`runtime`]: the one task that owns the state machine, and the node's start-up.
-//! - [`api_records`]: incidents, maintenance, overrides and history over HTTP.
-//! - [`http`]: the client contract (JSON, SSE, health, metrics).
-//! - [`serve`]: the HTTP server loop, with a header read timeout.
-//! - [`storage`]: snapshots and change logs on disk, group commit.
-//! - [`settings`]: node settings beyond regions.toml (tokens, limits).
-//! - [`bench`]: `statusmesh bench write`.
+//! - [`bench`]: `statusmesh bench write`, `bench sse` and `bench soak`.
 //! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
 #![forbid(unsafe_code)]
 
-pub mod api_records;
 pub mod bench;
-pub mod bench_sse;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod fuzz;
 pub mod http;
-pub mod limits;
-pub mod runtime;
-pub mod serve;
 pub mod settings;
-pub mod sse_front;
+pub mod start;
 pub mod storage;
 pub mod transport;

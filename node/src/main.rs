@@ -6,11 +6,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use rand::Rng;
 use statusmesh_gossip::Config as GossipConfig;
+use statusmesh_node::bench::{self, sse as bench_sse};
 use statusmesh_node::certs::{self, ClusterCa};
+use statusmesh_node::client;
 use statusmesh_node::config::Topology;
-use statusmesh_node::runtime::{self, NodeOptions};
 use statusmesh_node::settings::{NodeSettings, Tokens};
-use statusmesh_node::{bench, bench_sse, client};
+use statusmesh_node::start::{self, NodeOptions};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -98,7 +99,7 @@ enum Command {
         #[arg(long)]
         tokens: Option<PathBuf>,
         /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
-        #[arg(long, default_value_t = statusmesh_node::limits::SUBSCRIBERS_MAX)]
+        #[arg(long, default_value_t = statusmesh_node::settings::SUBSCRIBERS_MAX)]
         subscribers_max: usize,
         /// How long an HTTP client may take to send a request's headers (its connection is
         /// then closed), and again its body (408), in milliseconds (100 to 600000).
@@ -492,7 +493,7 @@ async fn dev(
             gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
         };
-        let node = runtime::start(options, stop_rx.clone())
+        let node = start::start(options, stop_rx.clone())
             .await
             .with_context(|| format!("starting node {}", spec.id))?;
         running.push((spec.clone(), node));
@@ -556,7 +557,7 @@ async fn run(
         gossip,
         metrics: Some(metrics),
     };
-    let running = runtime::start(options, stop_rx)
+    let running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
     println!(

@@ -15,6 +15,12 @@ pub const TOKENS_MAX: usize = 1024;
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest token name or secret, in bytes.
 const FIELD_LEN_MAX: usize = 256;
+/// Most SSE subscribers (and waiting long-polls) one node serves at once, by default. The
+/// open-file hard limit here is 20,000 per process; this leaves room for peers and storage.
+pub const SUBSCRIBERS_MAX: usize = 18_000;
+/// How long a client may take to send a request's headers, and then its body, by default
+/// (hyper's own header default when it has a timer).
+pub const REQUEST_READ_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A settings error. Nothing was started; the operator fixes the file and retries.
 #[derive(Debug, thiserror::Error)]
@@ -354,11 +360,11 @@ pub struct NodeSettings {
     /// fsync. Default 512.
     pub writes_per_commit_max: usize,
     /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
-    /// 503 `too_many_subscribers`. Default [`crate::limits::SUBSCRIBERS_MAX`].
+    /// 503 `too_many_subscribers`. Default [`SUBSCRIBERS_MAX`].
     pub subscribers_max: usize,
     /// How long an HTTP client may take to send a request's headers (its connection is then
     /// closed), and again its body (408). Default
-    /// [`crate::serve::REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
+    /// [`REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
     pub request_read_timeout: std::time::Duration,
 }
 
@@ -370,8 +376,8 @@ impl NodeSettings {
             tokens,
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
-            subscribers_max: crate::limits::SUBSCRIBERS_MAX,
-            request_read_timeout: crate::serve::REQUEST_READ_TIMEOUT_DEFAULT,
+            subscribers_max: SUBSCRIBERS_MAX,
+            request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Admission limits of the HTTP side: SSE subscribers per node, streams per client address,
-//! and writes per token. Each refusal is a clear status and JSON body (see `http.rs`).
+//! and writes per token. Each refusal is a clear status and JSON body (see `http::error`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Most SSE subscribers (and waiting long-polls) one node serves at once. The open-file
-/// hard limit here is 20,000 per process; this leaves room for peers and storage.
-pub const SUBSCRIBERS_MAX: usize = 18_000;
+use crate::settings::SUBSCRIBERS_MAX;
+
 /// Most SSE streams from one client address. Loopback is exempt: a local proxy or a
 /// benchmark speaks for many clients from 127.0.0.1.
 pub const STREAMS_PER_ADDRESS_MAX: usize = 1_000;

@@ -25,19 +25,20 @@ use serde::Deserialize;
 use serde_json::json;
 use statusmesh_crdt::archive::ArchivedWrite;
 use statusmesh_crdt::{
-    history, CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name,
-    Override, Put, ServiceDoc, State as ComponentState,
+    CrdtError, Impact, Incident, IncidentChange, IncidentStatus, Maintenance, Name, Override, Put,
+    State as ComponentState,
 };
 use statusmesh_gossip::GossipError;
 
-use crate::http::{
-    authorize, forbidden, parse_json, read_body, reply_after_acks, AckQuery, ApiError, JsonQuery,
-};
-use crate::runtime::{now_ms, NodeHandle, RecordOp};
+use super::error::{parse_json, ApiError, JsonQuery};
+use super::limits::Limits;
+use super::writes::{authorize, forbidden, read_body, reply_after_acks, AckQuery};
+use super::HttpState;
+use crate::driver::{now_ms, NodeHandle, RecordOp};
 use crate::settings::Token;
 
 /// The routes of this module, to merge into the node's router.
-pub fn routes() -> Router<NodeHandle> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/incidents", post(post_incident))
         .route("/v1/incidents/{id}/updates", post(post_incident_update))
@@ -153,9 +154,9 @@ fn author(token: &Token) -> String {
 
 /// The service, once the token may write incidents, maintenance and overrides to it (and
 /// is within its write rate).
-fn operator_service(node: &NodeHandle, token: &Token, service: &str) -> Result<Name, ApiError> {
+fn operator_service(limits: &Limits, token: &Token, service: &str) -> Result<Name, ApiError> {
     let name = Name::parse("service", service)?;
-    node.limits.admit_write(&token.name)?;
+    limits.admit_write(&token.name)?;
     match token.scope.refuse_operator(service) {
         Some(reason) => Err(forbidden(reason)),
         None => Ok(name),
@@ -214,24 +215,32 @@ async fn apply(
 
 /// Applies a change to an existing record of `service` (not a creation) for `writer`.
 async fn apply_change(
-    node: &NodeHandle,
+    state: &HttpState,
     writer: &Token,
     service: &str,
     op: RecordOp,
     ack: &AckQuery,
 ) -> Result<Response, ApiError> {
-    let service = operator_service(node, writer, service)?;
-    apply(node, service, op, ack, false, serde_json::Value::Null).await
+    let service = operator_service(&state.limits, writer, service)?;
+    apply(
+        &state.node,
+        service,
+        op,
+        ack,
+        false,
+        serde_json::Value::Null,
+    )
+    .await
 }
 
 async fn post_incident(
-    State(node): State<NodeHandle>,
+    State(HttpState { node, limits, .. }): State<HttpState>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&node, request.headers())?;
     let b: OpenIncidentBody = body(&node, request).await?;
-    let service = operator_service(&node, &writer, &b.service)?;
+    let service = operator_service(&limits, &writer, &b.service)?;
     let (id, op) = open_incident_op(b, &node.info.id, author(&writer), now_ms())?;
     apply(&node, service, op, &ack, true, json!({ "id": id })).await
 }
@@ -269,16 +278,16 @@ pub(crate) fn open_incident_op(
 }
 
 async fn post_incident_update(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path(id): Path<String>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
-    let b: IncidentUpdateBody = body(&node, request).await?;
+    let writer = authorize(&state.node, request.headers())?;
+    let b: IncidentUpdateBody = body(&state.node, request).await?;
     let service = b.service.clone();
     let op = incident_update_op(b, &id, author(&writer))?;
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 /// `POST /v1/incidents/{id}/updates`: the body validated into the change to write.
@@ -302,16 +311,16 @@ pub(crate) fn incident_update_op(
 }
 
 async fn patch_incident(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path(id): Path<String>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
-    let b: PatchIncidentBody = body(&node, request).await?;
+    let writer = authorize(&state.node, request.headers())?;
+    let b: PatchIncidentBody = body(&state.node, request).await?;
     let service = b.service.clone();
     let op = patch_incident_op(b, &id, author(&writer))?;
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 /// `PATCH /v1/incidents/{id}`: the body validated into the change to write.
@@ -339,15 +348,15 @@ pub(crate) fn patch_incident_op(
 }
 
 async fn put_maintenance(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path((service, id)): Path<(String, String)>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
-    let b: MaintenanceBody = body(&node, request).await?;
+    let writer = authorize(&state.node, request.headers())?;
+    let b: MaintenanceBody = body(&state.node, request).await?;
     let op = maintenance_op(b, &id, author(&writer))?;
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 /// `PUT /v1/maintenance/{service}/{id}`: the body validated into the window to write.
@@ -371,29 +380,29 @@ pub(crate) fn maintenance_op(
 }
 
 async fn delete_maintenance(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path((service, id)): Path<(String, String)>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
+    let writer = authorize(&state.node, request.headers())?;
     let op = RecordOp::Put(Put::Maintenance {
         id: Name::parse("id", &id)?,
         window: None,
     });
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 async fn put_override(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path((service, component)): Path<(String, String)>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
-    let b: OverrideBody = body(&node, request).await?;
+    let writer = authorize(&state.node, request.headers())?;
+    let b: OverrideBody = body(&state.node, request).await?;
     let op = override_op(b, &component, author(&writer), now_ms())?;
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 /// `PUT /v1/overrides/{service}/{component}`: the body validated into the override to write.
@@ -418,21 +427,21 @@ pub(crate) fn override_op(
 }
 
 async fn delete_override(
-    State(node): State<NodeHandle>,
+    State(state): State<HttpState>,
     Path((service, component)): Path<(String, String)>,
     JsonQuery(ack): JsonQuery<AckQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let writer = authorize(&node, request.headers())?;
+    let writer = authorize(&state.node, request.headers())?;
     let op = RecordOp::Put(Put::Override {
         component: Name::parse("component", &component)?,
         value: None,
     });
-    apply_change(&node, &writer, &service, op, &ack).await
+    apply_change(&state, &writer, &service, op, &ack).await
 }
 
 async fn get_history(
-    State(node): State<NodeHandle>,
+    State(HttpState { node, .. }): State<HttpState>,
     Path((service, component)): Path<(String, String)>,
     JsonQuery(query): JsonQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
@@ -479,38 +488,6 @@ pub async fn read_archive(
             Vec::new()
         }
     }
-}
-
-/// The history answer of `component`: its timeline and daily uptime over the last `days`
-/// (1 to 365) up to `now_ms`, over the archived writes of closed epochs and the live epoch
-/// of `doc`. The newest 200 transitions are listed, newest first.
-pub fn history_json(
-    doc: &ServiceDoc,
-    archived: &[ArchivedWrite],
-    component: &Name,
-    days: u64,
-    now_ms: u64,
-) -> serde_json::Value {
-    const DAY_MS: u64 = 24 * 3600 * 1000;
-    let days = days.clamp(1, 365);
-    // Whole days, so that the bars line up with calendar days (UTC).
-    let to = (now_ms / DAY_MS + 1) * DAY_MS;
-    let from = to.saturating_sub(days * DAY_MS);
-    let transitions = history::timeline_with(doc, archived, component);
-    let buckets =
-        history::uptime_buckets_with(doc, archived, component, from, to.min(now_ms), DAY_MS);
-    let whole = history::uptime_with(doc, archived, component, from, now_ms);
-    let overall = whole.last();
-    json!({
-        "service": doc.service(),
-        "component": component,
-        "from_ms": from,
-        "to_ms": now_ms,
-        "uptime": overall.and_then(|u| u.uptime),
-        "days": buckets,
-        "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
-        "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
-    })
 }
 
 fn base36(mut n: u64) -> String {

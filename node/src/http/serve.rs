@@ -6,8 +6,8 @@
 //! `request_read_timeout` of being ready for them (after connecting, or after its previous
 //! response); otherwise hyper closes it. Streaming responses (SSE) are not affected: the
 //! timer runs only while the connection waits for a request head. Bodies have the same
-//! bound, applied where handlers read them (`http::read_body`). A connection whose first
-//! request is an event stream is served by [`crate::sse_front`] instead of hyper.
+//! bound, applied where handlers read them (`http::writes::read_body`). A connection whose first
+//! request is an event stream is served by [`super::sse_front`] instead of hyper.
 
 use std::time::Duration;
 
@@ -22,11 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::runtime::NodeHandle;
+use super::sse_front;
+use super::HttpState;
 
-/// How long a client may take to send a request's headers, and then its body, by default
-/// (hyper's own header default when it has a timer).
-pub const REQUEST_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// The pause after a failed accept (usually: out of file descriptors), so the loop waits for
 /// connections to close instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -38,7 +36,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    node: NodeHandle,
+    state: HttpState,
     request_read_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -66,12 +64,11 @@ pub async fn serve(
         );
         let mut shutdown = shutdown.clone();
         let open = open_tx.clone();
-        let node = node.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let _open = open;
             let Some(stream) =
-                crate::sse_front::route(stream, remote, &node, &mut shutdown, request_read_timeout)
-                    .await
+                sse_front::route(stream, remote, &state, &mut shutdown, request_read_timeout).await
             else {
                 return;
             };

@@ -1,4 +1,4 @@
-//! The front door of every HTTP connection ([`crate::serve`] calls [`route`] first). A
+//! The front door of every HTTP connection ([`super::serve`] calls [`route`] first). A
 //! connection whose first request is `GET /v1/events` is served here by a lean loop that
 //! writes each event's shared bytes straight to the socket; every other connection goes to
 //! axum (hyper).
@@ -20,8 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::http::{open_event_stream, parse_query, ApiError, EventsQuery, SSE_RESPONSE_HEADERS};
-use crate::runtime::NodeHandle;
+use super::error::{parse_query, ApiError};
+use super::events::{open_event_stream, EventsQuery, SSE_RESPONSE_HEADERS};
+use super::HttpState;
 
 /// Longest request head of an events request (the cursor is the only long part).
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -42,7 +43,7 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 pub async fn route(
     stream: TcpStream,
     peer: SocketAddr,
-    node: &NodeHandle,
+    state: &HttpState,
     shutdown: &mut watch::Receiver<bool>,
     head_timeout: Duration,
 ) -> Option<TcpStream> {
@@ -55,7 +56,7 @@ pub async fn route(
     let lean = is_events_request(&first[..peeked]);
     metrics::counter!(
         "statusmesh_http_connections_total",
-        "node" => node.info.id.to_string(),
+        "node" => state.node.info.id.to_string(),
         "path" => if lean { "events_lean" } else { "axum" }
     )
     .increment(1);
@@ -65,7 +66,7 @@ pub async fn route(
     // Events are small and must leave at once.
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
-    serve_events(stream, peer, node.clone(), shutdown, head_timeout).await;
+    serve_events(stream, peer, state.clone(), shutdown, head_timeout).await;
     None
 }
 
@@ -85,7 +86,7 @@ struct EventsRequest {
 async fn serve_events(
     mut stream: TcpStream,
     peer: SocketAddr,
-    node: NodeHandle,
+    state: HttpState,
     shutdown: &mut watch::Receiver<bool>,
     head_timeout: Duration,
 ) {
@@ -99,7 +100,7 @@ async fn serve_events(
     let opened = match parse_query::<EventsQuery>(&request.uri) {
         Ok(query) => {
             open_event_stream(
-                node,
+                state,
                 query,
                 Some(peer.ip()),
                 request.last_event_id.as_deref(),

@@ -1,0 +1,225 @@
+//! The driver's handle: what the HTTP side may ask of the one task that owns the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use statusmesh_crdt::{ChangeHash, Cursor, Incident, IncidentChange, Name, Put, StatusWrite};
+use statusmesh_gossip::GossipError;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::published::Published;
+use crate::settings::Tokens;
+
+/// A new subscription: what to send first, then the live feed.
+#[derive(Debug)]
+pub struct Subscription {
+    pub initial: Vec<Published>,
+    pub live: broadcast::Receiver<Arc<Published>>,
+    /// True when the client's cursor names changes this node does not hold yet: `initial`
+    /// is then a snapshot, and the node has asked its peers for what it lacks.
+    pub cursor_ahead: bool,
+}
+
+/// The reply to a write.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteReply {
+    pub changed: bool,
+    pub cursor: String,
+    /// The change made, for `?ack=N` waits; `None` when nothing changed.
+    #[serde(skip)]
+    pub change: Option<ChangeHash>,
+}
+
+/// A change to an incident, a maintenance window or an override.
+#[derive(Debug, Clone)]
+pub enum RecordOp {
+    OpenIncident {
+        id: Name,
+        incident: Incident,
+        text: String,
+    },
+    ChangeIncident {
+        id: Name,
+        change: IncidentChange,
+    },
+    /// A maintenance window or an override, written as the crdt's own record put.
+    Put(Put),
+}
+
+/// Most `?ack=N` writes waiting at once; more are answered at once with what is known.
+pub const ACK_WAITERS_MAX: usize = 10_000;
+
+/// What a handle asks of the driver; each carries the channel of its answer.
+pub(super) enum Command {
+    Write {
+        write: StatusWrite,
+        reply: oneshot::Sender<Result<WriteReply, GossipError>>,
+    },
+    Status {
+        service: Option<Name>,
+        reply: oneshot::Sender<(serde_json::Value, String)>,
+    },
+    Subscribe {
+        resume: Option<Cursor>,
+        service: Option<String>,
+        reply: oneshot::Sender<Subscription>,
+    },
+    Nodes {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    Record {
+        service: Name,
+        op: RecordOp,
+        reply: oneshot::Sender<Result<WriteReply, GossipError>>,
+    },
+    History {
+        service: Name,
+        component: Name,
+        days: u64,
+        archived: Vec<statusmesh_crdt::archive::ArchivedWrite>,
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+    AwaitRegions {
+        change: ChangeHash,
+        regions: usize,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// Static facts about the node, shared with the HTTP side.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub id: String,
+    pub region: String,
+    pub cluster: String,
+    /// Who may write.
+    pub tokens: Tokens,
+    /// How long a client may take to send a request body (see `NodeSettings`).
+    pub request_read_timeout: Duration,
+    /// The data directory: the history endpoint reads a document's archive from it.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// A cheap, cloneable handle to a running node's driver.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    pub info: Arc<NodeInfo>,
+    ready: watch::Receiver<bool>,
+}
+
+/// The driver is gone (the node is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the node is shutting down")]
+pub struct Unavailable;
+
+impl NodeHandle {
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        info: Arc<NodeInfo>,
+        ready: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            commands,
+            info,
+            ready,
+        }
+    }
+
+    /// Applies a client write; replies once it is applied locally, queued to peers, and its
+    /// change is on disk (fsynced). Storage failure shows as [`Unavailable`].
+    pub async fn write(
+        &self,
+        write: StatusWrite,
+    ) -> Result<Result<WriteReply, GossipError>, Unavailable> {
+        self.ask(|reply| Command::Write { write, reply }).await
+    }
+
+    /// The status view (all services or one) and the cursor it reflects.
+    pub async fn status(
+        &self,
+        service: Option<Name>,
+    ) -> Result<(serde_json::Value, String), Unavailable> {
+        self.ask(|reply| Command::Status { service, reply }).await
+    }
+
+    /// Subscribes to events, resuming after `resume` when the node can tell what came after it.
+    pub async fn subscribe(
+        &self,
+        resume: Option<Cursor>,
+        service: Option<String>,
+    ) -> Result<Subscription, Unavailable> {
+        self.ask(|reply| Command::Subscribe {
+            resume,
+            service,
+            reply,
+        })
+        .await
+    }
+
+    /// Membership and replication state.
+    pub async fn nodes(&self) -> Result<serde_json::Value, Unavailable> {
+        self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Applies an incident, maintenance or override change; replies once it is durable.
+    pub async fn record(
+        &self,
+        service: Name,
+        op: RecordOp,
+    ) -> Result<Result<WriteReply, GossipError>, Unavailable> {
+        self.ask(|reply| Command::Record { service, op, reply })
+            .await
+    }
+
+    /// A component's timeline and daily uptime over the last `days`, `None` when unknown.
+    pub async fn history(
+        &self,
+        service: Name,
+        component: Name,
+        days: u64,
+        archived: Vec<statusmesh_crdt::archive::ArchivedWrite>,
+    ) -> Result<Option<serde_json::Value>, Unavailable> {
+        self.ask(|reply| Command::History {
+            service,
+            component,
+            days,
+            archived,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until `regions` regions (this one included) hold `change`; replies with how many
+    /// do. The caller bounds the wait.
+    pub async fn await_regions(
+        &self,
+        change: ChangeHash,
+        regions: usize,
+    ) -> Result<usize, Unavailable> {
+        self.ask(|reply| Command::AwaitRegions {
+            change,
+            regions,
+            reply,
+        })
+        .await
+    }
+
+    /// True once the node has heard from a peer (or has none).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Unavailable> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Unavailable)?;
+        rx.await.map_err(|_| Unavailable)
+    }
+}

@@ -1,0 +1,129 @@
+//! The JSON reads the driver answers (status, nodes, history) and what a new subscriber
+//! gets first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+use statusmesh_crdt::archive::ArchivedWrite;
+use statusmesh_crdt::{history, Cursor, DocEvent, Name, ServiceDoc};
+use statusmesh_gossip::MemberState;
+
+use super::published::{record_published, status_published, Published};
+use super::{now_ms, Driver};
+
+impl Driver {
+    /// What a new subscriber gets first, and whether its cursor is ahead of this node.
+    pub(super) fn initial_events(
+        &self,
+        resume: Option<&Cursor>,
+        service: Option<&str>,
+    ) -> (Vec<Published>, bool) {
+        let replica = self.node.replica();
+        if let Some(cursor) = resume {
+            if let Some(events) = replica.doc_events_since(cursor) {
+                let id = replica.cursor().encode();
+                let events = events
+                    .iter()
+                    .map(|e| match e {
+                        DocEvent::Status(status) => status_published(status, id.clone()),
+                        other => record_published(other, id.clone()),
+                    })
+                    .collect();
+                return (events, false);
+            }
+        }
+        let service = service.and_then(|s| Name::parse("service", s).ok());
+        let (view, cursor) = self.status(service.as_ref());
+        let snapshot = vec![Published {
+            kind: "snapshot",
+            id: cursor,
+            service: None,
+            region: None,
+            data: view,
+            frame: std::sync::OnceLock::new(),
+        }];
+        // A cursor of a compacted epoch is answered by the snapshot at once; any other cursor
+        // this node cannot answer is one it has not caught up with yet.
+        let ahead = resume.is_some_and(|cursor| !replica.cursor_is_compacted(cursor));
+        (snapshot, ahead)
+    }
+
+    pub(super) fn status(&self, service: Option<&Name>) -> (serde_json::Value, String) {
+        let replica = self.node.replica();
+        let view = serde_json::to_value(replica.view(now_ms(), service)).unwrap_or_default();
+        (view, replica.cursor().encode())
+    }
+
+    pub(super) fn nodes(&self) -> serde_json::Value {
+        let link_stats: BTreeMap<&str, _> = self.transport.link_stats().collect();
+        let mut nodes = vec![json!({
+            "id": self.info.id,
+            "region": self.info.region,
+            "self": true,
+            "state": MemberState::Alive,
+        })];
+        // A region is visible when any of its nodes is alive to this node.
+        let mut visible: BTreeSet<&str> = BTreeSet::from([self.info.region.as_str()]);
+        for (id, peer) in self.node.peers() {
+            let state = self.node.member_state(id);
+            if state == MemberState::Alive || state == MemberState::Suspect {
+                visible.insert(peer.region.as_str());
+            }
+            let stats = link_stats.get(id.as_str());
+            let (lag_changes, lag_since_ms) = self.node.peer_lag(id);
+            nodes.push(json!({
+                "id": id,
+                "region": peer.region,
+                "self": false,
+                "state": state,
+                "last_contact_ms": peer.last_heard_ms,
+                "lag_changes": lag_changes,
+                "lag_oldest_ms": lag_since_ms,
+                "frames_sent": stats.map(|s| s.frames_sent.load(std::sync::atomic::Ordering::Relaxed)),
+                "frames_dropped": stats.map(|s| s.frames_dropped.load(std::sync::atomic::Ordering::Relaxed)),
+            }));
+        }
+        let regions: BTreeSet<&str> = self.regions.values().map(String::as_str).collect();
+        let unreachable: Vec<&str> = regions.difference(&visible).copied().collect();
+        json!({
+            "cluster": self.info.cluster,
+            "node": self.info.id,
+            "region": self.info.region,
+            "nodes": nodes,
+            "regions": regions,
+            "unreachable_regions": unreachable,
+        })
+    }
+}
+
+/// The history answer of `component`: its timeline and daily uptime over the last `days`
+/// (1 to 365) up to `now_ms`, over the archived writes of closed epochs and the live epoch
+/// of `doc`. The newest 200 transitions are listed, newest first.
+pub fn history_json(
+    doc: &ServiceDoc,
+    archived: &[ArchivedWrite],
+    component: &Name,
+    days: u64,
+    now_ms: u64,
+) -> serde_json::Value {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let days = days.clamp(1, 365);
+    // Whole days, so that the bars line up with calendar days (UTC).
+    let to = (now_ms / DAY_MS + 1) * DAY_MS;
+    let from = to.saturating_sub(days * DAY_MS);
+    let transitions = history::timeline_with(doc, archived, component);
+    let buckets =
+        history::uptime_buckets_with(doc, archived, component, from, to.min(now_ms), DAY_MS);
+    let whole = history::uptime_with(doc, archived, component, from, now_ms);
+    let overall = whole.last();
+    json!({
+        "service": doc.service(),
+        "component": component,
+        "from_ms": from,
+        "to_ms": now_ms,
+        "uptime": overall.and_then(|u| u.uptime),
+        "days": buckets,
+        "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
+        "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
+    })
+}

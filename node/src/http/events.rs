@@ -1,0 +1,318 @@
+//! Server-Sent Events and long-poll: a subscriber gets the snapshot or the changes after its
+//! cursor, then live events; one that falls behind gets a fresh snapshot.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::json;
+use statusmesh_crdt::{Cursor, Name};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::{ApiError, JsonQuery};
+use super::HttpState;
+use crate::driver::{NodeHandle, Published, Subscription};
+
+/// What clients are told to wait before reconnecting (1 s), sent before the first event.
+const SSE_RETRY_LINE: &str = "retry: 1000\n";
+
+/// Comment lines on idle streams keep proxies from closing them.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    service: Option<String>,
+    region: Option<String>,
+    last_event_id: Option<String>,
+}
+
+impl EventsQuery {
+    /// Checks the filters; the cursor to resume from: the `Last-Event-ID` header's, else the
+    /// query's.
+    pub(crate) fn resume(&self, last_event_id: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+        check_filters(self.service.as_deref(), self.region.as_deref())?;
+        let text = last_event_id.or(self.last_event_id.as_deref());
+        decode_cursor("last_event_id", text)
+    }
+}
+
+/// `?service=` and `?region=` must be valid names when given.
+fn check_filters(service: Option<&str>, region: Option<&str>) -> Result<(), ApiError> {
+    for (field, value) in [("service", service), ("region", region)] {
+        if let Some(v) = value {
+            Name::parse(field, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// A client's cursor (`field` names where it came from); none when absent or empty.
+fn decode_cursor(field: &str, text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    match text {
+        Some(text) if !text.is_empty() => Cursor::decode(text).map(Some).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some(field),
+                e.to_string(),
+            )
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// How long a node that is behind a client's cursor waits to catch up (it has asked its
+/// peers) before it answers with a snapshot instead.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
+/// Subscribes; when the client's cursor is ahead of this node (it last read a node that had
+/// changes this one has not received yet), waits a bounded while for them so that the client
+/// resumes exactly instead of starting over from a snapshot.
+async fn subscribe_resuming(
+    node: &NodeHandle,
+    resume: Option<Cursor>,
+    service: Option<String>,
+) -> Result<Subscription, ApiError> {
+    let mut subscription = node.subscribe(resume.clone(), service.clone()).await?;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while subscription.cursor_ahead && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        subscription = node.subscribe(resume.clone(), service.clone()).await?;
+    }
+    Ok(subscription)
+}
+
+/// The client's address when the server was started with connect info (the node is).
+fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+pub(super) async fn get_events(
+    State(state): State<HttpState>,
+    JsonQuery(query): JsonQuery<EventsQuery>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let stream =
+        open_event_stream(state, query, client_address(&extensions), last_event_id).await?;
+    // The body is the SSE wire format written directly (not axum's `Sse`), so that each
+    // event is serialized once and its bytes shared by every subscriber.
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in SSE_RESPONSE_HEADERS {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    Ok(response)
+}
+
+/// The headers of an event stream (`x-accel-buffering` tells reverse proxies not to buffer).
+pub(crate) const SSE_RESPONSE_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Admits a subscriber and opens its stream of SSE frames: the snapshot or the changes after
+/// the client's cursor (`Last-Event-ID`, else `?last_event_id=`), then live events. Shared
+/// by the axum route and the lean front door ([`super::sse_front`]).
+pub(crate) async fn open_event_stream(
+    state: HttpState,
+    query: EventsQuery,
+    client: Option<std::net::IpAddr>,
+    last_event_id: Option<&str>,
+) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
+    let HttpState { node, limits, .. } = state;
+    let slot = limits.admit_subscriber(client)?;
+    let resume = query.resume(last_event_id)?;
+    let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
+    let stream = event_stream(node, subscription, query.service, query.region);
+    // The slot lives as long as the stream: a gone subscriber frees its place.
+    Ok(futures_util::StreamExt::map(stream, move |item| {
+        let _held = &slot;
+        item
+    }))
+}
+
+struct StreamState {
+    node: NodeHandle,
+    pending: VecDeque<Arc<Published>>,
+    live: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    service: Option<String>,
+    region: Option<String>,
+    sent_retry: bool,
+    /// Fires after SSE_HEARTBEAT without a frame sent; reset by each frame.
+    heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The comment sent on idle streams.
+const SSE_HEARTBEAT_FRAME: &[u8] = b":heartbeat\n\n";
+
+fn event_stream(
+    node: NodeHandle,
+    subscription: Subscription,
+    service: Option<String>,
+    region: Option<String>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let state = StreamState {
+        node,
+        pending: subscription.initial.into_iter().map(Arc::new).collect(),
+        live: subscription.live,
+        service,
+        region,
+        sent_retry: false,
+        heartbeat: Box::pin(tokio::time::sleep(SSE_HEARTBEAT)),
+    };
+    stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(published) = state.pending.pop_front() {
+                let mut frame = published.sse_frame();
+                if !state.sent_retry {
+                    // Once per stream, so this copy is not on the fan-out path.
+                    let mut first = Vec::with_capacity(SSE_RETRY_LINE.len() + frame.len());
+                    first.extend_from_slice(SSE_RETRY_LINE.as_bytes());
+                    first.extend_from_slice(&frame);
+                    frame = Bytes::from(first);
+                    state.sent_retry = true;
+                }
+                state.rearm_heartbeat();
+                return Some((Ok(frame), state));
+            }
+            let received = tokio::select! {
+                received = state.live.recv() => received,
+                () = state.heartbeat.as_mut() => {
+                    state.rearm_heartbeat();
+                    return Some((Ok(Bytes::from_static(SSE_HEARTBEAT_FRAME)), state));
+                }
+            };
+            match received {
+                Ok(published) => {
+                    if matches_filter(
+                        &published,
+                        state.service.as_deref(),
+                        state.region.as_deref(),
+                    ) {
+                        // The shared event itself, not a copy: its frame is made once.
+                        state.pending.push_back(published);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow to keep up: the truth is re-sent whole instead of piling up.
+                    let Ok(fresh) = state.node.subscribe(None, state.service.clone()).await else {
+                        return None;
+                    };
+                    state.live = fresh.live;
+                    state.pending = fresh.initial.into_iter().map(Arc::new).collect();
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+impl StreamState {
+    fn rearm_heartbeat(&mut self) {
+        self.heartbeat
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
+    }
+}
+
+fn matches_filter(published: &Published, service: Option<&str>, region: Option<&str>) -> bool {
+    let service_ok = service.is_none_or(|s| published.service.as_deref().is_none_or(|p| p == s));
+    let region_ok = region.is_none_or(|r| published.region.as_deref().is_none_or(|p| p == r));
+    service_ok && region_ok
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PollQuery {
+    cursor: Option<String>,
+    wait_s: Option<u64>,
+    service: Option<String>,
+    region: Option<String>,
+}
+
+impl PollQuery {
+    /// Checks every field; the wait in seconds and the cursor to resume from.
+    pub(crate) fn validate(&self) -> Result<(u64, Option<Cursor>), ApiError> {
+        check_filters(self.service.as_deref(), self.region.as_deref())?;
+        let wait_s = self.wait_s.unwrap_or(30);
+        if wait_s > POLL_WAIT_S_MAX {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                Some("wait_s"),
+                format!("wait_s {wait_s} is above the limit of {POLL_WAIT_S_MAX}"),
+            ));
+        }
+        Ok((wait_s, decode_cursor("cursor", self.cursor.as_deref())?))
+    }
+}
+
+/// Longest long-poll wait, in seconds.
+const POLL_WAIT_S_MAX: u64 = 60;
+
+/// Most events one long-poll answer carries; the rest come with the next poll.
+const POLL_EVENTS_MAX: usize = 1_000;
+
+/// `GET /v1/poll?cursor=&wait_s=`: the same events as `/v1/events`, as JSON, for clients that
+/// cannot hold a stream. Without a cursor the answer is a snapshot; with one, the events
+/// after it, waiting up to `wait_s` (default 30) for the first. The answer's `cursor` is the
+/// next poll's.
+pub(super) async fn get_poll(
+    State(HttpState { node, limits, .. }): State<HttpState>,
+    JsonQuery(query): JsonQuery<PollQuery>,
+    extensions: axum::http::Extensions,
+) -> Result<Response, ApiError> {
+    // A waiting poll holds a connection like a stream does.
+    let _slot = limits.admit_subscriber(client_address(&extensions))?;
+    let (wait_s, resume) = query.validate()?;
+    let Subscription {
+        initial, mut live, ..
+    } = subscribe_resuming(&node, resume, query.service.clone()).await?;
+    let keep = |p: &Published| matches_filter(p, query.service.as_deref(), query.region.as_deref());
+    let mut events: Vec<Published> = initial.into_iter().filter(|p| keep(p)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    while events.is_empty() {
+        match tokio::time::timeout_at(deadline, live.recv()).await {
+            Ok(Ok(published)) if keep(&published) => events.push((*published).clone()),
+            Ok(Ok(_)) => {}
+            Ok(Err(RecvError::Lagged(_))) => {
+                // Too far behind to list: the answer is the whole truth instead.
+                let fresh = node.subscribe(None, query.service.clone()).await?;
+                events = fresh.initial;
+            }
+            Ok(Err(RecvError::Closed)) => return Err(ApiError::unavailable()),
+            Err(_) => break,
+        }
+    }
+    // Whatever else is already there comes along, up to the bound.
+    while events.len() < POLL_EVENTS_MAX {
+        match live.try_recv() {
+            Ok(published) if keep(&published) => events.push((*published).clone()),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let cursor = events
+        .last()
+        .map(|p| p.id.clone())
+        .or(query.cursor)
+        .unwrap_or_default();
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|p| json!({ "event": p.kind, "id": p.id, "data": p.data }))
+        .collect();
+    Ok(Json(json!({ "events": events, "cursor": cursor })).into_response())
+}

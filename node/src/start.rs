@@ -1,0 +1,195 @@
+//! Starting a node: the only module that knows both the driver and the HTTP side. It loads
+//! the data directory, starts storage, the QUIC transport, the driver, and the HTTP server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use statusmesh_gossip::{Config as GossipConfig, Peer};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::certs::NodeIdentity;
+use crate::config::Topology;
+use crate::driver::{self, NodeHandle};
+use crate::http::{self, limits::Limits, HttpState};
+use crate::settings::NodeSettings;
+use crate::storage::{self, StorageError, StorageHandle};
+use crate::transport::{Transport, TransportError};
+
+/// An error starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot bind HTTP on {addr}: {reason}")]
+    HttpBind { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A running node: its handle and the addresses it serves.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub http_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    driver: tokio::task::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Waits until the driver and the HTTP server have stopped (after shutdown).
+    pub async fn join(self) {
+        let _ = self.http.await;
+        let _ = self.driver.await;
+    }
+}
+
+/// Everything needed to start one node.
+#[derive(Debug)]
+pub struct NodeOptions {
+    pub topology: Topology,
+    pub node_id: String,
+    pub identity: NodeIdentity,
+    pub settings: NodeSettings,
+    pub gossip: GossipConfig,
+    /// The Prometheus recorder installed by `main`, served at `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Starts a node: loads its data directory, then the QUIC transport, the driver, and the
+/// HTTP server. Everything stops when `shutdown` turns true; the driver then writes and
+/// fsyncs what is pending before it closes connections.
+pub async fn start(
+    options: NodeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunningNode, StartError> {
+    let topology = &options.topology;
+    let spec = topology
+        .node(&options.node_id)
+        .map_err(|e| StartError::Config(e.to_string()))?
+        .clone();
+    let peers: Vec<(String, SocketAddr)> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.id != spec.id)
+        .map(|n| (n.id.clone(), n.gossip))
+        .collect();
+    // Load before anything listens: a node serves only what it has on disk and more.
+    let loaded = {
+        let dir = options.settings.data_dir.clone();
+        let id = spec.id.clone();
+        tokio::task::spawn_blocking(move || storage::open(&dir, &id))
+            .await
+            .map_err(|e| StartError::Config(format!("storage load task failed: {e}")))??
+    };
+    if loaded.truncated_tails > 0 {
+        metrics::counter!("statusmesh_storage_truncated_tails_total", "node" => spec.id.clone())
+            .increment(loaded.truncated_tails);
+    }
+    let storage::Loaded {
+        incarnation,
+        actor,
+        docs,
+        logs,
+        lock,
+        ..
+    } = loaded;
+    let storage = StorageHandle::start(options.settings.data_dir.clone(), spec.id.clone(), lock)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(driver::INBOUND_QUEUE_MAX);
+    let transport = Transport::start(
+        &options.identity,
+        spec.gossip,
+        &peers,
+        inbound_tx,
+        shutdown.clone(),
+    )?;
+    let gossip_addr = transport.local_addr().unwrap_or(spec.gossip);
+
+    // A fresh actor id per start (recorded by storage::open before use): this node never
+    // writes under an actor whose sequence numbers peers may already hold.
+    info!(node = %spec.id, incarnation, actor = %actor, "incarnation");
+    let gossip_peers = topology
+        .nodes
+        .iter()
+        .map(|n| Peer {
+            id: n.id.clone(),
+            region: n.region.clone(),
+        })
+        .collect();
+    let regions: BTreeMap<String, String> = topology
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.region.clone()))
+        .collect();
+    let (handle, driver) = driver::spawn(driver::Launch {
+        info: driver::NodeInfo {
+            id: spec.id.clone(),
+            region: spec.region.clone(),
+            cluster: topology.cluster.clone(),
+            tokens: options.settings.tokens.clone(),
+            request_read_timeout: options.settings.request_read_timeout,
+            data_dir: options.settings.data_dir.clone(),
+        },
+        gossip: options.gossip.clone(),
+        peers: gossip_peers,
+        regions,
+        incarnation,
+        actor,
+        docs,
+        logs,
+        storage,
+        transport,
+        inbound: inbound_rx,
+        settings: options.settings.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    let listener = bind_http(spec.http).map_err(|e| StartError::HttpBind {
+        addr: spec.http,
+        reason: e.to_string(),
+    })?;
+    let http_addr = listener.local_addr().unwrap_or(spec.http);
+    let state = HttpState {
+        node: handle.clone(),
+        limits: Arc::new(Limits::new(options.settings.subscribers_max)),
+        metrics: options.metrics.clone(),
+    };
+    let router = http::router(state.clone());
+    let http = tokio::spawn(http::serve::serve(
+        listener,
+        router,
+        state,
+        options.settings.request_read_timeout,
+        shutdown,
+    ));
+    info!(node = %spec.id, http = %http_addr, gossip = %gossip_addr, "node started");
+    Ok(RunningNode {
+        handle,
+        http_addr,
+        gossip_addr,
+        driver,
+        http,
+    })
+}
+
+/// Pending connections the HTTP listener queues before the kernel drops new ones: a fleet of
+/// subscribers reconnecting at once (after a failover) must not overflow it (tokio's default
+/// is 128).
+const HTTP_LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HTTP_LISTEN_BACKLOG)
+}
