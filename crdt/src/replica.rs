@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use automerge::{ActorId, ChangeHash};
 
 use crate::cursor::Cursor;
-use crate::doc::{DocEvent, LocalChange, Put, RemoteApplied, ServiceDoc, StatusEvent};
+use crate::doc::{DocEvent, LocalChange, PlannedPuts, Put, RemoteApplied, ServiceDoc, StatusEvent};
 use crate::error::CrdtError;
 use crate::liveness::Liveness;
 use crate::model::{Name, StatusWrite};
@@ -119,7 +119,8 @@ impl Replica {
 
     /// Applies many status writes at once, one Automerge change per service (group commit):
     /// this is what keeps history small and throughput high under load. All writes are
-    /// validated before any is applied. Returns one outcome per service touched.
+    /// validated, and checked against their documents, before any is applied: an error
+    /// leaves every document as it was. Returns one outcome per service touched.
     pub fn write_status_batch(
         &mut self,
         now_ms: u64,
@@ -137,9 +138,15 @@ impl Replica {
                     observation: write.observation.clone(),
                 });
         }
+        let mut plans = Vec::with_capacity(by_service.len());
+        let mut new_services = 0;
+        for (service, puts) in &by_service {
+            plans.push(self.plan_records(service, puts, new_services)?);
+            new_services += usize::from(!self.docs.contains_key(*service));
+        }
         let mut outcomes = Vec::with_capacity(by_service.len());
-        for (service, puts) in by_service {
-            outcomes.push(self.write_records(now_ms, service, &puts)?);
+        for ((service, puts), plan) in by_service.into_iter().zip(plans) {
+            outcomes.push(self.commit_records(now_ms, service, &puts, plan)?);
         }
         for write in writes {
             self.liveness.observe(&write.cell_key(), now_ms);
@@ -225,48 +232,37 @@ impl Replica {
         self.write_records(now_ms, service, &puts)
     }
 
-    /// Writes records of one service as one change (see [`ServiceDoc::apply_puts`]).
+    /// Writes records of one service as one change (see [`ServiceDoc::apply_puts`]). A
+    /// refused write leaves the replica as it was (no empty document either).
     pub fn write_records(
         &mut self,
         now_ms: u64,
         service: &Name,
         puts: &[Put],
     ) -> Result<WriteOutcome, CrdtError> {
-        let node = self.node.clone();
-        let doc = self.doc_mut(service)?;
-        let Some(LocalChange { mut change, keys }) = doc.apply_puts_keys(now_ms, &node, puts)?
-        else {
-            return Ok(WriteOutcome {
-                service: service.clone(),
-                changed: false,
-                change: None,
-                change_hash: None,
-                events: Vec::new(),
-                doc_events: Vec::new(),
-            });
-        };
-        let doc_events = doc.events_for_local_puts(puts, &keys, &node, now_ms);
-        Ok(WriteOutcome {
-            service: service.clone(),
-            changed: true,
-            change_hash: Some(change.hash()),
-            change: Some(change.bytes().into_owned()),
-            events: status_only(&doc_events),
-            doc_events,
-        })
+        let plan = self.plan_records(service, puts, 0)?;
+        self.commit_records(now_ms, service, puts, plan)
     }
 
     /// Applies a batch of changes from a peer to one service's document; see
-    /// [`ServiceDoc::apply_remote`] for what is checked. Rejected batches change nothing.
+    /// [`ServiceDoc::apply_remote`] for what is checked. Rejected batches change nothing: a
+    /// document is made for a new service only when its first batch is accepted.
     pub fn apply_remote(
         &mut self,
         service: &str,
         changes: &[Vec<u8>],
     ) -> Result<RemoteOutcome, CrdtError> {
         let service = Name::parse("service", service)?;
-        let doc = self.doc_mut(&service)?;
-        let before = doc.heads();
-        let applied = doc.apply_remote_keys(changes)?;
+        let (before, applied) = match self.docs.get_mut(&service) {
+            Some(doc) => (doc.heads(), doc.apply_remote_keys(changes)?),
+            None => {
+                self.check_room(&service, 0)?;
+                let mut doc = ServiceDoc::new(service.clone(), self.actor.clone());
+                let applied = doc.apply_remote_keys(changes)?;
+                self.docs.insert(service.clone(), doc);
+                (Vec::new(), applied)
+            }
+        };
         Ok(self.outcome(&service, before, applied))
     }
 
@@ -447,19 +443,84 @@ impl Replica {
         }
     }
 
-    fn doc_mut(&mut self, service: &Name) -> Result<&mut ServiceDoc, CrdtError> {
-        if !self.docs.contains_key(service) && self.docs.len() >= SERVICES_MAX {
+    /// Checks a write of `puts` to `service` without writing: against its document, or a
+    /// new one when there is none (`new_services` of them already planned in this batch).
+    fn plan_records(
+        &self,
+        service: &Name,
+        puts: &[Put],
+        new_services: usize,
+    ) -> Result<Option<PlannedPuts>, CrdtError> {
+        match self.docs.get(service) {
+            Some(doc) => doc.plan_puts(puts),
+            None => {
+                self.check_room(service, new_services)?;
+                ServiceDoc::new(service.clone(), self.actor.clone()).plan_puts(puts)
+            }
+        }
+    }
+
+    /// Commits a write planned by [`Self::plan_records`]; a new service's document is kept
+    /// only when the write succeeds.
+    fn commit_records(
+        &mut self,
+        now_ms: u64,
+        service: &Name,
+        puts: &[Put],
+        plan: Option<PlannedPuts>,
+    ) -> Result<WriteOutcome, CrdtError> {
+        if let Some(doc) = self.docs.get_mut(service) {
+            return Self::commit_into(doc, &self.node, now_ms, puts, plan);
+        }
+        let mut doc = ServiceDoc::new(service.clone(), self.actor.clone());
+        let outcome = Self::commit_into(&mut doc, &self.node, now_ms, puts, plan)?;
+        self.docs.insert(service.clone(), doc);
+        Ok(outcome)
+    }
+
+    fn commit_into(
+        doc: &mut ServiceDoc,
+        node: &str,
+        now_ms: u64,
+        puts: &[Put],
+        plan: Option<PlannedPuts>,
+    ) -> Result<WriteOutcome, CrdtError> {
+        let written = match plan {
+            Some(plan) => doc.commit_puts(now_ms, node, plan)?,
+            None => None,
+        };
+        let Some(LocalChange { mut change, keys }) = written else {
+            return Ok(WriteOutcome {
+                service: doc.service().clone(),
+                changed: false,
+                change: None,
+                change_hash: None,
+                events: Vec::new(),
+                doc_events: Vec::new(),
+            });
+        };
+        let doc_events = doc.events_for_local_puts(puts, &keys, node, now_ms);
+        Ok(WriteOutcome {
+            service: doc.service().clone(),
+            changed: true,
+            change_hash: Some(change.hash()),
+            change: Some(change.bytes().into_owned()),
+            events: status_only(&doc_events),
+            doc_events,
+        })
+    }
+
+    /// Refuses a new service beyond [`SERVICES_MAX`] documents (`pending` new ones already
+    /// planned).
+    fn check_room(&self, service: &Name, pending: usize) -> Result<(), CrdtError> {
+        if self.docs.len() + pending >= SERVICES_MAX {
             return Err(CrdtError::InvalidField {
                 field: "service",
                 value: service.to_string(),
                 reason: format!("this node already holds the maximum of {SERVICES_MAX} services"),
             });
         }
-        let actor = self.actor.clone();
-        Ok(self
-            .docs
-            .entry(service.clone())
-            .or_insert_with(|| ServiceDoc::new(service.clone(), actor)))
+        Ok(())
     }
 }
 
@@ -688,5 +749,35 @@ mod tests {
         c.write_status(1, &write("x", "y", State::Operational, ""))
             .expect("write");
         assert!(b.events_since(&c.cursor()).is_none());
+    }
+
+    #[test]
+    fn a_rejected_batch_for_a_new_service_leaves_no_document_behind() {
+        let mut r = replica(1);
+        assert!(r.apply_remote("api", &[vec![1, 2, 3]]).is_err());
+        assert_eq!(r.docs().count(), 0);
+        assert_eq!(r.cursor(), Cursor::default());
+    }
+
+    #[test]
+    fn a_status_batch_refused_for_one_service_writes_no_service() {
+        let mut r = replica(1);
+        let in_service = |service: &str| {
+            let mut w = write("db", "eu-west", State::Operational, "");
+            w.service = Name::parse("service", service).expect("name");
+            w
+        };
+        for i in 0..SERVICES_MAX - 1 {
+            r.write_status(1, &in_service(&format!("s{i}")))
+                .expect("write");
+        }
+        let (cursor, liveness) = (r.cursor(), r.liveness().clone());
+        // Room for one more service, and the batch brings two.
+        let batch = [in_service("s0"), in_service("new-a"), in_service("new-b")];
+        let err = r.write_status_batch(2, &batch).expect_err("refused");
+        assert_eq!(err.field(), Some("service"));
+        assert_eq!(r.cursor(), cursor);
+        assert_eq!(r.liveness(), &liveness);
+        assert_eq!(r.docs().count(), SERVICES_MAX - 1);
     }
 }

@@ -305,3 +305,146 @@ pub(super) fn validate_change(change: &Change) -> Result<Vec<String>, CrdtError>
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, ROOT};
+
+    use super::*;
+    use crate::doc::fixtures::{doc, name, observation, rogue_change, snapshot, write};
+    use crate::model::State;
+
+    /// A document holding one write of its own, and a valid change of another writer.
+    fn doc_and_valid_change() -> (ServiceDoc, Vec<u8>) {
+        let mut mine = doc(1);
+        write(&mut mine, 1, "db", State::Operational);
+        let mut theirs = doc(2);
+        let change = write(&mut theirs, 2, "web", State::MajorOutage);
+        (mine, change)
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused_and_changes_nothing() {
+        let (mut mine, change) = doc_and_valid_change();
+        let before = snapshot(&mine);
+        let err = mine
+            .apply_remote(&vec![change; REMOTE_BATCH_MAX + 1])
+            .expect_err("refused");
+        assert!(
+            matches!(err, CrdtError::BatchTooLarge { count, limit }
+                if count == REMOTE_BATCH_MAX + 1 && limit == REMOTE_BATCH_MAX),
+            "{err}"
+        );
+        assert_eq!(snapshot(&mine), before);
+    }
+
+    #[test]
+    fn bytes_that_do_not_decode_reject_the_whole_batch_and_change_nothing() {
+        let (mut mine, change) = doc_and_valid_change();
+        let before = snapshot(&mine);
+        let err = mine
+            .apply_remote(&[change, vec![1, 2, 3]])
+            .expect_err("refused");
+        assert!(matches!(err, CrdtError::ChangeDecode(_)), "{err}");
+        assert_eq!(snapshot(&mine), before);
+    }
+
+    #[test]
+    fn a_change_whose_checksum_is_wrong_rejects_the_batch_and_changes_nothing() {
+        let (mut mine, mut change) = doc_and_valid_change();
+        change[4] ^= 0xff;
+        let before = snapshot(&mine);
+        let err = mine.apply_remote(&[change]).expect_err("refused");
+        assert!(
+            matches!(&err, CrdtError::ChangeDecode(reason) if reason.contains("checksum")),
+            "{err}"
+        );
+        assert_eq!(snapshot(&mine), before);
+    }
+
+    #[test]
+    fn a_change_outside_the_schema_rejects_the_batch_and_changes_nothing() {
+        let (mut mine, change) = doc_and_valid_change();
+        let rogue = rogue_change(vec![9; 16], "obs/db/eu-west", "not json");
+        let before = snapshot(&mine);
+        let err = mine.apply_remote(&[change, rogue]).expect_err("refused");
+        assert!(
+            matches!(&err, CrdtError::ChangeSchema { key, .. } if key == "obs/db/eu-west"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&mine), before);
+    }
+
+    #[test]
+    fn a_change_by_an_actor_outside_the_schema_rejects_the_batch_and_changes_nothing() {
+        let (mut mine, _) = doc_and_valid_change();
+        let json = serde_json::to_string(&observation(State::Operational, "")).expect("json");
+        let rogue = rogue_change(vec![1, 2, 3], "obs/db/eu-west", &json);
+        let before = snapshot(&mine);
+        let err = mine.apply_remote(&[rogue]).expect_err("refused");
+        assert!(
+            matches!(&err, CrdtError::ChangeSchema { reason, .. } if reason.contains("actor")),
+            "{err}"
+        );
+        assert_eq!(snapshot(&mine), before);
+    }
+
+    #[test]
+    fn a_base_of_epoch_zero_is_refused() {
+        let actor = ActorKind::Base { epoch: 0 }.to_actor().to_bytes().to_vec();
+        let bytes = rogue_change(actor, META_KEY, "{}");
+        let change = parse_change(&bytes).expect("a change");
+        let err = validate_base(&change).expect_err("refused");
+        assert!(
+            matches!(&err, CrdtError::ChangeSchema { reason, .. } if reason.contains("starts")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_document_chunk_is_not_a_change() {
+        let (mine, _) = doc_and_valid_change();
+        let err = parse_change(&mine.save()).expect_err("refused");
+        assert!(matches!(err, CrdtError::ChangeDecode(_)), "{err}");
+    }
+
+    #[test]
+    fn saved_bytes_that_do_not_decode_are_a_load_error() {
+        for bytes in [vec![], vec![0x85, 0x6f, 0x4a, 0x83], vec![7; 64]] {
+            let loaded = ServiceDoc::load(name("api"), &bytes, ActorId::from(vec![1; 16]));
+            match loaded {
+                Err(CrdtError::Load { service, .. }) => assert_eq!(service, "api"),
+                // Empty bytes are an empty document.
+                Ok(doc) if bytes.is_empty() => assert!(doc.heads().is_empty()),
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_saved_document_outside_the_schema_does_not_load_with_validation() {
+        let mut rogue = AutoCommit::new().with_actor(ActorId::from(vec![9; 16]));
+        rogue.put(ROOT, "anything", "goes").expect("put");
+        let saved = rogue.save();
+        let err =
+            ServiceDoc::load(name("api"), &saved, ActorId::from(vec![1; 16])).expect_err("refused");
+        assert!(matches!(err, CrdtError::ChangeSchema { .. }), "{err}");
+        // A document this node saved itself is trusted as it is.
+        assert!(ServiceDoc::load_trusted(name("api"), &saved, ActorId::from(vec![1; 16])).is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_sorted_into_changes_held_and_changes_new() {
+        let mut mine = doc(1);
+        let held = write(&mut mine, 1, "db", State::Operational);
+        let mut theirs = doc(2);
+        let new = write(&mut theirs, 2, "web", State::MajorOutage);
+        let batch = mine.decode_batch(&[held, new]).expect("valid");
+        assert_eq!(batch.known.len(), 1);
+        assert_eq!(batch.known[0].1.as_deref(), Some("n1"));
+        assert_eq!(batch.current.len(), 1);
+        assert_eq!(batch.current[0].keys, ["obs/web/eu-west"]);
+        assert!(batch.bases.is_empty() && batch.older.is_empty() && batch.newer.is_empty());
+    }
+}

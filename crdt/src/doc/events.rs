@@ -257,3 +257,95 @@ impl ServiceDoc {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::fixtures::{doc, incident, name, put, update, write};
+    use crate::model::State;
+
+    #[test]
+    fn a_local_put_event_names_its_writer_and_has_no_conflict() {
+        let mut d = doc(1);
+        let puts = [put("db", State::MajorOutage, "down")];
+        let written = d
+            .apply_puts_keys(7, "n1", &puts)
+            .expect("valid")
+            .expect("a change");
+        let events = d.events_for_local_puts(&puts, &written.keys, "n1", 7);
+        let [DocEvent::Status(event)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(event.origin_node.as_deref(), Some("n1"));
+        assert_eq!(event.changed_at_ms, Some(7));
+        assert!(!event.conflict);
+        assert_eq!(
+            event.observation.as_ref().map(|o| o.state),
+            Some(State::MajorOutage)
+        );
+    }
+
+    #[test]
+    fn events_between_heads_give_each_record_once_at_its_latest_value() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::Operational);
+        write(&mut d, 2, "web", State::Operational);
+        write(&mut d, 3, "db", State::MajorOutage);
+        let events = d.events_between(&[], &d.heads());
+        let seen: Vec<(&str, State)> = events
+            .iter()
+            .map(|e| {
+                let state = e.observation.as_ref().map(|o| o.state);
+                (e.component.as_str(), state.expect("a value"))
+            })
+            .collect();
+        // In the order of the change that wrote each value.
+        assert_eq!(
+            seen,
+            [("web", State::Operational), ("db", State::MajorOutage)]
+        );
+    }
+
+    #[test]
+    fn an_incident_event_lists_its_new_updates_oldest_first() {
+        let mut d = doc(1);
+        let mut puts = vec![Put::Incident {
+            id: name("i1"),
+            incident: incident(),
+        }];
+        for at_ms in [3, 1, 2] {
+            puts.push(Put::Update {
+                incident: name("i1"),
+                key: format!("k{at_ms}"),
+                update: update(at_ms, "step"),
+            });
+        }
+        let written = d
+            .apply_puts_keys(4, "n1", &puts)
+            .expect("valid")
+            .expect("a change");
+        let events = d.events_for_keys(&written.keys, None);
+        let [DocEvent::Incident(event)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        let order: Vec<u64> = event.new_updates.iter().map(|u| u.at_ms).collect();
+        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(event.incident.as_ref(), Some(&incident()));
+    }
+
+    #[test]
+    fn events_since_the_previous_epoch_are_the_records_that_differ_from_then() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::Operational);
+        write(&mut d, 2, "web", State::Operational);
+        let then = d.heads();
+        d.rollover(&then).expect("valid").expect("rolled over");
+        write(&mut d, 3, "db", State::MajorOutage);
+        let events = d.events_since_prev(&then).expect("held heads");
+        let [DocEvent::Status(event)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(event.component.as_str(), "db");
+        assert!(d.events_since_prev(&[ChangeHash([7; 32])]).is_none());
+    }
+}

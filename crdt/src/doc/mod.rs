@@ -16,6 +16,8 @@
 
 mod decode;
 mod events;
+#[cfg(test)]
+mod fixtures;
 mod local;
 mod reads;
 mod remote;
@@ -28,6 +30,7 @@ use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc, ROOT};
 
 pub use self::events::{DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, StatusEvent};
 pub use self::local::LocalChange;
+pub(crate) use self::local::PlannedPuts;
 pub use self::reads::{CellRead, Read};
 pub use self::schema::{Put, RecordKey};
 
@@ -327,5 +330,61 @@ impl ServiceDoc {
     /// rebuild the whole change; its metadata lookup is an index probe.
     fn has_change(&self, hash: &ChangeHash) -> bool {
         self.doc.get_change_meta_by_hash(hash).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{doc, name, snapshot, write};
+    use super::*;
+    use crate::model::State;
+
+    #[test]
+    fn a_saved_document_loads_back_as_it_was() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::MajorOutage);
+        write(&mut d, 2, "web", State::Operational);
+        let actor = ActorId::from(vec![1; 16]);
+        let loaded = ServiceDoc::load(name("api"), &d.save(), actor.clone()).expect("loads");
+        let trusted = ServiceDoc::load_trusted(name("api"), &d.save(), actor).expect("loads");
+        for other in [&loaded, &trusted] {
+            assert_eq!(other.heads(), d.heads());
+            assert_eq!(other.cells(), d.cells());
+            assert_eq!(other.history_len(), d.history_len());
+        }
+    }
+
+    #[test]
+    fn changes_since_heads_it_does_not_know_are_all_changes() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::Operational);
+        let first = d.heads();
+        write(&mut d, 2, "web", State::Operational);
+        assert_eq!(d.changes_since(&first).len(), 1);
+        assert_eq!(d.changes_since(&[ChangeHash([7; 32])]).len(), 2);
+        assert!(d.changes_since(&d.heads()).is_empty());
+    }
+
+    #[test]
+    fn heads_cover_a_cut_when_they_descend_from_it() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::Operational);
+        let cut = d.heads();
+        write(&mut d, 2, "web", State::Operational);
+        assert!(d.covered_by(&cut, &d.heads()));
+        assert!(d.covered_by(&cut, &cut));
+        assert!(!d.covered_by(&d.heads(), &cut));
+        assert!(!d.covered_by(&cut, &[ChangeHash([7; 32])]));
+    }
+
+    #[test]
+    fn a_new_actor_writes_without_changing_what_is_held() {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::Operational);
+        let before = snapshot(&d);
+        d.set_actor(ActorId::from(vec![2; 16]));
+        assert_eq!(snapshot(&d), before);
+        write(&mut d, 2, "web", State::Operational);
+        assert_eq!(d.history_len(), 2);
     }
 }

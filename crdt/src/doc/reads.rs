@@ -283,3 +283,66 @@ pub(super) fn reads_of(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::fixtures::{doc, name, write};
+    use crate::model::State;
+
+    #[test]
+    fn a_concurrent_write_leaves_the_loser_as_a_conflict_on_both_sides() {
+        let (mut a, mut b) = (doc(1), doc(2));
+        let from_a = write(&mut a, 1, "db", State::MajorOutage);
+        let from_b = write(&mut b, 1, "db", State::Operational);
+        a.apply_remote(&[from_b]).expect("valid");
+        b.apply_remote(&[from_a]).expect("valid");
+        let (db, eu) = (name("db"), name("eu-west"));
+        let (cell_a, cell_b) = (a.cell(&db, &eu), b.cell(&db, &eu));
+        assert_eq!(cell_a, cell_b);
+        let cell = cell_a.expect("a value");
+        assert_eq!(cell.conflicts.len(), 1);
+        assert_ne!(cell.conflicts[0].state, cell.value.state);
+    }
+
+    #[test]
+    fn a_value_reads_with_the_node_and_time_of_its_change() {
+        let mut d = doc(1);
+        write(&mut d, 42, "db", State::Operational);
+        let cell = d.cell(&name("db"), &name("eu-west")).expect("a value");
+        assert_eq!(cell.origin_node.as_deref(), Some("n1"));
+        assert_eq!(cell.changed_at_ms, Some(42));
+        assert!(d.cell(&name("web"), &name("eu-west")).is_none());
+    }
+
+    #[test]
+    fn cells_come_ordered_by_component_and_region() {
+        let mut d = doc(1);
+        for component in ["web", "api", "db"] {
+            write(&mut d, 1, component, State::Operational);
+        }
+        let cells = d.cells();
+        let order: Vec<&str> = cells.keys().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(order, ["api", "db", "web"]);
+    }
+
+    #[test]
+    fn changed_keys_are_the_records_changed_added_or_gone() {
+        let state = |value: &str| RecordState {
+            values: vec![value.to_owned()],
+            origin: Origin::default(),
+        };
+        let before = BTreeMap::from([
+            ("same".to_owned(), state("1")),
+            ("changed".to_owned(), state("1")),
+            ("gone".to_owned(), state("1")),
+        ]);
+        let after = BTreeMap::from([
+            ("same".to_owned(), state("1")),
+            ("changed".to_owned(), state("2")),
+            ("added".to_owned(), state("1")),
+        ]);
+        let keys: Vec<String> = changed_keys(&before, &after).into_iter().collect();
+        assert_eq!(keys, ["added", "changed", "gone"]);
+    }
+}

@@ -27,6 +27,10 @@ impl ServiceDoc {
     /// known to be held by every live node): makes the base change, moves to it, and carries
     /// every write after the cut. The base and carried changes are in `made`, for the caller
     /// to broadcast. `None` when `at` is not held here or there is nothing to compact.
+    ///
+    /// # Errors
+    /// [`CrdtError::Automerge`] or [`CrdtError::Load`] when the base cannot be made (nothing
+    /// changed), or Automerge refuses a step after it (see [`CrdtError::Automerge`]).
     pub fn rollover(&mut self, at: &[ChangeHash]) -> Result<Option<RemoteApplied>, CrdtError> {
         if at.is_empty() || !self.has_all(at) {
             return Ok(None);
@@ -187,11 +191,15 @@ impl ServiceDoc {
     }
 
     /// A write of an older epoch: applied to the previous epoch's document when it is of
-    /// that lineage, then carried unless the current base covers it.
+    /// that lineage, then carried unless the current base covers it. A write the previous
+    /// epoch refuses collides with one it holds (the same writer and number, other bytes):
+    /// that number is the held write's, which is carried from there, so this one is not.
     pub(super) fn take_older(&mut self, change: &Change, kind: &ActorKind) {
         if let Some(prev) = self.prev.as_mut() {
-            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
-                let _ = prev.doc.apply_changes([change.clone()]);
+            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref()))
+                && prev.doc.apply_changes([change.clone()]).is_err()
+            {
+                return;
             }
         }
         let Some(write) = kind.write_id(change.seq()) else {
@@ -216,6 +224,9 @@ impl ServiceDoc {
     }
 
     /// Carries every waiting write whose writer's previous write is covered or carried.
+    ///
+    /// Writer by writer, the carried changes are built and applied before any bookkeeping
+    /// moves, so a refusal leaves that writer's writes waiting as they were.
     pub(super) fn carry_waiting(&mut self, applied: &mut RemoteApplied) -> Result<(), CrdtError> {
         let Some(base) = self.base else {
             return Ok(());
@@ -233,44 +244,43 @@ impl ServiceDoc {
                 tail = *hash;
                 tail_n += 1;
             }
-            let mut chain = Vec::new();
-            loop {
-                let next = WriteId {
-                    writer,
-                    n: tail_n + 1,
-                };
-                let Some(write) = self.waiting.remove(&next) else {
-                    break;
-                };
-                chain.push(write);
-                tail_n += 1;
+            // The writes that follow without a gap.
+            let chain: Vec<CarriedWrite> = (tail_n + 1..)
+                .map_while(|n| self.waiting.get(&WriteId { writer, n }).cloned())
+                .collect();
+            let mut made = Vec::new();
+            let mut new = Vec::new();
+            if !chain.is_empty() {
+                let scratch = self.doc.fork_at(&[tail])?;
+                made = epoch::carry_chain(&scratch, lineage, &chain)?;
+                new = made
+                    .iter()
+                    .filter(|c| !self.has_change(&c.hash()))
+                    .cloned()
+                    .collect();
+                if !new.is_empty() {
+                    self.doc.apply_changes(new.clone())?;
+                }
             }
-            // Drop what is covered or already carried, below the chain.
+            // Applied: from here on nothing fails. The chain leaves the waiting writes, with
+            // what is covered or already carried below it.
+            let tail_n = tail_n + chain.len() as u64;
             self.waiting
                 .retain(|w, _| w.writer != writer || w.n > tail_n);
             if chain.is_empty() {
                 continue;
             }
-            let scratch = self.doc.fork_at(&[tail])?;
-            let made = epoch::carry_chain(&scratch, lineage, &chain)?;
             let mut keys = Vec::new();
             for (write, change) in chain.iter().zip(&made) {
                 self.carried.insert(write.write, change.hash());
                 keys.extend(write.ops.iter().map(|(k, _)| k.clone()));
             }
-            let new: Vec<Change> = made
-                .into_iter()
-                .filter(|c| !self.has_change(&c.hash()))
-                .collect();
             self.epoch_stats.carried += new.len() as u64;
             if !new.is_empty() {
                 self.irregular_applies += 1;
-            }
-            for mut change in new.iter().cloned() {
-                applied.made.push(change.bytes().into_owned());
-            }
-            if !new.is_empty() {
-                self.doc.apply_changes(new)?;
+                for mut change in new {
+                    applied.made.push(change.bytes().into_owned());
+                }
                 applied.keys.extend(keys);
                 // Changes built on these carried writes elsewhere may have waited for them.
                 self.release_held_back(applied);
@@ -288,6 +298,9 @@ impl ServiceDoc {
         meta: EpochMeta,
         applied: &mut RemoteApplied,
     ) -> Result<(), CrdtError> {
+        // The new epoch's document first: if Automerge refuses the base, nothing moved.
+        let mut doc = Automerge::new();
+        doc.apply_changes([base.clone()])?;
         let before = self.reads();
         // Every write held here that the new base does not cover.
         let mut writes: Vec<CarriedWrite> =
@@ -296,9 +309,7 @@ impl ServiceDoc {
         if let Some(prev) = &self.prev {
             collect_uncovered(&prev.doc, &meta.clock, &mut writes);
         }
-        let mut doc = Automerge::new();
         self.history_bytes = base.raw_bytes().len() as u64;
-        doc.apply_changes([base.clone()])?;
         let old_doc = std::mem::replace(&mut self.doc, doc);
         let old_meta = std::mem::replace(&mut self.meta, meta);
         let old_base = self.base.replace(base.hash());
@@ -324,17 +335,19 @@ impl ServiceDoc {
         let released = self.future.remove(&lineage).unwrap_or_default();
         // What clients are told is the difference of the states, not the keys the carried
         // writes touch: they restate values clients saw in the epoch before.
+        // The document has moved: counted now, whatever Automerge refuses below.
+        self.irregular_applies += 1;
         let mut inner = RemoteApplied::default();
         self.carry_waiting(&mut inner)?;
         for chunk in released.chunks(REMOTE_BATCH_MAX) {
-            let _ = self.apply_remote_nested(chunk, &mut inner);
+            // Validated when they were held, so only Automerge can refuse them here.
+            self.apply_remote_nested(chunk, &mut inner)?;
         }
         applied.new_changes += inner.new_changes;
         applied.held.extend(inner.held);
         applied.made.extend(inner.made);
         self.records = self.count_records();
         applied.keys.extend(changed_keys(&before, &self.reads()));
-        self.irregular_applies += 1;
         applied.rolled_over = Some(self.meta.epoch);
         Ok(())
     }
@@ -420,4 +433,100 @@ fn carried_write(change: &Change) -> Option<CarriedWrite> {
         time_ms: change.timestamp(),
         origin: change.message().map(str::to_owned),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::fixtures::{doc, name, snapshot, write};
+    use crate::model::State;
+
+    /// A document with two writes of its own, and the hash of the first.
+    fn two_writes() -> (ServiceDoc, ChangeHash) {
+        let mut d = doc(1);
+        write(&mut d, 1, "db", State::MajorOutage);
+        let first = d.heads();
+        write(&mut d, 2, "web", State::Operational);
+        (d, first[0])
+    }
+
+    #[test]
+    fn a_rollover_at_the_heads_restates_every_value_in_one_base() {
+        let (mut d, _) = two_writes();
+        let cells = d.cells();
+        let applied = d.rollover(&d.heads()).expect("valid").expect("rolled over");
+        assert_eq!(applied.rolled_over, Some(1));
+        assert_eq!(applied.made.len(), 1, "only the base: nothing to carry");
+        assert!(
+            applied.keys.is_empty(),
+            "every value and origin is as before"
+        );
+        assert_eq!(d.epoch(), 1);
+        assert_eq!(d.history_len(), 1);
+        assert_eq!(d.cells(), cells);
+        assert_eq!(d.prev_epoch(), Some(0));
+        assert_eq!(d.prev_writes().len(), 2);
+    }
+
+    #[test]
+    fn a_rollover_at_a_cut_this_document_lacks_changes_nothing() {
+        let (mut d, _) = two_writes();
+        let before = snapshot(&d);
+        assert!(d.rollover(&[]).expect("valid").is_none());
+        assert!(d.rollover(&[ChangeHash([7; 32])]).expect("valid").is_none());
+        assert_eq!(snapshot(&d), before);
+    }
+
+    #[test]
+    fn a_write_after_the_cut_is_carried_into_the_new_epoch() {
+        let (mut d, first) = two_writes();
+        let second = d.write_of(&d.heads()[0]).expect("a write");
+        let applied = d.rollover(&[first]).expect("valid").expect("rolled over");
+        assert_eq!(applied.made.len(), 2, "the base and the carried write");
+        assert_eq!(d.epoch_stats().carried, 1);
+        assert!(d.holds_write(&second));
+        let cell = d.cell(&name("web"), &name("eu-west")).expect("carried");
+        assert_eq!(cell.origin_node.as_deref(), Some("n1"));
+        assert_eq!(cell.changed_at_ms, Some(2));
+    }
+
+    #[test]
+    fn a_peer_adopts_the_base_it_receives_and_reports_no_changed_record() {
+        let (mut a, _) = two_writes();
+        let mut b = doc(2);
+        b.apply_remote(&a.changes_since(&[])).expect("valid");
+        let rolled = a.rollover(&a.heads()).expect("valid").expect("rolled over");
+        let adopted = b.apply_remote_keys(&rolled.made).expect("valid");
+        assert_eq!(adopted.rolled_over, Some(1));
+        assert!(adopted.keys.is_empty());
+        assert_eq!(b.base(), a.base());
+        assert_eq!(b.heads(), a.heads());
+    }
+
+    #[test]
+    fn a_previous_epoch_that_does_not_load_is_refused_and_changes_nothing() {
+        let (mut d, _) = two_writes();
+        d.rollover(&d.heads()).expect("valid").expect("rolled over");
+        let before = snapshot(&d);
+        let err = d.attach_prev(&[1, 2, 3]).expect_err("refused");
+        assert!(matches!(err, CrdtError::Load { .. }), "{err}");
+        assert_eq!(snapshot(&d), before);
+    }
+
+    #[test]
+    fn a_previous_epoch_saved_and_attached_answers_its_cursors_again() {
+        let (mut d, _) = two_writes();
+        let then = d.heads();
+        d.rollover(&then).expect("valid").expect("rolled over");
+        let saved = d.save_prev().expect("a previous epoch");
+        let mut loaded = ServiceDoc::load_trusted(
+            name("api"),
+            &d.save(),
+            automerge::ActorId::from(vec![1; 16]),
+        )
+        .expect("loads");
+        assert!(!loaded.prev_has_all(&then));
+        loaded.attach_prev(&saved).expect("attaches");
+        assert!(loaded.prev_has_all(&then));
+    }
 }

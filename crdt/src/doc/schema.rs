@@ -269,3 +269,108 @@ impl Put {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::fixtures::{name, observation, update};
+    use crate::model::State;
+
+    #[test]
+    fn record_keys_round_trip_through_their_root_keys() {
+        for key in [
+            RecordKey::Observation {
+                component: name("db"),
+                region: name("eu-west"),
+            },
+            RecordKey::Incident { id: name("i1") },
+            RecordKey::Update {
+                incident: name("i1"),
+                key: "000000000001000-n1-0".into(),
+            },
+            RecordKey::Maintenance { id: name("w1") },
+            RecordKey::Override {
+                component: name("db"),
+            },
+        ] {
+            assert_eq!(RecordKey::parse(&key.to_key()), Some(key));
+        }
+    }
+
+    #[test]
+    fn keys_outside_the_schema_do_not_parse() {
+        let too_long = format!("upd/i1/{}", "k".repeat(UPDATE_KEY_LEN_MAX + 1));
+        for key in [
+            "",
+            "epoch",
+            "obs/db",
+            "obs/db/eu-west/extra",
+            "inc/",
+            "upd/i1/",
+            "upd/i1/UPPER",
+            too_long.as_str(),
+            "xyz/db",
+        ] {
+            assert_eq!(RecordKey::parse(key), None, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn incidents_and_their_updates_are_never_deletable() {
+        let deletable = |key: &str| RecordKey::parse(key).expect("a schema key").deletable();
+        assert!(deletable("obs/db/eu-west"));
+        assert!(deletable("mnt/w1"));
+        assert!(deletable("ovr/db"));
+        assert!(!deletable("inc/i1"));
+        assert!(!deletable("upd/i1/k1"));
+    }
+
+    #[test]
+    fn a_value_that_breaks_its_record_is_refused_with_the_reason() {
+        let key = RecordKey::parse("obs/db/eu-west").expect("a schema key");
+        let valid = serde_json::to_string(&observation(State::Operational, "")).expect("json");
+        assert_eq!(key.validate_json(&valid), Ok(()));
+        let reason = key.validate_json("not json").expect_err("refused");
+        assert!(reason.starts_with("value does not parse"), "{reason}");
+        let mut bad = observation(State::Operational, "");
+        bad.ttl_ms = 0;
+        let reason = key
+            .validate_json(&serde_json::to_string(&bad).expect("json"))
+            .expect_err("refused");
+        assert!(reason.contains("ttl_ms"), "{reason}");
+    }
+
+    #[test]
+    fn an_update_key_outside_the_alphabet_is_an_invalid_field() {
+        let put = Put::Update {
+            incident: name("i1"),
+            key: "Not Allowed".into(),
+            update: update(1, "text"),
+        };
+        let err = put.validate().expect_err("refused");
+        assert_eq!(err.field(), Some("update_key"));
+    }
+
+    #[test]
+    fn a_delete_stores_no_value() {
+        let put = Put::Override {
+            component: name("db"),
+            value: None,
+        };
+        assert_eq!(put.json().expect("encodes"), None);
+        assert_eq!(put.key().to_key(), "ovr/db");
+    }
+
+    #[test]
+    fn the_key_ranges_hold_exactly_their_keys() {
+        let observations = RecordKind::Observation.keys();
+        assert!(observations.contains(&"obs/db/eu-west".to_owned()));
+        assert!(!observations.contains(&"ovr/db".to_owned()));
+        assert!(!observations.contains(&"obs0".to_owned()));
+        let updates = updates_of(&name("i1"));
+        assert!(updates.contains(&"upd/i1/k1".to_owned()));
+        // Another incident whose id starts the same is not in the range.
+        assert!(!updates.contains(&"upd/i10/k1".to_owned()));
+        assert_eq!(incident_key(&name("i1")), "inc/i1");
+    }
+}
