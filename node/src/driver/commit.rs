@@ -1,7 +1,8 @@
 //! The driver's side of storage: what changed since the last commit goes to the storage
 //! thread, with the replies of this iteration's writes to send after the fsync.
 
-use statusmesh_crdt::{ChangeHash, Name};
+use statusmesh_crdt::ChangeHash;
+use statusmesh_gossip::AcceptedBatch;
 use tracing::warn;
 
 use super::Driver;
@@ -22,25 +23,19 @@ pub struct Persisted {
 }
 
 impl Driver {
-    pub(super) fn heads_of(&self, service: Option<&Name>) -> Vec<ChangeHash> {
-        service
-            .and_then(|s| self.node.replica().doc(s))
-            .map(|d| d.heads())
-            .unwrap_or_default()
-    }
-
     /// Remembers the bytes of an accepted remote batch so that `commit` can log them as they
     /// came instead of having Automerge rebuild them (`save_after` re-encodes changes from
     /// its op store: a fifth of a replica's CPU under load). Valid only while the batches of
     /// this iteration chain from the persisted heads; otherwise `commit` falls back.
-    pub(super) fn note_remote(
-        &mut self,
-        service: Name,
-        before: Vec<ChangeHash>,
-        changes: Vec<Vec<u8>>,
-    ) {
-        let after = self.heads_of(Some(&service));
-        // Unchanged heads: the batch was rejected whole, or held nothing new.
+    pub(super) fn note_remote(&mut self, batch: AcceptedBatch) {
+        let AcceptedBatch {
+            service,
+            heads_before: before,
+            heads_after: after,
+            changes,
+        } = batch;
+        // Unchanged heads: the batch was rejected whole, or held nothing new (the core does
+        // not report those; a stray one must not break the chain).
         if after == before {
             return;
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use statusmesh_crdt::{ChangeHash, Cursor, Incident, IncidentChange, Name, Put, StatusWrite};
+use statusmesh_crdt::{ChangeHash, Cursor, Name, StatusWrite};
 use statusmesh_gossip::GossipError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -16,9 +16,6 @@ use crate::settings::Tokens;
 pub struct Subscription {
     pub initial: Vec<Published>,
     pub live: broadcast::Receiver<Arc<Published>>,
-    /// True when the client's cursor names changes this node does not hold yet: `initial`
-    /// is then a snapshot, and the node has asked its peers for what it lacks.
-    pub cursor_ahead: bool,
 }
 
 /// The reply to a write.
@@ -31,21 +28,9 @@ pub struct WriteReply {
     pub change: Option<ChangeHash>,
 }
 
-/// A change to an incident, a maintenance window or an override.
-#[derive(Debug, Clone)]
-pub enum RecordOp {
-    OpenIncident {
-        id: Name,
-        incident: Incident,
-        text: String,
-    },
-    ChangeIncident {
-        id: Name,
-        change: IncidentChange,
-    },
-    /// A maintenance window or an override, written as the crdt's own record put.
-    Put(Put),
-}
+/// A change to an incident, a maintenance window or an override (the core's type, kept
+/// reachable here for the HTTP side).
+pub use statusmesh_gossip::RecordOp;
 
 /// Most `?ack=N` writes waiting at once; more are answered at once with what is known.
 pub const ACK_WAITERS_MAX: usize = 10_000;
@@ -145,6 +130,8 @@ impl NodeHandle {
     }
 
     /// Subscribes to events, resuming after `resume` when the node can tell what came after it.
+    /// A cursor that names changes this node lacks is answered once they arrive (the node has
+    /// asked its peers), or with a snapshot after `statusmesh_gossip::RESUME_WAIT_MS`.
     pub async fn subscribe(
         &self,
         resume: Option<Cursor>,

@@ -7,28 +7,32 @@
 //! This module holds the task and its loop; beside it:
 //! - [`handle`]: [`NodeHandle`], the commands the HTTP side sends, and their answers.
 //! - [`published`]: events as SSE and long-poll send them.
-//! - `frames`: inbound frames of one iteration into the core.
-//! - `writes`: group commit of client writes and record changes; `?ack=N` waiters.
-//! - `commit`: handing storage what changed (with the remote-batch shortcut).
-//! - `views`: the JSON reads (status, nodes, history) and a subscriber's first events.
+//! - `writes`: client writes and record changes into the core's group commit; `?ack=N`.
+//! - `commit`: handing storage what changed (with the accepted-batch shortcut).
+//! - `resume`: subscriptions, and subscribers waiting for changes their cursor names.
+//! - `views`: the JSON reads (status, nodes, history).
 //! - `gauges`: queue depths and core counters as metrics.
 //!
-//! It never imports the HTTP side: `http` holds a [`NodeHandle`].
+//! Every protocol decision is the core's (`handle_frames`, `local_writes`, `resume`): the
+//! driver is IO, timers, storage and metrics. It never imports the HTTP side: `http` holds
+//! a [`NodeHandle`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use statusmesh_crdt::{ActorId, ChangeHash, Name, Replica, ServiceDoc, StatusWrite};
-use statusmesh_gossip::{Config as GossipConfig, Event, GossipError, Node, Peer};
+use statusmesh_crdt::{ActorId, ChangeHash, Name, Replica, ServiceDoc};
+use statusmesh_gossip::{
+    Config as GossipConfig, Event, GossipError, InboundFrame, LocalWrite, Node, Peer,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 mod commit;
-mod frames;
 mod gauges;
 pub mod handle;
 pub mod published;
+mod resume;
 mod views;
 mod writes;
 
@@ -37,12 +41,14 @@ pub use handle::{
     NodeHandle, NodeInfo, RecordOp, Subscription, Unavailable, WriteReply, ACK_WAITERS_MAX,
 };
 pub use published::{record_published, status_published, Published};
+pub use resume::RESUMES_WAITING_MAX;
 use views::history_json;
 
 use crate::settings::NodeSettings;
 use crate::storage::{LogSize, StorageHandle};
 use crate::transport::{Inbound, Transport};
 use handle::Command;
+use resume::WaitingResume;
 
 /// Commands queued from HTTP handlers to the driver.
 pub const COMMAND_QUEUE_MAX: usize = 1024;
@@ -125,15 +131,13 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
             )
         })
         .collect();
-    // Each start is a new life in SWIM: peers that declared the last one down take this one.
-    let mut gossip_config = gossip;
-    gossip_config.generation = u32::try_from(incarnation).unwrap_or(u32::MAX);
     // A node without peers is ready at once.
     let alone = peers.iter().all(|peer| peer.id == info.id);
     let (ready_tx, ready_rx) = watch::channel(alone);
     let node = Node::new(
         info.id.clone(),
-        gossip_config,
+        // Each start is a new life in SWIM: peers that declared the last one down take it.
+        gossip.with_incarnation(incarnation),
         peers,
         replica,
         rand::random(),
@@ -160,6 +164,7 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
         gauges_at: Instant::now(),
         ack_waiters: Vec::new(),
         write_batch: Vec::new(),
+        resumes: Vec::new(),
     };
     let task = tokio::spawn(driver.run(inbound, commands_rx, shutdown));
     (handle, task)
@@ -188,11 +193,12 @@ struct Driver {
     gauges_at: Instant,
     /// `?ack=N` writes waiting for their change to reach N regions.
     ack_waiters: Vec<(ChangeHash, usize, oneshot::Sender<usize>)>,
-    /// This iteration's client writes, applied together by `apply_write_batch`.
-    write_batch: Vec<(
-        StatusWrite,
-        oneshot::Sender<Result<WriteReply, GossipError>>,
-    )>,
+    /// This iteration's client writes and record changes, applied together (in order) by
+    /// `apply_write_batch`.
+    write_batch: Vec<(LocalWrite, oneshot::Sender<Result<WriteReply, GossipError>>)>,
+    /// Subscribers whose cursor names changes this node lacks (at most
+    /// [`RESUMES_WAITING_MAX`]).
+    resumes: Vec<WaitingResume>,
 }
 
 impl Driver {
@@ -209,6 +215,12 @@ impl Driver {
                 .poll_timeout()
                 .map_or(1_000, |t| t.saturating_sub(now));
             let timer = tokio::time::sleep(Duration::from_millis(wait_ms));
+            // Waiting subscribers are asked about again after every iteration, and at the
+            // latest when the core said to.
+            let resume_at = self.next_resume_at();
+            let resume_timer = tokio::time::sleep(Duration::from_millis(
+                resume_at.map_or(0, |t| t.saturating_sub(now)),
+            ));
             let mut frames = Vec::new();
             tokio::select! {
                 frame = inbound.recv() => match frame {
@@ -220,6 +232,7 @@ impl Driver {
                     None => break,
                 },
                 _ = timer => self.node.handle_timeout(now_ms()),
+                _ = resume_timer, if resume_at.is_some() => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             // Group commit: take what else is queued right now (bounded), so that one fsync
@@ -244,6 +257,7 @@ impl Driver {
             self.commit().await;
             self.flush();
             self.answer_ack_waiters();
+            self.answer_waiting_resumes();
             if self.gauges_at.elapsed() >= GAUGE_INTERVAL {
                 self.export_gauges(inbound.len(), commands.len());
             }
@@ -266,7 +280,7 @@ impl Driver {
                 // Applied with the rest of this iteration's writes as one change per service.
                 self.writes_this_round += 1;
                 self.touched = true;
-                self.write_batch.push((write, reply));
+                self.write_batch.push((LocalWrite::Status(write), reply));
             }
             Command::Status { service, reply } => {
                 let _ = reply.send(self.status(service.as_ref()));
@@ -275,52 +289,16 @@ impl Driver {
                 resume,
                 service,
                 reply,
-            } => {
-                // Subscribing and computing the first events happen in one step of the one
-                // task that applies changes: nothing can slip in between (no gap, no dup).
-                let live = self.publish.subscribe();
-                let (initial, cursor_ahead) =
-                    self.initial_events(resume.as_ref(), service.as_deref());
-                if cursor_ahead {
-                    self.node.sync_now(now_ms());
-                }
-                let _ = reply.send(Subscription {
-                    initial,
-                    live,
-                    cursor_ahead,
-                });
-            }
+            } => self.subscribe(resume, service, reply),
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
             Command::Record { service, op, reply } => {
+                // Applied in order with the rest of this iteration's writes.
                 self.writes_this_round += 1;
                 self.touched = true;
-                let now = now_ms();
-                let result = self.node.local_change(now, &service, |replica| match op {
-                    RecordOp::OpenIncident { id, incident, text } => {
-                        replica.open_incident(now, &service, &id, incident, &text)
-                    }
-                    RecordOp::ChangeIncident { id, change } => {
-                        replica.change_incident(now, &service, &id, change)
-                    }
-                    RecordOp::Put(put) => replica.write_records(now, &service, &[put]),
-                });
-                match result {
-                    Ok(change) => {
-                        let value = WriteReply {
-                            changed: change.is_some(),
-                            cursor: self.node.replica().cursor().encode(),
-                            change,
-                        };
-                        self.pending_acks.push(Box::new(move || {
-                            let _ = reply.send(Ok(value));
-                        }));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                self.write_batch
+                    .push((LocalWrite::Record { service, op }, reply));
             }
             Command::History {
                 service,
@@ -348,6 +326,22 @@ impl Driver {
                     self.ack_waiters.push((change, regions, reply));
                 }
             }
+        }
+    }
+
+    /// Hands this iteration's frames to the core, which merges the change frames of one peer
+    /// for one service into one batch; the batches it accepted feed the storage shortcut.
+    fn handle_frames(&mut self, frames: Vec<Inbound>) {
+        if frames.is_empty() {
+            return;
+        }
+        self.touched = true;
+        let frames = frames
+            .into_iter()
+            .map(|Inbound { from, bytes }| InboundFrame { from, bytes })
+            .collect();
+        for batch in self.node.handle_frames(now_ms(), frames) {
+            self.note_remote(batch);
         }
     }
 

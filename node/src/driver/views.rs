@@ -1,53 +1,16 @@
-//! The JSON reads the driver answers (status, nodes, history) and what a new subscriber
-//! gets first.
+//! The JSON reads the driver answers: status, nodes and history.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use statusmesh_crdt::archive::ArchivedWrite;
-use statusmesh_crdt::{history, Cursor, DocEvent, Name, ServiceDoc};
+use statusmesh_crdt::{history, Name, ServiceDoc};
 use statusmesh_gossip::MemberState;
 
-use super::published::{record_published, status_published, Published};
 use super::{now_ms, Driver};
 
 impl Driver {
-    /// What a new subscriber gets first, and whether its cursor is ahead of this node.
-    pub(super) fn initial_events(
-        &self,
-        resume: Option<&Cursor>,
-        service: Option<&str>,
-    ) -> (Vec<Published>, bool) {
-        let replica = self.node.replica();
-        if let Some(cursor) = resume {
-            if let Some(events) = replica.doc_events_since(cursor) {
-                let id = replica.cursor().encode();
-                let events = events
-                    .iter()
-                    .map(|e| match e {
-                        DocEvent::Status(status) => status_published(status, id.clone()),
-                        other => record_published(other, id.clone()),
-                    })
-                    .collect();
-                return (events, false);
-            }
-        }
-        let service = service.and_then(|s| Name::parse("service", s).ok());
-        let (view, cursor) = self.status(service.as_ref());
-        let snapshot = vec![Published {
-            kind: "snapshot",
-            id: cursor,
-            service: None,
-            region: None,
-            data: view,
-            frame: std::sync::OnceLock::new(),
-        }];
-        // A cursor of a compacted epoch is answered by the snapshot at once; any other cursor
-        // this node cannot answer is one it has not caught up with yet.
-        let ahead = resume.is_some_and(|cursor| !replica.cursor_is_compacted(cursor));
-        (snapshot, ahead)
-    }
-
+    /// The status view (all services or one) and the cursor it reflects.
     pub(super) fn status(&self, service: Option<&Name>) -> (serde_json::Value, String) {
         let replica = self.node.replica();
         let view = serde_json::to_value(replica.view(now_ms(), service)).unwrap_or_default();

@@ -1,24 +1,28 @@
-//! Client writes and record changes of one iteration (group commit), and `?ack=N` waiters.
+//! Client writes and record changes of one iteration (group commit in the core), and
+//! `?ack=N` waiters.
 
-use statusmesh_crdt::StatusWrite;
+use statusmesh_gossip::{LocalWrite, WriteResult};
 use tokio::sync::oneshot;
 
 use super::{now_ms, Driver, WriteReply};
 
 impl Driver {
-    /// Applies this iteration's writes as one group: one Automerge change per service, one
-    /// push per peer, one fsync (in `commit`) before any of them is answered.
+    /// Applies this iteration's writes and record changes as one group (the core makes one
+    /// Automerge change per service of a run of status writes, and falls back to one by one
+    /// when a rule breaks for the whole run); one fsync (in `commit`) comes before any of
+    /// them is answered. A refused write is answered at once: nothing of it was applied.
     pub(super) fn apply_write_batch(&mut self) {
         if self.write_batch.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.write_batch);
-        let (writes, replies): (Vec<StatusWrite>, Vec<_>) = batch.into_iter().unzip();
-        let now = now_ms();
-        match self.node.local_write_batch(now, &writes) {
-            Ok(results) => {
-                let cursor = self.node.replica().cursor().encode();
-                for ((changed, change), reply) in results.into_iter().zip(replies) {
+        let (writes, replies): (Vec<LocalWrite>, Vec<_>) = batch.into_iter().unzip();
+        let results = self.node.local_writes(now_ms(), writes);
+        debug_assert_eq!(results.len(), replies.len(), "one result per write");
+        let cursor = self.node.replica().cursor().encode();
+        for (result, reply) in results.into_iter().zip(replies) {
+            match result {
+                Ok(WriteResult { changed, change }) => {
                     let value = WriteReply {
                         changed,
                         cursor: cursor.clone(),
@@ -30,30 +34,8 @@ impl Driver {
                         let _ = reply.send(Ok(value));
                     }));
                 }
-            }
-            Err(_) => {
-                // One write broke a rule for the whole batch (a limit): apply them one by one
-                // so that each gets its own answer.
-                for (write, reply) in writes.into_iter().zip(replies) {
-                    match self.node.local_write(now, &write) {
-                        Ok(changed) => {
-                            let value = WriteReply {
-                                changed,
-                                cursor: self.node.replica().cursor().encode(),
-                                change: if changed {
-                                    self.node.last_local_change()
-                                } else {
-                                    None
-                                },
-                            };
-                            self.pending_acks.push(Box::new(move || {
-                                let _ = reply.send(Ok(value));
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
             }
         }

@@ -69,27 +69,6 @@ fn decode_cursor(field: &str, text: Option<&str>) -> Result<Option<Cursor>, ApiE
     }
 }
 
-/// How long a node that is behind a client's cursor waits to catch up (it has asked its
-/// peers) before it answers with a snapshot instead.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-
-/// Subscribes; when the client's cursor is ahead of this node (it last read a node that had
-/// changes this one has not received yet), waits a bounded while for them so that the client
-/// resumes exactly instead of starting over from a snapshot.
-async fn subscribe_resuming(
-    node: &NodeHandle,
-    resume: Option<Cursor>,
-    service: Option<String>,
-) -> Result<Subscription, ApiError> {
-    let mut subscription = node.subscribe(resume.clone(), service.clone()).await?;
-    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-    while subscription.cursor_ahead && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        subscription = node.subscribe(resume.clone(), service.clone()).await?;
-    }
-    Ok(subscription)
-}
-
 /// The client's address when the server was started with connect info (the node is).
 fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
     extensions
@@ -135,7 +114,7 @@ pub(crate) async fn open_event_stream(
     let HttpState { node, limits, .. } = state;
     let slot = limits.admit_subscriber(client)?;
     let resume = query.resume(last_event_id)?;
-    let subscription = subscribe_resuming(&node, resume, query.service.clone()).await?;
+    let subscription = node.subscribe(resume, query.service.clone()).await?;
     let stream = event_stream(node, subscription, query.service, query.region);
     // The slot lives as long as the stream: a gone subscriber frees its place.
     Ok(futures_util::StreamExt::map(stream, move |item| {
@@ -280,7 +259,7 @@ pub(super) async fn get_poll(
     let (wait_s, resume) = query.validate()?;
     let Subscription {
         initial, mut live, ..
-    } = subscribe_resuming(&node, resume, query.service.clone()).await?;
+    } = node.subscribe(resume, query.service.clone()).await?;
     let keep = |p: &Published| matches_filter(p, query.service.as_deref(), query.region.as_deref());
     let mut events: Vec<Published> = initial.into_iter().filter(|p| keep(p)).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
