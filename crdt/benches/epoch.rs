@@ -8,6 +8,11 @@
 //! Run: `cargo bench -p statusmesh-crdt --bench epoch` (defaults: 1,000,000 writes,
 //! `--rollover-changes 20`); `-- --no-rollover --writes 100000` for the comparison without
 //! epochs.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a benchmark is a driver: it measures through files and processes"
+)]
 
 use std::path::Path;
 use std::process::Command;

@@ -3,6 +3,11 @@
 //! component (a fresh process, so memory freed by the builder cannot hide the cost).
 //!
 //! Run: `cargo bench -p statusmesh-crdt --bench memory`
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a benchmark is a driver: it measures through files and processes"
+)]
 
 use std::path::PathBuf;
 use std::process::Command;

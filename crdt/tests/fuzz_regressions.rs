@@ -5,14 +5,19 @@
 use std::path::{Path, PathBuf};
 
 use statusmesh_crdt::fuzz;
+use statusmesh_crdt::fuzz::seed_name;
+
+/// The corpus IO (`fuzz/corpus.rs`): tests read and write files, the crate does not.
+#[path = "../../fuzz/corpus.rs"]
+mod corpus;
 
 fn dir(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 fn replay(target: &str, run: fn(&[u8])) {
-    fuzz::replay_dir(&dir(&format!("tests/fuzz-crashers/{target}")), run);
-    let seeds = fuzz::replay_dir(&dir(&format!("../fuzz/seeds/{target}")), run);
+    corpus::replay_dir(&dir(&format!("tests/fuzz-crashers/{target}")), run);
+    let seeds = corpus::replay_dir(&dir(&format!("../fuzz/seeds/{target}")), run);
     assert!(
         seeds > 0,
         "no seeds for {target}; run the ignored write_fuzz_seeds"
@@ -59,7 +64,7 @@ fn the_seeds_are_inputs_the_decoders_accept() {
 #[test]
 #[ignore = "writes fuzz/seeds; run by hand after a format change"]
 fn write_fuzz_seeds() {
-    fuzz::write_seeds(
+    corpus::write_seeds(
         &dir("../fuzz/seeds/crdt_remote_changes"),
         &fuzz::seed_remote_changes(),
     )
@@ -72,7 +77,7 @@ fn write_fuzz_seeds() {
                 .collect()
         })
         .collect();
-    fuzz::write_seeds(&dir("../fuzz/seeds/crdt_structured_changes"), &structured)
+    corpus::write_seeds(&dir("../fuzz/seeds/crdt_structured_changes"), &structured)
         .expect("write seeds");
-    fuzz::write_seeds(&dir("../fuzz/seeds/cursor"), &fuzz::seed_cursors()).expect("write seeds");
+    corpus::write_seeds(&dir("../fuzz/seeds/cursor"), &fuzz::seed_cursors()).expect("write seeds");
 }
