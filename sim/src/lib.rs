@@ -4,19 +4,38 @@
 //! and the only IO is in `main` (reading a topology, writing an SVG). The same seed and
 //! commit give byte-identical reports.
 //!
+//! Rooms by concern (TigerBeetle's VOPR is the model):
 //! - [`scenario`]: named fault mixes and workloads, and the swarm mix a seed picks.
-//! - [`sim`]: the discrete-event simulator and its checkers.
+//! - [`sim`]: the [`Sim`] struct, its events and its run loop (safety, heal, liveness, end).
+//! - `queue`: the discrete-event heap (`Scheduled { at, seq, ev }`).
+//! - `clock`: virtual time, clock skew, what a node's clock reads.
+//! - `network`: sending, delays, partitions, loss, duplication, delivery.
+//! - `driver`: driving one node as the node driver does (inputs, then drain, then re-arm).
+//! - `cluster`: slots, crash and restart, disks, failure detection.
+//! - `workload`: writes, heartbeats, the broadcast, forced rollovers; acknowledgements.
+//! - `checker`: convergence, acknowledged writes, subscriber streams, cursors across epochs.
+//! - [`outcome`]: a run's inputs and what it measured; [`failure`]: why it failed, typed.
 //! - [`report`]: figures, the human and JSON reports, the SVG timeline.
 #![forbid(unsafe_code)]
 
+mod checker;
+mod clock;
+mod cluster;
+mod driver;
+pub mod failure;
+mod network;
+pub mod outcome;
+mod queue;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+mod workload;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use statusmesh_gossip::topology::Topology;
 
+pub use failure::{Failure, RunFailure};
 pub use scenario::{Plan, SCENARIOS};
 pub use sim::{Outcome, Sim, Spec};
 
@@ -53,7 +72,8 @@ pub struct RunOutput {
     pub json: String,
     pub svg: String,
     pub replay: String,
-    pub failure: Option<String>,
+    /// Why the run failed, with its seed and replay command; `None` when it passed.
+    pub failure: Option<RunFailure>,
 }
 
 /// Builds the run's spec: parses the topology, scales it, draws the plan.

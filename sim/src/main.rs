@@ -194,7 +194,10 @@ fn swarm(
         let output = statusmesh_sim::run(&request).map_err(anyhow::Error::msg)?;
         if !output.passed {
             failed += 1;
-            let reason = output.failure.unwrap_or_default();
+            let reason = output
+                .failure
+                .map(|failure| failure.to_string())
+                .unwrap_or_default();
             println!("FAIL seed {seed}: {reason}\nreplay: {}", output.replay);
             if failures.len() < FAILURES_LISTED_MAX {
                 failures.push((seed, reason, output.replay));

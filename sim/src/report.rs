@@ -131,7 +131,7 @@ impl Figures {
                 crate::sim::CHANGES_KINDS
                     .iter()
                     .filter_map(|kind| outcome.sent_by_kind.get(kind))
-                    .map(|(_, bytes)| *bytes as f64)
+                    .map(|sent| sent.bytes as f64)
                     .sum(),
             ),
             traffic_bytes_per_change: per_change(outcome.bytes_sent_safety as f64),
@@ -154,17 +154,9 @@ impl Figures {
     }
 }
 
-/// The command that replays a run.
+/// The command that replays a run ([`Spec::replay_command`]).
 pub fn replay_command(spec: &Spec) -> String {
-    let mut command = format!(
-        "statusmesh-sim run --topology {} --scenario {} --seed {}",
-        spec.topology_arg, spec.plan.scenario, spec.seed
-    );
-    if !spec.replay_flags.is_empty() {
-        command.push(' ');
-        command.push_str(&spec.replay_flags);
-    }
-    command
+    spec.replay_command()
 }
 
 /// The human report.
@@ -252,11 +244,11 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.false_downs
     );
     let _ = write!(out, "frames:");
-    for (kind, (frames, bytes)) in &outcome.sent_by_kind {
-        let _ = write!(out, " {kind} {frames} ({bytes} B)");
+    for (kind, sent) in &outcome.sent_by_kind {
+        let _ = write!(out, " {kind} {} ({} B)", sent.frames, sent.bytes);
     }
     let _ = writeln!(out);
-    let empty_disk = outcome.crashes.iter().filter(|c| c.2).count();
+    let empty_disk = outcome.crashes.iter().filter(|c| c.empty_disk).count();
     let _ = writeln!(
         out,
         "network: {} lost to partitions, {} lost to loss, {} to crashed nodes, {} duplicated; {} partition spans; {} crashes ({} with an empty disk)",
@@ -329,9 +321,9 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         None => {
             let _ = writeln!(out, "result: PASS");
         }
-        Some(reason) => {
-            let _ = writeln!(out, "result: FAIL {reason}");
-            let _ = writeln!(out, "replay: {}", replay_command(spec));
+        Some(failure) => {
+            let _ = writeln!(out, "result: FAIL {failure}");
+            let _ = writeln!(out, "replay: {}", failure.replay);
         }
     }
     out
@@ -343,7 +335,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
     let frames: BTreeMap<&str, serde_json::Value> = outcome
         .sent_by_kind
         .iter()
-        .map(|(kind, (frames, bytes))| (*kind, json!({"frames": frames, "bytes": bytes})))
+        .map(|(kind, sent)| (*kind, json!({"frames": sent.frames, "bytes": sent.bytes})))
         .collect();
     let epochs = json!({
         "plan": spec.plan.epochs.summary(),
@@ -393,7 +385,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "duplicated": outcome.duplicated,
         "partitions": outcome.partitions.len(),
         "crashes": outcome.crashes.len(),
-        "crashes_empty_disk": outcome.crashes.iter().filter(|c| c.2).count(),
+        "crashes_empty_disk": outcome.crashes.iter().filter(|c| c.empty_disk).count(),
         "detection_ms": f.detection_ms.json(),
         "false_downs": outcome.false_downs,
         "subscriber_events": outcome.subscriber_events,
@@ -404,7 +396,7 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "events_processed": outcome.events_processed,
         "trace_digest": format!("{:016x}", outcome.trace_digest),
         "result": if outcome.failure.is_none() { "pass" } else { "fail" },
-        "failure": outcome.failure,
+        "failure": outcome.failure.as_ref().map(ToString::to_string),
         "replay": replay_command(spec),
     });
     // Apart, as one more key would pass the json! macro's recursion limit.
@@ -501,15 +493,19 @@ pub fn svg(spec: &Spec, outcome: &Outcome) -> String {
             y(origin)
         );
     }
-    for (at_us, node, empty_disk) in &outcome.crashes {
-        let (cx, cy) = (x(*at_us), y(outcome.members[*node].region));
+    for crash in &outcome.crashes {
+        let (cx, cy) = (x(crash.at_us), y(outcome.members[crash.node].region));
         let _ = writeln!(
             out,
             r##"<path d="M{:.1} {:.1} l8 8 m0 -8 l-8 8" stroke="#c00"><title>crash {}{}</title></path>"##,
             cx - 4.0,
             cy - 4.0,
-            xml(&outcome.members[*node].id),
-            if *empty_disk { " (empty disk)" } else { "" }
+            xml(&outcome.members[crash.node].id),
+            if crash.empty_disk {
+                " (empty disk)"
+            } else {
+                ""
+            }
         );
     }
     let seconds = end_us / 1e6;
