@@ -1,19 +1,31 @@
 //! statusmesh-crdt: the availability model on Automerge.
 //!
 //! A deterministic, pure library: it takes no timestamps from the operating system, makes no
-//! IO and draws no ambient randomness. Time (`now_ms`), actor ids and seeds are arguments, so
-//! the simulator can run the very same code reproducibly from a seed.
+//! IO (no files, sockets or processes: `clippy.toml` bans them) and draws no ambient
+//! randomness. Time (`now_ms`), actor ids and seeds are arguments, bytes come in and go out
+//! as values, so the simulator can run the very same code reproducibly from a seed.
 //!
-//! - [`model`]: validated names, states and observations.
-//! - [`doc`]: one service's Automerge document, local writes, remote changes, events.
-//! - [`records`]: incidents, updates, maintenance windows, operator overrides.
-//! - [`replica`]: all documents of a node plus the liveness map.
+//! # Layout
+//! Each module uses only modules below it in this list (the unit tests of `doc` read views).
+//!
+//! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests (pure; the
+//!   tests read the corpus files through `fuzz/corpus.rs`).
+//! - [`replica`]: all documents of a node plus the liveness map; the entry point of the
+//!   drivers (local writes, remote batches, rollovers, cursors, views).
 //! - [`history`]: timelines and uptime from the Automerge history and the archive.
-//! - [`archive`]: the compact append-only archive of the writes of closed epochs.
-//! - [`liveness`]: reporter heartbeats outside history (max-wins map).
-//! - [`cursor`]: the mesh-wide cursor clients resume from.
 //! - [`view`]: derived statuses, freshness and the page indicator.
-//! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
+//! - [`archive`]: the compact append-only archive of the writes of closed epochs, a directory
+//!   (`encode`, `decode`).
+//! - [`doc`]: one service's Automerge document, a directory by concern: `schema` (the only
+//!   code that knows the root keys), `decode` (hostile input, read-only), `local` (writes,
+//!   planned then committed), `remote` (applying a decoded batch), `rollover` (epochs in the
+//!   document), `events` and `reads`.
+//! - [`epoch`]: the epoch protocol itself (actors, clocks, base changes, carried writes).
+//! - [`cursor`]: the mesh-wide cursor clients resume from.
+//! - [`liveness`]: reporter heartbeats outside history (max-wins map).
+//! - [`records`] and [`model`]: validated names, states, observations, incidents, updates,
+//!   maintenance windows, overrides.
+//! - [`error`]: [`CrdtError`]; each variant says whose fault it is and what it changed.
 #![forbid(unsafe_code)]
 
 pub mod archive;

@@ -1,8 +1,8 @@
 //! Incidents, their updates, maintenance windows and operator overrides.
 //!
-//! Each is stored as one JSON value under its own root key (see `doc.rs` for the layout), so
-//! a concurrent write is a plain register conflict and an incident update, having a key of
-//! its own, never conflicts with another.
+//! Each is stored as one JSON value under its own root key (see `doc/schema.rs` for the
+//! layout), so a concurrent write is a plain register conflict and an incident update,
+//! having a key of its own, never conflicts with another.
 
 use std::fmt;
 use std::str::FromStr;
