@@ -1,4 +1,5 @@
-//! Errors of the gossip core.
+//! Errors of the gossip core: what a frame or a write can break ([`GossipError`]) and what a
+//! configuration can break ([`ConfigError`]).
 
 /// Everything that can go wrong in the gossip core.
 #[derive(Debug, thiserror::Error)]
@@ -22,4 +23,31 @@ pub enum GossipError {
     /// The crdt layer refused a local write or a remote change. The state did not change.
     #[error(transparent)]
     Crdt(#[from] statusmesh_crdt::CrdtError),
+}
+
+/// A setting of [`crate::Config`] that breaks its rule (see [`crate::Config::validate`]).
+/// The caller's fault; nothing was built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is below the least value the protocol works with (a bound of zero would
+    /// drop every frame, a chunk size of zero would split nothing, a period of zero would
+    /// fire without end).
+    #[error("{field} must be at least {min}, got {value}")]
+    BelowMinimum {
+        /// The setting's path in [`crate::Config`], e.g. `broadcast.graft_timeout_ms`.
+        field: &'static str,
+        value: u64,
+        min: u64,
+    },
+}
+
+impl ConfigError {
+    /// `Ok` when `value` of `field` is at least `min`.
+    pub(crate) fn at_least(field: &'static str, value: u64, min: u64) -> Result<(), Self> {
+        if value < min {
+            return Err(Self::BelowMinimum { field, value, min });
+        }
+        Ok(())
+    }
 }

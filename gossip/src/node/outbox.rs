@@ -1,0 +1,109 @@
+//! The outbox: the bounded queues the driver drains, frames to send ([`Transmit`], through
+//! [`Node::poll_transmit`]) and what happened ([`Event`], through [`Node::poll_event`]).
+//! Every frame leaves through `send`, which encodes it and counts it; the oldest entry of a
+//! full queue is dropped and counted (anti-entropy repairs a dropped frame).
+
+use statusmesh_crdt::{Cursor, DocEvent, StatusEvent};
+
+use super::{Node, NodeId};
+use crate::codec::{self, Frame};
+use crate::error::GossipError;
+
+/// A frame for the driver to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: NodeId,
+    pub bytes: Vec<u8>,
+}
+
+/// Something the driver (and its clients) may want to know.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A cell changed here, by a local write or a remote change. `cursor` is the replica's
+    /// cursor after the change: a client that has seen this event resumes from it.
+    Status { event: StatusEvent, cursor: Cursor },
+    /// An incident, maintenance window or override changed here; `cursor` as for `Status`.
+    Record { event: DocEvent, cursor: Cursor },
+    /// Liveness of a cell moved forward (a heartbeat, no value change).
+    Heartbeat { key: String, last_seen_ms: u64 },
+    /// The first frame from a peer, or the first after it was silent.
+    PeerContact { peer: NodeId },
+    /// A peer sent a frame that does not decode or breaks the schema; it was ignored.
+    FrameRejected { from: NodeId, reason: String },
+    /// The failure detector found a peer alive (first contact, or back after being down).
+    PeerUp { peer: NodeId },
+    /// The failure detector declared a peer down (it did not refute a suspicion in time).
+    PeerDown { peer: NodeId },
+}
+
+impl Node {
+    /// Sends `frame` to every peer.
+    pub(super) fn broadcast(&mut self, frame: &Frame) {
+        let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.send(&peer, frame);
+        }
+    }
+
+    /// Queues `frame` for `to`, a peer (never this node).
+    pub(super) fn send(&mut self, to: &str, frame: &Frame) {
+        debug_assert!(to != self.id, "a frame addressed to this node itself");
+        let bytes = match codec::encode(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Only an oversized frame fails, which chunking prevents; count it as a drop.
+                debug_assert!(false, "frame does not encode: {e}");
+                self.stats.transmits_dropped += 1;
+                return;
+            }
+        };
+        if self.transmits.len() >= self.config.transmit_queue_max {
+            self.transmits.pop_front();
+            self.stats.transmits_dropped += 1;
+        }
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        self.transmits.push_back(Transmit {
+            to: to.to_owned(),
+            bytes,
+        });
+    }
+
+    /// Queues `event` for the driver.
+    pub(super) fn push_event(&mut self, event: Event) {
+        if self.events.len() >= self.config.event_queue_max {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    /// Counts a frame from `from` that was refused, and reports why.
+    pub(super) fn reject(&mut self, from: &str, error: &GossipError) {
+        self.stats.frames_rejected += 1;
+        self.push_event(Event::FrameRejected {
+            from: from.to_owned(),
+            reason: error.to_string(),
+        });
+    }
+
+    /// Reports a document's events, each with the replica's cursor after them.
+    pub(super) fn emit_doc_events(&mut self, events: Vec<DocEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let cursor = self.replica.cursor();
+        for event in events {
+            self.push_event(match event {
+                DocEvent::Status(event) => Event::Status {
+                    event,
+                    cursor: cursor.clone(),
+                },
+                event => Event::Record {
+                    event,
+                    cursor: cursor.clone(),
+                },
+            });
+        }
+    }
+}
