@@ -26,7 +26,8 @@ impl ServiceDoc {
     /// Changes are routed by the epoch their actor names (see [`crate::epoch`]): those of the
     /// current epoch are applied; a base that beats the current one is adopted; writes of an
     /// older epoch are carried unless the current base covers them; changes of a newer epoch
-    /// wait for its base.
+    /// wait for its base. A change that collides with one held (the same actor and sequence
+    /// number, other bytes) is left out alone: not counted as new, not acknowledged.
     ///
     /// # Errors
     /// [`CrdtError::BatchTooLarge`], [`CrdtError::ChangeDecode`] and
