@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use statusmesh_gossip::error::ConfigError;
 use statusmesh_gossip::{Config as GossipConfig, Peer};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -30,6 +31,31 @@ pub enum StartError {
     Config(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A gossip setting breaks its rule; `setting` is the flag that sets it (or, for a
+    /// setting no flag sets, its path in the gossip configuration). Nothing was started.
+    #[error("{setting}: {source}")]
+    Gossip {
+        setting: String,
+        source: ConfigError,
+    },
+}
+
+impl StartError {
+    /// The error of an invalid gossip configuration, naming the flag behind the setting.
+    fn gossip(source: ConfigError) -> Self {
+        let field = match &source {
+            ConfigError::BelowMinimum { field, .. } => *field,
+            _ => "",
+        };
+        let setting = match field {
+            "epoch.history_changes_max" => "--epoch-history-changes-max".to_owned(),
+            "epoch.history_bytes_max" => "--epoch-history-bytes-max".to_owned(),
+            "epoch.age_ms_max" => "--epoch-age-s-max".to_owned(),
+            "" => "gossip configuration".to_owned(),
+            other => format!("gossip setting {other}"),
+        };
+        Self::Gossip { setting, source }
+    }
 }
 
 /// A running node: its handle and the addresses it serves.
@@ -69,6 +95,8 @@ pub async fn start(
     options: NodeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunningNode, StartError> {
+    // Checked before anything is built: the core asserts a valid configuration.
+    options.gossip.validate().map_err(StartError::gossip)?;
     let topology = &options.topology;
     let spec = topology
         .node(&options.node_id)
@@ -192,4 +220,40 @@ fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(HTTP_LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::ClusterCa;
+    use crate::settings::Tokens;
+
+    #[tokio::test]
+    async fn an_invalid_gossip_setting_is_a_start_error_that_names_it() {
+        let topology = Topology::embedded().expect("embedded topology");
+        let node_id = topology.nodes[0].id.clone();
+        let ca = ClusterCa::generate(&topology.cluster).expect("ca");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut gossip = GossipConfig::lan();
+        gossip.anti_entropy_interval_ms = 0;
+        let options = NodeOptions {
+            identity: ca.identity(&node_id).expect("identity"),
+            settings: NodeSettings::new(
+                dir.path().join("data"),
+                Tokens::single("0123456789abcdef"),
+            ),
+            topology,
+            node_id,
+            gossip,
+            metrics: None,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let error = start(options, shutdown).await.expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "gossip setting anti_entropy_interval_ms: anti_entropy_interval_ms must be at least 1, got 0"
+        );
+        // Nothing was built: not even the data directory.
+        assert!(!dir.path().join("data").exists());
+    }
 }
