@@ -5,8 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use statusmesh_crdt::fuzz::{replay_dir, write_seeds};
+use statusmesh_crdt::fuzz::seed_name;
 use statusmesh_gossip::{codec, fuzz};
+
+/// The corpus IO (`fuzz/corpus.rs`): tests read and write files, the crate does not.
+#[path = "../../fuzz/corpus.rs"]
+mod corpus;
 
 fn dir(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -14,8 +18,8 @@ fn dir(relative: &str) -> PathBuf {
 
 #[test]
 fn frame_inputs_that_once_failed_pass() {
-    replay_dir(&dir("tests/fuzz-crashers/gossip_frame"), fuzz::frame);
-    let seeds = replay_dir(&dir("../fuzz/seeds/gossip_frame"), fuzz::frame);
+    corpus::replay_dir(&dir("tests/fuzz-crashers/gossip_frame"), fuzz::frame);
+    let seeds = corpus::replay_dir(&dir("../fuzz/seeds/gossip_frame"), fuzz::frame);
     assert!(seeds > 0, "no seeds; run the ignored write_fuzz_seeds");
 }
 
@@ -33,5 +37,6 @@ fn the_seeds_are_frames_the_codec_accepts() {
 #[test]
 #[ignore = "writes fuzz/seeds; run by hand after a format change"]
 fn write_fuzz_seeds() {
-    write_seeds(&dir("../fuzz/seeds/gossip_frame"), &fuzz::seed_frames()).expect("write seeds");
+    corpus::write_seeds(&dir("../fuzz/seeds/gossip_frame"), &fuzz::seed_frames())
+        .expect("write seeds");
 }
