@@ -4,7 +4,26 @@
 //! system, opens no sockets and draws no ambient randomness, in the shape of quinn-proto:
 //! `handle_*(now_ms, …)` in; `poll_transmit`, `poll_event`, `poll_timeout` out. The node
 //! process (tokio + quinn) and the simulator (virtual time) are two drivers of the same
-//! [`Node`].
+//! [`Node`], and call it through the same entry points ([`inputs`]). `clippy.toml` bans the
+//! clock, ambient randomness and file, socket and process IO here.
+//!
+//! # Layout
+//! - [`node`]: the state machine. `node/mod.rs` holds [`Node`] and its `handle_*`,
+//!   `local_write*` and `poll_*`; one file per concern beside it: `config` ([`Config`],
+//!   validated once by [`Config::validate`]), `peers` (peer table, failure detector glue),
+//!   `broadcast`, `anti_entropy`, `liveness`, `acks`, `rollover` (trigger and proposer rule),
+//!   `outbox` (the transmit and event queues).
+//! - [`inputs`]: the batched entry points both drivers call (frames, writes, resume).
+//! - [`plumtree`]: broadcast trees per root, the seen/missing cache, and the tree policy
+//!   (`plumtree/tree_policy.rs`) that its module doc describes.
+//! - [`membership`]: SWIM over foca, on virtual time. [`liveness_range`]: bucketed repair of
+//!   the heartbeat map.
+//! - [`codec`]: the wire format and its limits. [`topology`]: regions.toml, parsed from text.
+//! - [`error`]: [`GossipError`] and [`ConfigError`]. [`invariants`]: the checker the
+//!   simulator, the tests and `debug_assert!`s share ([`invariants::Violation`]).
+//! - [`fuzz`]: the pure entry points of the fuzz targets.
+//!
+//! Dependencies point one way: `inputs` → `node` → `plumtree`, `membership`, `codec`.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -19,6 +38,7 @@ pub mod plumtree;
 pub mod topology;
 
 pub use codec::Frame;
+pub use error::ConfigError;
 pub use error::GossipError;
 pub use inputs::{
     AcceptedBatch, InboundFrame, LocalWrite, RecordOp, Resume, WriteResult, RESUME_WAIT_MS,

@@ -1,9 +1,6 @@
 //! The node's settings: tuning and bounds of every part of the protocol, the LAN and WAN
 //! presets, and the rules a configuration must meet ([`Config::validate`]), checked once when
 //! a [`crate::Node`] is built instead of clamped where each value is used.
-//!
-//! [`Frame::Changes`]: crate::codec::Frame::Changes
-//! [`Frame::Liveness`]: crate::codec::Frame::Liveness
 
 use crate::error::ConfigError;
 use crate::membership::Preset;
@@ -20,10 +17,10 @@ pub struct Config {
     /// Most events waiting for the driver; the oldest is dropped (and counted) beyond it.
     /// At least 1. Default 65,536.
     pub event_queue_max: usize,
-    /// Most changes per [`Frame::Changes`]; larger repairs are split. At least 1.
+    /// Most changes per [`Frame::Changes`](crate::codec::Frame::Changes); larger repairs are split. At least 1.
     /// Default 512.
     pub changes_per_frame_max: usize,
-    /// Most liveness entries per [`Frame::Liveness`]; larger maps are split. At least 1.
+    /// Most liveness entries per [`Frame::Liveness`](crate::codec::Frame::Liveness); larger maps are split. At least 1.
     /// Default 4,096.
     pub liveness_per_frame_max: usize,
     /// Timing of the SWIM failure detector.

@@ -31,7 +31,7 @@
 //! This file holds the state ([`Plumtree`]: trees per root, round trips) and the moves on a
 //! tree (graft, prune, a peer leaving); `cache.rs` the changes seen, the announcements
 //! missing and the batches waiting; `tree_policy.rs` the policy above (first trees, entries
-//! re-chosen by round trip, a peer down or back up), reading the mesh through [`MeshView`];
+//! re-chosen by round trip, a peer down or back up), reading the mesh through `MeshView`;
 //! `check.rs` the bounds and tree invariants ([`BroadcastViolation`]).
 //!
 //! [`Frame::Push`]: crate::codec::Frame::Push
@@ -87,7 +87,8 @@ pub const RTT_SWAP_MIN_MS: u64 = 2;
 /// [`Frame::IHave`]: crate::codec::Frame::IHave
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BroadcastConfig {
-    /// How long announcements wait to be batched into one [`Frame::IHave`] per peer, in ms.
+    /// How long announcements wait to be batched into one
+    /// [`Frame::IHave`](crate::codec::Frame::IHave) per peer, in ms.
     /// LAN 5, WAN 10.
     pub ihave_interval_ms: u64,
     /// How long an announced change may take to arrive by push before it is grafted from the
