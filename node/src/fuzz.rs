@@ -153,6 +153,13 @@ pub fn seed_queries() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The corpus IO of the regression tests (`fuzz/corpus.rs`): tests read and write files.
+#[cfg(test)]
+#[path = "../../fuzz/corpus.rs"]
+mod corpus;
+#[cfg(test)]
+use statusmesh_crdt::fuzz::seed_name;
+
 #[cfg(test)]
 mod tests {
     //! Every input that ever crashed a fuzz target of this crate
@@ -161,8 +168,7 @@ mod tests {
 
     use std::path::{Path, PathBuf};
 
-    use statusmesh_crdt::fuzz::{replay_dir, write_seeds};
-
+    use super::corpus::{replay_dir, write_seeds};
     use super::*;
 
     fn dir(relative: &str) -> PathBuf {
