@@ -103,5 +103,6 @@ impl Node {
             },
         );
         self.pending_order.push_back(hash);
+        debug_assert!(self.pending_acks.len() <= PENDING_ACKS_MAX);
     }
 }

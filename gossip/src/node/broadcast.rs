@@ -234,6 +234,7 @@ impl Node {
         ids: &[MessageId],
         pushed: bool,
     ) {
+        debug_assert_eq!(changes.len(), ids.len(), "one id per change");
         // A repair's sender is a random peer, not a parent in the root's tree.
         let parent = if pushed { sender } else { None };
         let mesh = mesh_view!(self);

@@ -291,6 +291,9 @@ impl Node {
     /// updating an incident, a maintenance window, an override): broadcast at once like a
     /// status write, acknowledged the same way. Returns the change's hash, or
     /// `None` when nothing changed. Errors leave the state unchanged.
+    ///
+    /// # Panics
+    /// When `change` wrote to another service than `service` (a caller contract).
     pub fn local_change(
         &mut self,
         now_ms: u64,
@@ -299,6 +302,12 @@ impl Node {
     ) -> Result<Option<ChangeHash>, GossipError> {
         self.now_ms = self.now_ms.max(now_ms);
         let outcome = change(&mut self.replica)?;
+        // The caller's contract: `change` writes to `service`, whose tree carries it.
+        assert!(
+            outcome.service == *service,
+            "a local change of {service} was made to {}",
+            outcome.service
+        );
         let (Some(hash), Some(bytes)) = (outcome.change_hash, outcome.change) else {
             return Ok(None);
         };

@@ -132,6 +132,7 @@ impl Plumtree {
     /// Queues an announcement of `ids` of `root` for `peer`, sent at the next flush. Beyond
     /// `ihave_per_peer_max` pending ids for one peer the rest are dropped and counted.
     pub fn queue_announcement(&mut self, now_ms: u64, peer: &str, root: &str, ids: &[MessageId]) {
+        debug_assert!(root != peer, "nothing is announced back to a root");
         let count = self.pending_count.entry(peer.to_owned()).or_default();
         let room = self.bounds.ihave_per_peer_max.saturating_sub(*count);
         let taken = ids.len().min(room);

@@ -322,6 +322,7 @@ impl Plumtree {
     /// Makes `peer` an eager peer of `root` (a graft): out of the lazy set, into the eager
     /// one while it has room.
     pub fn make_eager(&mut self, now_ms: u64, root: &str, peer: &str) {
+        debug_assert!(root != peer, "nothing is pushed back to a root");
         let eager_max = self.bounds.eager_peers_max;
         let tree = self.tree_or_insert(now_ms, root, RootTree::default);
         tree.lazy.remove(peer);
@@ -333,6 +334,7 @@ impl Plumtree {
     /// Makes `peer` a lazy peer of `root` (a prune): out of the eager set, into the lazy one
     /// while it has room. A root without a tree is left without one.
     pub fn make_lazy(&mut self, root: &str, peer: &str) {
+        debug_assert!(root != peer, "nothing is announced back to a root");
         let Some(tree) = self.trees.get_mut(root) else {
             return;
         };
