@@ -69,6 +69,12 @@ impl Cursor {
         self.heads.insert(service, heads);
     }
 
+    /// Replaces the heads of one service with heads of its epoch `epoch`.
+    pub fn set_in_epoch(&mut self, service: Name, heads: Vec<ChangeHash>, epoch: u32) {
+        self.epochs.insert(service.clone(), epoch);
+        self.heads.insert(service, heads);
+    }
+
     /// The compact URL-safe text form used as SSE `id:`.
     pub fn encode(&self) -> String {
         let mut bytes = vec![CURSOR_VERSION];

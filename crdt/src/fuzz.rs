@@ -249,15 +249,6 @@ pub fn seed_name(seed: &[u8]) -> String {
     format!("seed-{:016x}", hash.finish())
 }
 
-/// Transitional: the corpus IO of `fuzz/corpus.rs`, compiled in here only until the
-/// regression tests of gossip (`gossip/tests/fuzz_regressions.rs`) and node
-/// (`node/src/fuzz.rs`) include that file themselves, as crdt's do. Then delete these lines.
-#[doc(hidden)]
-#[path = "../../fuzz/corpus.rs"]
-mod corpus;
-#[doc(hidden)]
-pub use corpus::{replay_dir, write_seeds};
-
 /// Applies `changes` and checks the promises of `Replica::apply_remote`.
 fn apply_and_check(replica: &mut Replica, changes: &[Vec<u8>]) {
     let service = Name::parse("service", SERVICE).expect("valid name");

@@ -39,13 +39,15 @@ pub mod liveness;
 pub mod model;
 pub mod records;
 pub mod replica;
+mod resume;
 pub mod view;
 
 pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;
 pub use doc::{
-    CellRead, DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey,
-    RemoteApplied, ServiceDoc, StatusEvent,
+    CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, IncidentEvent, MaintenanceEvent,
+    OverrideEvent, Put, Read, RecordKey, RemoteApplied, ServiceDoc, StatusEvent, Transition,
+    TRANSITIONS_MAX,
 };
 pub use error::CrdtError;
 pub use liveness::Liveness;

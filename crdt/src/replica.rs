@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use automerge::{ActorId, ChangeHash};
 
 use crate::cursor::Cursor;
-use crate::doc::{DocEvent, LocalChange, PlannedPuts, Put, RemoteApplied, ServiceDoc, StatusEvent};
+use crate::doc::{
+    Delivery, DocEvent, LocalChange, PlannedPuts, Put, RemoteApplied, ServiceDoc, StatusEvent,
+    Transition,
+};
 use crate::error::CrdtError;
 use crate::liveness::Liveness;
 use crate::model::{Name, StatusWrite};
@@ -30,6 +33,8 @@ pub struct WriteOutcome {
     pub events: Vec<StatusEvent>,
     /// Every event the write produced, observations and records alike.
     pub doc_events: Vec<DocEvent>,
+    /// The same events as transitions: with their identity and the heads after them.
+    pub transitions: Vec<Transition>,
 }
 
 /// What a client asks to change in an incident; `None` fields keep their value.
@@ -53,6 +58,8 @@ pub struct RemoteOutcome {
     pub events: Vec<StatusEvent>,
     /// Every event that became visible, observations and records alike.
     pub doc_events: Vec<DocEvent>,
+    /// The same events as transitions: one per change of a record, in causal order.
+    pub transitions: Vec<Transition>,
     /// Changes this replica now holds, with their origin node: what it acknowledges.
     pub held: Vec<(ChangeHash, Option<String>)>,
     /// Changes this replica made while applying (a base it proposed, writes it carried into
@@ -292,11 +299,8 @@ impl Replica {
         let Some(doc) = self.docs.get(service) else {
             return RemoteOutcome::default();
         };
-        let doc_events = if applied.keys_incomplete && applied.rolled_over.is_none() {
-            doc.doc_events_between(&before, &doc.heads())
-        } else {
-            doc.events_for_keys(&applied.keys, None)
-        };
+        let transitions = doc.transitions_of_apply(&before, &applied.keys);
+        let doc_events: Vec<DocEvent> = transitions.iter().map(|t| t.event.clone()).collect();
         // An observation that arrives is also a heartbeat of its cell, so liveness agrees
         // everywhere without a separate frame for every changed value.
         for event in &doc_events {
@@ -316,6 +320,7 @@ impl Replica {
             new_changes: applied.new_changes,
             events: status_only(&doc_events),
             doc_events,
+            transitions,
             held: applied.held,
             made: applied.made,
             rolled_over: applied.rolled_over,
@@ -375,31 +380,11 @@ impl Replica {
         self.doc_events_since(cursor).map(|e| status_only(&e))
     }
 
-    /// The events a client at `cursor` has not seen, coalesced per record. `None` when this
-    /// replica does not hold every change the cursor names (it cannot tell: the caller sends
-    /// a snapshot instead).
+    /// The events a client at `cursor` has not seen: every transition (see
+    /// [`Self::transitions_since`]). `None` when this replica cannot tell.
     pub fn doc_events_since(&self, cursor: &Cursor) -> Option<Vec<DocEvent>> {
-        for (service, heads) in cursor.iter() {
-            match self.docs.get(service) {
-                Some(doc) if doc.has_all(heads) || doc.prev_has_all(heads) => {}
-                _ => return None,
-            }
-        }
-        let mut events = Vec::new();
-        for (service, doc) in &self.docs {
-            let after = doc.heads();
-            let before = cursor.heads_of(service);
-            if before == after.as_slice() {
-                continue;
-            }
-            if before.is_empty() || doc.has_all(before) {
-                events.extend(doc.doc_events_between(before, &after));
-            } else {
-                // A cursor of the epoch before: what differs from then, coalesced.
-                events.extend(doc.events_since_prev(before)?);
-            }
-        }
-        Some(events)
+        self.transitions_since(cursor, Delivery::Every)
+            .map(|all| all.into_iter().map(|(t, _)| t.event).collect())
     }
 
     /// The changes of `service` that a peer with `their_heads` lacks.
@@ -497,15 +482,18 @@ impl Replica {
                 change_hash: None,
                 events: Vec::new(),
                 doc_events: Vec::new(),
+                transitions: Vec::new(),
             });
         };
         let doc_events = doc.events_for_local_puts(puts, &keys, node, now_ms);
+        let hash = change.hash();
         Ok(WriteOutcome {
             service: doc.service().clone(),
             changed: true,
-            change_hash: Some(change.hash()),
+            change_hash: Some(hash),
             change: Some(change.bytes().into_owned()),
             events: status_only(&doc_events),
+            transitions: doc.transitions_of_local(&hash, doc_events.clone()),
             doc_events,
         })
     }

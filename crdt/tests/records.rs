@@ -108,12 +108,19 @@ fn an_incident_goes_from_investigating_to_resolved_with_its_timeline() {
     // A resolved incident no longer raises the page indicator.
     assert_eq!(view["page"]["indicator"], "none");
 
-    // Another replica sees the same incident through remote changes, with events.
+    // Another replica sees the same incident through remote changes: one event per change,
+    // each with the update that change appended, in order.
     let mut b = replica(2);
     let events = sync(&a, &mut b);
-    assert!(events
+    let told: Vec<&str> = events
         .iter()
-        .any(|e| matches!(e, DocEvent::Incident(i) if i.new_updates.len() == 4)));
+        .filter_map(|e| match e {
+            DocEvent::Incident(i) => Some(i.new_updates.iter().map(|u| u.text.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(told, texts);
     assert_eq!(
         serde_json::to_value(b.view(5_000, None)).expect("json"),
         view

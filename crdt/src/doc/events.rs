@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use automerge::{ChangeHash, PatchAction, ReadDoc, ROOT};
 use serde::Serialize;
 
-use super::reads::{changed_keys, reads_of, CellRead, Read};
+use super::reads::{changed_keys, read_in, reads_of, CellRead, Read, Source};
 use super::schema::{incident_key, Put, RecordKey};
 use super::ServiceDoc;
 use crate::model::{Name, Observation};
@@ -188,62 +188,7 @@ impl ServiceDoc {
         keys: &BTreeSet<String>,
         heads: Option<&[ChangeHash]>,
     ) -> Vec<DocEvent> {
-        let mut events = Vec::new();
-        let mut incidents: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
-        for key in keys {
-            let Some(record) = RecordKey::parse(key) else {
-                continue;
-            };
-            match record {
-                RecordKey::Observation { component, region } => {
-                    let read: Option<CellRead> = self.read_at(key, heads);
-                    events.push(DocEvent::Status(StatusEvent {
-                        service: self.service.clone(),
-                        component,
-                        region,
-                        conflict: read.as_ref().is_some_and(|r| !r.conflicts.is_empty()),
-                        origin_node: read.as_ref().and_then(|r| r.origin_node.clone()),
-                        changed_at_ms: read.as_ref().and_then(|r| r.changed_at_ms),
-                        observation: read.map(|r| r.value),
-                    }));
-                }
-                RecordKey::Incident { id } => {
-                    incidents.entry(id).or_default();
-                }
-                RecordKey::Update { incident, .. } => {
-                    let update: Option<Read<IncidentUpdate>> = self.read_at(key, heads);
-                    let updates = incidents.entry(incident).or_default();
-                    updates.extend(update.map(|r| r.value));
-                }
-                RecordKey::Maintenance { id } => {
-                    let window: Option<Read<Maintenance>> = self.read_at(key, heads);
-                    events.push(DocEvent::Maintenance(MaintenanceEvent {
-                        service: self.service.clone(),
-                        id,
-                        window: window.map(|r| r.value),
-                    }));
-                }
-                RecordKey::Override { component } => {
-                    let value: Option<Read<Override>> = self.read_at(key, heads);
-                    events.push(DocEvent::Override(OverrideEvent {
-                        service: self.service.clone(),
-                        component,
-                        value: value.map(|r| r.value),
-                    }));
-                }
-            }
-        }
-        for (id, mut new_updates) in incidents {
-            new_updates.sort_by_key(|u| u.at_ms);
-            let header: Option<Read<Incident>> = self.read_at(&incident_key(&id), heads);
-            events.push(DocEvent::Incident(IncidentEvent {
-                service: self.service.clone(),
-                id,
-                incident: header.map(|r| r.value),
-                new_updates,
-            }));
-        }
-        events
+        events_for_keys_in(self.source(), keys, heads)
     }
 
     /// The observation events between two sets of heads (see [`Self::doc_events_between`]).
@@ -256,6 +201,70 @@ impl ServiceDoc {
             })
             .collect()
     }
+}
+
+/// [`ServiceDoc::events_for_keys`] over one epoch's document.
+pub(super) fn events_for_keys_in(
+    src: Source<'_>,
+    keys: &BTreeSet<String>,
+    heads: Option<&[ChangeHash]>,
+) -> Vec<DocEvent> {
+    let mut events = Vec::new();
+    let mut incidents: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
+    for key in keys {
+        let Some(record) = RecordKey::parse(key) else {
+            continue;
+        };
+        match record {
+            RecordKey::Observation { component, region } => {
+                let read: Option<CellRead> = read_in(src, key, heads);
+                events.push(DocEvent::Status(StatusEvent {
+                    service: src.service.clone(),
+                    component,
+                    region,
+                    conflict: read.as_ref().is_some_and(|r| !r.conflicts.is_empty()),
+                    origin_node: read.as_ref().and_then(|r| r.origin_node.clone()),
+                    changed_at_ms: read.as_ref().and_then(|r| r.changed_at_ms),
+                    observation: read.map(|r| r.value),
+                }));
+            }
+            RecordKey::Incident { id } => {
+                incidents.entry(id).or_default();
+            }
+            RecordKey::Update { incident, .. } => {
+                let update: Option<Read<IncidentUpdate>> = read_in(src, key, heads);
+                let updates = incidents.entry(incident).or_default();
+                updates.extend(update.map(|r| r.value));
+            }
+            RecordKey::Maintenance { id } => {
+                let window: Option<Read<Maintenance>> = read_in(src, key, heads);
+                events.push(DocEvent::Maintenance(MaintenanceEvent {
+                    service: src.service.clone(),
+                    id,
+                    window: window.map(|r| r.value),
+                }));
+            }
+            RecordKey::Override { component } => {
+                let value: Option<Read<Override>> = read_in(src, key, heads);
+                events.push(DocEvent::Override(OverrideEvent {
+                    service: src.service.clone(),
+                    component,
+                    value: value.map(|r| r.value),
+                }));
+            }
+        }
+    }
+    for (id, mut new_updates) in incidents {
+        new_updates.sort_by_key(|u| u.at_ms);
+        let header: Option<Read<Incident>> = read_in(src, &incident_key(&id), heads);
+        events.push(DocEvent::Incident(IncidentEvent {
+            service: src.service.clone(),
+            id,
+            incident: header.map(|r| r.value),
+            new_updates,
+        }));
+    }
+    events
 }
 
 #[cfg(test)]

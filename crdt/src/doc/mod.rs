@@ -23,6 +23,7 @@ mod reads;
 mod remote;
 mod rollover;
 mod schema;
+mod transitions;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +34,7 @@ pub use self::local::LocalChange;
 pub(crate) use self::local::PlannedPuts;
 pub use self::reads::{CellRead, Read};
 pub use self::schema::{Put, RecordKey};
+pub use self::transitions::{CoalesceReason, Coalesced, Delivery, Transition, TRANSITIONS_MAX};
 
 use self::decode::{load_automerge, validate_saved};
 use self::rollover::{carried_in, find_base};

@@ -128,30 +128,26 @@ impl ServiceDoc {
         key: &str,
         heads: Option<&[ChangeHash]>,
     ) -> Option<Read<T>> {
-        let (winner, all) = match heads {
-            Some(h) => (
-                self.doc.get_at(ROOT, key, h).ok()??,
-                self.doc.get_all_at(ROOT, key, h).ok()?,
-            ),
-            None => (
-                self.doc.get(ROOT, key).ok()??,
-                self.doc.get_all(ROOT, key).ok()?,
-            ),
-        };
-        let origin = origin_in(&self.doc, self.base.as_ref(), &self.meta, key, &winner.1);
-        let value: T = serde_json::from_str(&str_of(&winner.0)?).ok()?;
-        // The winner is what Automerge's `get` returns, the same on every replica; the other
-        // values of `get_all` lost a concurrent write.
-        let conflicts = all
-            .iter()
-            .filter(|(_, id)| *id != winner.1)
-            .filter_map(|(v, _)| serde_json::from_str(&str_of(v)?).ok())
-            .collect();
-        Some(Read {
-            value,
-            conflicts,
-            origin_node: origin.node,
-            changed_at_ms: origin.at_ms,
+        read_in(self.source(), key, heads)
+    }
+
+    /// The current epoch's document, to read from.
+    pub(super) fn source(&self) -> Source<'_> {
+        Source {
+            service: &self.service,
+            doc: &self.doc,
+            base: self.base.as_ref(),
+            meta: &self.meta,
+        }
+    }
+
+    /// The previous epoch's document, when it is kept.
+    pub(super) fn prev_source(&self) -> Option<Source<'_>> {
+        self.prev.as_ref().map(|prev| Source {
+            service: &self.service,
+            doc: &prev.doc,
+            base: prev.base.as_ref(),
+            meta: &prev.meta,
         })
     }
 
@@ -206,6 +202,49 @@ fn origin_in(
         node: meta.message.as_deref().map(str::to_owned),
         at_ms: u64::try_from(meta.timestamp).ok(),
     }
+}
+
+/// One epoch's document of a service, with what it needs to name origins: the current one,
+/// or the previous one kept for cursors of the epoch just closed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub(super) service: &'a Name,
+    pub(super) doc: &'a Automerge,
+    pub(super) base: Option<&'a ChangeHash>,
+    pub(super) meta: &'a EpochMeta,
+}
+
+/// The record under `key` of `src` at `heads` (now when `None`), if it holds a valid value.
+pub(super) fn read_in<T: DeserializeOwned>(
+    src: Source<'_>,
+    key: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Option<Read<T>> {
+    let (winner, all) = match heads {
+        Some(h) => (
+            src.doc.get_at(ROOT, key, h).ok()??,
+            src.doc.get_all_at(ROOT, key, h).ok()?,
+        ),
+        None => (
+            src.doc.get(ROOT, key).ok()??,
+            src.doc.get_all(ROOT, key).ok()?,
+        ),
+    };
+    let origin = origin_in(src.doc, src.base, src.meta, key, &winner.1);
+    let value: T = serde_json::from_str(&str_of(&winner.0)?).ok()?;
+    // The winner is what Automerge's `get` returns, the same on every replica; the other
+    // values of `get_all` lost a concurrent write.
+    let conflicts = all
+        .iter()
+        .filter(|(_, id)| *id != winner.1)
+        .filter_map(|(v, _)| serde_json::from_str(&str_of(v)?).ok())
+        .collect();
+    Some(Read {
+        value,
+        conflicts,
+        origin_node: origin.node,
+        changed_at_ms: origin.at_ms,
+    })
 }
 
 /// One entry of the root map as [`reads_of`] first sees it.

@@ -1,0 +1,411 @@
+//! Transitions: every change of a record, in causal order, one event each, with a stable
+//! identity and the heads after it, so that a client told of it can resume exactly there.
+//!
+//! A transition is the record as it reads right after one change (the value that change wrote,
+//! or the winner of a concurrent write with `conflict` set). The same change gives the same
+//! transition on every node: its identity names the write (its writer's incarnation and its
+//! number among that writer's writes), which a write keeps when it is carried into a new epoch.
+//!
+//! Coalescing is never silent. When more transitions are due than a client may be sent at
+//! once ([`TRANSITIONS_MAX`]), or it asked for state only, each record is sent once with its
+//! latest value and the number of transitions folded into it; so is the difference a
+//! rollover makes to a node that learned of writes only through the new epoch's base.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::legacy::Key;
+use automerge::{Change, ChangeHash};
+use serde::Serialize;
+
+use super::events::{events_for_keys_in, DocEvent};
+use super::reads::Source;
+use super::schema::{incident_key, RecordKey};
+use super::ServiceDoc;
+use crate::epoch::{ActorKind, WriteId};
+
+/// Most transitions one resume replays one by one; beyond it the client gets each record once,
+/// coalesced (a status page that was away for a day does not need 100,000 events, and
+/// replaying that many costs the node a historical read each).
+pub const TRANSITIONS_MAX: usize = 5_000;
+
+/// Why events were folded into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoalesceReason {
+    /// More transitions were due than [`TRANSITIONS_MAX`] (a long absence, a slow reader).
+    Backlog,
+    /// The client asked for state only (`?coalesce=state`).
+    Requested,
+    /// The document rolled over and this node learned of the writes only through the base.
+    Rollover,
+}
+
+/// How many transitions one event stands for, when more than its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Coalesced {
+    /// Transitions folded into the event (at least 1).
+    pub count: u64,
+    pub reason: CoalesceReason,
+}
+
+/// One event a client is told, with what it needs to order, deduplicate and resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub event: DocEvent,
+    /// `<writer>-<n>:<record key>`: the same on every node for the same transition; `None` for
+    /// an event that is no single transition (coalesced, or a state correction).
+    pub id: Option<String>,
+    /// Set when the event folds several transitions (or an unknown number) into one.
+    pub coalesced: Option<Coalesced>,
+    /// The document's epoch and heads once the client has this event.
+    pub epoch: u32,
+    pub heads: Vec<ChangeHash>,
+}
+
+/// How a client wants the transitions after its cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Every transition, coalesced only beyond [`TRANSITIONS_MAX`].
+    #[default]
+    Every,
+    /// The latest value of each record that changed.
+    StateOnly,
+}
+
+/// A change after a cursor and the records it wrote.
+struct Step {
+    change: Change,
+    keys: BTreeSet<String>,
+}
+
+impl ServiceDoc {
+    /// Every transition after `before` (heads of the current epoch, or empty for the whole
+    /// document), in causal order, one per record a change wrote. The base of the epoch is
+    /// no transition (it restates). `None` when this document does not hold `before`.
+    pub fn transitions_after(
+        &self,
+        before: &[ChangeHash],
+        delivery: Delivery,
+    ) -> Option<Vec<Transition>> {
+        if !self.has_all(before) {
+            return None;
+        }
+        let steps = steps_after(self.source(), before, &BTreeSet::new());
+        Some(self.deliver(self.source(), before, steps, delivery))
+    }
+
+    /// The transitions a client at `before`, heads of the previous epoch, has not seen: those
+    /// of the previous epoch's document after `before`, then those of the current epoch that
+    /// are not restatements of writes the client has (a carried write keeps its identity).
+    /// `None` when the previous epoch's document does not hold `before`.
+    pub fn transitions_since_prev(
+        &self,
+        before: &[ChangeHash],
+        delivery: Delivery,
+    ) -> Option<Vec<Transition>> {
+        let prev = self.prev_source()?;
+        if !self.prev_has_all(before) {
+            return None;
+        }
+        let prev_steps = steps_after(prev, before, &BTreeSet::new());
+        // Writes the client holds or is about to be told of: their carried copies in this
+        // epoch are no new transitions.
+        let mut known: BTreeSet<WriteId> = prev
+            .doc
+            .get_changes_meta(&[])
+            .iter()
+            .filter_map(|meta| ActorKind::parse(&meta.actor)?.write_id(meta.seq))
+            .collect();
+        known.extend(prev_steps.iter().filter_map(|s| write_of(&s.change)));
+        let current_steps = steps_after(self.source(), &[], &known);
+        let total = count(&prev_steps) + count(&current_steps);
+        if delivery == Delivery::StateOnly || total > TRANSITIONS_MAX {
+            let mut steps = prev_steps;
+            steps.extend(current_steps);
+            return Some(self.coalesce(&steps, before, delivery));
+        }
+        let mut out = replay(prev, before, prev_steps);
+        out.extend(replay(self.source(), &[], current_steps));
+        self.settle(&mut out);
+        Some(out)
+    }
+
+    /// The transitions an apply made visible, from the heads `before` it: every change of a
+    /// record that entered the document (a batch, changes released from holding, writes
+    /// carried here), one event each. After a rollover, the previous epoch's changes that
+    /// came with it and the writes new here, then each record the new base changed otherwise
+    /// (`changed_keys`), coalesced for the rollover.
+    pub fn transitions_of_apply(
+        &self,
+        before: &[ChangeHash],
+        changed_keys: &BTreeSet<String>,
+    ) -> Vec<Transition> {
+        if self.has_all(before) {
+            return self
+                .transitions_after(before, Delivery::Every)
+                .unwrap_or_default();
+        }
+        let mut out = self
+            .transitions_since_prev(before, Delivery::Every)
+            .unwrap_or_default();
+        let told: BTreeSet<String> = out.iter().map(|t| record_key(&t.event)).collect();
+        let rest: BTreeSet<String> = changed_keys
+            .iter()
+            .filter(|key| !told.contains(&record_of(key)))
+            .cloned()
+            .collect();
+        let events = self.events_for_keys(&rest, None);
+        out.extend(self.coalesced_now(events, CoalesceReason::Rollover));
+        out
+    }
+
+    /// The transitions of a local write just made: one per record the change `hash` wrote,
+    /// with the events the write computed (cheaper than reading them back).
+    pub fn transitions_of_local(
+        &self,
+        hash: &ChangeHash,
+        events: Vec<DocEvent>,
+    ) -> Vec<Transition> {
+        let write = self.write_of(hash);
+        let heads = self.heads();
+        events
+            .into_iter()
+            .map(|event| Transition {
+                id: write.map(|w| transition_id(&w, &record_key(&event))),
+                event,
+                coalesced: None,
+                epoch: self.epoch(),
+                heads: heads.clone(),
+            })
+            .collect()
+    }
+
+    /// Events that are the difference of two states, not transitions (a rollover): each marked
+    /// as coalesced for `reason`, at the current heads.
+    pub fn coalesced_now(&self, events: Vec<DocEvent>, reason: CoalesceReason) -> Vec<Transition> {
+        let heads = self.heads();
+        events
+            .into_iter()
+            .map(|event| Transition {
+                event,
+                id: None,
+                coalesced: Some(Coalesced { count: 1, reason }),
+                epoch: self.epoch(),
+                heads: heads.clone(),
+            })
+            .collect()
+    }
+
+    fn deliver(
+        &self,
+        src: Source<'_>,
+        before: &[ChangeHash],
+        steps: Vec<Step>,
+        delivery: Delivery,
+    ) -> Vec<Transition> {
+        if delivery == Delivery::StateOnly || count(&steps) > TRANSITIONS_MAX {
+            return self.coalesce(&steps, before, delivery);
+        }
+        // Within one epoch the last read of each record is its value now: nothing to settle.
+        replay(src, before, steps)
+    }
+
+    /// Each record the steps wrote, once, with its value now and how many transitions it
+    /// folds. All but the last event keep the client's `before` heads, so that a client cut
+    /// off in the middle asks again for the rest; the last carries the current heads.
+    fn coalesce(
+        &self,
+        steps: &[Step],
+        before: &[ChangeHash],
+        delivery: Delivery,
+    ) -> Vec<Transition> {
+        let reason = match delivery {
+            Delivery::StateOnly => CoalesceReason::Requested,
+            Delivery::Every => CoalesceReason::Backlog,
+        };
+        let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+        for step in steps {
+            for key in &step.keys {
+                *folded.entry(record_of(key)).or_default() += 1;
+            }
+        }
+        let keys: BTreeSet<String> = steps.iter().flat_map(|s| s.keys.iter().cloned()).collect();
+        let events = events_for_keys_in(self.source(), &keys, None);
+        let last = events.len().saturating_sub(1);
+        let (epoch_before, heads_now) = (self.prev_epoch().unwrap_or(self.epoch()), self.heads());
+        let resumes_in_prev = !before.is_empty() && !self.has_all(before);
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let count = folded.get(&record_key(&event)).copied().unwrap_or(1).max(1);
+                let (epoch, heads) = if i == last {
+                    (self.epoch(), heads_now.clone())
+                } else if resumes_in_prev {
+                    (epoch_before, before.to_vec())
+                } else {
+                    (self.epoch(), before.to_vec())
+                };
+                Transition {
+                    event,
+                    id: None,
+                    coalesced: Some(Coalesced { count, reason }),
+                    epoch,
+                    heads,
+                }
+            })
+            .collect()
+    }
+
+    /// Makes the last event of each record agree with the record now, after a replay that
+    /// crossed epochs: they differ when the base covered writes this node was never told of
+    /// one by one, or a carried write resolved a conflict differently on top of the base. The
+    /// correction is one more event, coalesced for the rollover, with no transition identity.
+    fn settle(&self, out: &mut Vec<Transition>) {
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, t) in out.iter().enumerate() {
+            last.insert(record_key(&t.event), i);
+        }
+        let keys: BTreeSet<String> = last.keys().cloned().collect();
+        let heads = self.heads();
+        for event in events_for_keys_in(self.source(), &keys, None) {
+            let key = record_key(&event);
+            let stale = last
+                .get(&key)
+                .is_some_and(|&i| !same_record_state(&out[i].event, &event));
+            if stale {
+                out.push(Transition {
+                    event,
+                    id: None,
+                    coalesced: Some(Coalesced {
+                        count: 1,
+                        reason: CoalesceReason::Rollover,
+                    }),
+                    epoch: self.epoch(),
+                    heads: heads.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The changes after `before` in `src` (Automerge's topological order), each with the records
+/// it wrote; bases and writes in `skip` left out (the heads still move past them).
+fn steps_after(src: Source<'_>, before: &[ChangeHash], skip: &BTreeSet<WriteId>) -> Vec<Step> {
+    src.doc
+        .get_changes(before)
+        .into_iter()
+        .map(|change| {
+            let restated = ServiceDoc::is_base(&change)
+                || write_of(&change).is_some_and(|w| skip.contains(&w));
+            let keys = if restated {
+                BTreeSet::new()
+            } else {
+                root_keys(&change)
+            };
+            Step { change, keys }
+        })
+        .collect()
+}
+
+/// One transition per record of each step, read at the heads right after its change.
+fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Transition> {
+    let mut heads: BTreeSet<ChangeHash> = before.iter().copied().collect();
+    let mut out = Vec::new();
+    for Step { change, keys } in steps {
+        // The heads of a prefix of a topological order: the change replaces its deps.
+        for dep in change.deps() {
+            heads.remove(dep);
+        }
+        heads.insert(change.hash());
+        if keys.is_empty() {
+            continue;
+        }
+        let at: Vec<ChangeHash> = heads.iter().copied().collect();
+        let write = write_of(&change);
+        for event in events_for_keys_in(src, &keys, Some(&at)) {
+            out.push(Transition {
+                id: write.map(|w| transition_id(&w, &record_key(&event))),
+                event,
+                coalesced: None,
+                epoch: src.meta.epoch,
+                heads: at.clone(),
+            });
+        }
+    }
+    // Later steps moved the heads past the last event's: the last one carries them all, so
+    // that a client that has every event resumes at the end.
+    if let Some(last) = out.last_mut() {
+        last.heads = heads.into_iter().collect();
+    }
+    out
+}
+
+fn count(steps: &[Step]) -> usize {
+    steps.iter().map(|s| s.keys.len()).sum()
+}
+
+/// The schema's root keys a change writes.
+fn root_keys(change: &Change) -> BTreeSet<String> {
+    change
+        .decode()
+        .operations
+        .into_iter()
+        .filter_map(|op| match op.key {
+            Key::Map(key) => Some(key.to_string()),
+            Key::Seq(_) => None,
+        })
+        .filter(|key| RecordKey::parse(key).is_some())
+        .collect()
+}
+
+fn write_of(change: &Change) -> Option<WriteId> {
+    ActorKind::parse(change.actor_id())?.write_id(change.seq())
+}
+
+fn transition_id(write: &WriteId, record: &str) -> String {
+    let mut id = String::with_capacity(2 * write.writer.len() + 24 + record.len());
+    for byte in write.writer {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id.push_str(&format!("-{}:{record}", write.n));
+    id
+}
+
+/// The record an event is about, as the root key it lives under (an incident's updates are
+/// part of the incident's record).
+fn record_key(event: &DocEvent) -> String {
+    match event {
+        DocEvent::Status(e) => RecordKey::Observation {
+            component: e.component.clone(),
+            region: e.region.clone(),
+        }
+        .to_key(),
+        DocEvent::Incident(e) => incident_key(&e.id),
+        DocEvent::Maintenance(e) => RecordKey::Maintenance { id: e.id.clone() }.to_key(),
+        DocEvent::Override(e) => RecordKey::Override {
+            component: e.component.clone(),
+        }
+        .to_key(),
+    }
+}
+
+/// The record a root key belongs to (an update belongs to its incident).
+fn record_of(key: &str) -> String {
+    match RecordKey::parse(key) {
+        Some(RecordKey::Update { incident, .. }) => incident_key(&incident),
+        _ => key.to_owned(),
+    }
+}
+
+/// Whether two events leave a client with the same record (an incident's new updates are
+/// news, not state).
+fn same_record_state(a: &DocEvent, b: &DocEvent) -> bool {
+    match (a, b) {
+        (DocEvent::Status(a), DocEvent::Status(b)) => {
+            a.observation == b.observation && a.conflict == b.conflict
+        }
+        (DocEvent::Incident(a), DocEvent::Incident(b)) => a.incident == b.incident,
+        _ => a == b,
+    }
+}
