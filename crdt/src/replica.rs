@@ -1,6 +1,6 @@
 //! A node's replica: one document per service, the liveness map, and the actor it writes as.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{ActorId, ChangeHash};
 
@@ -76,6 +76,9 @@ pub struct Replica {
     actor: ActorId,
     docs: BTreeMap<Name, ServiceDoc>,
     liveness: Liveness,
+    /// The topology's regions, when the driver gave them: views list observations of other
+    /// regions (since removed) apart, as retired.
+    regions: Option<BTreeSet<Name>>,
 }
 
 impl Replica {
@@ -88,6 +91,7 @@ impl Replica {
             actor,
             docs: BTreeMap::new(),
             liveness: Liveness::default(),
+            regions: None,
         }
     }
 
@@ -401,9 +405,14 @@ impl Replica {
             .docs
             .values()
             .filter(|d| service.is_none_or(|s| d.service() == s))
-            .map(|d| service_view(d, &self.liveness, now_ms))
+            .map(|d| service_view(d, &self.liveness, now_ms, self.regions.as_ref()))
             .collect();
         status_view(services)
+    }
+
+    /// Tells the replica the topology's regions (see [`StatusView`]'s retired regions).
+    pub fn set_regions(&mut self, regions: BTreeSet<Name>) {
+        self.regions = Some(regions);
     }
 
     /// The put of a timeline entry, under a key that sorts by time and is unique per node.

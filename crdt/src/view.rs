@@ -3,6 +3,8 @@
 //! Shaped like Statuspage's summary (a page indicator, then components with a status) so
 //! that people who know it feel at home, with per-region observations and their freshness.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use crate::doc::{CellRead, ServiceDoc};
@@ -127,6 +129,10 @@ pub struct ComponentView {
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub operator_override: Option<Override>,
     pub regions: Vec<RegionView>,
+    /// Observations by regions the topology no longer has: kept (history is the audit
+    /// trail) and shown, but they no longer count toward the derived status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retired_regions: Vec<RegionView>,
 }
 
 /// One region's observation of a component, as this node sees it now.
@@ -150,13 +156,28 @@ pub fn freshness(observation: &Observation, last_seen_ms: u64, now_ms: u64) -> F
     }
 }
 
-/// The view of one service at `now_ms`.
-pub fn service_view(doc: &ServiceDoc, liveness: &Liveness, now_ms: u64) -> ServiceView {
+/// The view of one service at `now_ms`. With `regions` (the topology's), observations of
+/// any other region are listed apart as retired and do not count.
+pub fn service_view(
+    doc: &ServiceDoc,
+    liveness: &Liveness,
+    now_ms: u64,
+    regions: Option<&BTreeSet<Name>>,
+) -> ServiceView {
     let mut components: Vec<ComponentView> = Vec::new();
     for ((component, region), cell) in doc.cells() {
+        let retired = regions.is_some_and(|known| !known.contains(&region));
         let region_view = region_view(doc.service(), &component, region, cell, liveness, now_ms);
+        let (regions, retired_regions) = if retired {
+            (Vec::new(), vec![region_view])
+        } else {
+            (vec![region_view], Vec::new())
+        };
         match components.last_mut() {
-            Some(last) if last.name == component => last.regions.push(region_view),
+            Some(last) if last.name == component => {
+                last.regions.extend(regions);
+                last.retired_regions.extend(retired_regions);
+            }
             _ => components.push(ComponentView {
                 name: component,
                 status: State::Operational,
@@ -164,7 +185,8 @@ pub fn service_view(doc: &ServiceDoc, liveness: &Liveness, now_ms: u64) -> Servi
                 observed_status: State::Operational,
                 maintenance: Vec::new(),
                 operator_override: None,
-                regions: vec![region_view],
+                regions,
+                retired_regions,
             }),
         }
     }
@@ -185,6 +207,7 @@ pub fn service_view(doc: &ServiceDoc, liveness: &Liveness, now_ms: u64) -> Servi
                 maintenance: Vec::new(),
                 operator_override: None,
                 regions: Vec::new(),
+                retired_regions: Vec::new(),
             });
         }
     }
@@ -319,4 +342,46 @@ fn derive_component_status(component: &mut ComponentView) {
         component.freshness = Freshness::Stale;
     }
     component.observed_status = component.status;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StatusWrite;
+    use crate::replica::Replica;
+    use automerge::ActorId;
+
+    fn observe(replica: &mut Replica, region: &str, state: State) {
+        let write = StatusWrite::parse(
+            "api",
+            "db",
+            region,
+            Observation {
+                state,
+                message: String::new(),
+                reporter: "probe".into(),
+                observed_at_ms: 1_000,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("valid");
+        replica.write_status(1_000, &write).expect("write");
+    }
+
+    #[test]
+    fn a_region_gone_from_the_topology_is_listed_apart_and_does_not_count() {
+        let mut replica = Replica::new("n1", ActorId::from(vec![1; 16]));
+        observe(&mut replica, "eu", State::Operational);
+        observe(&mut replica, "mars", State::MajorOutage);
+        let before = replica.view(2_000, None);
+        assert_eq!(before.services[0].components[0].status, State::MajorOutage);
+        let known = BTreeSet::from([Name::parse("region", "eu").expect("name")]);
+        replica.set_regions(known);
+        let view = replica.view(2_000, None);
+        let db = &view.services[0].components[0];
+        assert_eq!(db.status, State::Operational);
+        assert_eq!(db.regions.len(), 1);
+        assert_eq!(db.retired_regions.len(), 1);
+        assert_eq!(db.retired_regions[0].region.as_str(), "mars");
+    }
 }

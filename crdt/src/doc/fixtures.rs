@@ -93,7 +93,7 @@ pub(super) struct Snapshot {
 }
 
 pub(super) fn snapshot(doc: &ServiceDoc) -> Snapshot {
-    let view = crate::view::service_view(doc, &Liveness::default(), NOW_MS);
+    let view = crate::view::service_view(doc, &Liveness::default(), NOW_MS, None);
     Snapshot {
         heads: doc.heads(),
         history_len: doc.history_len(),
