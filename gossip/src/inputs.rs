@@ -11,9 +11,11 @@
 //! 3. Make the iteration durable (the node fsyncs; the simulator's disk keeps the replica).
 //! 4. Drain `poll_transmit`, then `poll_event`; answer pending resumes with [`Node::resume`].
 
+use std::collections::BTreeSet;
+
 use statusmesh_crdt::doc::REMOTE_BATCH_MAX;
 use statusmesh_crdt::{
-    ChangeHash, Cursor, DocEvent, Incident, IncidentChange, Name, Put, StatusWrite,
+    ChangeHash, Cursor, Delivery, Incident, IncidentChange, Name, Put, StatusWrite, Transition,
 };
 
 use crate::codec::{self, Frame, FRAME_BYTES_MAX};
@@ -78,8 +80,9 @@ pub struct WriteResult {
 /// What a client resuming after a cursor gets.
 #[derive(Debug, Clone)]
 pub enum Resume {
-    /// The events after the cursor (possibly none): send them, then the live events.
-    Events(Vec<DocEvent>),
+    /// The transitions after the cursor (possibly none), each with the cursor a client holds
+    /// once it has it: send them, then the live events.
+    Events(Vec<(Transition, Cursor)>),
     /// A fresh snapshot: no cursor, a cursor of a compacted epoch, or one this node still
     /// lacks after [`RESUME_WAIT_MS`].
     Snapshot,
@@ -198,7 +201,8 @@ impl Node {
     }
 
     /// Applies every local write of one driver iteration (group commit), in order. A run of
-    /// consecutive status writes becomes one Automerge change per service and one broadcast;
+    /// consecutive status writes becomes one Automerge change per service and one broadcast
+    /// (a run is cut where a cell repeats, so that each write stays a transition of its own);
     /// when one write of a run breaks a rule for the whole run (a limit), the run is applied
     /// one write at a time so that each gets its own answer. Record writes are applied one by
     /// one. Results are in input order; an error leaves the state unchanged for that write.
@@ -209,11 +213,19 @@ impl Node {
     ) -> Vec<Result<WriteResult, GossipError>> {
         let mut results = Vec::with_capacity(writes.len());
         let mut run: Vec<StatusWrite> = Vec::new();
+        let mut cells: BTreeSet<String> = BTreeSet::new();
         for write in writes {
             match write {
-                LocalWrite::Status(status) => run.push(status),
+                LocalWrite::Status(status) => {
+                    if !cells.insert(status.cell_key()) {
+                        self.apply_status_run(now_ms, std::mem::take(&mut run), &mut results);
+                        cells = BTreeSet::from([status.cell_key()]);
+                    }
+                    run.push(status);
+                }
                 LocalWrite::Record { service, op } => {
                     self.apply_status_run(now_ms, std::mem::take(&mut run), &mut results);
+                    cells.clear();
                     results.push(self.apply_record(now_ms, &service, op));
                 }
             }
@@ -222,7 +234,8 @@ impl Node {
         results
     }
 
-    /// What a client resuming after `cursor` gets, decided in one place for both drivers.
+    /// What a client resuming after `cursor` gets, decided in one place for both drivers:
+    /// every transition after it (`delivery` says whether the client wants state only).
     /// `waiting_since_ms` is when this client first asked (`now_ms` on its first call): the
     /// first call of a cursor this node lacks asks every peer for what it holds
     /// ([`Node::sync_now`]), later calls wait for the answer until [`RESUME_WAIT_MS`] has
@@ -232,6 +245,7 @@ impl Node {
         now_ms: u64,
         cursor: Option<&Cursor>,
         waiting_since_ms: u64,
+        delivery: Delivery,
     ) -> Resume {
         assert!(
             waiting_since_ms <= now_ms,
@@ -240,7 +254,7 @@ impl Node {
         let Some(cursor) = cursor else {
             return Resume::Snapshot;
         };
-        if let Some(events) = self.replica().doc_events_since(cursor) {
+        if let Some(events) = self.replica().transitions_since(cursor, delivery) {
             return Resume::Events(events);
         }
         let retry_at_ms = waiting_since_ms.saturating_add(RESUME_WAIT_MS);

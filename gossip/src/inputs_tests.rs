@@ -2,7 +2,8 @@
 
 use statusmesh_crdt::model::MESSAGE_LEN_MAX;
 use statusmesh_crdt::{
-    ActorId, Impact, Incident, IncidentStatus, Name, Observation, Replica, State, StatusWrite,
+    ActorId, Delivery, Impact, Incident, IncidentStatus, Name, Observation, Replica, State,
+    StatusWrite,
 };
 
 use super::*;
@@ -194,7 +195,7 @@ fn a_run_of_status_writes_is_one_change_per_service() {
         })
         .collect();
     let results = n[0].local_writes(1_000, writes);
-    let hashes: std::collections::BTreeSet<_> = results
+    let hashes: BTreeSet<_> = results
         .iter()
         .map(|r| r.as_ref().expect("ok").change.expect("changed"))
         .collect();
@@ -207,13 +208,18 @@ fn resume_gives_events_after_a_known_cursor_and_a_snapshot_without_one() {
     let cursor = n[0].replica().cursor();
     n[0].local_write(1_000, &status("db", State::MajorOutage, "a", 1_000))
         .expect("write");
-    assert!(matches!(n[0].resume(1_000, None, 1_000), Resume::Snapshot));
-    match n[0].resume(1_000, Some(&cursor), 1_000) {
+    assert!(matches!(
+        n[0].resume(1_000, None, 1_000, Delivery::Every),
+        Resume::Snapshot
+    ));
+    match n[0].resume(1_000, Some(&cursor), 1_000, Delivery::Every) {
         Resume::Events(events) => assert_eq!(events.len(), 1),
         other => panic!("expected events, got {other:?}"),
     }
     let now = n[0].replica().cursor();
-    assert!(matches!(n[0].resume(1_000, Some(&now), 1_000), Resume::Events(e) if e.is_empty()));
+    assert!(
+        matches!(n[0].resume(1_000, Some(&now), 1_000, Delivery::Every), Resume::Events(e) if e.is_empty())
+    );
 }
 
 #[test]
@@ -223,7 +229,8 @@ fn a_cursor_ahead_of_this_node_waits_asks_every_peer_once_then_gets_a_snapshot()
         .expect("write");
     let ahead = n[0].replica().cursor();
     while n[1].poll_transmit().is_some() {}
-    let Resume::Wait { retry_at_ms } = n[1].resume(2_000, Some(&ahead), 2_000) else {
+    let Resume::Wait { retry_at_ms } = n[1].resume(2_000, Some(&ahead), 2_000, Delivery::Every)
+    else {
         panic!("a cursor this node lacks waits");
     };
     assert_eq!(retry_at_ms, 2_000 + RESUME_WAIT_MS);
@@ -232,7 +239,7 @@ fn a_cursor_ahead_of_this_node_waits_asks_every_peer_once_then_gets_a_snapshot()
         .count();
     assert_eq!(digests, 2, "one digest to each peer");
     assert!(matches!(
-        n[1].resume(2_500, Some(&ahead), 2_000),
+        n[1].resume(2_500, Some(&ahead), 2_000, Delivery::Every),
         Resume::Wait { .. }
     ));
     assert!(
@@ -240,7 +247,7 @@ fn a_cursor_ahead_of_this_node_waits_asks_every_peer_once_then_gets_a_snapshot()
         "asked once, not on every retry"
     );
     assert!(matches!(
-        n[1].resume(2_000 + RESUME_WAIT_MS, Some(&ahead), 2_000),
+        n[1].resume(2_000 + RESUME_WAIT_MS, Some(&ahead), 2_000, Delivery::Every),
         Resume::Snapshot
     ));
 }
@@ -252,4 +259,36 @@ fn an_incarnation_becomes_the_swim_generation() {
         Config::lan().with_incarnation(u64::MAX).generation,
         u32::MAX
     );
+}
+
+#[test]
+fn a_cell_written_twice_in_one_iteration_is_two_transitions() {
+    let mut n = nodes(2);
+    let writes = vec![
+        LocalWrite::Status(status("db", State::MajorOutage, "down", 1_000)),
+        LocalWrite::Status(status("web", State::MajorOutage, "down", 1_000)),
+        LocalWrite::Status(status("db", State::Operational, "up", 1_000)),
+    ];
+    while n[0].poll_event().is_some() {}
+    let results = n[0].local_writes(1_000, writes);
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|r| r.changed)));
+    let first = results[0].as_ref().expect("ok").change;
+    assert_eq!(
+        first,
+        results[1].as_ref().expect("ok").change,
+        "one change for both cells"
+    );
+    assert_ne!(
+        first,
+        results[2].as_ref().expect("ok").change,
+        "db again: a change of its own"
+    );
+    let transitions: Vec<Option<String>> = std::iter::from_fn(|| n[0].poll_event())
+        .filter_map(|e| match e {
+            Event::Status { transition, .. } => Some(transition),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(transitions.len(), 3);
+    assert!(transitions.iter().all(Option::is_some));
 }

@@ -121,7 +121,7 @@ impl Node {
                     theirs.insert(name, heads.into_iter().map(ChangeHash).collect());
                 }
                 Err(e) => {
-                    self.reject(from, &GossipError::Crdt(e));
+                    self.reject(from, GossipError::Crdt(e));
                     return;
                 }
             }

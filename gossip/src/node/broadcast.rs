@@ -65,7 +65,7 @@ impl Node {
                 }
                 Err(e) => {
                     let error = CrdtError::ChangeDecode(e.to_string());
-                    self.reject(from, &GossipError::Crdt(error));
+                    self.reject(from, GossipError::Crdt(error));
                     return;
                 }
             }
@@ -187,11 +187,11 @@ impl Node {
                     }
                 }
                 self.publish_made(service, outcome.made);
-                self.emit_doc_events(outcome.doc_events);
+                self.emit_transitions(outcome.transitions);
                 true
             }
             Err(e) => {
-                self.reject(from, &GossipError::Crdt(e));
+                self.reject(from, GossipError::Crdt(e));
                 false
             }
         }

@@ -199,7 +199,7 @@ impl Node {
         if let (Some(hash), Some(change)) = (outcome.change_hash, outcome.change) {
             self.track_ack(now_ms, hash);
             self.publish(&write.service, hash, change);
-            self.emit_doc_events(outcome.doc_events);
+            self.emit_transitions(outcome.transitions);
         } else {
             let key = write.cell_key();
             let frame = Frame::Liveness {
@@ -252,7 +252,7 @@ impl Node {
             self.track_ack(now_ms, hash);
             hashes.insert(outcome.service.clone(), hash);
             self.publish(&outcome.service, hash, bytes);
-            self.emit_doc_events(outcome.doc_events);
+            self.emit_transitions(outcome.transitions);
         }
         let heartbeats: Vec<(String, u64)> = writes
             .iter()
@@ -313,7 +313,7 @@ impl Node {
         };
         self.track_ack(now_ms, hash);
         self.publish(service, hash, bytes);
-        self.emit_doc_events(outcome.doc_events);
+        self.emit_transitions(outcome.transitions);
         debug_assert_invariants(self);
         Ok(Some(hash))
     }
@@ -325,7 +325,7 @@ impl Node {
         self.stats.frames_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let Some(peer) = self.peers.get_mut(from) else {
-            self.reject(from, &GossipError::UnknownPeer(from.to_owned()));
+            self.reject(from, GossipError::UnknownPeer(from.to_owned()));
             return;
         };
         let first_contact = peer.last_heard_ms.is_none();
@@ -338,7 +338,7 @@ impl Node {
         let frame = match codec::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
-                self.reject(from, &e);
+                self.reject(from, e);
                 return;
             }
         };
@@ -358,7 +358,7 @@ impl Node {
             Frame::Ack { changes, .. } => self.on_ack(from, &changes),
             Frame::Swim { data } => {
                 if let Err(reason) = self.membership.handle_data(now_ms, from, &data) {
-                    self.reject(from, &GossipError::Decode(reason));
+                    self.reject(from, GossipError::Decode(reason));
                 }
                 self.flush_membership();
             }

@@ -3,7 +3,7 @@
 //! Every frame leaves through `send`, which encodes it and counts it; the oldest entry of a
 //! full queue is dropped and counted (anti-entropy repairs a dropped frame).
 
-use statusmesh_crdt::{Cursor, DocEvent, StatusEvent};
+use statusmesh_crdt::{Coalesced, Cursor, DocEvent, StatusEvent, Transition};
 
 use super::{Node, NodeId};
 use crate::codec::{self, Frame};
@@ -19,17 +19,32 @@ pub struct Transmit {
 /// Something the driver (and its clients) may want to know.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A cell changed here, by a local write or a remote change. `cursor` is the replica's
-    /// cursor after the change: a client that has seen this event resumes from it.
-    Status { event: StatusEvent, cursor: Cursor },
-    /// An incident, maintenance window or override changed here; `cursor` as for `Status`.
-    Record { event: DocEvent, cursor: Cursor },
+    /// A cell changed here, by a local write or a remote change: one event per transition,
+    /// in causal order. `cursor` is where a client that has seen this event resumes;
+    /// `transition` its identity, the same on every node (`None` when the event is no single
+    /// transition); `coalesced` says how many transitions it folds, when more than its own.
+    Status {
+        event: StatusEvent,
+        cursor: Cursor,
+        transition: Option<String>,
+        coalesced: Option<Coalesced>,
+    },
+    /// An incident, maintenance window or override changed here; the rest as for `Status`.
+    Record {
+        event: DocEvent,
+        cursor: Cursor,
+        transition: Option<String>,
+        coalesced: Option<Coalesced>,
+    },
     /// Liveness of a cell moved forward (a heartbeat, no value change).
     Heartbeat { key: String, last_seen_ms: u64 },
     /// The first frame from a peer, or the first after it was silent.
     PeerContact { peer: NodeId },
     /// A peer sent a frame that does not decode or breaks the schema; it was ignored.
-    FrameRejected { from: NodeId, reason: String },
+    FrameRejected {
+        from: NodeId,
+        error: std::sync::Arc<GossipError>,
+    },
     /// The failure detector found a peer alive (first contact, or back after being down).
     PeerUp { peer: NodeId },
     /// The failure detector declared a peer down (it did not refute a suspicion in time).
@@ -79,29 +94,43 @@ impl Node {
     }
 
     /// Counts a frame from `from` that was refused, and reports why.
-    pub(super) fn reject(&mut self, from: &str, error: &GossipError) {
+    pub(super) fn reject(&mut self, from: &str, error: GossipError) {
         self.stats.frames_rejected += 1;
         self.push_event(Event::FrameRejected {
             from: from.to_owned(),
-            reason: error.to_string(),
+            error: std::sync::Arc::new(error),
         });
     }
 
-    /// Reports a document's events, each with the replica's cursor after them.
-    pub(super) fn emit_doc_events(&mut self, events: Vec<DocEvent>) {
-        if events.is_empty() {
+    /// Reports transitions of one document, each with the cursor a client holds once it
+    /// has it: the replica's cursor with that document at the transition's heads.
+    pub(super) fn emit_transitions(&mut self, transitions: Vec<Transition>) {
+        if transitions.is_empty() {
             return;
         }
         let cursor = self.replica.cursor();
-        for event in events {
+        for Transition {
+            event,
+            id,
+            coalesced,
+            epoch,
+            heads,
+        } in transitions
+        {
+            let mut at = cursor.clone();
+            at.set_in_epoch(event.service().clone(), heads, epoch);
             self.push_event(match event {
                 DocEvent::Status(event) => Event::Status {
                     event,
-                    cursor: cursor.clone(),
+                    cursor: at,
+                    transition: id,
+                    coalesced,
                 },
                 event => Event::Record {
                     event,
-                    cursor: cursor.clone(),
+                    cursor: at,
+                    transition: id,
+                    coalesced,
                 },
             });
         }

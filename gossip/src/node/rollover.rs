@@ -44,7 +44,7 @@ impl Node {
         self.stats.rollovers += 1;
         self.rollover_cuts.remove(service);
         self.publish_made(service.as_str(), outcome.made);
-        self.emit_doc_events(outcome.doc_events);
+        self.emit_transitions(outcome.transitions);
         Ok(outcome.rolled_over)
     }
 
@@ -80,7 +80,7 @@ impl Node {
                         let cut = chosen.heads.clone();
                         if let Err(e) = self.roll_over_at(&service, &cut) {
                             let id = self.id.clone();
-                            self.reject(&id, &e);
+                            self.reject(&id, e);
                         }
                         continue;
                     }
