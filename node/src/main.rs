@@ -180,8 +180,14 @@ struct ClientArgs {
 
 impl ClientArgs {
     fn urls(&self) -> anyhow::Result<Vec<String>> {
-        let topology = self.config.as_deref().map(Topology::load).transpose()?;
-        Ok(client::node_urls(self.nodes.as_deref(), topology.as_ref())?)
+        Ok(client::node_urls(
+            self.nodes.as_deref(),
+            self.topology()?.as_ref(),
+        )?)
+    }
+
+    fn topology(&self) -> anyhow::Result<Option<Topology>> {
+        Ok(self.config.as_deref().map(Topology::load).transpose()?)
     }
 
     fn token(&self) -> anyhow::Result<&str> {
@@ -302,6 +308,9 @@ fn main() -> anyhow::Result<()> {
                 conn,
             } => {
                 let (service, component) = client::split_target(&target)?;
+                if let Some(topology) = conn.topology()? {
+                    client::check_region(&topology, &region)?;
+                }
                 let args = client::SetArgs {
                     service,
                     component,

@@ -160,6 +160,7 @@ pub async fn start(
             id: spec.id.clone(),
             region: spec.region.clone(),
             cluster: topology.cluster.clone(),
+            regions: topology.regions.iter().map(|r| r.name.clone()).collect(),
             tokens: options.settings.tokens.clone(),
             request_read_timeout: options.settings.request_read_timeout,
             data_dir: options.settings.data_dir.clone(),

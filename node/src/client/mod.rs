@@ -46,6 +46,8 @@ pub enum ClientError {
         value: String,
         rule: &'static str,
     },
+    #[error("invalid argument --region {region:?}: the topology's regions are {allowed}")]
+    UnknownRegion { region: String, allowed: String },
     #[error("cannot write output: {0}")]
     Output(String),
     #[error("gave up after {0} reconnects")]
@@ -222,6 +224,19 @@ pub struct SetArgs {
     pub region: String,
     pub message: String,
     pub ttl_s: u64,
+}
+
+/// Refuses a region the topology does not have, before anything is sent (the node would
+/// answer 422 too).
+pub fn check_region(topology: &Topology, region: &str) -> Result<(), ClientError> {
+    if topology.regions.iter().any(|r| r.name == region) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = topology.regions.iter().map(|r| r.name.as_str()).collect();
+    Err(ClientError::UnknownRegion {
+        region: region.to_owned(),
+        allowed: allowed.join(", "),
+    })
 }
 
 /// Parses `SERVICE/COMPONENT`.

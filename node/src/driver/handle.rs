@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use statusmesh_crdt::{ChangeHash, Cursor, Name, StatusWrite};
+use statusmesh_crdt::{ChangeHash, Cursor, Delivery, Name, StatusWrite};
 use statusmesh_gossip::GossipError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -48,6 +48,7 @@ pub(super) enum Command {
     Subscribe {
         resume: Option<Cursor>,
         service: Option<String>,
+        delivery: Delivery,
         reply: oneshot::Sender<Subscription>,
     },
     Nodes {
@@ -78,6 +79,8 @@ pub struct NodeInfo {
     pub id: String,
     pub region: String,
     pub cluster: String,
+    /// The topology's regions: the only regions an observation may name.
+    pub regions: std::collections::BTreeSet<String>,
     /// Who may write.
     pub tokens: Tokens,
     /// How long a client may take to send a request body (see `NodeSettings`).
@@ -132,14 +135,17 @@ impl NodeHandle {
     /// Subscribes to events, resuming after `resume` when the node can tell what came after it.
     /// A cursor that names changes this node lacks is answered once they arrive (the node has
     /// asked its peers), or with a snapshot after `statusmesh_gossip::RESUME_WAIT_MS`.
+    /// `delivery` says whether the client wants every transition or the state only.
     pub async fn subscribe(
         &self,
         resume: Option<Cursor>,
         service: Option<String>,
+        delivery: Delivery,
     ) -> Result<Subscription, Unavailable> {
         self.ask(|reply| Command::Subscribe {
             resume,
             service,
+            delivery,
             reply,
         })
         .await

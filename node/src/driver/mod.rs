@@ -40,7 +40,7 @@ use commit::Persisted;
 pub use handle::{
     NodeHandle, NodeInfo, RecordOp, Subscription, Unavailable, WriteReply, ACK_WAITERS_MAX,
 };
-pub use published::{record_published, status_published, Published};
+pub use published::{record_published, status_published, transition_published, Published};
 pub use resume::RESUMES_WAITING_MAX;
 use views::history_json;
 
@@ -114,7 +114,13 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
         settings,
         shutdown,
     } = launch;
-    let replica = Replica::from_docs(&info.id, actor, docs);
+    let mut replica = Replica::from_docs(&info.id, actor, docs);
+    replica.set_regions(
+        info.regions
+            .iter()
+            .filter_map(|r| Name::parse("region", r).ok())
+            .collect(),
+    );
     let persisted: BTreeMap<Name, Persisted> = replica
         .docs()
         .map(|doc| {
@@ -288,8 +294,9 @@ impl Driver {
             Command::Subscribe {
                 resume,
                 service,
+                delivery,
                 reply,
-            } => self.subscribe(resume, service, reply),
+            } => self.subscribe(resume, service, delivery, reply),
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
@@ -351,7 +358,12 @@ impl Driver {
         }
         while let Some(event) = self.node.poll_event() {
             match event {
-                Event::Status { event, cursor } => {
+                Event::Status {
+                    event,
+                    cursor,
+                    transition,
+                    coalesced,
+                } => {
                     if let (Some(origin_ms), Some(origin)) =
                         (event.changed_at_ms, &event.origin_node)
                     {
@@ -364,12 +376,27 @@ impl Driver {
                             .record(delay as f64);
                         }
                     }
-                    let published = status_published(&event, cursor.encode());
+                    let published = status_published(
+                        &event,
+                        cursor.encode(),
+                        transition.as_deref(),
+                        coalesced.as_ref(),
+                    );
                     // No subscriber is not an error.
                     let _ = self.publish.send(Arc::new(published));
                 }
-                Event::Record { event, cursor } => {
-                    let published = record_published(&event, cursor.encode());
+                Event::Record {
+                    event,
+                    cursor,
+                    transition,
+                    coalesced,
+                } => {
+                    let published = record_published(
+                        &event,
+                        cursor.encode(),
+                        transition.as_deref(),
+                        coalesced.as_ref(),
+                    );
                     let _ = self.publish.send(Arc::new(published));
                 }
                 Event::Heartbeat { .. } => {}
@@ -387,8 +414,8 @@ impl Driver {
                     info!(node = %self.info.id, %peer, "first frame from peer");
                     let _ = self.ready.send(true);
                 }
-                Event::FrameRejected { from, reason } => {
-                    warn!(node = %self.info.id, peer = %from, %reason, "rejected a frame");
+                Event::FrameRejected { from, error } => {
+                    warn!(node = %self.info.id, peer = %from, %error, "rejected a frame");
                     metrics::counter!(
                         "statusmesh_frames_rejected_total",
                         "node" => self.info.id.clone(),

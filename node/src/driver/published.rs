@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde_json::json;
-use statusmesh_crdt::{DocEvent, StatusEvent};
+use statusmesh_crdt::{Coalesced, DocEvent, StatusEvent, Transition};
 
 /// One event as it goes out on SSE and long-poll.
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +49,12 @@ impl Published {
 
 /// The SSE/long-poll form of an incident, maintenance or override event: `event:` is the
 /// kind, `data:` the record as JSON.
-pub fn record_published(event: &DocEvent, id: String) -> Published {
+pub fn record_published(
+    event: &DocEvent,
+    id: String,
+    transition: Option<&str>,
+    coalesced: Option<&Coalesced>,
+) -> Published {
     let kind = match event {
         DocEvent::Status(_) => "status",
         DocEvent::Incident(_) => "incident",
@@ -60,6 +65,7 @@ pub fn record_published(event: &DocEvent, id: String) -> Published {
     if let Some(map) = data.as_object_mut() {
         map.remove("kind");
     }
+    annotate(&mut data, transition, coalesced);
     Published {
         kind,
         id,
@@ -71,7 +77,12 @@ pub fn record_published(event: &DocEvent, id: String) -> Published {
 }
 
 /// The SSE/long-poll form of a status event.
-pub fn status_published(event: &StatusEvent, id: String) -> Published {
+pub fn status_published(
+    event: &StatusEvent,
+    id: String,
+    transition: Option<&str>,
+    coalesced: Option<&Coalesced>,
+) -> Published {
     let mut data = json!({
         "service": event.service,
         "component": event.component,
@@ -89,6 +100,7 @@ pub fn status_published(event: &StatusEvent, id: String) -> Published {
     } else if let Some(map) = data.as_object_mut() {
         map.insert("state".into(), serde_json::Value::Null);
     }
+    annotate(&mut data, transition, coalesced);
     Published {
         kind: "status",
         id,
@@ -96,5 +108,30 @@ pub fn status_published(event: &StatusEvent, id: String) -> Published {
         region: Some(event.region.to_string()),
         data,
         frame: std::sync::OnceLock::new(),
+    }
+}
+
+/// The published form of any transition: its event with its identity and what it folds.
+pub fn transition_published(transition: &Transition, id: String) -> Published {
+    let coalesced = transition.coalesced.as_ref();
+    match &transition.event {
+        DocEvent::Status(status) => {
+            status_published(status, id, transition.id.as_deref(), coalesced)
+        }
+        other => record_published(other, id, transition.id.as_deref(), coalesced),
+    }
+}
+
+/// Adds what a consumer needs to deduplicate and to know what it was not told one by one:
+/// `transition` (the same on every node; `null` for an event that is no single transition)
+/// and, when the event folds transitions, `coalesced` (how many) and `coalesced_reason`.
+fn annotate(data: &mut serde_json::Value, transition: Option<&str>, coalesced: Option<&Coalesced>) {
+    let Some(map) = data.as_object_mut() else {
+        return;
+    };
+    map.insert("transition".into(), json!(transition));
+    if let Some(c) = coalesced {
+        map.insert("coalesced".into(), json!(c.count));
+        map.insert("coalesced_reason".into(), json!(c.reason));
     }
 }

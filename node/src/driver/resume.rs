@@ -2,11 +2,11 @@
 //! subscribers whose cursor names changes this node lacks, answered once those arrive or
 //! the core's wait is over.
 
-use statusmesh_crdt::{Cursor, DocEvent, Name};
+use statusmesh_crdt::{Cursor, Delivery, Name};
 use statusmesh_gossip::Resume;
 use tokio::sync::oneshot;
 
-use super::published::{record_published, status_published, Published};
+use super::published::{transition_published, Published};
 use super::{now_ms, Driver, Subscription};
 
 /// Most subscribers waiting at once for changes their cursor names; one more is given a
@@ -18,6 +18,7 @@ pub const RESUMES_WAITING_MAX: usize = 20_000;
 pub(super) struct WaitingResume {
     cursor: Cursor,
     service: Option<String>,
+    delivery: Delivery,
     reply: oneshot::Sender<Subscription>,
     /// When it first asked: the core gives it a snapshot once it has waited long enough.
     since_ms: u64,
@@ -32,16 +33,21 @@ impl Driver {
         &mut self,
         cursor: Option<Cursor>,
         service: Option<String>,
+        delivery: Delivery,
         reply: oneshot::Sender<Subscription>,
     ) {
         let now = now_ms();
-        match (self.node.resume(now, cursor.as_ref(), now), cursor) {
+        match (
+            self.node.resume(now, cursor.as_ref(), now, delivery),
+            cursor,
+        ) {
             (Resume::Wait { retry_at_ms }, Some(cursor))
                 if self.resumes.len() < RESUMES_WAITING_MAX =>
             {
                 self.resumes.push(WaitingResume {
                     cursor,
                     service,
+                    delivery,
                     reply,
                     since_ms: now,
                     retry_at_ms,
@@ -65,10 +71,12 @@ impl Driver {
             }
             // The wall clock may step back; the wait then counts from now.
             waiting.since_ms = waiting.since_ms.min(now);
-            match self
-                .node
-                .resume(now, Some(&waiting.cursor), waiting.since_ms)
-            {
+            match self.node.resume(
+                now,
+                Some(&waiting.cursor),
+                waiting.since_ms,
+                waiting.delivery,
+            ) {
                 Resume::Wait { retry_at_ms } => {
                     waiting.retry_at_ms = retry_at_ms;
                     self.resumes.push(waiting);
@@ -100,16 +108,11 @@ impl Driver {
     /// The core's answer as the events a subscriber is sent first.
     fn first_events(&self, answer: Resume, service: Option<&str>) -> Vec<Published> {
         match answer {
-            Resume::Events(events) => {
-                let id = self.node.replica().cursor().encode();
-                events
-                    .iter()
-                    .map(|e| match e {
-                        DocEvent::Status(status) => status_published(status, id.clone()),
-                        other => record_published(other, id.clone()),
-                    })
-                    .collect()
-            }
+            // Each with the cursor after it: a client cut off midway resumes exactly there.
+            Resume::Events(events) => events
+                .iter()
+                .map(|(transition, cursor)| transition_published(transition, cursor.encode()))
+                .collect(),
             // A `Wait` is never answered; should one arrive here, a snapshot is the truth.
             Resume::Snapshot | Resume::Wait { .. } => {
                 let service = service.and_then(|s| Name::parse("service", s).ok());

@@ -14,7 +14,7 @@ use axum::Json;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
-use statusmesh_crdt::{Cursor, Name};
+use statusmesh_crdt::{Cursor, Delivery, Name};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, JsonQuery};
@@ -32,6 +32,8 @@ pub(crate) struct EventsQuery {
     service: Option<String>,
     region: Option<String>,
     last_event_id: Option<String>,
+    /// `state`: a resuming client wants each record's latest value, not every transition.
+    coalesce: Option<String>,
 }
 
 impl EventsQuery {
@@ -41,6 +43,28 @@ impl EventsQuery {
         check_filters(self.service.as_deref(), self.region.as_deref())?;
         let text = last_event_id.or(self.last_event_id.as_deref());
         decode_cursor("last_event_id", text)
+    }
+
+    pub(crate) fn delivery(&self) -> Result<Delivery, ApiError> {
+        delivery(self.coalesce.as_deref())
+    }
+}
+
+/// `?coalesce=`: `state` for the latest value of each record, `none` (the default) for every
+/// transition.
+fn delivery(coalesce: Option<&str>) -> Result<Delivery, ApiError> {
+    match coalesce {
+        None | Some("none") => Ok(Delivery::Every),
+        Some("state") => Ok(Delivery::StateOnly),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("coalesce"),
+            format!(
+                "coalesce {:?} is neither \"state\" nor \"none\"",
+                other.chars().take(64).collect::<String>()
+            ),
+        )),
     }
 }
 
@@ -114,8 +138,22 @@ pub(crate) async fn open_event_stream(
     let HttpState { node, limits, .. } = state;
     let slot = limits.admit_subscriber(client)?;
     let resume = query.resume(last_event_id)?;
-    let subscription = node.subscribe(resume, query.service.clone()).await?;
-    let stream = event_stream(node, subscription, query.service, query.region);
+    let delivery = query.delivery()?;
+    let subscription = node
+        .subscribe(resume.clone(), query.service.clone(), delivery)
+        .await?;
+    let stream = event_stream(
+        node,
+        subscription,
+        Filter {
+            service: query.service,
+            region: query.region,
+        },
+        Resumed {
+            cursor: resume,
+            delivery,
+        },
+    );
     // The slot lives as long as the stream: a gone subscriber frees its place.
     Ok(futures_util::StreamExt::map(stream, move |item| {
         let _held = &slot;
@@ -123,12 +161,30 @@ pub(crate) async fn open_event_stream(
     }))
 }
 
+/// What a stream shows: one service, one region, or everything.
+struct Filter {
+    service: Option<String>,
+    region: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, published: &Published) -> bool {
+        matches_filter(published, self.service.as_deref(), self.region.as_deref())
+    }
+}
+
+/// Where a stream is: the cursor after the last event it queued, and how it wants a catch-up.
+struct Resumed {
+    cursor: Option<Cursor>,
+    delivery: Delivery,
+}
+
 struct StreamState {
     node: NodeHandle,
     pending: VecDeque<Arc<Published>>,
     live: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    service: Option<String>,
-    region: Option<String>,
+    filter: Filter,
+    resumed: Resumed,
     sent_retry: bool,
     /// Fires after SSE_HEARTBEAT without a frame sent; reset by each frame.
     heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -140,18 +196,19 @@ const SSE_HEARTBEAT_FRAME: &[u8] = b":heartbeat\n\n";
 fn event_stream(
     node: NodeHandle,
     subscription: Subscription,
-    service: Option<String>,
-    region: Option<String>,
+    filter: Filter,
+    resumed: Resumed,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
-    let state = StreamState {
+    let mut state = StreamState {
         node,
-        pending: subscription.initial.into_iter().map(Arc::new).collect(),
+        pending: VecDeque::new(),
         live: subscription.live,
-        service,
-        region,
+        filter,
+        resumed,
         sent_retry: false,
         heartbeat: Box::pin(tokio::time::sleep(SSE_HEARTBEAT)),
     };
+    state.queue(subscription.initial.into_iter().map(Arc::new));
     stream::unfold(state, |mut state| async move {
         loop {
             if let Some(published) = state.pending.pop_front() {
@@ -175,23 +232,25 @@ fn event_stream(
                 }
             };
             match received {
-                Ok(published) => {
-                    if matches_filter(
-                        &published,
-                        state.service.as_deref(),
-                        state.region.as_deref(),
-                    ) {
-                        // The shared event itself, not a copy: its frame is made once.
-                        state.pending.push_back(published);
-                    }
-                }
+                // The shared event itself, not a copy: its frame is made once.
+                Ok(published) => state.queue([published]),
                 Err(RecvError::Lagged(_)) => {
-                    // Too slow to keep up: the truth is re-sent whole instead of piling up.
-                    let Ok(fresh) = state.node.subscribe(None, state.service.clone()).await else {
+                    // Too slow to keep up with the shared ring: catch up from the last event
+                    // queued, as a reconnecting client would. Every transition it missed, or
+                    // beyond the bound each record once with what it folds; never silently.
+                    let Ok(fresh) = state
+                        .node
+                        .subscribe(
+                            state.resumed.cursor.clone(),
+                            state.filter.service.clone(),
+                            state.resumed.delivery,
+                        )
+                        .await
+                    else {
                         return None;
                     };
                     state.live = fresh.live;
-                    state.pending = fresh.initial.into_iter().map(Arc::new).collect();
+                    state.queue(fresh.initial.into_iter().map(Arc::new));
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -200,6 +259,19 @@ fn event_stream(
 }
 
 impl StreamState {
+    /// Queues the events this stream shows, and remembers the cursor after the last one
+    /// (every event moves it, shown or filtered out).
+    fn queue(&mut self, events: impl IntoIterator<Item = Arc<Published>>) {
+        for published in events {
+            if let Ok(cursor) = Cursor::decode(&published.id) {
+                self.resumed.cursor = Some(cursor);
+            }
+            if self.filter.keeps(&published) {
+                self.pending.push_back(published);
+            }
+        }
+    }
+
     fn rearm_heartbeat(&mut self) {
         self.heartbeat
             .as_mut()
@@ -220,6 +292,8 @@ pub(crate) struct PollQuery {
     wait_s: Option<u64>,
     service: Option<String>,
     region: Option<String>,
+    /// As for `/v1/events`.
+    coalesce: Option<String>,
 }
 
 impl PollQuery {
@@ -257,9 +331,12 @@ pub(super) async fn get_poll(
     // A waiting poll holds a connection like a stream does.
     let _slot = limits.admit_subscriber(client_address(&extensions))?;
     let (wait_s, resume) = query.validate()?;
+    let delivery = delivery(query.coalesce.as_deref())?;
     let Subscription {
         initial, mut live, ..
-    } = node.subscribe(resume, query.service.clone()).await?;
+    } = node
+        .subscribe(resume.clone(), query.service.clone(), delivery)
+        .await?;
     let keep = |p: &Published| matches_filter(p, query.service.as_deref(), query.region.as_deref());
     let mut events: Vec<Published> = initial.into_iter().filter(|p| keep(p)).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
@@ -268,9 +345,13 @@ pub(super) async fn get_poll(
             Ok(Ok(published)) if keep(&published) => events.push((*published).clone()),
             Ok(Ok(_)) => {}
             Ok(Err(RecvError::Lagged(_))) => {
-                // Too far behind to list: the answer is the whole truth instead.
-                let fresh = node.subscribe(None, query.service.clone()).await?;
-                events = fresh.initial;
+                // Too far behind the shared ring: the answer is what came after the cursor,
+                // from the document (coalesced beyond its bound, and saying so).
+                let fresh = node
+                    .subscribe(resume.clone(), query.service.clone(), delivery)
+                    .await?;
+                events = fresh.initial.into_iter().filter(|p| keep(p)).collect();
+                live = fresh.live;
             }
             Ok(Err(RecvError::Closed)) => return Err(ApiError::unavailable()),
             Err(_) => break,

@@ -120,6 +120,7 @@ pub(super) async fn put_status(
     if let Some(reason) = writer.scope.refuse_status(&service, &region) {
         return Err(forbidden(reason));
     }
+    known_region(&node.info.regions, &region)?;
     let body = read_body(&node, request.into_body()).await?;
     let write = status_write(
         [&service, &component, &region],
@@ -137,6 +138,28 @@ pub(super) async fn put_status(
             e.to_string(),
         )),
     }
+}
+
+/// An observation names a region of the topology (422 otherwise, with the allowed set): a
+/// typo must not become a column on every status page.
+pub(crate) fn known_region(
+    regions: &std::collections::BTreeSet<String>,
+    region: &str,
+) -> Result<(), ApiError> {
+    if regions.contains(region) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = regions.iter().map(String::as_str).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("region"),
+        format!(
+            "unknown region {:?}: the topology's regions are {}",
+            region.chars().take(64).collect::<String>(),
+            allowed.join(", ")
+        ),
+    ))
 }
 
 /// The body of `PUT /v1/status/{service}/{component}/{region}` parsed and validated into a
