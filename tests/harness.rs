@@ -505,12 +505,21 @@ pub struct Mesh {
 /// Starts one node per region in `dir` with write token `token`, and waits until all are
 /// healthy and ready.
 pub async fn start_mesh(dir: &Path, token: &str) -> Mesh {
+    start_mesh_with_args(dir, token, &[]).await
+}
+
+/// [`start_mesh`] with `args` added to every node's `statusmesh run`.
+pub async fn start_mesh_with_args(dir: &Path, token: &str, args: &[&str]) -> Mesh {
     let (config, nodes) = topology(dir, 1);
     let certs = dir.join("certs");
     make_certs(&config, &certs);
     let procs = nodes
         .iter()
-        .map(|n| run_node(dir, &config, &certs, n, token))
+        .map(|n| {
+            let mut all = vec!["--token", token];
+            all.extend_from_slice(args);
+            run_node_with_args(dir, &config, &certs, n, &data_dir(dir, n), all)
+        })
         .collect();
     let client = reqwest::Client::new();
     wait_healthy(&client, &nodes).await;

@@ -16,3 +16,4 @@ mod page;
 mod security;
 mod slow_reader;
 mod tls;
+mod transitions;
