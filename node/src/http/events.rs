@@ -151,6 +151,7 @@ pub(crate) async fn open_event_stream(
         },
         Resumed {
             cursor: resume,
+            last: None,
             delivery,
         },
     );
@@ -173,10 +174,22 @@ impl Filter {
     }
 }
 
-/// Where a stream is: the cursor after the last event it queued, and how it wants a catch-up.
+/// Where a stream is: the cursor it resumed from, the last event it queued (whose id is the
+/// cursor after it, decoded only when needed), and how it wants a catch-up.
 struct Resumed {
     cursor: Option<Cursor>,
+    last: Option<Arc<Published>>,
     delivery: Delivery,
+}
+
+impl Resumed {
+    /// The cursor after the last event queued, else the one the stream resumed from.
+    fn cursor(&self) -> Option<Cursor> {
+        self.last
+            .as_ref()
+            .and_then(|p| Cursor::decode(&p.id).ok())
+            .or_else(|| self.cursor.clone())
+    }
 }
 
 struct StreamState {
@@ -241,7 +254,7 @@ fn event_stream(
                     let Ok(fresh) = state
                         .node
                         .subscribe(
-                            state.resumed.cursor.clone(),
+                            state.resumed.cursor(),
                             state.filter.service.clone(),
                             state.resumed.delivery,
                         )
@@ -263,9 +276,7 @@ impl StreamState {
     /// (every event moves it, shown or filtered out).
     fn queue(&mut self, events: impl IntoIterator<Item = Arc<Published>>) {
         for published in events {
-            if let Ok(cursor) = Cursor::decode(&published.id) {
-                self.resumed.cursor = Some(cursor);
-            }
+            self.resumed.last = Some(Arc::clone(&published));
             if self.filter.keeps(&published) {
                 self.pending.push_back(published);
             }
