@@ -25,7 +25,7 @@ async fn flap(
     let mut written: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for i in 0..WRITES {
         let component = format!("c{}", i % COMPONENTS);
-        let state = if (i / COMPONENTS) % 2 == 0 {
+        let state = if (i / COMPONENTS).is_multiple_of(2) {
             "major_outage"
         } else {
             "operational"
