@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 pub mod sse;
+mod visibility;
 pub mod write;
 
 pub use write::{write, WriteArgs};

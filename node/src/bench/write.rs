@@ -3,8 +3,9 @@
 //! `concurrency` writers each PUT a cell of their own (`<service>/w<i>/<region>`) in a loop,
 //! with a new message every time so that every write is a real change (and an fsync). Each
 //! acknowledged write's latency is recorded. With `--observe`, a follower of another node's
-//! `/v1/events` measures remote visibility: from the moment a write was sent to the moment
-//! its event arrived on the other node.
+//! `/v1/events` measures remote visibility of every acknowledged write: from the moment it
+//! was sent to the moment its own event arrived on the other node, or, when the node
+//! coalesced it into a later event of its cell (which says so and why), counted as such.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +16,14 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::parse_duration;
+use super::visibility::{self, Ledger};
 
 /// Most latency samples kept per series; beyond it, samples are no longer recorded (the
 /// count still is). 20 million samples is 160 MB at most.
 const SAMPLES_MAX: usize = 20_000_000;
-/// Most writes in flight awaiting their remote event; older ones are given up on.
-const IN_FLIGHT_MAX: usize = 1_000_000;
+/// Most acknowledged writes whose remote visibility is classified; beyond it, writes are no
+/// longer tracked (the count of acknowledged writes still is).
+const ACKED_TRACKED_MAX: usize = 1_000_000;
 /// Longest SSE line buffer before the observer gives up on a malformed stream.
 const SSE_BUFFER_MAX: usize = 16 * 1024 * 1024;
 /// How long the observer keeps waiting for the last writes' events after the writers stop.
@@ -87,8 +90,8 @@ impl Samples {
     }
 }
 
-/// Writes sent and not yet seen by the observer: message → when it was sent.
-type InFlight = Arc<Mutex<HashMap<String, Instant>>>;
+/// What the observer saw, shared with its task.
+type Observed = Arc<Mutex<Ledger>>;
 
 /// Runs the benchmark and prints its report.
 pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
@@ -121,14 +124,12 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
             .to_owned(),
     };
 
-    let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
-    let seen = Arc::new(Mutex::new(Samples::default()));
+    let ledger: Observed = Arc::new(Mutex::new(Ledger::default()));
     let observer = match &args.observe {
-        Some(url) => Some(
-            start_observer(&client, url, &args.service, in_flight.clone(), seen.clone()).await?,
-        ),
+        Some(url) => Some(start_observer(&client, url, &args.service, ledger.clone()).await?),
         None => None,
     };
+    let tracked_per_writer = ACKED_TRACKED_MAX / args.concurrency;
 
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -137,23 +138,18 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
         let client = client.clone();
         let url = format!("{target}/v1/status/{}/w{worker}/{region}", args.service);
         let token = args.token.clone();
-        let in_flight = args.observe.as_ref().map(|_| in_flight.clone());
+        let track = args.observe.is_some();
+        let worker = worker as u32;
         writers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut errors = 0u64;
             let mut first_error = None;
+            let mut acknowledged = Vec::new();
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
-                let message = format!("w{worker}-{seq}");
+                let message = visibility::message(worker, seq);
                 let sent = Instant::now();
-                if let Some(map) = &in_flight {
-                    if let Ok(mut map) = map.lock() {
-                        if map.len() < IN_FLIGHT_MAX {
-                            map.insert(message.clone(), sent);
-                        }
-                    }
-                }
                 let result = client
                     .put(&url)
                     .bearer_auth(&token)
@@ -165,6 +161,9 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
                         // Read the body so the connection goes back to the pool.
                         let _ = response.bytes().await;
                         samples.record(sent.elapsed());
+                        if track && acknowledged.len() < tracked_per_writer {
+                            acknowledged.push((worker, seq, sent));
+                        }
                     }
                     Ok(response) => {
                         errors += 1;
@@ -178,15 +177,17 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            (samples, errors, first_error)
+            (samples, errors, first_error, acknowledged)
         }));
     }
     let mut latency = Samples::default();
     let mut errors = 0u64;
     let mut first_error = None;
+    let mut acknowledged = Vec::new();
     for writer in writers {
-        let (samples, e, first) = writer.await.context("a writer task failed")?;
+        let (samples, e, first, acked) = writer.await.context("a writer task failed")?;
         latency.merge(samples);
+        acknowledged.extend(acked);
         errors += e;
         if first_error.is_none() {
             first_error = first;
@@ -195,19 +196,31 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let visibility = match observer {
         Some(observer) => {
-            // The last writes need a moment to cross the mesh.
+            // The last writes need a moment to cross the mesh: wait (bounded) until the
+            // observer has heard of the last acknowledged write of every writer.
             let grace = Instant::now() + OBSERVE_GRACE;
-            while Instant::now() < grace && in_flight.lock().map(|m| !m.is_empty()).unwrap_or(false)
-            {
+            let last: Vec<(u32, u64, Instant)> = {
+                let mut last: HashMap<u32, (u32, u64, Instant)> = HashMap::new();
+                for &w in &acknowledged {
+                    last.insert(w.0, w);
+                }
+                last.into_values().collect()
+            };
+            while Instant::now() < grace {
+                let heard = ledger
+                    .lock()
+                    .map(|l| l.classify(&last).not_seen == 0)
+                    .unwrap_or(true);
+                if heard {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             observer.abort();
             if let Ok(Err(e)) = observer.await {
                 return Err(e);
             }
-            let missing = in_flight.lock().map(|m| m.len()).unwrap_or(0);
-            let samples = seen.lock().map(|mut s| std::mem::take(&mut *s)).ok();
-            samples.map(|s| (s, missing))
+            ledger.lock().ok().map(|l| l.classify(&acknowledged))
         }
         None => None,
     };
@@ -235,26 +248,46 @@ pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
     if let Some((p50, p99, max)) = latency.percentiles() {
         println!("write latency  p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
     }
-    if let Some((mut samples, missing)) = visibility {
-        let seen = samples.count;
+    if let Some(visibility) = visibility {
+        let mut samples = Samples::default();
+        for latency in &visibility.seen {
+            samples.record(*latency);
+        }
+        let coalesced: u64 = visibility.coalesced.values().sum();
+        let reasons: Vec<String> = visibility
+            .coalesced
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        let tracked = acknowledged.len();
         match samples.percentiles() {
             Some((p50, p99, max)) => println!(
-                "remote visible p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms ({seen} seen; {missing} not seen: a node coalesces a cell's changes that arrive together to the latest value)"
+                "remote visible p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, as its own event"
             ),
             None => println!("remote visible none of the writes was seen on the observed node"),
         }
+        println!(
+            "  of {tracked} acknowledged writes: {} seen as their own event, {coalesced} coalesced{}, {} not seen",
+            visibility.seen.len(),
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            },
+            visibility.not_seen
+        );
     }
     Ok(())
 }
 
 /// Connects to `url`'s /v1/events (filtered to `service`), waits for its first event, then
-/// follows it in a task that records into `seen` until it is aborted or the stream ends.
+/// follows it in a task that records every status event into `ledger` until it is aborted or
+/// the stream ends.
 async fn start_observer(
     client: &reqwest::Client,
     url: &str,
     service: &str,
-    in_flight: InFlight,
-    seen: Arc<Mutex<Samples>>,
+    ledger: Observed,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let url = format!("{}/v1/events?service={service}", url.trim_end_matches('/'));
     let response = client
@@ -286,7 +319,7 @@ async fn start_observer(
         loop {
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
-                observe_block(&block, &in_flight, &seen);
+                observe_block(&block, &ledger);
             }
             match stream.next().await {
                 Some(Ok(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
@@ -299,7 +332,7 @@ async fn start_observer(
     }))
 }
 
-fn observe_block(block: &str, in_flight: &InFlight, seen: &Mutex<Samples>) {
+fn observe_block(block: &str, ledger: &Mutex<Ledger>) {
     let mut is_status = false;
     let mut data = String::new();
     for line in block.lines() {
@@ -318,9 +351,14 @@ fn observe_block(block: &str, in_flight: &InFlight, seen: &Mutex<Samples>) {
     let Some(message) = value["message"].as_str() else {
         return;
     };
-    let sent = in_flight.lock().ok().and_then(|mut m| m.remove(message));
-    if let (Some(sent), Ok(mut samples)) = (sent, seen.lock()) {
-        samples.record(sent.elapsed());
+    let coalesced = value["coalesced"].as_u64().map(|_| {
+        value["coalesced_reason"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned()
+    });
+    if let Ok(mut ledger) = ledger.lock() {
+        ledger.observe(message, coalesced, Instant::now());
     }
 }
 #[cfg(test)]
