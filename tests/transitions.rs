@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::harness::{self, Proc, SseEvent, SseReader, TestNode};
+use crate::harness::{self, SseEvent, SseReader, TestNode};
 
 const TOKEN: &str = "transitions-token";
 /// Components written while the client is away, 20 transitions each.
@@ -218,22 +218,6 @@ async fn a_client_away_for_100_writes_resumes_on_a_third_regions_node_with_exact
     );
 }
 
-fn run_with_epochs(
-    dir: &std::path::Path,
-    config: &std::path::Path,
-    certs: &std::path::Path,
-    node: &TestNode,
-) -> Proc {
-    harness::run_node_with_args(
-        dir,
-        config,
-        certs,
-        node,
-        &harness::data_dir(dir, node),
-        ["--token", TOKEN, "--epoch-history-changes-max", "20"],
-    )
-}
-
 async fn rsvc_epoch(client: &reqwest::Client, node: &TestNode) -> Option<f64> {
     harness::metric_sum(
         client,
@@ -247,16 +231,11 @@ async fn rsvc_epoch(client: &reqwest::Client, node: &TestNode) -> Option<f64> {
 #[tokio::test]
 async fn a_cursor_of_the_epoch_before_resumes_with_every_transition_across_the_rollover() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let certs = dir.path().join("certs");
-    harness::make_certs(&config, &certs);
-    let _procs: Vec<Proc> = nodes
-        .iter()
-        .map(|n| run_with_epochs(dir.path(), &config, &certs, n))
-        .collect();
-    let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    // A low history bound, so that 100 writes make the document roll over.
+    let mesh =
+        harness::start_mesh_with_args(dir.path(), TOKEN, &["--epoch-history-changes-max", "20"])
+            .await;
+    let (nodes, client) = (&mesh.nodes, mesh.client.clone());
     let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
 
     let last_id = cursor_after_seed(&client, eu).await;

@@ -9,13 +9,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use statusmesh_crdt::{ActorId, Name, Observation, Replica, ServiceDoc, State, StatusWrite};
 
-const REGIONS: [&str; 5] = [
-    "eu-west",
-    "eu-central",
-    "us-east",
-    "us-west",
-    "ap-southeast",
-];
+mod common;
+use common::REGIONS;
 
 fn write(component: usize, region: usize, n: u64) -> StatusWrite {
     StatusWrite::parse(

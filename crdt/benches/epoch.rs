@@ -22,13 +22,8 @@ use statusmesh_crdt::archive::{ArchiveReader, ArchiveWriter};
 use statusmesh_crdt::history;
 use statusmesh_crdt::{ActorId, Name, Observation, Replica, ServiceDoc, State, StatusWrite};
 
-const REGIONS: [&str; 5] = [
-    "eu-west",
-    "eu-central",
-    "us-east",
-    "us-west",
-    "ap-southeast",
-];
+mod common;
+use common::REGIONS;
 const COMPONENTS: usize = 1_000;
 const BATCH: usize = 250;
 const SERVICE: &str = "api";

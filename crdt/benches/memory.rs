@@ -14,13 +14,8 @@ use std::process::Command;
 
 use statusmesh_crdt::{ActorId, Name, Observation, Replica, ServiceDoc, State, StatusWrite};
 
-const REGIONS: [&str; 5] = [
-    "eu-west",
-    "eu-central",
-    "us-east",
-    "us-west",
-    "ap-southeast",
-];
+mod common;
+use common::REGIONS;
 const COMPONENTS: usize = 200;
 const SERVICES: usize = 10;
 
