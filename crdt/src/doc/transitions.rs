@@ -76,6 +76,9 @@ pub enum Delivery {
 struct Step {
     change: Change,
     keys: BTreeSet<String>,
+    /// What a write left out as known (a restatement) writes: told nothing, but it moves
+    /// those records after the steps before it.
+    restated: BTreeSet<String>,
 }
 
 impl ServiceDoc {
@@ -296,23 +299,50 @@ fn steps_after(src: Source<'_>, before: &[ChangeHash], skip: &BTreeSet<WriteId>)
         .get_changes(before)
         .into_iter()
         .map(|change| {
-            let restated = ServiceDoc::is_base(&change)
-                || write_of(&change).is_some_and(|w| skip.contains(&w));
-            let keys = if restated {
+            // A base comes before everything else of its epoch: it moves no record after a
+            // step, so its keys need not be known.
+            let keys = if ServiceDoc::is_base(&change) {
                 BTreeSet::new()
             } else {
                 root_keys(&change)
             };
-            Step { change, keys }
+            if write_of(&change).is_some_and(|w| skip.contains(&w)) {
+                Step {
+                    change,
+                    keys: BTreeSet::new(),
+                    restated: keys,
+                }
+            } else {
+                Step {
+                    change,
+                    keys,
+                    restated: BTreeSet::new(),
+                }
+            }
         })
         .collect()
 }
 
-/// One transition per record of each step, read at the heads right after its change.
+/// One transition per record of each step, read at the heads right after its change. A
+/// record that only one step touches reads the same then as now (nothing after it in the
+/// steps changed it), so it is read now, which costs Automerge no historical clock: a push
+/// of one change, the common case, makes no historical read at all.
 fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Transition> {
+    let mut touches: BTreeMap<String, usize> = BTreeMap::new();
+    for step in &steps {
+        let records: BTreeSet<String> = step
+            .keys
+            .iter()
+            .chain(&step.restated)
+            .map(|k| record_of(k))
+            .collect();
+        for record in records {
+            *touches.entry(record).or_default() += 1;
+        }
+    }
     let mut heads: BTreeSet<ChangeHash> = before.iter().copied().collect();
     let mut out = Vec::new();
-    for Step { change, keys } in steps {
+    for Step { change, keys, .. } in steps {
         // The heads of a prefix of a topological order: the change replaces its deps.
         for dep in change.deps() {
             heads.remove(dep);
@@ -322,8 +352,14 @@ fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Trans
             continue;
         }
         let at: Vec<ChangeHash> = heads.iter().copied().collect();
+        let (once, again): (BTreeSet<String>, BTreeSet<String>) = keys
+            .into_iter()
+            .partition(|k| touches.get(&record_of(k)).is_some_and(|&n| n == 1));
         let write = write_of(&change);
-        for event in events_for_keys_in(src, &keys, Some(&at)) {
+        let events = events_for_keys_in(src, &once, None)
+            .into_iter()
+            .chain(events_for_keys_in(src, &again, Some(&at)));
+        for event in events {
             out.push(Transition {
                 id: write.map(|w| transition_id(&w, &record_key(&event))),
                 event,
