@@ -14,9 +14,11 @@ use statusmesh_gossip::topology::Member;
 use statusmesh_gossip::{Config, Node, Peer};
 
 use crate::failure::Failure;
+use crate::network::Arrival;
 use crate::outcome::{CrashRecord, Spec};
 use crate::scenario::{Plan, ProposerCrash};
 use crate::sim::{Ev, Sim};
+use crate::workload::PendingWrite;
 
 /// One member of the topology, across its incarnations.
 #[derive(Debug)]
@@ -39,6 +41,12 @@ pub(crate) struct Slot {
     down_since: Option<DownSince>,
     /// Rollovers this incarnation proposed so far (to crash it right after a new one).
     proposed_seen: u64,
+    /// Frames delivered since the last driver iteration (at most `driver::INBOX_MAX`).
+    pub(crate) inbox: Vec<Arrival>,
+    /// Client writes submitted since the last driver iteration.
+    pub(crate) pending_writes: Vec<PendingWrite>,
+    /// A driver iteration of this incarnation is scheduled.
+    pub(crate) iteration_pending: bool,
 }
 
 impl Slot {
@@ -54,6 +62,9 @@ impl Slot {
             last_written: BTreeMap::new(),
             down_since: None,
             proposed_seen: 0,
+            inbox: Vec::new(),
+            pending_writes: Vec::new(),
+            iteration_pending: false,
         }
     }
 }
@@ -157,8 +168,14 @@ impl Sim {
             self.slots[node].disk = Some(docs);
             self.slots[node].disk_writes = held;
         }
-        self.slots[node].incarnation += 1;
-        self.slots[node].timer_local_ms = None;
+        // What the driver had not handed to the core yet dies with the process.
+        let slot = &mut self.slots[node];
+        self.out.dropped_down += slot.inbox.len() as u64;
+        slot.inbox.clear();
+        slot.pending_writes.clear();
+        slot.iteration_pending = false;
+        slot.incarnation += 1;
+        slot.timer_local_ms = None;
         self.schedule(self.now_us + down_ms * 1_000, Ev::Restart { node });
         for s in 0..self.subscribers.len() {
             if self.subscribers[s].node == node {
@@ -216,7 +233,7 @@ impl Sim {
         self.slots[node].proposed_seen = 0;
         self.slots[node].node = Some(Node::new(
             id,
-            node_config(&self.spec.plan),
+            node_config(&self.spec.plan, incarnation),
             self.peers.clone(),
             replica,
             node_seed(self.spec.seed, node, incarnation),
@@ -298,7 +315,7 @@ pub(crate) fn first_node(spec: &Spec, members: &[Member], peers: &[Peer], i: usi
     let replica = Replica::new(&member.id, actor_id(spec.seed, i, 0));
     Node::new(
         member.id.clone(),
-        node_config(&spec.plan),
+        node_config(&spec.plan, 0),
         peers.to_vec(),
         replica,
         node_seed(spec.seed, i, 0),
@@ -315,12 +332,15 @@ pub(crate) fn actor_id(seed: u64, node: usize, incarnation: u32) -> ActorId {
     ActorId::from(bytes)
 }
 
-/// The protocol settings of every node: the WAN defaults with the plan's rollover triggers.
-fn node_config(plan: &Plan) -> Config {
+/// The protocol settings of a node incarnation: the WAN defaults with the plan's rollover
+/// triggers, and the incarnation as the SWIM generation (as the node driver builds it from its
+/// start count), so that peers that declared the previous life down take the new one.
+fn node_config(plan: &Plan, incarnation: u32) -> Config {
     Config {
         epoch: plan.epochs.config.clone(),
         ..Config::wan()
     }
+    .with_incarnation(u64::from(incarnation))
 }
 
 /// The gossip RNG seed of a node incarnation, derived from the run's seed.

@@ -67,6 +67,16 @@ pub enum Failure {
     /// An acknowledged local write has no write identity.
     #[error("{node}: a local write {hash} has no write identity")]
     NoWriteIdentity { node: String, hash: ChangeHash },
+    /// `local_writes` answered another number of results than it was given writes.
+    #[error("{node} answered {results} results for {writes} local writes")]
+    WriteResultsMiscounted {
+        node: String,
+        writes: usize,
+        results: usize,
+    },
+    /// A local write said it changed the document but named no change.
+    #[error("{node}: a local write to {service} changed the document but names no change")]
+    ChangeWithoutHash { node: String, service: Name },
     /// A node refused a valid local write.
     #[error("{node} refused a valid write: {error}")]
     WriteRefused { node: String, error: String },

@@ -1,11 +1,11 @@
 //! The simulated network and its faults: sending, delays (latency model, jitter, reordering,
 //! spikes), partitions (which side is cut off, symmetric or one-way, flapping), loss,
-//! duplication, and delivery to a running incarnation.
+//! duplication, and delivery into a running incarnation's inbox.
 //!
 //! Latencies come from the same `regions.toml` model as the node's topology. Every random
 //! choice is drawn from the simulator's one RNG, in a fixed order per frame.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use rand::Rng;
@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use statusmesh_gossip::codec;
 use statusmesh_gossip::topology::{LatencyModel, Member};
 
+use crate::driver::INBOX_MAX;
 use crate::failure::Failure;
 use crate::outcome::{PartitionSpan, Spec};
 use crate::scenario::PartitionMode;
@@ -33,6 +34,23 @@ pub(crate) struct Payload {
     pub(crate) kind: &'static str,
     /// Indices of tracked writes whose changes the frame carries.
     pub(crate) writes: Vec<usize>,
+    /// For a change frame: what the core merges it by, with the peer it came from.
+    pub(crate) batch: Option<ChangeBatch>,
+}
+
+/// The service of a change frame, and whether it is a push (pushes merge with pushes,
+/// repairs with repairs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ChangeBatch {
+    pub(crate) service: String,
+    pub(crate) pushed: bool,
+}
+
+/// A frame that arrived at a node and waits in its inbox for the next driver iteration.
+#[derive(Debug)]
+pub(crate) struct Arrival {
+    pub(crate) from: usize,
+    pub(crate) payload: Rc<Payload>,
 }
 
 /// The network's state: the latency model and the plan's partition.
@@ -45,8 +63,6 @@ pub(crate) struct Network {
     pub(crate) partition_active: bool,
     /// A broadcast queues the same bytes for every peer: they are decoded once.
     last_payload: Option<Rc<Payload>>,
-    /// Frame kind per leading (version, variant) bytes, learned from full decodes.
-    kind_by_tag: HashMap<(u8, u8), &'static str>,
 }
 
 impl Network {
@@ -59,7 +75,6 @@ impl Network {
             cut_regions,
             partition_active: false,
             last_payload: None,
-            kind_by_tag: HashMap::new(),
         }
     }
 
@@ -141,21 +156,27 @@ impl Sim {
         }
     }
 
-    /// A frame arrives at node `to`: lost when the incarnation it was sent to is gone.
-    pub(crate) fn deliver(&mut self, from: usize, to: usize, incarnation: u32, payload: &Payload) {
-        if self.slots[to].incarnation != incarnation || self.slots[to].node.is_none() {
+    /// A frame arrives at node `to`: lost when the incarnation it was sent to is gone (or its
+    /// inbox is full, which pushes back on peers as the node's bounded queue does); otherwise
+    /// it waits in the inbox for the node's next driver iteration.
+    pub(crate) fn deliver(
+        &mut self,
+        from: usize,
+        to: usize,
+        incarnation: u32,
+        payload: Rc<Payload>,
+    ) {
+        let slot = &mut self.slots[to];
+        if slot.incarnation != incarnation || slot.node.is_none() {
             self.out.dropped_down += 1;
             return;
         }
-        let now_ms = self.local_ms(to);
-        let from_id = self.members[from].id.clone();
-        if let Some(node) = self.slots[to].node.as_mut() {
-            node.handle_frame(now_ms, &from_id, &payload.bytes);
+        if slot.inbox.len() >= INBOX_MAX {
+            self.out.driver.inbox_overflows += 1;
+            return;
         }
-        for &w in &payload.writes {
-            self.note_delivery(w, to);
-        }
-        self.after_call(to);
+        slot.inbox.push(Arrival { from, payload });
+        self.wake(to);
     }
 
     /// The partition starts (or flaps on again), unless the faults are already off.
@@ -202,39 +223,36 @@ impl Sim {
             .and_then(|p| p.flapping)
     }
 
-    fn decode_payload(&mut self, bytes: Vec<u8>) -> Result<Payload, String> {
-        // Only change frames need a full decode (for their hashes). The envelope starts with
-        // the version and the variant index, so the kind of a frame is learned from the first
-        // full decode of each tag and reused; debug builds decode everything and compare.
-        let tag = bytes.get(..2).map(|b| (b[0], b[1]));
-        let learned = tag.and_then(|t| self.net.kind_by_tag.get(&t).copied());
-        if let Some(kind) = learned.filter(|k| !CHANGES_KINDS.contains(k)) {
+    fn decode_payload(&self, bytes: Vec<u8>) -> Result<Payload, String> {
+        // Only change frames need a full decode (for their hashes); the kind of the others
+        // comes from the envelope's header, which only the codec knows how to read.
+        let kind = codec::peek_kind(&bytes).map_err(|e| e.to_string())?;
+        if !CHANGES_KINDS.contains(&kind) {
             if cfg!(debug_assertions) {
                 let decoded = codec::decode(&bytes).map_err(|e| e.to_string())?;
-                debug_assert_eq!(
-                    decoded.kind(),
-                    kind,
-                    "frame kinds are not a function of the tag"
-                );
+                debug_assert_eq!(decoded.kind(), kind, "peek_kind and decode disagree");
             }
             return Ok(Payload {
                 bytes,
                 kind,
                 writes: Vec::new(),
+                batch: None,
             });
         }
         let frame = codec::decode(&bytes).map_err(|e| e.to_string())?;
-        let kind = frame.kind();
-        if let Some(tag) = tag {
-            self.net.kind_by_tag.insert(tag, kind);
-        }
+        debug_assert_eq!(frame.kind(), kind, "peek_kind and decode disagree");
         let mut writes = Vec::new();
-        if let Some((_, changes)) = frame.changes() {
+        let mut batch = None;
+        if let Some((service, changes)) = frame.changes() {
+            batch = Some(ChangeBatch {
+                service: service.to_owned(),
+                pushed: kind == "push",
+            });
             for change in changes {
                 let change = automerge::Change::try_from(change.as_slice())
                     .map_err(|e| format!("change does not parse: {e}"))?;
-                if let Some(&w) = self.write_by_hash.get(&change.hash()) {
-                    writes.push(w);
+                if let Some(tracked) = self.write_by_hash.get(&change.hash()) {
+                    writes.extend_from_slice(tracked);
                 }
             }
         }
@@ -242,6 +260,7 @@ impl Sim {
             bytes,
             kind,
             writes,
+            batch,
         })
     }
 

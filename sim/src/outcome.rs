@@ -126,6 +126,7 @@ pub struct Outcome {
     pub frames_rejected: u64,
     pub trace_digest: u64,
     pub epochs: EpochFigures,
+    pub driver: DriverFigures,
 }
 
 impl Outcome {
@@ -170,6 +171,7 @@ impl Outcome {
             frames_rejected: 0,
             trace_digest: 0,
             epochs: EpochFigures::default(),
+            driver: DriverFigures::default(),
         }
     }
 }
@@ -201,4 +203,38 @@ pub struct EpochFigures {
     pub gap_at_heal: u32,
     /// Acknowledged writes made by a node of the cut-off side while the partition was on.
     pub cut_writes: u64,
+}
+
+/// What the node drivers handed the core, summed over every node: evidence that the batched
+/// entry points (frame merging, group commit, resume) ran, and how often.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriverFigures {
+    /// Driver iterations (each hands the core a timeout, writes, frames or several).
+    pub iterations: u64,
+    /// `handle_frames` calls, those with more than one frame, and the frames in all.
+    pub frame_calls: u64,
+    pub frame_batches: u64,
+    pub frames: u64,
+    /// Change frames handed in together with another of the same peer, service and kind:
+    /// the ones the core merges into one batch.
+    pub change_frames_merged: u64,
+    /// Merged batches the core accepted (they moved a document's heads).
+    pub accepted_batches: u64,
+    /// `local_writes` calls, those with more than one write (group commits), writes in all.
+    pub write_calls: u64,
+    pub group_commits: u64,
+    pub writes: u64,
+    /// Frames lost because a node's inbox was full.
+    pub inbox_overflows: u64,
+    /// Resumes the core answered with events (possibly none), and how many of those had
+    /// been told to wait first.
+    pub resumes_events: u64,
+    pub waits_then_events: u64,
+    /// Resumes the core answered with a snapshot after a wait (all snapshots are
+    /// `Outcome::snapshots`).
+    pub waits_then_snapshot: u64,
+    /// Resumes the core told to wait for changes the cursor names (counted once per wait).
+    pub resumes_wait: u64,
+    /// Subscribers still waiting when the run ended (their final check is skipped).
+    pub waiting_at_end: u64,
 }

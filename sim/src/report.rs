@@ -312,6 +312,31 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         e.proposer_crashes,
         e.proposer_crashes_empty_disk
     );
+    let d = &outcome.driver;
+    let _ = writeln!(
+        out,
+        "driver: {} iterations; handle_frames {} calls ({} with more than one frame, {} frames), {} change frames merged with another of the same peer and service, {} batches accepted; local_writes {} calls ({} group commits of more than one write, {} writes); {} inbox overflows",
+        d.iterations,
+        d.frame_calls,
+        d.frame_batches,
+        d.frames,
+        d.change_frames_merged,
+        d.accepted_batches,
+        d.write_calls,
+        d.group_commits,
+        d.writes,
+        d.inbox_overflows
+    );
+    let _ = writeln!(
+        out,
+        "resumes: {} answered with events ({} after waiting), {} snapshots ({} after waiting), {} told to wait, {} still waiting at the end",
+        d.resumes_events,
+        d.waits_then_events,
+        outcome.snapshots,
+        d.waits_then_snapshot,
+        d.resumes_wait,
+        d.waiting_at_end
+    );
     let _ = writeln!(
         out,
         "events processed: {}, trace digest {:016x}",
@@ -399,8 +424,27 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "failure": outcome.failure.as_ref().map(ToString::to_string),
         "replay": replay_command(spec),
     });
-    // Apart, as one more key would pass the json! macro's recursion limit.
+    let d = &outcome.driver;
+    let driver = json!({
+        "iterations": d.iterations,
+        "frame_calls": d.frame_calls,
+        "frame_batches": d.frame_batches,
+        "frames": d.frames,
+        "change_frames_merged": d.change_frames_merged,
+        "accepted_batches": d.accepted_batches,
+        "write_calls": d.write_calls,
+        "group_commits": d.group_commits,
+        "writes": d.writes,
+        "inbox_overflows": d.inbox_overflows,
+        "resumes_events": d.resumes_events,
+        "waits_then_events": d.waits_then_events,
+        "waits_then_snapshot": d.waits_then_snapshot,
+        "resumes_wait": d.resumes_wait,
+        "waiting_at_end": d.waiting_at_end,
+    });
+    // Apart, as more keys would pass the json! macro's recursion limit.
     value["epochs"] = epochs;
+    value["driver"] = driver;
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{e}"));
     text.push('\n');
     text

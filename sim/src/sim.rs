@@ -37,7 +37,7 @@ use crate::scenario::{Faults, Workload};
 
 pub use crate::network::CHANGES_KINDS;
 pub use crate::outcome::{
-    CrashRecord, EpochFigures, Outcome, PartitionSpan, Sent, Spec, WriteRecord,
+    CrashRecord, DriverFigures, EpochFigures, Outcome, PartitionSpan, Sent, Spec, WriteRecord,
 };
 
 /// How often the liveness phase checks for convergence, in microseconds.
@@ -77,6 +77,18 @@ pub(crate) enum Ev {
     Probe,
     End,
     ForceRollovers,
+    /// A node's driver takes its inbox and pending writes to the core.
+    Iteration {
+        node: usize,
+        incarnation: u32,
+    },
+    /// A subscriber told to wait asks the node's core again (`retry_at_ms` of its `Wait`).
+    ResumeRetry {
+        subscriber: usize,
+        node: usize,
+        incarnation: u32,
+        retry_at_ms: u64,
+    },
 }
 
 impl Ev {
@@ -96,6 +108,8 @@ impl Ev {
             Ev::Probe => 10,
             Ev::End => 11,
             Ev::ForceRollovers => 12,
+            Ev::Iteration { .. } => 13,
+            Ev::ResumeRetry { .. } => 14,
         }
     }
 }
@@ -124,7 +138,8 @@ pub struct Sim {
     /// The plan has faults at all (writes under them are left out of latency figures).
     pub(crate) faulty: bool,
     pub(crate) safety_end_us: u64,
-    pub(crate) write_by_hash: HashMap<ChangeHash, usize>,
+    /// Tracked writes per change (a group commit puts several writes in one change).
+    pub(crate) write_by_hash: HashMap<ChangeHash, Vec<usize>>,
     pub(crate) subscribers: Vec<Subscriber>,
     /// (crash, observer) pairs already detected.
     pub(crate) detected: BTreeSet<(usize, usize)>,
@@ -334,7 +349,7 @@ impl Sim {
                 to,
                 incarnation,
                 payload,
-            } => self.deliver(from, to, incarnation, &payload),
+            } => self.deliver(from, to, incarnation, payload),
             Ev::Timer {
                 node,
                 incarnation,
@@ -351,6 +366,13 @@ impl Sim {
             Ev::Probe => self.probe(),
             Ev::End => {}
             Ev::ForceRollovers => self.force_rollovers(),
+            Ev::Iteration { node, incarnation } => self.iteration(node, incarnation),
+            Ev::ResumeRetry {
+                subscriber,
+                node,
+                incarnation,
+                retry_at_ms,
+            } => self.resume_retry(subscriber, node, incarnation, retry_at_ms),
         }
     }
 
@@ -424,6 +446,12 @@ impl Sim {
             return;
         }
         for s in 0..self.subscribers.len() {
+            if self.subscribers[s].is_waiting() {
+                // Told to wait moments ago (a cursor naming writes lost with a disk waits
+                // RESUME_WAIT_MS for a snapshot): it has no stream to check yet.
+                self.out.driver.waiting_at_end += 1;
+                continue;
+            }
             let node = self.subscribers[s].node;
             self.check_subscriber_state(s, node, Moment::AtTheEnd);
         }

@@ -1,12 +1,17 @@
 //! The workload: what clients write (status flips, bursts, heartbeats that repeat a value,
 //! the all-regions broadcast) and the forced concurrent rollover proposals of the epoch
 //! scenarios; and the acknowledgement bookkeeping of every write a node accepted.
+//!
+//! A write is submitted to a node's pending list and applied by its next driver iteration,
+//! together with every other write pending there (the core's group commit), as the node
+//! driver does with the writes of one loop iteration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use statusmesh_crdt::epoch::Lineage;
-use statusmesh_crdt::{Name, Observation, State, StatusWrite};
+use statusmesh_crdt::{ChangeHash, Name, Observation, State, StatusWrite};
+use statusmesh_gossip::{GossipError, LocalWrite, WriteResult};
 
 use crate::failure::Failure;
 use crate::outcome::WriteRecord;
@@ -176,6 +181,8 @@ impl Sim {
         format!("write {}", self.messages_written)
     }
 
+    /// A client submits a status write to `node`: it waits in the node's pending list for
+    /// the next driver iteration, which applies every pending write as one group commit.
     pub(crate) fn write(
         &mut self,
         node: usize,
@@ -208,66 +215,153 @@ impl Sim {
                 return;
             }
         };
-        let Some(n) = self.slots[node].node.as_mut() else {
+        if self.slots[node].node.is_none() {
             return;
-        };
-        match n.local_write(now_ms, &write) {
-            Ok(true) => {
-                let heads = n
-                    .replica()
-                    .doc(&write.service)
-                    .map(|d| d.heads())
-                    .unwrap_or_default();
-                // A local change depends on every head, so it is the only head now.
-                let [hash] = heads.as_slice() else {
-                    let id = n.id().to_owned();
-                    self.fail(Failure::HeadsAfterLocalWrite { node: id, heads });
-                    return;
-                };
-                let Some(write_id) = n
-                    .replica()
-                    .doc(&write.service)
-                    .and_then(|d| d.write_of(hash))
-                else {
-                    let id = n.id().to_owned();
-                    self.fail(Failure::NoWriteIdentity {
-                        node: id,
-                        hash: *hash,
-                    });
-                    return;
-                };
-                if self.net.partition_active && self.net.cut[node] {
-                    self.out.epochs.cut_writes += 1;
+        }
+        self.slots[node].pending_writes.push(PendingWrite {
+            write: LocalWrite::Status(write),
+            cell: Some(WrittenCell {
+                service,
+                component,
+                state,
+                message,
+            }),
+        });
+        self.wake(node);
+    }
+
+    /// The bookkeeping of one group commit, per write as the node answers each: an
+    /// acknowledged change is tracked for the delivery and lost-write checks, an unchanged
+    /// value counts as a heartbeat, a refusal of a valid write fails the run. Then the last
+    /// change of each service must be its only head (a local change depends on every head).
+    /// False after a failure.
+    pub(crate) fn acknowledge(
+        &mut self,
+        node: usize,
+        writes: &[PendingWrite],
+        results: Vec<Result<WriteResult, GossipError>>,
+    ) -> bool {
+        if results.len() != writes.len() {
+            self.fail(Failure::WriteResultsMiscounted {
+                node: self.members[node].id.clone(),
+                writes: writes.len(),
+                results: results.len(),
+            });
+            return false;
+        }
+        let mut last_change: BTreeMap<Name, ChangeHash> = BTreeMap::new();
+        for (pending, result) in writes.iter().zip(results) {
+            let service = service_of(&pending.write).clone();
+            let hash = match result {
+                Ok(WriteResult {
+                    changed: true,
+                    change: Some(hash),
+                }) => hash,
+                Ok(WriteResult { changed: false, .. }) => {
+                    self.out.heartbeats += 1;
+                    continue;
                 }
-                if self.out.writes.len() < WRITES_TRACKED_MAX {
-                    let mut delivered_us = vec![None; self.slots.len()];
-                    delivered_us[node] = Some(0);
-                    self.write_by_hash.insert(*hash, self.out.writes.len());
-                    self.out.writes.push(WriteRecord {
-                        node,
-                        service: write.service.clone(),
-                        hash: *hash,
-                        id: write_id,
-                        at_us: self.now_us,
-                        delivered_us,
-                        copies: 0,
-                        lost_with_disk: false,
-                        under_faults: self.faulty && self.faults_on,
+                Ok(WriteResult {
+                    changed: true,
+                    change: None,
+                }) => {
+                    self.fail(Failure::ChangeWithoutHash {
+                        node: self.members[node].id.clone(),
+                        service,
                     });
+                    return false;
                 }
-                self.slots[node]
-                    .last_written
-                    .insert((service, component), (state, message));
-            }
-            Ok(false) => self.out.heartbeats += 1,
-            Err(e) => {
-                self.fail(Failure::WriteRefused {
+                Err(e) => {
+                    self.fail(Failure::WriteRefused {
+                        node: self.members[node].id.clone(),
+                        error: e.to_string(),
+                    });
+                    return false;
+                }
+            };
+            last_change.insert(service.clone(), hash);
+            let write_id = self.slots[node]
+                .node
+                .as_ref()
+                .and_then(|n| n.replica().doc(&service))
+                .and_then(|d| d.write_of(&hash));
+            let Some(write_id) = write_id else {
+                self.fail(Failure::NoWriteIdentity {
                     node: self.members[node].id.clone(),
-                    error: e.to_string(),
+                    hash,
                 });
-                return;
+                return false;
+            };
+            if self.net.partition_active && self.net.cut[node] {
+                self.out.epochs.cut_writes += 1;
+            }
+            if self.out.writes.len() < WRITES_TRACKED_MAX {
+                let mut delivered_us = vec![None; self.slots.len()];
+                delivered_us[node] = Some(0);
+                self.write_by_hash
+                    .entry(hash)
+                    .or_default()
+                    .push(self.out.writes.len());
+                self.out.writes.push(WriteRecord {
+                    node,
+                    service,
+                    hash,
+                    id: write_id,
+                    at_us: self.now_us,
+                    delivered_us,
+                    copies: 0,
+                    lost_with_disk: false,
+                    under_faults: self.faulty && self.faults_on,
+                });
+            }
+            if let Some(cell) = &pending.cell {
+                self.slots[node].last_written.insert(
+                    (cell.service, cell.component),
+                    (cell.state, cell.message.clone()),
+                );
             }
         }
-        self.after_call(node);
+        for (service, hash) in last_change {
+            let heads = self.slots[node]
+                .node
+                .as_ref()
+                .and_then(|n| n.replica().doc(&service))
+                .map(|d| d.heads())
+                .unwrap_or_default();
+            if heads != [hash] {
+                self.fail(Failure::HeadsAfterLocalWrite {
+                    node: self.members[node].id.clone(),
+                    heads,
+                });
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A client write waiting for the node's next driver iteration.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    pub(crate) write: LocalWrite,
+    /// For a status write: the cell and value, remembered once acknowledged (heartbeats
+    /// repeat it).
+    cell: Option<WrittenCell>,
+}
+
+/// The cell a status write wrote, and its value.
+#[derive(Debug)]
+struct WrittenCell {
+    service: usize,
+    component: usize,
+    state: State,
+    message: String,
+}
+
+/// The service a local write is about.
+fn service_of(write: &LocalWrite) -> &Name {
+    match write {
+        LocalWrite::Status(status) => &status.service,
+        LocalWrite::Record { service, .. } => service,
     }
 }

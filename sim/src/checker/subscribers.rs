@@ -1,21 +1,25 @@
 //! Simulated SSE subscribers and the checks on their streams: no duplicate event, no gap
 //! (after each batch the subscriber's cells equal the node's), never backwards (each new
-//! cursor covers the old one), live and across reconnects with a cursor.
+//! cursor covers the old one), live and across reconnects with a cursor. What a reconnecting
+//! subscriber gets is the core's decision (`Node::resume`), exactly as in the node driver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use statusmesh_crdt::doc::CellRead;
 use statusmesh_crdt::epoch::Lineage;
-use statusmesh_crdt::{Cursor, Name, Observation, Replica, StatusEvent};
+use statusmesh_crdt::{Cursor, Delivery, DocEvent, Name, Observation, Replica, StatusEvent};
+use statusmesh_gossip::Resume;
 
 use crate::checker::cursor::{covers, lineages_of};
 use crate::checker::{cursor_of, normalized};
+use crate::clock;
 use crate::failure::{DuplicateEvent, Failure, Moment};
-use crate::sim::Sim;
+use crate::sim::{Ev, Sim};
 
-/// Nodes a subscriber tries before it accepts a snapshot on reconnect.
-const RECONNECT_ATTEMPTS: usize = 3;
+/// Transition identities a subscriber remembers for the duplicate check; beyond, later ones
+/// are checked by value only (a bound on the checker's memory, far above any fixed-seed run).
+const TRANSITIONS_SEEN_MAX: usize = 1_000_000;
 
 /// A cell's key: service, component, region.
 pub(crate) type CellKey = (Name, Name, Name);
@@ -33,13 +37,29 @@ pub(crate) struct Cell {
 /// One subscriber: the node it listens to, its cursor, and the cells its events built.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
+    /// The node it listens to, or waits on.
     pub(crate) node: usize,
+    /// Told to wait by the node's core: it has no stream until the core answers otherwise.
+    waiting: Option<Waiting>,
     cursor: Cursor,
     /// The epoch lineage of each service when the cursor was taken.
     lineages: BTreeMap<Name, Lineage>,
     cells: BTreeMap<CellKey, Cell>,
     /// The losing values of each cell at the last check (events do not carry them).
     conflicts: CellConflicts,
+    /// Service and identity of the transitions it was told (at most
+    /// [`TRANSITIONS_SEEN_MAX`]).
+    transitions_seen: BTreeSet<(Name, String)>,
+}
+
+/// A status event as the node reported it to its subscribers.
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    pub(crate) event: StatusEvent,
+    /// Where a subscriber that has seen the event resumes.
+    pub(crate) cursor: Cursor,
+    /// The transition's identity, the same on every node; `None` for a coalesced event.
+    pub(crate) transition: Option<String>,
 }
 
 impl Subscriber {
@@ -47,21 +67,38 @@ impl Subscriber {
     pub(crate) fn new(node: usize) -> Self {
         Self {
             node,
+            waiting: None,
             cursor: Cursor::default(),
             lineages: BTreeMap::new(),
             cells: BTreeMap::new(),
             conflicts: BTreeMap::new(),
+            transitions_seen: BTreeSet::new(),
         }
     }
+
+    /// Told to wait by its node's core (it has no stream yet).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+}
+
+/// A subscriber the core told to wait.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// When it first asked this node, in the node's clock.
+    since_ms: u64,
+    /// When to ask again at the latest, in the node's clock.
+    retry_at_ms: u64,
 }
 
 impl Sim {
     /// Feeds a node's status events to its subscribers and checks each stream: no duplicate,
     /// no gap (the subscriber's cells equal the node's after the batch), never backwards
     /// (the new cursor covers the old).
-    pub(crate) fn check_subscribers(&mut self, node: usize, events: Vec<(StatusEvent, Cursor)>) {
+    pub(crate) fn check_subscribers(&mut self, node: usize, events: Vec<Delivered>) {
         for s in 0..self.subscribers.len() {
-            if self.subscribers[s].node != node || self.out.failure.is_some() {
+            let sub = &self.subscribers[s];
+            if sub.node != node || sub.waiting.is_some() || self.out.failure.is_some() {
                 continue;
             }
             let Some(n) = self.slots[node].node.as_ref() else {
@@ -71,8 +108,9 @@ impl Sim {
             if events.is_empty() && node_cursor == self.subscribers[s].cursor {
                 continue;
             }
-            for (event, _) in &events {
-                if let Err(duplicate) = self.feed(s, node, event) {
+            for delivered in &events {
+                let transition = delivered.transition.as_deref();
+                if let Err(duplicate) = self.feed(s, node, &delivered.event, transition) {
                     self.fail(Failure::DuplicateEvent {
                         subscriber: s,
                         node: self.members[node].id.clone(),
@@ -85,7 +123,7 @@ impl Sim {
             }
             let new_cursor = events
                 .last()
-                .map(|(_, c)| normalized(c))
+                .map(|d| normalized(&d.cursor))
                 .unwrap_or(node_cursor.clone());
             if new_cursor != node_cursor {
                 // One call may change heads after its last event without changing a value
@@ -94,7 +132,7 @@ impl Sim {
                 let missed = self.slots[node]
                     .node
                     .as_ref()
-                    .and_then(|n| n.replica().events_since(&new_cursor));
+                    .and_then(|n| n.replica().transitions_since(&new_cursor, Delivery::Every));
                 if missed.as_ref().is_none_or(|m| !m.is_empty()) {
                     let services: Vec<String> = node_cursor
                         .iter()
@@ -168,7 +206,7 @@ impl Sim {
     }
 
     /// The subscriber reconnects with its cursor (through its text form, as `Last-Event-ID`)
-    /// to another live node; after a few nodes that cannot tell, it accepts a snapshot.
+    /// to another live node, whose core decides what it gets ([`Sim::resume_subscriber`]).
     pub(crate) fn reconnect(&mut self, s: usize, from: usize) {
         let live: Vec<usize> = self
             .live_nodes()
@@ -194,49 +232,159 @@ impl Sim {
             self.fail(Failure::CursorRoundTrip { subscriber: s });
             return;
         }
-        for _ in 0..RECONNECT_ATTEMPTS {
-            let target = live[self.rng.random_range(0..live.len())];
-            let Some(n) = self.slots[target].node.as_ref() else {
-                continue;
-            };
-            let Some(events) = n.replica().events_since(&cursor) else {
-                continue;
-            };
-            let target_cursor = cursor_of(n.replica());
-            self.subscribers[s].node = target;
-            for event in &events {
-                if let Err(duplicate) = self.feed(s, target, event) {
-                    self.fail(Failure::DuplicateEvent {
-                        subscriber: s,
-                        node: self.members[target].id.clone(),
-                        resuming: true,
-                        duplicate,
-                    });
-                    return;
-                }
-                self.out.subscriber_events += 1;
-            }
-            self.advance_cursor(s, target, target_cursor);
-            self.check_subscriber_state(s, target, Moment::AfterResume);
-            return;
-        }
-        // Nobody could tell: a fresh snapshot, as the SSE contract allows.
         let target = live[self.rng.random_range(0..live.len())];
-        if let Some(n) = self.slots[target].node.as_ref() {
-            self.out.snapshots += 1;
-            let sub = &mut self.subscribers[s];
-            sub.node = target;
-            (sub.cells, sub.conflicts) = node_cells(n.replica());
-            sub.cursor = cursor_of(n.replica());
-            sub.lineages = lineages_of(n.replica());
+        let since_ms = self.local_ms(target);
+        let sub = &mut self.subscribers[s];
+        sub.node = target;
+        sub.waiting = None;
+        self.resume_subscriber(s, since_ms);
+    }
+
+    /// Asks the core of the subscriber's node what it gets after its cursor, as the node
+    /// driver does: events (fed and checked), a snapshot (taken), or wait (asked again after
+    /// the node's next iteration, and at `retry_at_ms` at the latest). `since_ms` is when it
+    /// first asked this node.
+    pub(crate) fn resume_subscriber(&mut self, s: usize, since_ms: u64) {
+        let target = self.subscribers[s].node;
+        let now_ms = self.local_ms(target);
+        let waited = self.subscribers[s].waiting.is_some();
+        let Some(n) = self.slots[target].node.as_mut() else {
+            return;
+        };
+        let answer = n.resume(
+            now_ms,
+            Some(&self.subscribers[s].cursor),
+            since_ms.min(now_ms),
+            Delivery::Every,
+        );
+        match answer {
+            Resume::Events(events) => {
+                let target_cursor = cursor_of(n.replica());
+                self.subscribers[s].waiting = None;
+                self.out.driver.resumes_events += 1;
+                self.out.driver.waits_then_events += u64::from(waited);
+                for (transition, _) in &events {
+                    let DocEvent::Status(event) = &transition.event else {
+                        continue;
+                    };
+                    let id = transition.id.as_deref();
+                    if let Err(duplicate) = self.feed(s, target, event, id) {
+                        self.fail(Failure::DuplicateEvent {
+                            subscriber: s,
+                            node: self.members[target].id.clone(),
+                            resuming: true,
+                            duplicate,
+                        });
+                        return;
+                    }
+                    self.out.subscriber_events += 1;
+                }
+                self.advance_cursor(s, target, target_cursor);
+                self.check_subscriber_state(s, target, Moment::AfterResume);
+            }
+            Resume::Snapshot => {
+                self.out.snapshots += 1;
+                self.out.driver.waits_then_snapshot += u64::from(waited);
+                let (cells, conflicts) = node_cells(n.replica());
+                let sub = &mut self.subscribers[s];
+                sub.waiting = None;
+                // A snapshot starts a new stream: it may lack what the subscriber saw before
+                // (the node never got it), which is then news again when it arrives.
+                sub.transitions_seen.clear();
+                (sub.cells, sub.conflicts) = (cells, conflicts);
+                sub.cursor = cursor_of(n.replica());
+                sub.lineages = lineages_of(n.replica());
+            }
+            Resume::Wait { retry_at_ms } => {
+                let sub = &mut self.subscribers[s];
+                let rescheduled = sub.waiting.is_none_or(|w| w.retry_at_ms != retry_at_ms);
+                sub.waiting = Some(Waiting {
+                    since_ms: since_ms.min(now_ms),
+                    retry_at_ms,
+                });
+                self.out.driver.resumes_wait += u64::from(!waited);
+                if rescheduled {
+                    let slot = &self.slots[target];
+                    let at_us = clock::at_us(retry_at_ms, slot.skew_ms);
+                    let incarnation = slot.incarnation;
+                    self.schedule(
+                        at_us,
+                        Ev::ResumeRetry {
+                            subscriber: s,
+                            node: target,
+                            incarnation,
+                            retry_at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        // The first wait asked the node's peers for what it lacks: those frames leave now.
+        self.after_call(target);
+    }
+
+    /// After an iteration of `node`: asks its core again for every subscriber waiting there.
+    pub(crate) fn answer_waiting_resumes(&mut self, node: usize) {
+        for s in 0..self.subscribers.len() {
+            let sub = &self.subscribers[s];
+            if sub.node != node || self.out.failure.is_some() {
+                continue;
+            }
+            if let Some(waiting) = sub.waiting {
+                self.resume_subscriber(s, waiting.since_ms);
+            }
         }
     }
 
-    /// Applies one event to a subscriber. An event that repeats the cell's value is a
-    /// duplicate, unless the node's cell has other losing concurrent values than at the last
-    /// check: then it re-announces the winner, which is news (the conflict changed), not a
-    /// repeat.
-    fn feed(&mut self, s: usize, node: usize, event: &StatusEvent) -> Result<(), DuplicateEvent> {
+    /// A waiting subscriber's `retry_at_ms` came: asks again, unless it is no longer waiting
+    /// on that incarnation for that deadline.
+    pub(crate) fn resume_retry(
+        &mut self,
+        s: usize,
+        node: usize,
+        incarnation: u32,
+        retry_at_ms: u64,
+    ) {
+        let sub = &self.subscribers[s];
+        let Some(waiting) = sub.waiting else {
+            return;
+        };
+        if sub.node != node
+            || waiting.retry_at_ms != retry_at_ms
+            || self.slots[node].incarnation != incarnation
+        {
+            return;
+        }
+        self.resume_subscriber(s, waiting.since_ms);
+    }
+
+    /// Applies one event to a subscriber. An event of a transition the subscriber was told
+    /// already is a duplicate. An event that repeats the cell's value is news when it is
+    /// another transition (a losing concurrent write re-announces the winner); without a
+    /// transition identity (a coalesced event, a state correction) it is a duplicate, unless
+    /// the node's cell has other losing concurrent values than at the last check.
+    fn feed(
+        &mut self,
+        s: usize,
+        node: usize,
+        event: &StatusEvent,
+        transition: Option<&str>,
+    ) -> Result<(), DuplicateEvent> {
+        if let Some(id) = transition {
+            // An identity names a transition within its service's document (`<writer>-<n>`
+            // counts the writer's changes to that document), so it is unique per service.
+            let key = (event.service.clone(), id.to_owned());
+            let seen = &mut self.subscribers[s].transitions_seen;
+            if seen.contains(&key) {
+                return Err(DuplicateEvent {
+                    cell: format!("{}/{}/{}", event.service, event.component, event.region),
+                    value: format!("transition {id} again"),
+                });
+            }
+            if seen.len() < TRANSITIONS_SEEN_MAX {
+                seen.insert(key);
+            }
+        }
         let Err(duplicate) = apply_event(&mut self.subscribers[s].cells, event) else {
             return Ok(());
         };
@@ -260,7 +408,7 @@ impl Sim {
             .get(&key)
             .cloned()
             .unwrap_or_default();
-        if now == before {
+        if transition.is_none() && now == before {
             return Err(duplicate);
         }
         self.out.conflict_reannouncements += 1;
