@@ -10,6 +10,7 @@ mod client;
 mod contract;
 mod durability;
 mod epoch;
+mod errors;
 mod harness;
 mod mesh;
 mod page;

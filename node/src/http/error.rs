@@ -149,17 +149,33 @@ pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(
         })
 }
 
-/// A JSON request body parsed into `T`; a bad one is a 400 that names the field.
+/// A JSON request body parsed into `T`; a bad one is a 400 whose `field` is the path of the
+/// offending key (`ttl_s`, `components[2]`), or `null` when the document itself is
+/// malformed, and whose `detail` gives serde_json's message with line and column.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let field = json_error_field(&e.to_string());
+    let bad = |field: Option<String>, e: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_json",
             field.as_deref(),
             e.to_string(),
         )
-    })
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let inner = e.inner();
+        let path = e.path().to_string();
+        let field = match inner.classify() {
+            serde_json::error::Category::Data if path != "." => Some(path),
+            // "unknown field `x`" / "missing field `x`" are reported at the enclosing map.
+            serde_json::error::Category::Data => json_error_field(&inner.to_string()),
+            _ => None,
+        };
+        bad(field, inner)
+    })?;
+    // Trailing bytes after the document: the document itself is malformed.
+    deserializer.end().map_err(|e| bad(None, &e))?;
+    Ok(value)
 }
 
 /// serde_json says "unknown field `x`" or "missing field `x`"; the field is what is quoted.
@@ -175,4 +191,109 @@ pub(crate) fn json_error_field(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let end = start + message[start..].find('`')?;
     Some(message[start..end].to_owned())
+}
+
+/// The longest plain-text error body from axum or a layer carried over into `detail`.
+const PLAIN_ERROR_DETAIL_BYTES_MAX: usize = 1024;
+
+/// Every error response leaves as JSON `{"error", "field", "detail"}`: the ones handlers
+/// build already are; axum's own (405 with its `Allow` header, extractor rejections, 415,
+/// 406) and the layers' (408, 413, 503) arrive as empty or plain-text bodies and are rewritten
+/// here, keeping their status and headers. Successful responses pass untouched.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_DETAIL_BYTES_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let detail = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let error = error_name(status);
+    let field = match status {
+        StatusCode::METHOD_NOT_ALLOWED => Some("method"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("content-type"),
+        StatusCode::NOT_ACCEPTABLE => Some("accept"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Some("headers"),
+        StatusCode::PAYLOAD_TOO_LARGE => Some("body"),
+        _ => None,
+    };
+    let detail = match (status, parts.headers.get(axum::http::header::ALLOW)) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) => format!(
+            "this path accepts {}",
+            allow.to_str().unwrap_or("other methods")
+        ),
+        _ => detail,
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = ApiError::new(status, error, field, detail).body();
+    let mut rebuilt = Json(body).into_response();
+    let content_type = rebuilt
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .cloned();
+    std::mem::swap(rebuilt.headers_mut(), &mut parts.headers);
+    if let Some(content_type) = content_type {
+        rebuilt
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    *rebuilt.status_mut() = status;
+    rebuilt
+}
+
+/// The `error` of a status that reached [`json_errors`] without a JSON body.
+fn error_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    }
+}
+
+/// The most bytes of request headers (names and values) a request may carry; more is a 431.
+pub const REQUEST_HEADER_BYTES_MAX: usize = 16 * 1024;
+
+/// Refuses a request whose headers exceed [`REQUEST_HEADER_BYTES_MAX`] with a JSON 431
+/// (hyper's own, far larger bound answers with an empty body).
+pub(crate) async fn bounded_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > REQUEST_HEADER_BYTES_MAX {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            Some("headers"),
+            format!("request headers are limited to {REQUEST_HEADER_BYTES_MAX} bytes, got {bytes}"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

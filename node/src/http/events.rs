@@ -124,6 +124,7 @@ pub(crate) const SSE_RESPONSE_HEADERS: &[(&str, &str)] = &[
     ("content-type", "text/event-stream"),
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
+    ("x-content-type-options", "nosniff"),
 ];
 
 /// Admits a subscriber and opens its stream of SSE frames: the snapshot or the changes after

@@ -76,6 +76,18 @@ pub fn router(state: HttpState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::from_fn(error::bounded_headers))
+}
+
+/// `nosniff` on every response, so no body is ever sniffed into a script or a page.
+async fn security_headers(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 async fn get_status_all(

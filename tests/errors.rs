@@ -1,0 +1,210 @@
+//! Every error path of a real node answers the JSON shape `{"error", "field", "detail"}`:
+//! unknown routes, methods a route does not take (with `Allow`), axum's own extractor
+//! rejections, JSON decoding errors that name the key and give line and column, bodies and
+//! headers beyond their bounds.
+
+use serde_json::{json, Value};
+
+use crate::harness::{self, Proc, TestNode};
+
+const TOKEN: &str = "errors-token-0123456789";
+
+/// One node (the first of a one-per-region topology), healthy.
+pub async fn start_one(dir: &std::path::Path, args: &[&str]) -> (TestNode, Proc) {
+    let (config, nodes) = harness::topology(dir, 1);
+    let certs = dir.join("certs");
+    harness::make_certs(&config, &certs);
+    let node = nodes.into_iter().next().expect("a node");
+    let proc = harness::run_node_with_args(
+        dir,
+        &config,
+        &certs,
+        &node,
+        &harness::data_dir(dir, &node),
+        args.iter().copied(),
+    );
+    harness::wait_healthy(&reqwest::Client::new(), std::slice::from_ref(&node)).await;
+    (node, proc)
+}
+
+/// The status, headers and JSON body of a response; panics when the body is not the shape.
+async fn error_of(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let code = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{code}: not JSON ({e}): {text:?}"));
+    assert!(body["error"].is_string(), "{code}: {body}");
+    assert!(body["detail"].is_string(), "{code}: {body}");
+    assert!(body.get("field").is_some(), "{code}: {body}");
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{code}: {headers:?}"
+    );
+    (code, headers, body)
+}
+
+#[tokio::test]
+async fn every_error_status_answers_the_json_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _proc) = start_one(dir.path(), &["--token", TOKEN]).await;
+    let client = reqwest::Client::new();
+    let put = |path: &str| {
+        client
+            .put(node.url(path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+    };
+
+    // 404: an unknown route.
+    let (code, _, body) = error_of(
+        client
+            .get(node.url("/no/such/path"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+
+    // 405: a method the route does not take, with Allow.
+    let response = client
+        .delete(node.url("/v1/status/api/db/eu-west"))
+        .send()
+        .await
+        .expect("delete");
+    let (code, headers, body) = error_of(response).await;
+    assert_eq!(code, 405, "{body}");
+    assert_eq!(body["error"], "method_not_allowed");
+    let allow = headers
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(allow.contains("PUT"), "Allow: {allow:?}");
+
+    // 400: a JSON value of the wrong type names its key, with line and column.
+    let response = put("/v1/status/api/db/eu-west")
+        .body(r#"{"state": "operational", "ttl_s": -5}"#)
+        .send()
+        .await
+        .expect("put");
+    let (code, _, body) = error_of(response).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["field"], "ttl_s", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("line 1 column"),
+        "{body}"
+    );
+
+    // 400: a malformed document has no field.
+    let response = put("/v1/status/api/db/eu-west")
+        .body("{\"state\": \n \"operational\",,}")
+        .send()
+        .await
+        .expect("put");
+    let (code, _, body) = error_of(response).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["field"], Value::Null, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("line 2 column"),
+        "{body}"
+    );
+
+    // 400: an unknown key is named.
+    let response = put("/v1/status/api/db/eu-west")
+        .json(&json!({ "state": "operational", "colour": "red" }))
+        .send()
+        .await
+        .expect("put");
+    let (code, _, body) = error_of(response).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("colour")),
+        "{body}"
+    );
+
+    // 400: axum's own path rejection (invalid UTF-8 once percent-decoded).
+    let response = client
+        .get(node.url("/v1/status/%FF%FE"))
+        .send()
+        .await
+        .expect("get");
+    let (code, _, body) = error_of(response).await;
+    assert_eq!(code, 400, "{body}");
+
+    // 413: a body beyond its bound.
+    let big = format!(
+        "{{\"state\":\"operational\",\"message\":\"{}\"}}",
+        "x".repeat(70_000)
+    );
+    let (code, _, body) = error_of(
+        put("/v1/status/api/db/eu-west")
+            .body(big)
+            .send()
+            .await
+            .expect("put"),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+
+    // 431: headers beyond their bound.
+    let response = client
+        .get(node.url("/v1/status"))
+        .header("x-padding", "p".repeat(20_000))
+        .send()
+        .await
+        .expect("get");
+    let (code, _, body) = error_of(response).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (431, Some("headers")),
+        "{body}"
+    );
+
+    // 401 without a token and 422 for an unknown region keep their shape.
+    let response = client
+        .put(node.url("/v1/status/api/db/eu-west"))
+        .json(&json!({ "state": "operational" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(error_of(response).await.0, 401);
+    let response = put("/v1/status/api/db/mars")
+        .json(&json!({ "state": "operational" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(error_of(response).await.0, 422);
+
+    // A write still works, and its reply says nosniff.
+    let response = put("/v1/status/api/db/eu-west")
+        .json(&json!({ "state": "operational" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
+}
