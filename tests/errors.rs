@@ -28,7 +28,7 @@ pub async fn start_one(dir: &std::path::Path, args: &[&str]) -> (TestNode, Proc)
 }
 
 /// The status, headers and JSON body of a response; panics when the body is not the shape.
-async fn error_of(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+pub async fn error_of(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
     let code = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.expect("body");

@@ -14,6 +14,7 @@ mod errors;
 mod harness;
 mod mesh;
 mod page;
+mod secrets;
 mod security;
 mod slow_reader;
 mod tls;

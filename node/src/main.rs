@@ -152,6 +152,11 @@ enum Command {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Write tokens: `token hash` prints the SHA-256 a tokens file's `secret_sha256` gives.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Make a cluster CA (unless DIR has one) and a certificate for every node.
     Certs {
         /// The topology file whose nodes get certificates.
@@ -160,6 +165,16 @@ enum Command {
         /// Where to write ca.pem, ca.key, <node>.pem, <node>.key.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print the hex SHA-256 of a secret (read from stdin, first line, unless --secret).
+    Hash {
+        /// The secret (default: read from stdin, so it stays out of shell history).
+        #[arg(long)]
+        secret: Option<String>,
     },
 }
 
@@ -354,6 +369,29 @@ fn main() -> anyhow::Result<()> {
                     &mut out,
                 )
                 .await?;
+                Ok(())
+            }
+            Command::Token {
+                command: TokenCommand::Hash { secret },
+            } => {
+                let secret = match secret {
+                    Some(secret) => secret,
+                    None => {
+                        let mut line = String::new();
+                        std::io::stdin().read_line(&mut line)?;
+                        line.trim_end_matches(['\r', '\n']).to_owned()
+                    }
+                };
+                anyhow::ensure!(
+                    !secret.is_empty(),
+                    "no secret given on stdin or with --secret"
+                );
+                println!(
+                    "{}",
+                    statusmesh_node::settings::sha256_hex(
+                        &statusmesh_node::settings::secret_sha256(&secret)
+                    )
+                );
                 Ok(())
             }
             Command::Certs { config, out } => {

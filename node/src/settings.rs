@@ -47,13 +47,39 @@ pub enum SettingsError {
     },
 }
 
-/// A write token: a name for logs, a secret clients present as `Bearer <secret>`, and what
-/// it may write.
+/// A write token: a name for logs, the SHA-256 of the secret clients present as
+/// `Bearer <secret>` (the secret itself is not kept), and what it may write.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     pub name: String,
-    pub secret: String,
+    pub secret_sha256: [u8; 32],
     pub scope: Scope,
+}
+
+/// The SHA-256 of a secret, as tokens keep it.
+pub fn secret_sha256(secret: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A SHA-256 in lower-case hex, as `statusmesh token hash` prints it and a tokens file's
+/// `secret_sha256` gives it.
+pub fn sha256_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits parsed into a SHA-256 (either case); `None` for anything else.
+fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *out = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// What a token may write. `None` lists mean "any".
@@ -131,7 +157,7 @@ impl Tokens {
         Self {
             tokens: vec![Token {
                 name: "cli".to_owned(),
-                secret: secret.to_owned(),
+                secret_sha256: secret_sha256(secret),
                 scope: Scope::all(),
             }],
         }
@@ -143,6 +169,11 @@ impl Tokens {
     /// [[token]]
     /// name = "ci"
     /// secret = "at least sixteen bytes"
+    ///
+    /// [[token]]
+    /// name = "probe"
+    /// # `statusmesh token hash` prints it; a copy of this file grants no writes.
+    /// secret_sha256 = "<64 hex digits>"
     /// ```
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
         use std::io::Read;
@@ -179,7 +210,7 @@ impl Tokens {
                 file: file.to_owned(),
                 line,
                 key: format!("token[{index}].{key}"),
-                value: if key == "secret" {
+                value: if key == "secret" || key == "secret_sha256" {
                     "<hidden>".to_owned()
                 } else {
                     value.to_owned()
@@ -226,23 +257,44 @@ impl Tokens {
                     "token names must be unique".to_owned(),
                 ));
             }
-            let secret_ok = (SECRET_LEN_MIN..=FIELD_LEN_MAX).contains(&entry.secret.len())
-                && entry.secret.chars().all(|c| c.is_ascii_graphic());
-            if !secret_ok {
+            let digest = match (&entry.secret, &entry.secret_sha256) {
+                (Some(secret), None) => {
+                    let secret_ok = (SECRET_LEN_MIN..=FIELD_LEN_MAX).contains(&secret.len())
+                        && secret.chars().all(|c| c.is_ascii_graphic());
+                    if !secret_ok {
+                        return Err(invalid(
+                            index,
+                            "secret",
+                            secret,
+                            format!(
+                                "{SECRET_LEN_MIN} to {FIELD_LEN_MAX} printable ASCII characters, no spaces"
+                            ),
+                        ));
+                    }
+                    secret_sha256(secret)
+                }
+                (None, Some(hex)) => parse_sha256_hex(hex).ok_or_else(|| {
+                    invalid(
+                        index,
+                        "secret_sha256",
+                        hex,
+                        "64 hex digits, as `statusmesh token hash` prints them".to_owned(),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        index,
+                        "secret",
+                        "",
+                        "give exactly one of secret and secret_sha256".to_owned(),
+                    ))
+                }
+            };
+            if tokens.iter().any(|t| t.secret_sha256 == digest) {
                 return Err(invalid(
                     index,
                     "secret",
-                    &entry.secret,
-                    format!(
-                        "{SECRET_LEN_MIN} to {FIELD_LEN_MAX} printable ASCII characters, no spaces"
-                    ),
-                ));
-            }
-            if tokens.iter().any(|t| t.secret == entry.secret) {
-                return Err(invalid(
-                    index,
-                    "secret",
-                    &entry.secret,
+                    "",
                     "two tokens share a secret".to_owned(),
                 ));
             }
@@ -260,7 +312,7 @@ impl Tokens {
             }
             tokens.push(Token {
                 name: entry.name,
-                secret: entry.secret,
+                secret_sha256: digest,
                 scope: Scope {
                     services: entry.services,
                     regions: entry.regions,
@@ -276,11 +328,15 @@ impl Tokens {
         self.token(presented).map(|t| t.name.as_str())
     }
 
-    /// The token whose secret is `presented`, compared in constant time per token.
+    /// The token whose secret is `presented`: the SHA-256 of `presented` is compared with
+    /// every token's in constant time (`subtle`), and every token is compared, so the time
+    /// taken says nothing about which token, or how much of one, matched.
     pub fn token(&self, presented: &str) -> Option<&Token> {
+        use subtle::ConstantTimeEq as _;
+        let digest = secret_sha256(presented);
         let mut found = None;
         for token in &self.tokens {
-            if constant_time_eq(presented.as_bytes(), token.secret.as_bytes()) {
+            if bool::from(digest.ct_eq(&token.secret_sha256)) {
                 found = Some(token);
             }
         }
@@ -291,10 +347,6 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,7 +360,9 @@ struct RawTokensFile {
 #[serde(deny_unknown_fields)]
 struct RawToken {
     name: String,
-    secret: String,
+    /// The secret itself; or, instead, its SHA-256 in hex.
+    secret: Option<String>,
+    secret_sha256: Option<String>,
     /// Services it may write (default: all).
     services: Option<Vec<String>>,
     /// Regions whose observations it may write (default: all).
@@ -423,5 +477,34 @@ mod tests {
         let err = Tokens::parse("t.toml", text).expect_err("duplicate");
         assert!(err.to_string().contains("unique"), "{err}");
         assert!(err.to_string().starts_with("t.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_sha256_authorizes_the_secret_but_not_the_hash_itself() {
+        let hex = sha256_hex(&secret_sha256("0123456789abcdef"));
+        let text = format!("[[token]]\nname = \"ci\"\nsecret_sha256 = \"{hex}\"\n");
+        let tokens = Tokens::parse("tokens.toml", &text).expect("parses");
+        assert_eq!(tokens.authorize("0123456789abcdef"), Some("ci"));
+        assert_eq!(tokens.authorize(&hex), None);
+        assert_eq!(tokens.authorize("0123456789abcdeF"), None);
+    }
+
+    #[test]
+    fn a_token_with_both_or_neither_secret_is_an_error_that_hides_the_values() {
+        let hex = sha256_hex(&secret_sha256("0123456789abcdef"));
+        let both = format!(
+            "[[token]]\nname = \"ci\"\nsecret = \"0123456789abcdef\"\nsecret_sha256 = \"{hex}\"\n"
+        );
+        let message = Tokens::parse("t.toml", &both)
+            .expect_err("both")
+            .to_string();
+        assert!(message.contains("exactly one"), "{message}");
+        assert!(!message.contains("0123456789abcdef"), "{message}");
+        let bad = "[[token]]\nname = \"ci\"\nsecret_sha256 = \"abc\"\n";
+        let message = Tokens::parse("t.toml", bad)
+            .expect_err("bad hex")
+            .to_string();
+        assert!(message.contains("secret_sha256"), "{message}");
+        assert!(Tokens::parse("t.toml", "[[token]]\nname = \"ci\"\n").is_err());
     }
 }
