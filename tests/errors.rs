@@ -207,4 +207,58 @@ async fn every_error_status_answers_the_json_shape() {
             .and_then(|v| v.to_str().ok()),
         Some("nosniff")
     );
+
+    // The page: a strict policy, its script and style from files, never inline.
+    let response = client.get(node.url("/")).send().await.expect("page");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let csp = header("content-security-policy");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    let html = response.text().await.expect("page body");
+    assert!(
+        html.contains("<script src=\"/page.js\"></script>"),
+        "{html}"
+    );
+    assert_eq!(
+        html.matches("<script").count(),
+        1,
+        "one script, from a file"
+    );
+    assert!(!html.contains("<style"), "no inline style");
+    for (path, kind) in [("/page.js", "text/javascript"), ("/page.css", "text/css")] {
+        let response = client.get(node.url(path)).send().await.expect("asset");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        assert!(
+            content_type.is_some_and(|v| v.starts_with(kind)),
+            "{path}: {content_type:?}"
+        );
+    }
+
+    // Event streams (the lean front door) say nosniff too.
+    let response = client
+        .get(node.url("/v1/events"))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
 }

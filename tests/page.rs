@@ -40,7 +40,8 @@ impl Browser {
         let capabilities = json!({
             "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
-                "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
+                "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                "goog:loggingPrefs": { "browser": "ALL" }
             }}
         });
         let reply: Value = client
@@ -83,6 +84,19 @@ impl Browser {
     async fn eval(&self, script: &str) -> Value {
         self.command("/execute/sync", json!({ "script": script, "args": [] }))
             .await
+    }
+
+    /// The browser console's entries since the last call (chromedriver's log endpoint).
+    async fn console_log(&self) -> Vec<String> {
+        let entries = self.command("/se/log", json!({ "type": "browser" })).await;
+        entries
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn screenshot(&self, path: &Path) {
@@ -190,6 +204,41 @@ async fn the_page_of_one_node_shows_a_write_on_another_region_without_a_reload()
         .eval("return performance.getEntriesByType('navigation').length")
         .await;
     assert_eq!(reloads, 1, "the page must not have reloaded");
+
+    // An injected script in a status message is shown as text and never runs.
+    let injected = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">";
+    let (code, reply) = harness::put_status(
+        &client,
+        writer,
+        "page-token",
+        "web/injected/eu-west",
+        json!({"state": "degraded_performance", "message": injected}),
+    )
+    .await;
+    assert_eq!(code, 200, "{reply}");
+    let injected_cell =
+        "return document.querySelector('td[data-key=\"web/injected/eu-west\"]')?.textContent || ''";
+    let text = harness::wait_for("the injected message to show", || async {
+        let text = browser.eval(injected_cell).await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        text.contains("window.__pwned").then_some(text)
+    })
+    .await;
+    assert!(text.contains("<script>"), "shown as text: {text}");
+    let pwned = browser.eval("return typeof window.__pwned").await;
+    assert_eq!(pwned, "undefined", "the injected script ran");
+    let scripts = browser
+        .eval("return document.querySelectorAll('#services script, #services img').length")
+        .await;
+    assert_eq!(scripts, 0, "the message became markup");
+    let violations: Vec<String> = browser
+        .console_log()
+        .await
+        .into_iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Content-Security-Policy"))
+        .collect();
+    assert!(violations.is_empty(), "CSP violations: {violations:#?}");
+
     browser
         .screenshot(&artifacts_dir().join("status-page.png"))
         .await;
