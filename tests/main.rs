@@ -7,6 +7,7 @@ mod bench_sse;
 mod chaos;
 mod chaos_net;
 mod client;
+mod conformance;
 mod contract;
 mod durability;
 mod epoch;

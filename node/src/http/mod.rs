@@ -214,7 +214,13 @@ async fn get_ready(State(HttpState { node, .. }): State<HttpState>) -> Response 
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "detail": "no peer heard from yet" })),
+            // The error shape, plus the `status` probes read.
+            Json(json!({
+                "status": "not_ready",
+                "error": "not_ready",
+                "field": null,
+                "detail": "no peer heard from yet",
+            })),
         )
             .into_response()
     }

@@ -61,6 +61,11 @@ pub async fn route(
     )
     .increment(1);
     if !lean {
+        let mut stream = stream;
+        if let Some(error) = refuse_request_line(&stream).await {
+            let _ = write_error(&mut stream, &error).await;
+            return None;
+        }
         return Some(stream);
     }
     // Events are small and must leave at once.
@@ -68,6 +73,32 @@ pub async fn route(
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
     serve_events(stream, peer, state.clone(), shutdown, head_timeout).await;
     None
+}
+
+/// How much of a connection's first bytes [`refuse_request_line`] looks at.
+const REQUEST_LINE_PEEK_BYTES: usize = 4 * 1024;
+
+/// A JSON 400 for a first request line that holds raw bytes outside visible ASCII (invalid
+/// UTF-8 in a path, control characters): hyper would refuse it with an empty body. Best
+/// effort: only what already arrived is looked at, and only on the connection's first
+/// request.
+async fn refuse_request_line(stream: &TcpStream) -> Option<ApiError> {
+    let mut buf = vec![0u8; REQUEST_LINE_PEEK_BYTES];
+    let n = stream.peek(&mut buf).await.ok()?;
+    let arrived = &buf[..n];
+    let line = arrived
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(arrived, |end| &arrived[..end]);
+    let bad = line.iter().any(|b| !(0x20..0x7f).contains(b));
+    bad.then(|| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("path"),
+            "the request line holds bytes outside visible ASCII; percent-encode them",
+        )
+    })
 }
 
 fn is_events_request(first: &[u8]) -> bool {
