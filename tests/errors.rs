@@ -262,3 +262,60 @@ async fn every_error_status_answers_the_json_shape() {
         Some("nosniff")
     );
 }
+
+#[tokio::test]
+async fn timeouts_and_a_full_node_answer_the_json_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--token",
+        TOKEN,
+        "--request-read-timeout-ms",
+        "300",
+        "--subscribers-max",
+        "1",
+    ];
+    let (node, _proc) = start_one(dir.path(), &args).await;
+    let client = reqwest::Client::new();
+
+    // 408: a body that does not arrive in time.
+    let mut stream = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /v1/status/api/db/eu-west HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"state\":"
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert_eq!(body["field"], "body", "{body}");
+
+    // 503: the only subscriber place is taken.
+    let held = client
+        .get(node.url("/v1/events"))
+        .send()
+        .await
+        .expect("first subscriber");
+    assert_eq!(held.status().as_u16(), 200);
+    let (code, _, body) = error_of(
+        client
+            .get(node.url("/v1/poll?wait_s=5"))
+            .send()
+            .await
+            .expect("poll"),
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"], "too_many_subscribers", "{body}");
+    drop(held);
+}

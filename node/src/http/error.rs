@@ -297,3 +297,45 @@ pub(crate) async fn bounded_headers(
     }
     next.run(request).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_refusal_is_a_429_that_names_the_token_but_not_its_secret() {
+        let error = ApiError::from(Refusal::Rate {
+            token: "ci".to_owned(),
+            retry_after_ms: 5,
+        });
+        assert_eq!(error.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = error.body();
+        assert_eq!(body["error"], "rate_limited");
+        assert_eq!(body["field"], "authorization");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains("5 ms")));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        ttl_s: u64,
+        nested: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn a_json_error_names_the_key_path_or_null_for_a_malformed_document() {
+        let named = |text: &str| parse_json::<Body>(text.as_bytes()).expect_err(text).body();
+        assert_eq!(named(r#"{"ttl_s": -5}"#)["field"], "ttl_s");
+        assert_eq!(
+            named(r#"{"ttl_s": 1, "nested": [1, 300]}"#)["field"],
+            "nested[1]"
+        );
+        assert_eq!(named(r#"{"ttl_s": 1"#)["field"], serde_json::Value::Null);
+        assert_eq!(
+            named(r#"{"ttl_s": 1} trailing"#)["field"],
+            serde_json::Value::Null
+        );
+        let detail = named("{\n\"ttl_s\": \"x\"}")["detail"].to_string();
+        assert!(detail.contains("line 2 column"), "{detail}");
+    }
+}
