@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use rand::Rng;
+use statusmesh_crdt::DocEvent;
 use statusmesh_gossip::{invariants, Event, InboundFrame, LocalWrite};
 
 use crate::checker::subscribers::Delivered;
@@ -187,7 +188,7 @@ impl Sim {
         for t in transmits {
             self.send(i, t.to, t.bytes);
         }
-        let mut status: Vec<Delivered> = Vec::new();
+        let mut delivered: Vec<Delivered> = Vec::new();
         for event in events {
             match event {
                 Event::Status {
@@ -195,7 +196,17 @@ impl Sim {
                     cursor,
                     transition,
                     ..
-                } => status.push(Delivered {
+                } => delivered.push(Delivered {
+                    event: DocEvent::Status(event),
+                    cursor,
+                    transition,
+                }),
+                Event::Record {
+                    event,
+                    cursor,
+                    transition,
+                    ..
+                } => delivered.push(Delivered {
                     event,
                     cursor,
                     transition,
@@ -214,7 +225,7 @@ impl Sim {
                 _ => {}
             }
         }
-        self.check_subscribers(i, status);
+        self.check_subscribers(i, delivered);
         match crash {
             Some(c) => {
                 let epochs = &mut self.out.epochs;

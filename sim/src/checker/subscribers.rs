@@ -52,10 +52,10 @@ pub(crate) struct Subscriber {
     transitions_seen: BTreeSet<(Name, String)>,
 }
 
-/// A status event as the node reported it to its subscribers.
+/// An event as the node reported it to its subscribers (a status or a record event).
 #[derive(Debug)]
 pub(crate) struct Delivered {
-    pub(crate) event: StatusEvent,
+    pub(crate) event: DocEvent,
     /// Where a subscriber that has seen the event resumes.
     pub(crate) cursor: Cursor,
     /// The transition's identity, the same on every node; `None` for a coalesced event.
@@ -264,11 +264,8 @@ impl Sim {
                 self.out.driver.resumes_events += 1;
                 self.out.driver.waits_then_events += u64::from(waited);
                 for (transition, _) in &events {
-                    let DocEvent::Status(event) = &transition.event else {
-                        continue;
-                    };
                     let id = transition.id.as_deref();
-                    if let Err(duplicate) = self.feed(s, target, event, id) {
+                    if let Err(duplicate) = self.feed(s, target, &transition.event, id) {
                         self.fail(Failure::DuplicateEvent {
                             subscriber: s,
                             node: self.members[target].id.clone(),
@@ -362,22 +359,27 @@ impl Sim {
     /// already is a duplicate. An event that repeats the cell's value is news when it is
     /// another transition (a losing concurrent write re-announces the winner); without a
     /// transition identity (a coalesced event, a state correction) it is a duplicate, unless
-    /// the node's cell has other losing concurrent values than at the last check.
+    /// the node's cell has other losing concurrent values than at the last check. Record
+    /// events (incidents, maintenance, overrides) are checked for duplicates only.
     fn feed(
         &mut self,
         s: usize,
         node: usize,
-        event: &StatusEvent,
+        event: &DocEvent,
         transition: Option<&str>,
     ) -> Result<(), DuplicateEvent> {
         if let Some(id) = transition {
             // An identity names a transition within its service's document (`<writer>-<n>`
             // counts the writer's changes to that document), so it is unique per service.
-            let key = (event.service.clone(), id.to_owned());
+            let key = (event.service().clone(), id.to_owned());
             let seen = &mut self.subscribers[s].transitions_seen;
             if seen.contains(&key) {
+                let cell = match event {
+                    DocEvent::Status(e) => format!("{}/{}/{}", e.service, e.component, e.region),
+                    other => format!("a record of {}", other.service()),
+                };
                 return Err(DuplicateEvent {
-                    cell: format!("{}/{}/{}", event.service, event.component, event.region),
+                    cell,
                     value: format!("transition {id} again"),
                 });
             }
@@ -385,6 +387,9 @@ impl Sim {
                 seen.insert(key);
             }
         }
+        let DocEvent::Status(event) = event else {
+            return Ok(());
+        };
         let Err(duplicate) = apply_event(&mut self.subscribers[s].cells, event) else {
             return Ok(());
         };
