@@ -52,7 +52,7 @@ pub struct Coalesced {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub event: DocEvent,
-    /// `<writer>-<n>:<record key>`: the same on every node for the same transition; `None` for
+    /// `<writer>-<n>:<service>/<record key>`: the same on every node for the same transition; `None` for
     /// an event that is no single transition (coalesced, or a state correction).
     pub id: Option<String>,
     /// Set when the event folds several transitions (or an unknown number) into one.
@@ -142,8 +142,11 @@ impl ServiceDoc {
         &self,
         before: &[ChangeHash],
         changed_keys: &BTreeSet<String>,
+        rolled_over: bool,
     ) -> Vec<Transition> {
-        if self.has_all(before) {
+        // A document that rolled over (even one that was empty) holds a new base: what it
+        // restates is told below, never skipped as a base.
+        if !rolled_over && self.has_all(before) {
             return self
                 .transitions_after(before, Delivery::Every)
                 .unwrap_or_default();
@@ -174,7 +177,7 @@ impl ServiceDoc {
         events
             .into_iter()
             .map(|event| Transition {
-                id: write.map(|w| transition_id(&w, &record_key(&event))),
+                id: write.map(|w| transition_id(&w, &event)),
                 event,
                 coalesced: None,
                 epoch: self.epoch(),
@@ -361,7 +364,7 @@ fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Trans
             .chain(events_for_keys_in(src, &again, Some(&at)));
         for event in events {
             out.push(Transition {
-                id: write.map(|w| transition_id(&w, &record_key(&event))),
+                id: write.map(|w| transition_id(&w, &event)),
                 event,
                 coalesced: None,
                 epoch: src.meta.epoch,
@@ -399,12 +402,16 @@ fn write_of(change: &Change) -> Option<WriteId> {
     ActorKind::parse(change.actor_id())?.write_id(change.seq())
 }
 
-fn transition_id(write: &WriteId, record: &str) -> String {
+/// `<writer>-<n>:<service>/<record key>`: unique mesh-wide (a write numbers its changes per
+/// document, and one change may write several records).
+fn transition_id(write: &WriteId, event: &DocEvent) -> String {
+    let record = record_key(event);
+    let service = event.service();
     let mut id = String::with_capacity(2 * write.writer.len() + 24 + record.len());
     for byte in write.writer {
         id.push_str(&format!("{byte:02x}"));
     }
-    id.push_str(&format!("-{}:{record}", write.n));
+    id.push_str(&format!("-{}:{service}/{record}", write.n));
     id
 }
 
