@@ -283,59 +283,42 @@ async fn a_region_the_topology_does_not_have_is_refused_and_nothing_is_stored() 
             "the allowed set is named: {detail}"
         );
     }
-    let status = client
-        .get(nodes[0].url("/v1/status"))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("body");
-    assert!(!status.contains("mars"), "nothing stored: {status}");
+    assert_nothing_stored_of_mars(client, &nodes[0]).await;
 
     // The CLI refuses it before sending, naming the flag and the allowed regions.
     let config = dir.path().join("regions.toml");
-    let output = Command::new(harness::BIN)
-        .args([
-            "set",
-            "api/db",
-            "major_outage",
-            "--region",
-            "mars",
-            "--config",
-        ])
-        .arg(&config)
-        .args(["--token", TOKEN])
-        .output()
-        .expect("run statusmesh set");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = set_mars_fails(["--config".as_ref(), config.as_os_str()]);
     assert!(
         stderr.contains("--region") && stderr.contains("eu-west"),
         "{stderr}"
     );
     // With only --nodes, the node's answer is what the CLI reports.
-    let output = Command::new(harness::BIN)
-        .args([
-            "set",
-            "api/db",
-            "major_outage",
-            "--region",
-            "mars",
-            "--nodes",
-        ])
-        .arg(nodes[0].url(""))
-        .args(["--token", TOKEN])
-        .output()
-        .expect("run statusmesh set");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let nodes_flag = nodes[0].url("");
+    let stderr = set_mars_fails(["--nodes".as_ref(), nodes_flag.as_ref()]);
     assert!(
         stderr.contains("422") && stderr.contains("region"),
         "{stderr}"
     );
+    assert_nothing_stored_of_mars(client, &nodes[0]).await;
+}
+
+/// Runs `statusmesh set api/db major_outage --region mars` with `how` to reach the mesh;
+/// asserts that it fails and returns what it said.
+fn set_mars_fails(how: [&std::ffi::OsStr; 2]) -> String {
+    let output = Command::new(harness::BIN)
+        .args(["set", "api/db", "major_outage", "--region", "mars"])
+        .args(how)
+        .args(["--token", TOKEN])
+        .output()
+        .expect("run statusmesh set");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts that no observation of the region `mars` reached `node`'s status.
+async fn assert_nothing_stored_of_mars(client: &reqwest::Client, node: &TestNode) {
     let status = client
-        .get(nodes[0].url("/v1/status"))
+        .get(node.url("/v1/status"))
         .send()
         .await
         .expect("GET")
