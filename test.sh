@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need on a fresh machine (headless Chromium and
-# chromedriver for the status-page test; iproute2 and libfaketime for the chaos test, which
-# runs nodes in network namespaces and skews a node's clock), from the system's packages,
-# then runs `cargo test --workspace`. Extra arguments go to cargo test.
+# The test command: installs what the tests need on a fresh machine, then runs
+# `cargo test --workspace`. Extra arguments go to cargo test.
+#
+# What each test needs is declared in tests/setup/*.sh, one file per concern (the browser,
+# the chaos tools, ...). Each file calls `need_deb PATH PACKAGE...` (install the Debian
+# packages when PATH is missing) and may add a function name to `after_install`, run once
+# the packages are in (for example an npm or pip install into target/).
 set -euo pipefail
 cd "$(dirname "$0")"
 missing=()
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  missing+=(chromium chromium-driver)
-fi
-# The chaos test needs root (it says so and skips otherwise), so only root needs its tools.
-if [ "$(id -u)" = 0 ]; then
-  command -v ip >/dev/null || missing+=(iproute2)
-  compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || missing+=(libfaketime)
-fi
+after_install=()
+need_deb() {
+  local path=$1
+  shift
+  compgen -G "$path" >/dev/null || missing+=("$@")
+}
+for setup in tests/setup/*.sh; do
+  # shellcheck source=/dev/null
+  . "$setup"
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing ${missing[*]} for the page and chaos tests" >&2
+    echo "test.sh: installing ${missing[*]} for the tests" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
   else
@@ -24,5 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+for step in ${after_install[@]+"${after_install[@]}"}; do
+  "$step"
+done
 export STATUSMESH_REQUIRE_BROWSER=1
 exec cargo test --workspace "$@"
