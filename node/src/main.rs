@@ -10,6 +10,7 @@ use statusmesh_node::bench::{self, sse as bench_sse};
 use statusmesh_node::certs::{self, ClusterCa};
 use statusmesh_node::client;
 use statusmesh_node::config::Topology;
+use statusmesh_node::http::frame_ancestors::FrameAncestors;
 use statusmesh_node::settings::{NodeSettings, Tokens};
 use statusmesh_node::start::{self, NodeOptions};
 use tokio::sync::watch;
@@ -109,6 +110,11 @@ enum Command {
             value_parser = clap::value_parser!(u64).range(100..=600_000)
         )]
         request_read_timeout_ms: u64,
+        /// Who may embed the status page in a frame: the sources of its CSP frame-ancestors,
+        /// space-separated ('self', https:, https://status.example.com); 'none' sends
+        /// X-Frame-Options: DENY too.
+        #[arg(long, default_value = "'none'", value_parser = FrameAncestors::parse)]
+        frame_ancestors: FrameAncestors,
         #[command(flatten)]
         epoch: EpochArgs,
     },
@@ -290,6 +296,7 @@ fn main() -> anyhow::Result<()> {
                 tokens,
                 subscribers_max,
                 request_read_timeout_ms,
+                frame_ancestors,
                 epoch,
             } => {
                 let tokens = match (token, tokens) {
@@ -300,6 +307,7 @@ fn main() -> anyhow::Result<()> {
                 let settings = NodeSettings {
                     subscribers_max,
                     request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
+                    frame_ancestors,
                     ..NodeSettings::new(data_dir, tokens)
                 };
                 run(

@@ -420,6 +420,8 @@ pub struct NodeSettings {
     /// closed), and again its body (408). Default
     /// [`REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
     pub request_read_timeout: std::time::Duration,
+    /// Who may frame the status page (CSP `frame-ancestors`). Default `'none'`.
+    pub frame_ancestors: crate::http::frame_ancestors::FrameAncestors,
 }
 
 impl NodeSettings {
@@ -432,6 +434,7 @@ impl NodeSettings {
             writes_per_commit_max: 512,
             subscribers_max: SUBSCRIBERS_MAX,
             request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
+            frame_ancestors: crate::http::frame_ancestors::FrameAncestors::none(),
         }
     }
 }

@@ -188,6 +188,7 @@ pub async fn start(
         node: handle.clone(),
         limits: Arc::new(Limits::new(options.settings.subscribers_max)),
         metrics: options.metrics.clone(),
+        frame_ancestors: options.settings.frame_ancestors.clone(),
     };
     let router = http::router(state.clone());
     let http = tokio::spawn(http::serve::serve(

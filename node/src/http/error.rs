@@ -274,26 +274,41 @@ fn error_name(status: StatusCode) -> &'static str {
 
 /// The most bytes of request headers (names and values) a request may carry; more is a 431.
 pub const REQUEST_HEADER_BYTES_MAX: usize = 16 * 1024;
+/// The most header lines a request may carry (hyper's own default); more is a 431.
+pub const REQUEST_HEADERS_MAX: usize = 100;
 
-/// Refuses a request whose headers exceed [`REQUEST_HEADER_BYTES_MAX`] with a JSON 431
-/// (hyper's own, far larger bound answers with an empty body).
+/// Refuses a request whose headers exceed [`REQUEST_HEADERS_MAX`] lines or
+/// [`REQUEST_HEADER_BYTES_MAX`] bytes with a JSON 431. hyper's own bounds, which answer with
+/// an empty body, are set far above these ([`super::serve`]), so that it is this refusal a
+/// client sees.
 pub(crate) async fn bounded_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let bytes: usize = request
-        .headers()
+    let headers = request.headers();
+    let too_large = |detail: String| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            Some("headers"),
+            detail,
+        )
+        .into_response()
+    };
+    if headers.len() > REQUEST_HEADERS_MAX {
+        return too_large(format!(
+            "requests are limited to {REQUEST_HEADERS_MAX} header lines, got {}",
+            headers.len()
+        ));
+    }
+    let bytes: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if bytes > REQUEST_HEADER_BYTES_MAX {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            Some("headers"),
-            format!("request headers are limited to {REQUEST_HEADER_BYTES_MAX} bytes, got {bytes}"),
-        )
-        .into_response();
+        return too_large(format!(
+            "request headers are limited to {REQUEST_HEADER_BYTES_MAX} bytes, got {bytes}"
+        ));
     }
     next.run(request).await
 }

@@ -6,6 +6,8 @@
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
+//! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
+//! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
 //! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
 
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use statusmesh_crdt::Name;
 
 pub mod error;
 pub mod events;
+pub mod frame_ancestors;
 pub mod limits;
+pub mod negotiate;
 pub mod records;
 pub mod serve;
 pub mod sse_front;
@@ -35,6 +39,7 @@ pub use writes::BODY_BYTES_MAX;
 pub(crate) use writes::{status_write, AckQuery};
 
 use crate::driver::NodeHandle;
+use frame_ancestors::FrameAncestors;
 use limits::Limits;
 
 /// What every handler holds: the driver's handle and the HTTP side's own state.
@@ -45,10 +50,14 @@ pub struct HttpState {
     pub limits: Arc<Limits>,
     /// The process's Prometheus recorder, for `/metrics` (absent when none is installed).
     pub metrics: Option<PrometheusHandle>,
+    /// Who may frame the page (the documents' CSP `frame-ancestors`).
+    pub frame_ancestors: FrameAncestors,
 }
 
-/// The router of one node.
+/// The router of one node. A route that produces anything but JSON is listed in
+/// [`negotiate::produces`].
 pub fn router(state: HttpState) -> Router {
+    let frame_ancestors = state.frame_ancestors.clone();
     Router::new()
         .route("/v1/status", get(get_status_all))
         .route("/v1/status/{service}", get(get_status_one))
@@ -69,6 +78,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.js", get(get_page_script))
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
+        .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -78,20 +88,21 @@ pub fn router(state: HttpState) -> Router {
             )
         })
         .with_state(state)
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response_with_state(
+            frame_ancestors,
+            security_headers,
+        ))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(error::bounded_headers))
 }
 
-/// The policy of every HTML and SVG response: nothing but this origin's own script, style
-/// and connections; no inline script, no plugins, no framing, no forms elsewhere.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
-
 /// `nosniff` on every response, so no body is ever sniffed into a script or a page; HTML and
-/// SVG also get [`CONTENT_SECURITY_POLICY`], `X-Frame-Options` and `Referrer-Policy`.
-async fn security_headers(mut response: Response) -> Response {
+/// SVG also get the `Content-Security-Policy` and `X-Frame-Options` of [`FrameAncestors`]
+/// and `Referrer-Policy`.
+async fn security_headers(
+    State(frame_ancestors): State<FrameAncestors>,
+    mut response: Response,
+) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -104,12 +115,11 @@ async fn security_headers(mut response: Response) -> Response {
     if document {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
-            header::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+            frame_ancestors.content_security_policy().clone(),
         );
-        headers.insert(
-            header::X_FRAME_OPTIONS,
-            header::HeaderValue::from_static("DENY"),
-        );
+        if let Some(deny) = frame_ancestors.x_frame_options() {
+            headers.insert(header::X_FRAME_OPTIONS, deny);
+        }
         headers.insert(
             header::REFERRER_POLICY,
             header::HeaderValue::from_static("no-referrer"),

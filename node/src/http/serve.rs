@@ -8,6 +8,22 @@
 //! timer runs only while the connection waits for a request head. Bodies have the same
 //! bound, applied where handlers read them (`http::writes::read_body`). A connection whose first
 //! request is an event stream is served by [`super::sse_front`] instead of hyper.
+//!
+//! Oversized heads: hyper answers a head beyond its own bounds with an empty-bodied 431, so
+//! its bounds ([`HYPER_HEADERS_MAX`], [`HYPER_READ_BUF_BYTES_MAX`]) are set far above the
+//! node's ([`super::error::REQUEST_HEADERS_MAX`], [`super::error::REQUEST_HEADER_BYTES_MAX`]),
+//! which `error::bounded_headers` enforces with the JSON 431. What hyper still answers
+//! itself, with an empty body, and then closes the connection:
+//! - a head of more than [`HYPER_HEADERS_MAX`] lines, or one not complete within
+//!   [`HYPER_READ_BUF_BYTES_MAX`] bytes: 431;
+//! - a request target longer than 65,534 bytes (hyper's limit): 414;
+//! - a head it cannot parse (a bad method token, header name or version; raw bytes outside
+//!   visible ASCII in the request line of a connection's later requests, the first one's
+//!   being refused with JSON by [`super::sse_front`]): 400;
+//! - a head that does not arrive within `request_read_timeout`: closed without an answer.
+//!
+//! Each stays bounded: hyper stops reading at [`HYPER_READ_BUF_BYTES_MAX`], so one
+//! connection holds at most that much for at most `request_read_timeout`.
 
 use std::time::Duration;
 
@@ -22,12 +38,23 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use super::error::{REQUEST_HEADERS_MAX, REQUEST_HEADER_BYTES_MAX};
 use super::sse_front;
 use super::HttpState;
 
 /// The pause after a failed accept (usually: out of file descriptors), so the loop waits for
 /// connections to close instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most header lines hyper parses before its own (empty-bodied) 431; far above
+/// [`REQUEST_HEADERS_MAX`], so requests between the two get the node's JSON 431. hyper then
+/// keeps each request's header index on the heap (some 64 bytes a line) while it parses.
+pub const HYPER_HEADERS_MAX: usize = 1024;
+/// hyper's read buffer bound: a head not complete within it is hyper's own 431 (its default
+/// is some 400 KiB); far above [`REQUEST_HEADER_BYTES_MAX`] for the same reason.
+pub const HYPER_READ_BUF_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(HYPER_HEADERS_MAX > REQUEST_HEADERS_MAX);
+const _: () = assert!(HYPER_READ_BUF_BYTES_MAX > 16 * REQUEST_HEADER_BYTES_MAX);
 
 /// Serves `router` on `listener` until `shutdown` turns true; then stops accepting, asks
 /// every open connection to finish its current response, and returns when all have closed.
@@ -75,7 +102,9 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(request_read_timeout);
+                .header_read_timeout(request_read_timeout)
+                .max_headers(HYPER_HEADERS_MAX)
+                .max_buf_size(HYPER_READ_BUF_BYTES_MAX);
             let connection =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);

@@ -20,14 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::error::{parse_query, ApiError};
+use super::error::{parse_query, ApiError, REQUEST_HEADERS_MAX};
 use super::events::{open_event_stream, EventsQuery, SSE_RESPONSE_HEADERS};
+use super::negotiate::{check_accept, EVENT_STREAM};
 use super::HttpState;
 
 /// Longest request head of an events request (the cursor is the only long part).
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
-/// Most header lines in an events request.
-const REQUEST_HEADERS_MAX: usize = 64;
 /// What the lean path recognises: the start of the request line.
 const EVENTS_REQUEST: &[u8] = b"GET /v1/events";
 /// Most bytes written to one subscriber at once when events queued up behind each other.
@@ -265,12 +264,18 @@ async fn read_events_request(
 fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; REQUEST_HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
-    let status = request.parse(head).map_err(|e| {
-        bad_request(
+    let status = request.parse(head).map_err(|e| match e {
+        httparse::Error::TooManyHeaders => ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            Some("headers"),
+            format!("requests are limited to {REQUEST_HEADERS_MAX} header lines"),
+        ),
+        e => bad_request(
             axum::http::StatusCode::BAD_REQUEST,
             "bad_request",
             format!("malformed request head: {e}"),
-        )
+        ),
     })?;
     if status.is_partial() {
         return Ok(None);
@@ -284,9 +289,14 @@ fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
         )
     })?;
     let mut last_event_id = None;
+    let mut accept = axum::http::HeaderMap::new();
     for header in request.headers.iter() {
         let name = header.name;
-        if name.eq_ignore_ascii_case("last-event-id") {
+        if name.eq_ignore_ascii_case("accept") {
+            if let Ok(value) = axum::http::HeaderValue::from_bytes(header.value) {
+                accept.append(axum::http::header::ACCEPT, value);
+            }
+        } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = std::str::from_utf8(header.value).ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("content-length")
             && header.value.iter().any(|b| *b != b'0')
@@ -299,6 +309,8 @@ fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
             ));
         }
     }
+    // The same negotiation as the axum route's (`negotiate`).
+    check_accept(&accept, &EVENT_STREAM)?;
     Ok(Some(EventsRequest { uri, last_event_id }))
 }
 
@@ -361,5 +373,35 @@ mod tests {
         assert!(body.is_err());
         let empty = parse_head(b"GET /v1/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(empty.expect("no body is fine").is_some());
+        let mut many = b"GET /v1/events HTTP/1.1\r\n".to_vec();
+        for i in 0..=REQUEST_HEADERS_MAX {
+            many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let many = parse_head(&many).expect_err("too many headers");
+        assert_eq!(
+            many.status(),
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(many.body()["field"], "headers");
+    }
+
+    #[test]
+    fn the_accept_header_is_negotiated_as_on_the_axum_route() {
+        let head = |accept: &str| {
+            parse_head(format!("GET /v1/events HTTP/1.1\r\n{accept}\r\n\r\n").as_bytes())
+        };
+        for admitted in [
+            "Accept: text/event-stream",
+            "Accept: */*",
+            "Accept: text/*",
+            "x-none: 1",
+        ] {
+            assert!(head(admitted).expect(admitted).is_some(), "{admitted}");
+        }
+        let refused = head("Accept: application/json").expect_err("406");
+        assert_eq!(refused.status(), axum::http::StatusCode::NOT_ACCEPTABLE);
+        assert_eq!(refused.body()["field"], "accept");
+        assert!(head("Accept: text/event-stream;q=0, */*").is_err());
     }
 }
