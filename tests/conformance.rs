@@ -1,7 +1,7 @@
 //! HTTP conformance over raw TCP: every route gets malformed requests (methods it does not
-//! take, unknown methods, wrong content types, duplicate headers, invalid UTF-8 and bad
-//! percent-encoding in the path, oversized headers, broken JSON). The node never panics,
-//! stays up, and every refusal it sends is the JSON error shape.
+//! take, unknown methods, wrong content types, accepts that admit nothing, duplicate headers,
+//! invalid UTF-8 and bad percent-encoding in the path, oversized headers, broken JSON). The
+//! node never panics, stays up, and every refusal it sends is the JSON error shape.
 
 use std::time::Duration;
 
@@ -158,6 +158,28 @@ async fn malformed_requests_to_every_route_get_json_errors_and_never_a_panic() {
                 "huge header",
                 vec![auth.clone(), format!("x-pad: {}", "a".repeat(20_000))],
                 &b""[..],
+            ),
+            (
+                "multipart",
+                vec![
+                    auth.clone(),
+                    "content-type: multipart/form-data; boundary=x".to_owned(),
+                ],
+                &b"--x--"[..],
+            ),
+            (
+                "accepts nothing produced",
+                vec![
+                    auth.clone(),
+                    json.clone(),
+                    "accept: image/png, */*;q=0".to_owned(),
+                ],
+                &b"{}"[..],
+            ),
+            (
+                "malformed accept",
+                vec![auth.clone(), json.clone(), "accept: ;;, /, q=x".to_owned()],
+                &b"{}"[..],
             ),
             (
                 "bad auth",

@@ -14,6 +14,7 @@ mod epoch;
 mod errors;
 mod harness;
 mod mesh;
+mod negotiation;
 mod page;
 mod secrets;
 mod security;

@@ -1,11 +1,11 @@
-//! Content negotiation for every route: what a request may send (`Content-Type`, else 415)
-//! and what it will take (`Accept`, else 406), both answered with the JSON error shape.
+//! Content negotiation: what a request will take (`Accept`, else 406) and what its body may
+//! be (`Content-Type`, else 415), both answered with the JSON error shape.
 //!
-//! [`negotiate`] runs as a route layer (after routing), so unknown paths (404) and methods a
-//! path does not take (405) are answered as before, and errors are JSON whatever the
-//! `Accept` (RFC 9110 lets an error disregard it). What a path produces is [`produces`]:
-//! JSON unless listed there; a route that produces anything else must be listed. The lean
-//! SSE door ([`super::sse_front`]) calls [`check_accept`] itself.
+//! `Accept` is checked by [`negotiate`], a route layer (after routing, before the method is
+//! dispatched): unknown paths stay 404, and what a path produces is [`produces`], JSON unless
+//! listed there (a route that produces anything else must be listed). Errors are JSON
+//! whatever the `Accept` (RFC 9110 lets an error disregard it). The lean SSE door
+//! ([`super::sse_front`]) calls [`check_accept`] itself.
 //!
 //! `Accept` (RFC 9110 §12.5.1) is parsed and matched by `headers-accept`: ranges (`*/*`,
 //! `text/*`), q-values, the most specific range decides, `q=0` excludes, several `Accept`
@@ -13,19 +13,26 @@
 //! parse (Java's default `*; q=.2`, a bare `json`): refusing a client over a malformed
 //! preference helps nobody, and the response is what the path produces either way.
 //!
-//! `Content-Type` of a request with content (POST, PUT, PATCH): every body here is read as
-//! JSON. Accepted: none (JSON is assumed), `application/json`, `application/*+json`, and
+//! `Content-Type` is checked by [`check_content_type`] where a handler reads a body
+//! (`writes::read_body`), so only requests whose content is used are judged, and after their
+//! method (405) and token (401, 403). Every body here is JSON. Accepted: none (JSON is
+//! assumed), `application/json`, `application/*+json`, and
 //! `application/x-www-form-urlencoded`, which is what `curl -d` sends when the user names no
 //! type (the README's examples use it); a `charset` other than UTF-8 is refused (JSON is
 //! UTF-8). Anything else (`text/xml`, `text/plain`, `multipart/form-data`, two
 //! `Content-Type` lines) is a 415 whose `field` is `content-type` and whose `detail` lists
-//! the accepted set, which the response's `Accept` header repeats (RFC 9110 §12.5.1).
+//! the accepted set, which [`negotiate`] repeats in the response's `Accept` header (RFC 9110
+//! §12.5.1).
+//!
+//! A request refused on several counts gets the first of: 404, 406, 405, 401/403, 415, then
+//! the body's own (408, 413, 400, 422). 406 before 405 because the layer runs before the
+//! method is dispatched; axum offers no per-path layer that sees only the matched methods.
 
 use std::str::FromStr as _;
 use std::sync::LazyLock;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use headers_accept::Accept;
@@ -54,7 +61,7 @@ pub fn produces(path: &str) -> &'static MediaType<'static> {
         "/" => &HTML,
         "/page.js" => &JAVASCRIPT,
         "/page.css" => &CSS,
-        "/metrics" => &*PROMETHEUS_TEXT,
+        "/metrics" => &PROMETHEUS_TEXT,
         "/v1/events" => &EVENT_STREAM,
         _ => &JSON,
     }
@@ -67,8 +74,8 @@ pub const ACCEPTED_CONTENT_TYPES: &str =
 /// The longest header value echoed back in an error's `detail`, in characters.
 const ECHO_CHARS_MAX: usize = 64;
 
-/// The route layer: 406 when `Accept` admits nothing the route produces, 415 when a request
-/// with content declares a type that is not JSON; otherwise the route runs.
+/// The route layer: 406 when `Accept` admits nothing the route produces; otherwise the
+/// route runs, and a 415 it answers gets the `Accept` header of what bodies may be.
 pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
     let path = request
         .extensions()
@@ -77,17 +84,14 @@ pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
     if let Err(error) = check_accept(request.headers(), produces(path)) {
         return error.into_response();
     }
-    let has_content = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH
-    );
-    if has_content {
-        if let Err(error) = check_content_type(request.headers()) {
-            let accept = HeaderValue::from_static(ACCEPTED_CONTENT_TYPES);
-            return ([(header::ACCEPT, accept)], error).into_response();
-        }
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        response
+            .headers_mut()
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static(ACCEPTED_CONTENT_TYPES));
     }
-    next.run(request).await
+    response
 }
 
 /// Ok when the request's `Accept` admits `produced` (or says nothing usable); a 406 naming

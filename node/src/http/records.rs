@@ -129,7 +129,7 @@ impl HistoryQuery {
 
 /// Reads and parses a JSON body; a bad one is a 400 that names the field.
 async fn body<T: DeserializeOwned>(node: &NodeHandle, request: Request) -> Result<T, ApiError> {
-    parse_json(&read_body(node, request.into_body()).await?)
+    parse_json(&read_body(node, request).await?)
 }
 
 fn names(field: &'static str, values: &[String]) -> Result<Vec<Name>, ApiError> {

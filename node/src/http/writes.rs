@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,7 @@ use statusmesh_crdt::{CrdtError, Observation, StatusWrite};
 use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
+use super::negotiate::check_content_type;
 use super::HttpState;
 use crate::driver::{now_ms, NodeHandle, WriteReply};
 use crate::settings::Token;
@@ -121,7 +122,7 @@ pub(super) async fn put_status(
         return Err(forbidden(reason));
     }
     known_region(&node.info.regions, &region)?;
-    let body = read_body(&node, request.into_body()).await?;
+    let body = read_body(&node, request).await?;
     let write = status_write(
         [&service, &component, &region],
         &body,
@@ -201,10 +202,13 @@ pub(crate) fn status_write(
     })
 }
 
-/// Reads a request body: at most [`BODY_BYTES_MAX`] bytes (413), within the node's request
+/// Reads a request's JSON body: declared as JSON or not at all (415, see
+/// [`super::negotiate`]), at most [`BODY_BYTES_MAX`] bytes (413), within the node's request
 /// read timeout (408), so a client that sends its body a byte at a time cannot hold a
 /// handler.
-pub(crate) async fn read_body(node: &NodeHandle, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(node: &NodeHandle, request: Request) -> Result<Bytes, ApiError> {
+    check_content_type(request.headers())?;
+    let body = request.into_body();
     let timeout = node.info.request_read_timeout;
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_BYTES_MAX)).await;
     let Ok(read) = read else {
