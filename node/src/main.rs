@@ -113,7 +113,7 @@ enum Command {
         /// Who may embed the status page in a frame: the sources of its CSP frame-ancestors,
         /// space-separated ('self', https:, https://status.example.com); 'none' sends
         /// X-Frame-Options: DENY too.
-        #[arg(long, default_value = "'none'", value_parser = FrameAncestors::parse)]
+        #[arg(long, value_name = "SOURCES", default_value = "'none'", value_parser = FrameAncestors::parse)]
         frame_ancestors: FrameAncestors,
         #[command(flatten)]
         epoch: EpochArgs,
