@@ -488,14 +488,16 @@ fn init_logging(json: bool) {
 /// with its own `node` label.
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let buckets_ms = [
-        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0,
-    ];
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_ms".to_owned()), &buckets_ms)
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            &statusmesh_node::telemetry::SECONDS_BUCKETS,
+        )
         .context("histogram buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    statusmesh_node::telemetry::describe();
+    Ok(handle)
 }
 
 async fn dev(
