@@ -55,6 +55,38 @@ impl EpochArgs {
     }
 }
 
+/// How `POST /v1/integrations/alertmanager` turns alerts into observations (see the
+/// README's "Alertmanager in").
+#[derive(Debug, clap::Args)]
+struct AlertmanagerArgs {
+    /// The state of a firing alert without a `statusmesh_state` label, by its `severity`
+    /// label: SEVERITY=STATE pairs, comma-separated; `*=STATE` for any other severity.
+    #[arg(long, default_value = statusmesh_node::settings::SEVERITY_MAP_DEFAULT)]
+    alertmanager_severity: statusmesh_node::settings::SeverityMap,
+    /// Open an incident for a component when its first alert fires, resolved when its last
+    /// alert resolves (the label `statusmesh_incident` says so per alert).
+    #[arg(long)]
+    alertmanager_incidents: bool,
+    /// How long an observation made of firing alerts holds without Alertmanager repeating
+    /// them, in seconds (keep it above the route's `repeat_interval`).
+    #[arg(
+        long,
+        default_value_t = statusmesh_node::settings::ALERTMANAGER_FIRING_TTL_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
+    )]
+    alertmanager_firing_ttl_s: u64,
+}
+
+impl AlertmanagerArgs {
+    fn settings(self) -> statusmesh_node::settings::AlertmanagerSettings {
+        statusmesh_node::settings::AlertmanagerSettings {
+            severity: self.alertmanager_severity,
+            incidents: self.alertmanager_incidents,
+            firing_ttl: std::time::Duration::from_secs(self.alertmanager_firing_ttl_s),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every node of a topology on loopback, with throw-away certificates.
@@ -111,6 +143,8 @@ enum Command {
         request_read_timeout_ms: u64,
         #[command(flatten)]
         epoch: EpochArgs,
+        #[command(flatten)]
+        alertmanager: AlertmanagerArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -291,6 +325,7 @@ fn main() -> anyhow::Result<()> {
                 subscribers_max,
                 request_read_timeout_ms,
                 epoch,
+                alertmanager,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -300,6 +335,7 @@ fn main() -> anyhow::Result<()> {
                 let settings = NodeSettings {
                     subscribers_max,
                     request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
+                    alertmanager: alertmanager.settings(),
                     ..NodeSettings::new(data_dir, tokens)
                 };
                 run(

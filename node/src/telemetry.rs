@@ -237,7 +237,7 @@ pub const METRICS: &[Entry] = &[
     (
         "statusmesh_alertmanager_deliveries_total",
         Kind::Counter,
-        "Alertmanager webhook deliveries, per result (applied, unchanged, refused).",
+        "Alertmanager webhook deliveries, per result (applied, unchanged, refused, failed).",
     ),
     (
         "statusmesh_alertmanager_alerts_total",

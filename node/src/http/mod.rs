@@ -5,6 +5,7 @@
 //! - [`writes`]: status writes, tokens, body bounds and `?ack=N`.
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
+//! - [`alertmanager`]: the Alertmanager webhook receiver.
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
 
@@ -20,6 +21,7 @@ use serde_json::json;
 use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::Name;
 
+pub mod alertmanager;
 pub mod error;
 pub mod events;
 pub mod limits;
@@ -45,6 +47,8 @@ pub struct HttpState {
     pub limits: Arc<Limits>,
     /// The process's Prometheus recorder, for `/metrics` (absent when none is installed).
     pub metrics: Option<PrometheusHandle>,
+    /// `POST /v1/integrations/alertmanager`: its settings and firing set.
+    pub alertmanager: Arc<alertmanager::Receiver>,
 }
 
 /// The router of one node.
@@ -69,6 +73,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.js", get(get_page_script))
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
+        .merge(alertmanager::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
