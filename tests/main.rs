@@ -16,6 +16,7 @@ mod errors;
 mod harness;
 mod mesh;
 mod page;
+mod prometheus;
 mod secrets;
 mod security;
 mod slow_reader;
