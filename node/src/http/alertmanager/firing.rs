@@ -72,8 +72,8 @@ pub struct Resolved {
 /// What applying a delivery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Targets whose observation is to be written: each the delivery names, and each whose
-    /// firing alerts changed otherwise (and that the writer may write).
+    /// Targets whose observation is to be written: each an alert the set took names, and
+    /// each whose firing alerts changed otherwise (and that the writer may write).
     pub touched: BTreeSet<Target>,
     /// Alerts the set did not take: fingerprint and why.
     pub skipped: Vec<(String, Skip)>,
@@ -128,9 +128,7 @@ impl FiringSet {
         let reporter = reporter(&delivery.receiver);
         let mut firing_total = self.firing_count();
         for alert in &delivery.alerts {
-            outcome.touched.insert(alert.target.clone());
             let entry = self.targets.entry(alert.target.clone()).or_default();
-            entry.reporter.clone_from(&reporter);
             let fingerprint = &alert.fingerprint;
             match alert.status {
                 Status::Firing => {
@@ -186,6 +184,10 @@ impl FiringSet {
                     );
                 }
             }
+            // Taken (a skipped alert touches nothing): the target is written, even when
+            // unchanged, which refreshes its heartbeat.
+            entry.reporter.clone_from(&reporter);
+            outcome.touched.insert(alert.target.clone());
         }
         if delivery.complete {
             self.reconcile(delivery, &may_write, &mut outcome);

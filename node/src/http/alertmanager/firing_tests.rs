@@ -121,6 +121,7 @@ fn a_late_firing_of_a_resolved_episode_is_stale_and_a_new_episode_fires() {
     // The first notification again, overtaken by the resolution (an HA peer, a retry).
     let outcome = apply(&mut set, &firing, 300);
     assert_eq!(outcome.skipped, vec![("a".to_owned(), Skip::Stale)]);
+    assert!(outcome.touched.is_empty(), "nothing to write");
     assert_eq!(set.observed(&db, "x").state, State::Operational);
     // The same alert firing again is a new episode: a later startsAt.
     apply(
@@ -207,6 +208,12 @@ fn the_set_is_bounded_and_says_which_alerts_it_did_not_take() {
     assert_eq!(set.firing_count(), FIRING_ALERTS_MAX);
     assert_eq!(outcome.skipped.len(), 2);
     assert!(outcome.skipped.iter().all(|(_, s)| *s == Skip::Limit));
+    // A full set does not write a component it could not take an alert of.
+    let mut cache = alert("new", Status::Firing, State::MajorOutage, 10);
+    cache.target = target("cache");
+    let outcome = apply(&mut set, &delivery(2, vec![cache]), 200);
+    assert_eq!(outcome.skipped, vec![("new".to_owned(), Skip::Limit)]);
+    assert!(!outcome.touched.contains(&target("cache")));
     let observed = set.observed(&target("db"), "x");
     assert!(observed.message.len() <= MESSAGE_LEN_MAX);
     assert!(observed.message.ends_with("more)"), "{}", observed.message);

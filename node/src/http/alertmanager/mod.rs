@@ -10,7 +10,10 @@
 //!    touches gets the observation its firing alerts make (the worst state, a message that
 //!    names them, reporter `alertmanager.<receiver>`), written like a `PUT` status; an
 //!    incident is opened or resolved where one is asked for.
-//! 4. Then the set is saved ([`store`]) and the delivery answered `200` with what was done.
+//! 4. Then the set is saved ([`store`]) and the delivery answered `200` with what was done:
+//!    `{"changed", "cursor", "alerts": {"firing", "resolved"}, "skipped": {"count",
+//!    "reasons": {reason: n}, "alerts": [{"fingerprint", "reason"}]}, "targets":
+//!    [{"service", "component", "region", "state", "firing", "changed", "incident"}]}`.
 //!    A failure before that answers `5xx` with the set as it was, so Alertmanager's retry
 //!    does it all again; since the same delivery makes the same observations, which the
 //!    core does not record twice (`changed: false`, a heartbeat only), a retry changes
@@ -133,7 +136,21 @@ async fn deliver(
         }
     }
     count_alerts(&node.info.id, &delivery);
+    // Run to the end even when the client goes away: a save cut short would leave the
+    // file behind what was written, and a second save could race it.
+    tokio::spawn(apply_delivery(state.clone(), writer, delivery))
+        .await
+        .map_err(|e| internal(format!("the delivery's task failed: {e}")))?
+}
 
+/// Applies a delivery that was read and checked: under the receiver's lock, the firing set
+/// takes it, the observations and incidents are written, then the set is saved.
+async fn apply_delivery(
+    state: HttpState,
+    writer: Token,
+    delivery: Delivery,
+) -> Result<(bool, serde_json::Value), ApiError> {
+    let (node, receiver) = (&state.node, &state.alertmanager);
     // One delivery at a time: each reads the set the last one left.
     let mut held = receiver.set.lock().await;
     let mut set = held.clone();
@@ -169,12 +186,12 @@ async fn deliver(
     )
     .await;
     let mut changed = false;
-    let mut cursor = String::new();
+    let mut cursor = None;
     let mut targets = Vec::with_capacity(replies.len());
     for (target, reply) in replies {
         let reply = reply?.map_err(write_error)?;
         changed |= reply.changed;
-        cursor = reply.cursor;
+        cursor = Some(reply.cursor);
         let observed = set.observed(&target, &delivery.receiver);
         targets.push((target, observed, reply.changed));
     }
@@ -210,7 +227,7 @@ async fn deliver(
     count_skipped(&node.info.id, &skipped);
     Ok((
         changed,
-        reply_body(changed, &cursor, &delivery, &skipped, &targets),
+        reply_body(changed, cursor.as_deref(), &delivery, &skipped, &targets),
     ))
 }
 
@@ -359,7 +376,7 @@ fn count_skipped(node: &str, skipped: &[(String, payload::Skip)]) {
 /// The reply: what was written, per target, and what was skipped and why.
 fn reply_body(
     changed: bool,
-    cursor: &str,
+    cursor: Option<&str>,
     delivery: &Delivery,
     skipped: &[(String, payload::Skip)],
     targets: &[TargetReply],
