@@ -33,4 +33,6 @@ for step in ${after_install[@]+"${after_install[@]}"}; do
   "$step"
 done
 export STATUSMESH_REQUIRE_BROWSER=1
+# The tests that drive a real Alertmanager or Prometheus fail, rather than skip, without them.
+export STATUSMESH_REQUIRE_TOOLS=1
 exec cargo test --workspace "$@"

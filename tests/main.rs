@@ -3,6 +3,7 @@
 //! One test binary (ripgrep's layout) over a harness that picks free ports, waits on
 //! conditions with bounded timeouts and kills only the processes it started.
 
+mod alertmanager;
 mod bench_sse;
 mod chaos;
 mod chaos_net;
@@ -16,6 +17,7 @@ mod harness;
 mod mesh;
 mod negotiation;
 mod page;
+mod prometheus;
 mod secrets;
 mod security;
 mod slow_reader;

@@ -13,6 +13,7 @@
 //! - [`client`]: the client commands (`get`, `set`, `incident`, `watch`).
 //! - [`bench`]: `statusmesh bench write`, `bench sse` and `bench soak`.
 //! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests.
+//! - [`telemetry`]: the catalogue of metrics (name, type, help), described to the recorder.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -25,4 +26,5 @@ pub mod http;
 pub mod settings;
 pub mod start;
 pub mod storage;
+pub mod telemetry;
 pub mod transport;

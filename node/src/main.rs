@@ -56,6 +56,38 @@ impl EpochArgs {
     }
 }
 
+/// How `POST /v1/integrations/alertmanager` turns alerts into observations (see the
+/// README's "Alertmanager in").
+#[derive(Debug, clap::Args)]
+struct AlertmanagerArgs {
+    /// The state of a firing alert without a `statusmesh_state` label, by its `severity`
+    /// label: SEVERITY=STATE pairs, comma-separated; `*=STATE` for any other severity.
+    #[arg(long, default_value = statusmesh_node::settings::SEVERITY_MAP_DEFAULT)]
+    alertmanager_severity: statusmesh_node::settings::SeverityMap,
+    /// Open an incident for a component when its first alert fires, resolved when its last
+    /// alert resolves (the label `statusmesh_incident` says so per alert).
+    #[arg(long)]
+    alertmanager_incidents: bool,
+    /// How long an observation made of firing alerts holds without Alertmanager repeating
+    /// them, in seconds (keep it above the route's `repeat_interval`).
+    #[arg(
+        long,
+        default_value_t = statusmesh_node::settings::ALERTMANAGER_FIRING_TTL_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
+    )]
+    alertmanager_firing_ttl_s: u64,
+}
+
+impl AlertmanagerArgs {
+    fn settings(self) -> statusmesh_node::settings::AlertmanagerSettings {
+        statusmesh_node::settings::AlertmanagerSettings {
+            severity: self.alertmanager_severity,
+            incidents: self.alertmanager_incidents,
+            firing_ttl: std::time::Duration::from_secs(self.alertmanager_firing_ttl_s),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every node of a topology on loopback, with throw-away certificates.
@@ -117,6 +149,8 @@ enum Command {
         frame_ancestors: FrameAncestors,
         #[command(flatten)]
         epoch: EpochArgs,
+        #[command(flatten)]
+        alertmanager: AlertmanagerArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -298,6 +332,7 @@ fn main() -> anyhow::Result<()> {
                 request_read_timeout_ms,
                 frame_ancestors,
                 epoch,
+                alertmanager,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -308,6 +343,7 @@ fn main() -> anyhow::Result<()> {
                     subscribers_max,
                     request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
                     frame_ancestors,
+                    alertmanager: alertmanager.settings(),
                     ..NodeSettings::new(data_dir, tokens)
                 };
                 run(
@@ -496,14 +532,16 @@ fn init_logging(json: bool) {
 /// with its own `node` label.
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let buckets_ms = [
-        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0,
-    ];
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_ms".to_owned()), &buckets_ms)
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            &statusmesh_node::telemetry::SECONDS_BUCKETS,
+        )
         .context("histogram buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    statusmesh_node::telemetry::describe();
+    Ok(handle)
 }
 
 async fn dev(

@@ -422,6 +422,8 @@ pub struct NodeSettings {
     pub request_read_timeout: std::time::Duration,
     /// Who may frame the status page (CSP `frame-ancestors`). Default `'none'`.
     pub frame_ancestors: crate::http::frame_ancestors::FrameAncestors,
+    /// How `POST /v1/integrations/alertmanager` turns alerts into observations.
+    pub alertmanager: AlertmanagerSettings,
 }
 
 impl NodeSettings {
@@ -435,13 +437,126 @@ impl NodeSettings {
             subscribers_max: SUBSCRIBERS_MAX,
             request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
             frame_ancestors: crate::http::frame_ancestors::FrameAncestors::none(),
+            alertmanager: AlertmanagerSettings::default(),
         }
+    }
+}
+
+/// The Alertmanager receiver's settings (`statusmesh run --alertmanager-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerSettings {
+    /// The state of a firing alert without a `statusmesh_state` label, by its `severity`
+    /// label. Default [`SEVERITY_MAP_DEFAULT`].
+    pub severity: SeverityMap,
+    /// Open an incident for a component when its first alert fires, and resolve it when the
+    /// last one resolves (an alert's `statusmesh_incident` label says so for it alone).
+    /// Default off.
+    pub incidents: bool,
+    /// The TTL of an observation made of firing alerts, and how long a firing alert that
+    /// Alertmanager stops repeating is kept. Default [`ALERTMANAGER_FIRING_TTL_DEFAULT`]:
+    /// three of Alertmanager's default `repeat_interval` (4 h).
+    pub firing_ttl: std::time::Duration,
+}
+
+/// The default severity map: Prometheus' customary `severity` label values.
+pub const SEVERITY_MAP_DEFAULT: &str =
+    "critical=major_outage,error=partial_outage,warning=degraded_performance";
+
+/// The default [`AlertmanagerSettings::firing_ttl`]: 12 hours.
+pub const ALERTMANAGER_FIRING_TTL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_secs(12 * 3600);
+
+impl Default for AlertmanagerSettings {
+    fn default() -> Self {
+        Self {
+            severity: SEVERITY_MAP_DEFAULT.parse().unwrap_or_default(),
+            incidents: false,
+            firing_ttl: ALERTMANAGER_FIRING_TTL_DEFAULT,
+        }
+    }
+}
+
+/// `severity` label value → state, as `critical=major_outage,warning=degraded_performance`;
+/// the key `*` gives the state of any other severity, and of an alert without one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeverityMap {
+    entries: Vec<(String, statusmesh_crdt::State)>,
+    fallback: Option<statusmesh_crdt::State>,
+}
+
+/// Most entries of a severity map.
+const SEVERITY_MAP_ENTRIES_MAX: usize = 64;
+
+impl SeverityMap {
+    /// The state of an alert whose `severity` label is `severity`; `None` when the map has
+    /// no entry for it and no `*`.
+    pub fn state(&self, severity: Option<&str>) -> Option<statusmesh_crdt::State> {
+        severity
+            .and_then(|s| self.entries.iter().find(|(k, _)| k == s))
+            .map(|(_, state)| *state)
+            .or(self.fallback)
+    }
+}
+
+impl std::str::FromStr for SeverityMap {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut map = SeverityMap::default();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((severity, state)) = pair.split_once('=') else {
+                return Err(format!("{pair:?} is not SEVERITY=STATE"));
+            };
+            let (severity, state) = (severity.trim(), state.trim());
+            let state: statusmesh_crdt::State = state.parse().map_err(|e| format!("{e}"))?;
+            if severity.is_empty() || severity.len() > FIELD_LEN_MAX {
+                return Err(format!(
+                    "{pair:?}: the severity is 1 to {FIELD_LEN_MAX} bytes"
+                ));
+            }
+            let taken = map.entries.iter().any(|(k, _)| k == severity)
+                || (severity == "*" && map.fallback.is_some());
+            if taken {
+                return Err(format!("severity {severity:?} is given twice"));
+            }
+            if severity == "*" {
+                map.fallback = Some(state);
+            } else if map.entries.len() >= SEVERITY_MAP_ENTRIES_MAX {
+                return Err(format!("at most {SEVERITY_MAP_ENTRIES_MAX} severities"));
+            } else {
+                map.entries.push((severity.to_owned(), state));
+            }
+        }
+        Ok(map)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_severity_map_maps_its_keys_and_the_star_maps_the_rest() {
+        use statusmesh_crdt::State;
+        let default = AlertmanagerSettings::default().severity;
+        assert_eq!(default.state(Some("critical")), Some(State::MajorOutage));
+        assert_eq!(default.state(Some("info")), None);
+        assert_eq!(default.state(None), None);
+        let map: SeverityMap = "page=major_outage, *=partial_outage"
+            .parse()
+            .expect("valid");
+        assert_eq!(map.state(Some("page")), Some(State::MajorOutage));
+        assert_eq!(map.state(Some("ticket")), Some(State::PartialOutage));
+        assert_eq!(map.state(None), Some(State::PartialOutage));
+        let bad = "critical=down"
+            .parse::<SeverityMap>()
+            .expect_err("bad state");
+        assert!(bad.contains("state"), "{bad}");
+        assert!("critical".parse::<SeverityMap>().is_err());
+        assert!("a=operational,a=major_outage"
+            .parse::<SeverityMap>()
+            .is_err());
+    }
 
     #[test]
     fn a_tokens_file_with_names_authorizes_each_secret() {

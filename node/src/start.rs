@@ -116,6 +116,16 @@ pub async fn start(
             .await
             .map_err(|e| StartError::Config(format!("storage load task failed: {e}")))??
     };
+    // The Alertmanager receiver's firing set, from the same directory (see its `store`).
+    let alertmanager = {
+        let (dir, settings) = (
+            options.settings.data_dir.clone(),
+            options.settings.alertmanager.clone(),
+        );
+        tokio::task::spawn_blocking(move || http::alertmanager::Receiver::open(&dir, settings))
+            .await
+            .map_err(|e| StartError::Config(format!("alertmanager load task failed: {e}")))??
+    };
     if loaded.truncated_tails > 0 {
         metrics::counter!("statusmesh_storage_truncated_tails_total", "node" => spec.id.clone())
             .increment(loaded.truncated_tails);
@@ -189,6 +199,7 @@ pub async fn start(
         limits: Arc::new(Limits::new(options.settings.subscribers_max)),
         metrics: options.metrics.clone(),
         frame_ancestors: options.settings.frame_ancestors.clone(),
+        alertmanager: Arc::new(alertmanager),
     };
     let router = http::router(state.clone());
     let http = tokio::spawn(http::serve::serve(

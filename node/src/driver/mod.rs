@@ -370,10 +370,10 @@ impl Driver {
                         if origin != &self.info.id {
                             let delay = now_ms().saturating_sub(origin_ms);
                             metrics::histogram!(
-                                "statusmesh_propagation_delay_ms",
+                                "statusmesh_propagation_delay_seconds",
                                 "node" => self.info.id.clone()
                             )
-                            .record(delay as f64);
+                            .record(delay as f64 / 1_000.0);
                         }
                     }
                     let published = status_published(

@@ -5,6 +5,7 @@
 //! - [`writes`]: status writes, tokens, body bounds and `?ack=N`.
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
+//! - [`alertmanager`]: the Alertmanager webhook receiver.
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
 //! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
@@ -22,6 +23,7 @@ use serde_json::json;
 use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::Name;
 
+pub mod alertmanager;
 pub mod error;
 pub mod events;
 pub mod frame_ancestors;
@@ -52,6 +54,8 @@ pub struct HttpState {
     pub metrics: Option<PrometheusHandle>,
     /// Who may frame the page (the documents' CSP `frame-ancestors`).
     pub frame_ancestors: FrameAncestors,
+    /// `POST /v1/integrations/alertmanager`: its settings and firing set.
+    pub alertmanager: Arc<alertmanager::Receiver>,
 }
 
 /// The router of one node. A route that produces anything but JSON is listed in
@@ -78,6 +82,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.js", get(get_page_script))
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
+        .merge(alertmanager::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .fallback(|| async {
             ApiError::new(

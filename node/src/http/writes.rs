@@ -207,10 +207,20 @@ pub(crate) fn status_write(
 /// read timeout (408), so a client that sends its body a byte at a time cannot hold a
 /// handler.
 pub(crate) async fn read_body(node: &NodeHandle, request: Request) -> Result<Bytes, ApiError> {
+    read_body_bounded(node, request, BODY_BYTES_MAX).await
+}
+
+/// [`read_body`] with a bound of `limit` bytes (for payloads that other programs shape, as
+/// Alertmanager's).
+pub(crate) async fn read_body_bounded(
+    node: &NodeHandle,
+    request: Request,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     check_content_type(request.headers())?;
     let body = request.into_body();
     let timeout = node.info.request_read_timeout;
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_BYTES_MAX)).await;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
     let Ok(read) = read else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -224,7 +234,7 @@ pub(crate) async fn read_body(node: &NodeHandle, request: Request) -> Result<Byt
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             Some("body"),
-            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+            format!("request bodies are limited to {limit} bytes"),
         )
     })
 }

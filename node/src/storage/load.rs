@@ -183,7 +183,7 @@ fn load_doc(
 }
 
 /// Reads a whole file of at most `limit` bytes; `None` when it does not exist.
-pub(super) fn read_bounded(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -7,6 +7,7 @@
 //! docs/<service>/snapshot   ServiceDoc::save(), replaced by atomic rename
 //! docs/<service>/log        records: [len u32 LE][crc32 u32 LE][Automerge change bytes]
 //! docs/<service>/archive    the writes of closed epochs (statusmesh_crdt::archive blocks)
+//! alertmanager.json         the Alertmanager receiver's firing alerts (http::alertmanager)
 //! ```
 //!
 //! Writes go through one storage thread (blocking file IO stays off the async driver). The
@@ -38,8 +39,8 @@ mod writer;
 pub use archive::{
     append_archive, archive_path, load_archive, load_archive_component, ARCHIVE_BYTES_MAX,
 };
-pub use load::open;
-pub use record::{encode_record, parse_log};
+pub use load::{open, read_bounded};
+pub use record::{encode_record, parse_log, write_atomically};
 pub use writer::{Batch, DocWrite, StorageHandle};
 
 /// Bytes of a record header: length and CRC32, both u32 little-endian.

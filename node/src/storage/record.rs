@@ -41,7 +41,7 @@ pub fn encode_record(out: &mut Vec<u8>, payload: &[u8]) {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file whole:
 /// write a temporary file, fsync it, rename it over `path`, fsync the directory.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(io_error(&tmp, "create"))?;
     file.write_all(bytes).map_err(io_error(&tmp, "write"))?;

@@ -205,8 +205,8 @@ fn commit_group(
         }
     }
     if !touched.is_empty() {
-        metrics::histogram!("statusmesh_storage_fsync_ms", "node" => node.to_owned())
-            .record(started.elapsed().as_secs_f64() * 1_000.0);
+        metrics::histogram!("statusmesh_storage_fsync_seconds", "node" => node.to_owned())
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("statusmesh_storage_records_total", "node" => node.to_owned())
             .increment(records);
     }
