@@ -45,9 +45,9 @@ pub mod view;
 pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;
 pub use doc::{
-    CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, IncidentEvent, MaintenanceEvent,
-    OverrideEvent, Put, Read, RecordKey, RemoteApplied, ServiceDoc, StatusEvent, Transition,
-    TRANSITIONS_MAX,
+    transition_id, CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, IncidentEvent,
+    MaintenanceEvent, OverrideEvent, Put, Read, RecordKey, RemoteApplied, ServiceDoc, StatusEvent,
+    Transition, TRANSITIONS_MAX,
 };
 pub use error::CrdtError;
 pub use liveness::Liveness;

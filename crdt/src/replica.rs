@@ -303,8 +303,12 @@ impl Replica {
         let Some(doc) = self.docs.get(service) else {
             return RemoteOutcome::default();
         };
-        let transitions =
-            doc.transitions_of_apply(&before, &applied.keys, applied.rolled_over.is_some());
+        let transitions = doc.transitions_of_apply(
+            &before,
+            &applied.keys,
+            applied.rolled_over.is_some(),
+            &applied.late,
+        );
         let doc_events: Vec<DocEvent> = transitions.iter().map(|t| t.event.clone()).collect();
         // An observation that arrives is also a heartbeat of its cell, so liveness agrees
         // everywhere without a separate frame for every changed value.

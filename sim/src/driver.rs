@@ -195,21 +195,23 @@ impl Sim {
                     event,
                     cursor,
                     transition,
-                    ..
+                    coalesced,
                 } => delivered.push(Delivered {
                     event: DocEvent::Status(event),
                     cursor,
                     transition,
+                    coalesced: coalesced.is_some(),
                 }),
                 Event::Record {
                     event,
                     cursor,
                     transition,
-                    ..
+                    coalesced,
                 } => delivered.push(Delivered {
                     event,
                     cursor,
                     transition,
+                    coalesced: coalesced.is_some(),
                 }),
                 Event::FrameRejected { from, error } => {
                     // Only honest nodes exist here, so a rejected frame is a bug.

@@ -130,6 +130,13 @@ pub enum Failure {
         resuming: bool,
         duplicate: DuplicateEvent,
     },
+    /// A subscriber's transitions of a record do not match the record's history.
+    #[error("subscriber {subscriber} on {node}: {finding}")]
+    History {
+        subscriber: usize,
+        node: String,
+        finding: HistoryBreak,
+    },
     /// After a batch, the last event's cursor is not the node's cursor, and resuming from it
     /// would not be empty.
     #[error(
@@ -178,6 +185,36 @@ pub struct DuplicateEvent {
     pub cell: String,
     /// The repeated value, described.
     pub value: String,
+}
+
+/// How a subscriber's stream breaks a record's history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryBreak {
+    /// An acknowledged write's transition never reached the subscriber, and its stream did
+    /// not say it coalesced that record.
+    #[error(
+        "transition {id} (written on {writer} at {written_at_ms} ms) was never told, nor coalesced"
+    )]
+    Missed {
+        id: String,
+        writer: String,
+        written_at_ms: u64,
+    },
+    /// A writer's transition of a record came after a later one of the same writer.
+    #[error("transition {id} came after the same writer's write {after_n} to that record (told at {told_at_ms} ms by {told_by})")]
+    OutOfOrder {
+        id: String,
+        after_n: u64,
+        told_at_ms: u64,
+        told_by: String,
+    },
+    /// An event with neither a transition identity nor a `coalesced` mark.
+    #[error("an event of {record} names no transition and says no coalescing")]
+    Unnamed { record: String },
+    /// A transition identity that is not `<writer>-<n>:<service>/<record key>`.
+    #[error("transition identity {id:?} is malformed")]
+    MalformedId { id: String },
 }
 
 /// How a new cursor fails to cover an old one.

@@ -71,6 +71,9 @@ pub struct WriteRecord {
     /// The write's identity, which survives rollovers (its change may be compacted into a
     /// base or carried under another hash): "present" means `holds_write(&id)`.
     pub id: WriteId,
+    /// For a status write, the identity of the transition every subscriber must be told
+    /// (the write's identity and the cell's record key).
+    pub transition: Option<String>,
     pub at_us: u64,
     /// When each node first held the change, microseconds after the write.
     pub delivered_us: Vec<Option<u64>>,
@@ -122,6 +125,11 @@ pub struct Outcome {
     pub conflict_flags_missed: u64,
     /// Events that repeated a winner because a losing concurrent value arrived.
     pub conflict_reannouncements: u64,
+    /// Subscribers whose streams were checked at the end against every write's transition.
+    pub history_checks: u64,
+    /// Transitions a subscriber was told again, with the same identity, by the node it
+    /// reconnected to: writes of a closed epoch that node learned only after the next base.
+    pub late_retold: u64,
     pub events_processed: u64,
     pub frames_rejected: u64,
     pub trace_digest: u64,
@@ -167,6 +175,8 @@ impl Outcome {
             snapshots: 0,
             conflict_flags_missed: 0,
             conflict_reannouncements: 0,
+            history_checks: 0,
+            late_retold: 0,
             events_processed: 0,
             frames_rejected: 0,
             trace_digest: 0,

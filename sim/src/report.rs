@@ -283,8 +283,10 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
     }
     let _ = writeln!(
         out,
-        "subscribers: {} events checked, {} reconnects with a cursor, {} snapshots; {} conflict flags changed without an event, {} winners re-announced for a new losing value",
+        "subscribers: {} events checked, {} streams checked against every write's transition, {} late transitions told again after a reconnect, {} reconnects with a cursor, {} snapshots; {} conflict flags changed without an event, {} winners re-announced for a new losing value",
         outcome.subscriber_events,
+        outcome.history_checks,
+        outcome.late_retold,
         outcome.reconnects,
         outcome.snapshots,
         outcome.conflict_flags_missed,
@@ -445,6 +447,8 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
     // Apart, as more keys would pass the json! macro's recursion limit.
     value["epochs"] = epochs;
     value["driver"] = driver;
+    value["history_checks"] = json!(outcome.history_checks);
+    value["late_retold"] = json!(outcome.late_retold);
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{e}"));
     text.push('\n');
     text

@@ -455,5 +455,8 @@ impl Sim {
             let node = self.subscribers[s].node;
             self.check_subscriber_state(s, node, Moment::AtTheEnd);
         }
+        if self.out.failure.is_none() {
+            self.check_histories();
+        }
     }
 }

@@ -9,8 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
-use statusmesh_crdt::epoch::Lineage;
-use statusmesh_crdt::{ChangeHash, Name, Observation, State, StatusWrite};
+use statusmesh_crdt::epoch::{Lineage, WriteId};
+use statusmesh_crdt::{
+    transition_id, ChangeHash, Name, Observation, RecordKey, State, StatusWrite,
+};
 use statusmesh_gossip::{GossipError, LocalWrite, WriteResult};
 
 use crate::failure::Failure;
@@ -307,6 +309,7 @@ impl Sim {
                     service,
                     hash,
                     id: write_id,
+                    transition: status_transition(&pending.write, &write_id),
                     at_us: self.now_us,
                     delivered_us,
                     copies: 0,
@@ -356,6 +359,19 @@ struct WrittenCell {
     component: usize,
     state: State,
     message: String,
+}
+
+/// The identity of the transition a status write makes (record writes are checked for
+/// order and duplicates only).
+fn status_transition(write: &LocalWrite, id: &WriteId) -> Option<String> {
+    let LocalWrite::Status(status) = write else {
+        return None;
+    };
+    let record = RecordKey::Observation {
+        component: status.component.clone(),
+        region: status.region.clone(),
+    };
+    Some(transition_id(id, &status.service, &record.to_key()))
 }
 
 /// The service a local write is about.

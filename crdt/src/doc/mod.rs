@@ -34,7 +34,9 @@ pub use self::local::LocalChange;
 pub(crate) use self::local::PlannedPuts;
 pub use self::reads::{CellRead, Read};
 pub use self::schema::{Put, RecordKey};
-pub use self::transitions::{CoalesceReason, Coalesced, Delivery, Transition, TRANSITIONS_MAX};
+pub use self::transitions::{
+    transition_id, CoalesceReason, Coalesced, Delivery, Transition, TRANSITIONS_MAX,
+};
 
 use self::decode::{load_automerge, validate_saved};
 use self::rollover::{carried_in, find_base};
@@ -74,6 +76,9 @@ pub struct RemoteApplied {
     pub made: Vec<Vec<u8>>,
     /// The epoch this document rolled over to, when it did.
     pub rolled_over: Option<u32>,
+    /// Writes of the previous epoch that its base covers but that this node learned only
+    /// now, with the root keys each wrote: transitions still to tell.
+    pub late: Vec<(WriteId, BTreeSet<String>)>,
 }
 
 /// Counters of the epoch machinery, for metrics; they only grow.
@@ -126,6 +131,11 @@ pub struct ServiceDoc {
     waiting: BTreeMap<WriteId, CarriedWrite>,
     /// Carried changes of the current epoch, by write.
     carried: BTreeMap<WriteId, ChangeHash>,
+    /// Writes held in documents a competing base of the same epoch replaced (they never
+    /// became the previous epoch), with that epoch: their transitions were told then, so
+    /// their changes arriving later are no news. Only the current and previous epochs are
+    /// kept; not persisted (a restart starts every stream anew).
+    replaced_writes: BTreeMap<WriteId, u32>,
     /// Changes of newer epochs (or another base of this one), until their base arrives.
     future: BTreeMap<Lineage, Vec<Vec<u8>>>,
     epoch_stats: EpochStats,
@@ -284,6 +294,7 @@ impl ServiceDoc {
             prev: None,
             waiting: BTreeMap::new(),
             carried: BTreeMap::new(),
+            replaced_writes: BTreeMap::new(),
             future: BTreeMap::new(),
             epoch_stats: EpochStats::default(),
             // The saved size stands in for the epoch's bytes: re-encoding would cost a load's

@@ -84,7 +84,7 @@ impl ServiceDoc {
             self.adopt(base.change, base.meta, &mut applied)?;
         }
         for change in older {
-            self.take_older(&change.change, &change.kind);
+            self.take_older(&change.change, &change.kind, &mut applied);
         }
         for change in newer {
             if change.lineage == self.lineage() {

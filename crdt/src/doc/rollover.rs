@@ -194,19 +194,48 @@ impl ServiceDoc {
     /// that lineage, then carried unless the current base covers it. A write the previous
     /// epoch refuses collides with one it holds (the same writer and number, other bytes):
     /// that number is the held write's, which is carried from there, so this one is not.
-    pub(super) fn take_older(&mut self, change: &Change, kind: &ActorKind) {
-        if let Some(prev) = self.prev.as_mut() {
-            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref()))
-                && prev.doc.apply_changes([change.clone()]).is_err()
-            {
-                return;
-            }
-        }
+    ///
+    /// A write the current base covers, but that this node learns only now (its previous
+    /// epoch's document did not hold it), is a transition its clients were never told: the
+    /// base restated the records without it (it lost to a concurrent write, or a later one
+    /// replaced it). It is noted in `applied.late`, to be told with its identity.
+    pub(super) fn take_older(
+        &mut self,
+        change: &Change,
+        kind: &ActorKind,
+        applied: &mut RemoteApplied,
+    ) {
         let Some(write) = kind.write_id(change.seq()) else {
+            if let Some(prev) = self.prev.as_mut() {
+                if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
+                    let _ = prev.doc.apply_changes([change.clone()]);
+                }
+            }
             return;
         };
+        let mut new_in_prev = false;
+        if let Some(prev) = self.prev.as_mut() {
+            if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
+                // Held before in any form (its base, a change, a carried copy): told then.
+                let held = prev.meta.clock.covers(&write)
+                    || self.replaced_writes.contains_key(&write)
+                    || prev.doc.get_changes_meta(&[]).iter().any(|m| {
+                        ActorKind::parse(&m.actor).and_then(|k| k.write_id(m.seq)) == Some(write)
+                    });
+                if prev.doc.apply_changes([change.clone()]).is_err() {
+                    return;
+                }
+                new_in_prev = !held;
+            }
+        }
         if self.meta.clock.covers(&write) || self.carried.contains_key(&write) {
             self.epoch_stats.stale += 1;
+            if new_in_prev && !self.carried.contains_key(&write) {
+                let keys: BTreeSet<String> = carried_write(change)
+                    .map(|c| c.ops.into_iter().map(|(key, _)| key).collect())
+                    .unwrap_or_default();
+                applied.late.push((write, keys));
+            }
             return;
         }
         if let Some(carried) = carried_write(change) {
@@ -319,7 +348,19 @@ impl ServiceDoc {
                 meta: old_meta,
                 base: old_base,
             });
+        } else {
+            let epoch = old_meta.epoch;
+            let held = old_doc
+                .get_changes_meta(&[])
+                .iter()
+                .filter_map(|m| ActorKind::parse(&m.actor)?.write_id(m.seq))
+                .chain(self.carried.keys().copied())
+                .collect::<Vec<_>>();
+            self.replaced_writes
+                .extend(held.into_iter().map(|w| (w, epoch)));
         }
+        let oldest = self.prev.as_ref().map_or(self.meta.epoch, |p| p.meta.epoch);
+        self.replaced_writes.retain(|_, epoch| *epoch >= oldest);
         self.held_back.clear();
         self.carried.clear();
         self.reset_actor();

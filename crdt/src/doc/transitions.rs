@@ -22,6 +22,7 @@ use super::reads::Source;
 use super::schema::{incident_key, RecordKey};
 use super::ServiceDoc;
 use crate::epoch::{ActorKind, WriteId};
+use crate::model::Name;
 
 /// Most transitions one resume replays one by one; beyond it the client gets each record once,
 /// coalesced (a status page that was away for a day does not need 100,000 events, and
@@ -143,26 +144,60 @@ impl ServiceDoc {
         before: &[ChangeHash],
         changed_keys: &BTreeSet<String>,
         rolled_over: bool,
+        late: &[(WriteId, BTreeSet<String>)],
     ) -> Vec<Transition> {
         // A document that rolled over (even one that was empty) holds a new base: what it
         // restates is told below, never skipped as a base.
-        if !rolled_over && self.has_all(before) {
-            return self
-                .transitions_after(before, Delivery::Every)
+        let mut out = if !rolled_over && self.has_all(before) {
+            self.transitions_after(before, Delivery::Every)
+                .unwrap_or_default()
+        } else {
+            let mut out = self
+                .transitions_since_prev(before, Delivery::Every)
                 .unwrap_or_default();
-        }
-        let mut out = self
-            .transitions_since_prev(before, Delivery::Every)
-            .unwrap_or_default();
-        let told: BTreeSet<String> = out.iter().map(|t| record_key(&t.event)).collect();
-        let rest: BTreeSet<String> = changed_keys
-            .iter()
-            .filter(|key| !told.contains(&record_of(key)))
-            .cloned()
-            .collect();
-        let events = self.events_for_keys(&rest, None);
-        out.extend(self.coalesced_now(events, CoalesceReason::Rollover));
+            let told: BTreeSet<String> = out.iter().map(|t| t.event.record_key()).collect();
+            let rest: BTreeSet<String> = changed_keys
+                .iter()
+                .filter(|key| !told.contains(&record_of(key)))
+                .cloned()
+                .collect();
+            let events = self.events_for_keys(&rest, None);
+            out.extend(self.coalesced_now(events, CoalesceReason::Rollover));
+            out
+        };
+        self.tell_late(late, &mut out);
         out
+    }
+
+    /// Writes of the previous epoch that its base already covers, learned here only now:
+    /// each record one wrote is told with the write's identity and the record as it reads
+    /// now (the base restated it without that write), unless a replay above told it.
+    fn tell_late(&self, late: &[(WriteId, BTreeSet<String>)], out: &mut Vec<Transition>) {
+        if late.is_empty() {
+            return;
+        }
+        let told: BTreeSet<String> = out.iter().filter_map(|t| t.id.clone()).collect();
+        let heads = self.heads();
+        for (write, keys) in late {
+            let records: BTreeSet<String> = keys
+                .iter()
+                .filter(|k| RecordKey::parse(k).is_some())
+                .map(|k| record_of(k))
+                .collect();
+            for event in events_for_keys_in(self.source(), &records, None) {
+                let id = transition_id_of(write, &event);
+                if told.contains(&id) {
+                    continue;
+                }
+                out.push(Transition {
+                    event,
+                    id: Some(id),
+                    coalesced: None,
+                    epoch: self.epoch(),
+                    heads: heads.clone(),
+                });
+            }
+        }
     }
 
     /// The transitions of a local write just made: one per record the change `hash` wrote,
@@ -177,7 +212,7 @@ impl ServiceDoc {
         events
             .into_iter()
             .map(|event| Transition {
-                id: write.map(|w| transition_id(&w, &event)),
+                id: write.map(|w| transition_id_of(&w, &event)),
                 event,
                 coalesced: None,
                 epoch: self.epoch(),
@@ -244,7 +279,7 @@ impl ServiceDoc {
             .into_iter()
             .enumerate()
             .map(|(i, event)| {
-                let count = folded.get(&record_key(&event)).copied().unwrap_or(1).max(1);
+                let count = folded.get(&event.record_key()).copied().unwrap_or(1).max(1);
                 let (epoch, heads) = if i == last {
                     (self.epoch(), heads_now.clone())
                 } else if resumes_in_prev {
@@ -270,12 +305,12 @@ impl ServiceDoc {
     fn settle(&self, out: &mut Vec<Transition>) {
         let mut last: BTreeMap<String, usize> = BTreeMap::new();
         for (i, t) in out.iter().enumerate() {
-            last.insert(record_key(&t.event), i);
+            last.insert(t.event.record_key(), i);
         }
         let keys: BTreeSet<String> = last.keys().cloned().collect();
         let heads = self.heads();
         for event in events_for_keys_in(self.source(), &keys, None) {
-            let key = record_key(&event);
+            let key = event.record_key();
             let stale = last
                 .get(&key)
                 .is_some_and(|&i| !same_record_state(&out[i].event, &event));
@@ -364,7 +399,7 @@ fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Trans
             .chain(events_for_keys_in(src, &again, Some(&at)));
         for event in events {
             out.push(Transition {
-                id: write.map(|w| transition_id(&w, &event)),
+                id: write.map(|w| transition_id_of(&w, &event)),
                 event,
                 coalesced: None,
                 epoch: src.meta.epoch,
@@ -403,33 +438,38 @@ fn write_of(change: &Change) -> Option<WriteId> {
 }
 
 /// `<writer>-<n>:<service>/<record key>`: unique mesh-wide (a write numbers its changes per
-/// document, and one change may write several records).
-fn transition_id(write: &WriteId, event: &DocEvent) -> String {
-    let record = record_key(event);
-    let service = event.service();
-    let mut id = String::with_capacity(2 * write.writer.len() + 24 + record.len());
+/// document, and one change may write several records). A client that made the write can
+/// name the transition it will be told of: its write's identity and the record's root key.
+pub fn transition_id(write: &WriteId, service: &Name, record_key: &str) -> String {
+    let mut id = String::with_capacity(2 * write.writer.len() + 24 + record_key.len());
     for byte in write.writer {
         id.push_str(&format!("{byte:02x}"));
     }
-    id.push_str(&format!("-{}:{service}/{record}", write.n));
+    id.push_str(&format!("-{}:{service}/{record_key}", write.n));
     id
 }
 
-/// The record an event is about, as the root key it lives under (an incident's updates are
-/// part of the incident's record).
-fn record_key(event: &DocEvent) -> String {
-    match event {
-        DocEvent::Status(e) => RecordKey::Observation {
-            component: e.component.clone(),
-            region: e.region.clone(),
+fn transition_id_of(write: &WriteId, event: &DocEvent) -> String {
+    transition_id(write, event.service(), &event.record_key())
+}
+
+impl DocEvent {
+    /// The root key of the record this event is about (an incident's updates are part of
+    /// the incident's record): what a transition identity ends with.
+    pub fn record_key(&self) -> String {
+        match self {
+            DocEvent::Status(e) => RecordKey::Observation {
+                component: e.component.clone(),
+                region: e.region.clone(),
+            }
+            .to_key(),
+            DocEvent::Incident(e) => incident_key(&e.id),
+            DocEvent::Maintenance(e) => RecordKey::Maintenance { id: e.id.clone() }.to_key(),
+            DocEvent::Override(e) => RecordKey::Override {
+                component: e.component.clone(),
+            }
+            .to_key(),
         }
-        .to_key(),
-        DocEvent::Incident(e) => incident_key(&e.id),
-        DocEvent::Maintenance(e) => RecordKey::Maintenance { id: e.id.clone() }.to_key(),
-        DocEvent::Override(e) => RecordKey::Override {
-            component: e.component.clone(),
-        }
-        .to_key(),
     }
 }
 

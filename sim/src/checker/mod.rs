@@ -6,13 +6,15 @@
 //!   that held it was.
 //! - [`subscribers`]: a subscriber's stream has no duplicate, no gap, and never goes
 //!   backwards, live and across reconnects; [`cursor`] judges "never backwards", epochs
-//!   included.
+//!   included; [`history`] checks each stream's transitions per record against the writes
+//!   made (every one told, in each writer's order, unless the stream said it coalesced).
 //!
 //! Protocol invariants of a single node are `gossip::invariants::check`, which the driver
 //! runs after every input.
 
 pub(crate) mod convergence;
 pub(crate) mod cursor;
+pub(crate) mod history;
 pub(crate) mod subscribers;
 pub(crate) mod writes;
 

@@ -3,7 +3,7 @@
 //! cursor covers the old one), live and across reconnects with a cursor. What a reconnecting
 //! subscriber gets is the core's decision (`Node::resume`), exactly as in the node driver.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand::Rng;
 use statusmesh_crdt::doc::CellRead;
@@ -12,6 +12,7 @@ use statusmesh_crdt::{Cursor, Delivery, DocEvent, Name, Observation, Replica, St
 use statusmesh_gossip::Resume;
 
 use crate::checker::cursor::{covers, lineages_of};
+use crate::checker::history::StreamHistory;
 use crate::checker::{cursor_of, normalized};
 use crate::clock;
 use crate::failure::{DuplicateEvent, Failure, Moment};
@@ -49,7 +50,10 @@ pub(crate) struct Subscriber {
     conflicts: CellConflicts,
     /// Service and identity of the transitions it was told (at most
     /// [`TRANSITIONS_SEEN_MAX`]).
-    transitions_seen: BTreeSet<(Name, String)>,
+    /// With the node that told each.
+    transitions_seen: BTreeMap<(Name, String), usize>,
+    /// What its current stream told of each record, for the history check.
+    pub(crate) history: StreamHistory,
 }
 
 /// An event as the node reported it to its subscribers (a status or a record event).
@@ -60,6 +64,8 @@ pub(crate) struct Delivered {
     pub(crate) cursor: Cursor,
     /// The transition's identity, the same on every node; `None` for a coalesced event.
     pub(crate) transition: Option<String>,
+    /// The event says it folds transitions.
+    pub(crate) coalesced: bool,
 }
 
 impl Subscriber {
@@ -72,13 +78,25 @@ impl Subscriber {
             lineages: BTreeMap::new(),
             cells: BTreeMap::new(),
             conflicts: BTreeMap::new(),
-            transitions_seen: BTreeSet::new(),
+            transitions_seen: BTreeMap::new(),
+            history: StreamHistory::new(0),
         }
     }
 
     /// Told to wait by its node's core (it has no stream yet).
     pub(crate) fn is_waiting(&self) -> bool {
         self.waiting.is_some()
+    }
+
+    /// Whether it was told transition `id` of `service` in its current stream.
+    pub(crate) fn was_told(&self, service: &Name, id: &str) -> bool {
+        self.transitions_seen
+            .contains_key(&(service.clone(), id.to_owned()))
+    }
+
+    /// Whether every transition it was told is remembered (below [`TRANSITIONS_SEEN_MAX`]).
+    pub(crate) fn remembers_every_transition(&self) -> bool {
+        self.transitions_seen.len() < TRANSITIONS_SEEN_MAX
     }
 }
 
@@ -110,7 +128,10 @@ impl Sim {
             }
             for delivered in &events {
                 let transition = delivered.transition.as_deref();
-                if let Err(duplicate) = self.feed(s, node, &delivered.event, transition) {
+                let coalesced = delivered.coalesced;
+                if let Err(duplicate) =
+                    self.feed(s, node, &delivered.event, transition, coalesced, false)
+                {
                     self.fail(Failure::DuplicateEvent {
                         subscriber: s,
                         node: self.members[node].id.clone(),
@@ -265,7 +286,10 @@ impl Sim {
                 self.out.driver.waits_then_events += u64::from(waited);
                 for (transition, _) in &events {
                     let id = transition.id.as_deref();
-                    if let Err(duplicate) = self.feed(s, target, &transition.event, id) {
+                    let coalesced = transition.coalesced.is_some();
+                    if let Err(duplicate) =
+                        self.feed(s, target, &transition.event, id, coalesced, true)
+                    {
                         self.fail(Failure::DuplicateEvent {
                             subscriber: s,
                             node: self.members[target].id.clone(),
@@ -288,6 +312,7 @@ impl Sim {
                 // A snapshot starts a new stream: it may lack what the subscriber saw before
                 // (the node never got it), which is then news again when it arrives.
                 sub.transitions_seen.clear();
+                sub.history = StreamHistory::new(self.now_us);
                 (sub.cells, sub.conflicts) = (cells, conflicts);
                 sub.cursor = cursor_of(n.replica());
                 sub.lineages = lineages_of(n.replica());
@@ -367,13 +392,22 @@ impl Sim {
         node: usize,
         event: &DocEvent,
         transition: Option<&str>,
+        coalesced: bool,
+        resuming: bool,
     ) -> Result<(), DuplicateEvent> {
         if let Some(id) = transition {
             // An identity names a transition within its service's document (`<writer>-<n>`
             // counts the writer's changes to that document), so it is unique per service.
             let key = (event.service().clone(), id.to_owned());
             let seen = &mut self.subscribers[s].transitions_seen;
-            if seen.contains(&key) {
+            if let Some(&first) = seen.get(&key) {
+                if !resuming && first != node {
+                    // A write of a closed epoch that this node learned only after adopting
+                    // the next base: told live with its identity, which the subscriber had
+                    // from the node it followed before (see `ServiceDoc::take_older`).
+                    self.out.late_retold += 1;
+                    return Ok(());
+                }
                 let cell = match event {
                     DocEvent::Status(e) => format!("{}/{}/{}", e.service, e.component, e.region),
                     other => format!("a record of {}", other.service()),
@@ -384,8 +418,24 @@ impl Sim {
                 });
             }
             if seen.len() < TRANSITIONS_SEEN_MAX {
-                seen.insert(key);
+                seen.insert(key, node);
             }
+        }
+        let now_us = self.now_us;
+        if let Err(finding) = self.subscribers[s].history.tell(
+            now_us,
+            &self.members[node].id,
+            event,
+            transition,
+            coalesced,
+        ) {
+            let failure = Failure::History {
+                subscriber: s,
+                node: self.members[node].id.clone(),
+                finding,
+            };
+            self.fail(failure);
+            return Ok(());
         }
         let DocEvent::Status(event) = event else {
             return Ok(());
