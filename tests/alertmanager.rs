@@ -128,11 +128,7 @@ impl Alertmanager {
             .arg("--cluster.listen-address=");
         let proc = Proc::spawn(command, dir.join("alertmanager.log"));
         let url = format!("http://{listen}");
-        harness::wait_for("alertmanager to be ready", || async {
-            let response = client.get(format!("{url}/-/ready")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+        harness::wait_ok(client, &format!("{url}/-/ready")).await;
         Self { _proc: proc, url }
     }
 

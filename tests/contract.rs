@@ -342,14 +342,7 @@ async fn event_streams_are_served_on_fresh_and_on_reused_connections_alike() {
     assert!(second.contains("text/event-stream"), "{second}");
     assert!(second.contains("major_outage"), "{second}");
 
-    let metrics = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = harness::metrics_text(&client, node).await.expect("metrics");
     let count = |path: &str| -> u64 {
         metrics
             .lines()

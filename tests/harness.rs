@@ -250,25 +250,26 @@ where
     }
 }
 
+/// Waits until a GET of `url` answers with a 2xx status.
+pub async fn wait_ok(client: &reqwest::Client, url: &str) {
+    wait_for(url, || async {
+        let response = client.get(url).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+}
+
 /// Waits until every node answers /healthz.
 pub async fn wait_healthy(client: &reqwest::Client, nodes: &[TestNode]) {
     for node in nodes {
-        wait_for(&format!("{} /healthz", node.id), || async {
-            let response = client.get(node.url("/healthz")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+        wait_ok(client, &node.url("/healthz")).await;
     }
 }
 
 /// Waits until every node answers /readyz with 200 (it has heard from a peer).
 pub async fn wait_ready(client: &reqwest::Client, nodes: &[TestNode]) {
     for node in nodes {
-        wait_for(&format!("{} /readyz", node.id), || async {
-            let response = client.get(node.url("/readyz")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+        wait_ok(client, &node.url("/readyz")).await;
     }
 }
 
@@ -380,6 +381,18 @@ impl SseReader {
     }
 }
 
+/// A node's `/metrics` exposition; `None` when it does not answer.
+pub async fn metrics_text(client: &reqwest::Client, node: &TestNode) -> Option<String> {
+    client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// The sum of the series of metric `name` in a node's `/metrics` whose labels contain every
 /// one of `labels` (e.g. `service="api"`); `None` when `/metrics` does not answer.
 pub async fn metric_sum(
@@ -388,14 +401,7 @@ pub async fn metric_sum(
     name: &str,
     labels: &[&str],
 ) -> Option<f64> {
-    let text = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(client, node).await?;
     Some(
         text.lines()
             .filter(|line| {

@@ -65,11 +65,7 @@ async fn start_prometheus(
         .arg(format!("--web.listen-address={listen}"));
     let proc = Proc::spawn(command, dir.join("prometheus.log"));
     let url = format!("http://{listen}");
-    harness::wait_for("prometheus to be ready", || async {
-        let response = client.get(format!("{url}/-/ready")).send().await.ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
+    harness::wait_ok(client, &format!("{url}/-/ready")).await;
     (proc, url)
 }
 
@@ -142,14 +138,7 @@ async fn prometheus_lints_every_nodes_metrics_and_scrapes_the_mesh() {
     }
 
     for node in &mesh.nodes {
-        let text = client
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = harness::metrics_text(client, node).await.expect("metrics");
         assert!(text.contains("# HELP statusmesh_"), "{}: {text}", node.id);
         let (ok, said) = promtool_check(&text);
         assert!(ok, "promtool check metrics on {}:\n{said}", node.id);

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use crate::errors::start_one;
-use crate::harness::BIN;
+use crate::harness::{self, BIN};
 
 const SECRET: &str = "hashed-secret-5f3a9c0e71d2";
 const WRONG: &str = "wrong-secret-8b41d7e2c09a";
@@ -76,12 +76,7 @@ async fn a_hashed_token_authenticates_its_secret_and_no_secret_leaks() {
         .expect("put");
     bodies.push_str(&response.text().await.unwrap_or_default());
 
-    let metrics = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
+    let metrics = harness::metrics_text(&client, &node)
         .await
         .unwrap_or_default();
     let log = proc.output();

@@ -239,11 +239,7 @@ pub(crate) fn truncate_for_error(value: &str) -> String {
     if value.len() <= ECHO_MAX {
         return value.to_owned();
     }
-    let mut end = ECHO_MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
+    format!("{}…", &value[..value.floor_char_boundary(ECHO_MAX)])
 }
 
 #[cfg(test)]

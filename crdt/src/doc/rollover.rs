@@ -219,9 +219,7 @@ impl ServiceDoc {
                 // Held before in any form (its base, a change, a carried copy): told then.
                 let held = prev.meta.clock.covers(&write)
                     || self.replaced_writes.contains_key(&write)
-                    || prev.doc.get_changes_meta(&[]).iter().any(|m| {
-                        ActorKind::parse(&m.actor).and_then(|k| k.write_id(m.seq)) == Some(write)
-                    });
+                    || write_ids(&prev.doc).any(|w| w == write);
                 if prev.doc.apply_changes([change.clone()]).is_err() {
                     return;
                 }
@@ -350,12 +348,7 @@ impl ServiceDoc {
             });
         } else {
             let epoch = old_meta.epoch;
-            let held = old_doc
-                .get_changes_meta(&[])
-                .iter()
-                .filter_map(|m| ActorKind::parse(&m.actor)?.write_id(m.seq))
-                .chain(self.carried.keys().copied())
-                .collect::<Vec<_>>();
+            let held: Vec<WriteId> = write_ids(&old_doc).collect();
             self.replaced_writes
                 .extend(held.into_iter().map(|w| (w, epoch)));
         }
@@ -455,6 +448,13 @@ fn collect_uncovered(doc: &Automerge, clock: &Clock, out: &mut Vec<CarriedWrite>
 }
 
 /// What a write did, to carry it into another epoch.
+/// The write identity of every change of `doc` that is a write (carried copies included).
+pub(super) fn write_ids(doc: &Automerge) -> impl Iterator<Item = WriteId> + '_ {
+    doc.get_changes_meta(&[])
+        .into_iter()
+        .filter_map(|m| ActorKind::parse(&m.actor)?.write_id(m.seq))
+}
+
 fn carried_write(change: &Change) -> Option<CarriedWrite> {
     let write = ActorKind::parse(change.actor_id())?.write_id(change.seq())?;
     let mut ops = Vec::new();

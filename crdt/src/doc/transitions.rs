@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::events::{events_for_keys_in, DocEvent};
 use super::reads::Source;
+use super::rollover::write_ids;
 use super::schema::{incident_key, RecordKey};
 use super::ServiceDoc;
 use crate::epoch::{ActorKind, WriteId};
@@ -114,12 +115,7 @@ impl ServiceDoc {
         let prev_steps = steps_after(prev, before, &BTreeSet::new());
         // Writes the client holds or is about to be told of: their carried copies in this
         // epoch are no new transitions.
-        let mut known: BTreeSet<WriteId> = prev
-            .doc
-            .get_changes_meta(&[])
-            .iter()
-            .filter_map(|meta| ActorKind::parse(&meta.actor)?.write_id(meta.seq))
-            .collect();
+        let mut known: BTreeSet<WriteId> = write_ids(prev.doc).collect();
         known.extend(prev_steps.iter().filter_map(|s| write_of(&s.change)));
         let current_steps = steps_after(self.source(), &[], &known);
         let total = count(&prev_steps) + count(&current_steps);

@@ -490,7 +490,8 @@ pub async fn read_archive(
     }
 }
 
-fn base36(mut n: u64) -> String {
+/// `n` in base 36 (short, URL-safe record ids).
+pub(crate) fn base36(mut n: u64) -> String {
     const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {

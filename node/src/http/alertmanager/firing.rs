@@ -21,6 +21,7 @@ use statusmesh_crdt::model::{MESSAGE_LEN_MAX, NAME_LEN_MAX};
 use statusmesh_crdt::{Impact, Name, State};
 
 use super::payload::{truncate, Delivery, Skip, Status, Target};
+use crate::http::records::base36;
 
 /// Most firing alerts held, over every target; a new one beyond it is skipped (`limit`).
 pub const FIRING_ALERTS_MAX: usize = 10_000;
@@ -433,20 +434,6 @@ pub fn impact(state: State) -> Impact {
         State::PartialOutage => Impact::Major,
         State::MajorOutage => Impact::Critical,
     }
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -338,14 +338,7 @@ fn parse_time_ms(text: &str) -> Option<i64> {
 
 /// `text` cut to at most `max` bytes, on a character boundary.
 pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(max)]
 }
 
 #[cfg(test)]
