@@ -319,3 +319,43 @@ async fn timeouts_and_a_full_node_answer_the_json_shape() {
     assert_eq!(body["error"], "too_many_subscribers", "{body}");
     drop(held);
 }
+
+#[tokio::test]
+async fn a_token_past_its_write_rate_gets_a_json_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--token", TOKEN, "--writes-per-second-per-token", "1"];
+    let (node, _proc) = start_one(dir.path(), &args).await;
+    let client = reqwest::Client::new();
+    // Ten writes at once against a bucket of two: at least one is refused, whatever the
+    // machine's speed (refilling the bucket for all ten would take eight seconds).
+    let writes = (0..10).map(|i| {
+        client
+            .put(node.url(&format!("/v1/status/api/db{i}/{}", node.region)))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "state": "operational" }))
+            .send()
+    });
+    let mut refused = Vec::new();
+    for response in futures_util::future::join_all(writes).await {
+        let response = response.expect("write");
+        if response.status().as_u16() != 200 {
+            refused.push(error_of(response).await);
+        }
+    }
+    assert!(!refused.is_empty(), "no write was refused");
+    for (code, headers, body) in &refused {
+        assert_eq!(*code, 429, "{body}");
+        assert_eq!(body["error"], "rate_limited", "{body}");
+        assert_eq!(body["field"], "authorization", "{body}");
+        assert!(
+            !body.to_string().contains(TOKEN),
+            "the secret leaks: {body}"
+        );
+        let retry: u64 = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Retry-After: {headers:?}"));
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    }
+}

@@ -134,6 +134,14 @@ enum Command {
         /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
         #[arg(long, default_value_t = statusmesh_node::settings::SUBSCRIBERS_MAX)]
         subscribers_max: usize,
+        /// Sustained writes per second per token, with a burst of two seconds' worth
+        /// (429 with Retry-After beyond it).
+        #[arg(
+            long,
+            default_value_t = statusmesh_node::http::limits::WRITES_PER_SECOND_PER_TOKEN,
+            value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+        )]
+        writes_per_second_per_token: u32,
         /// How long an HTTP client may take to send a request's headers (its connection is
         /// then closed), and again its body (408), in milliseconds (100 to 600000).
         #[arg(
@@ -329,6 +337,7 @@ fn main() -> anyhow::Result<()> {
                 token,
                 tokens,
                 subscribers_max,
+                writes_per_second_per_token,
                 request_read_timeout_ms,
                 frame_ancestors,
                 epoch,
@@ -341,6 +350,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let settings = NodeSettings {
                     subscribers_max,
+                    writes_per_second_per_token,
                     request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
                     frame_ancestors,
                     alertmanager: alertmanager.settings(),

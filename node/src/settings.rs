@@ -416,6 +416,10 @@ pub struct NodeSettings {
     /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
     /// 503 `too_many_subscribers`. Default [`SUBSCRIBERS_MAX`].
     pub subscribers_max: usize,
+    /// Sustained writes per second per token (a burst of two seconds' worth above it); beyond
+    /// it a write gets 429 `rate_limited` with `Retry-After`. Default
+    /// [`WRITES_PER_SECOND_PER_TOKEN`](crate::http::limits::WRITES_PER_SECOND_PER_TOKEN).
+    pub writes_per_second_per_token: u32,
     /// How long an HTTP client may take to send a request's headers (its connection is then
     /// closed), and again its body (408). Default
     /// [`REQUEST_READ_TIMEOUT_DEFAULT`] (30 s).
@@ -435,6 +439,7 @@ impl NodeSettings {
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
             subscribers_max: SUBSCRIBERS_MAX,
+            writes_per_second_per_token: crate::http::limits::WRITES_PER_SECOND_PER_TOKEN,
             request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
             frame_ancestors: crate::http::frame_ancestors::FrameAncestors::none(),
             alertmanager: AlertmanagerSettings::default(),

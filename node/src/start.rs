@@ -196,7 +196,10 @@ pub async fn start(
     let http_addr = listener.local_addr().unwrap_or(spec.http);
     let state = HttpState {
         node: handle.clone(),
-        limits: Arc::new(Limits::new(options.settings.subscribers_max)),
+        limits: Arc::new(Limits::new(
+            options.settings.subscribers_max,
+            options.settings.writes_per_second_per_token,
+        )),
         metrics: options.metrics.clone(),
         frame_ancestors: options.settings.frame_ancestors.clone(),
         alertmanager: Arc::new(alertmanager),

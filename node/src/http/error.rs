@@ -18,6 +18,8 @@ pub struct ApiError {
     error: &'static str,
     field: Option<String>,
     detail: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up) when set.
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -32,7 +34,14 @@ impl ApiError {
             error,
             field: field.map(str::to_owned),
             detail: detail.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// This error with a `Retry-After` of `ms` milliseconds, rounded up to whole seconds.
+    pub(crate) fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_s = Some(ms.div_ceil(1000).max(1));
+        self
     }
 
     pub(crate) fn unavailable() -> Self {
@@ -77,7 +86,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -106,7 +121,8 @@ impl From<Refusal> for ApiError {
                 format!(
                     "token {token:?} writes faster than its limit; retry in {retry_after_ms} ms"
                 ),
-            ),
+            )
+            .retry_after_ms(retry_after_ms),
         }
     }
 }
@@ -328,6 +344,8 @@ mod tests {
         assert_eq!(body["error"], "rate_limited");
         assert_eq!(body["field"], "authorization");
         assert!(body["detail"].as_str().is_some_and(|d| d.contains("5 ms")));
+        let response = error.into_response();
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
     }
 
     #[derive(Debug, serde::Deserialize)]

@@ -13,10 +13,10 @@ use crate::settings::SUBSCRIBERS_MAX;
 /// Most SSE streams from one client address. Loopback is exempt: a local proxy or a
 /// benchmark speaks for many clients from 127.0.0.1.
 pub const STREAMS_PER_ADDRESS_MAX: usize = 1_000;
-/// Sustained writes per second per token.
-pub const WRITES_PER_SECOND_PER_TOKEN: f64 = 20_000.0;
-/// Burst of writes per token above the sustained rate.
-pub const WRITE_BURST_PER_TOKEN: f64 = 40_000.0;
+/// Sustained writes per second per token, by default (`--writes-per-second-per-token`).
+pub const WRITES_PER_SECOND_PER_TOKEN: u32 = 20_000;
+/// A token's burst above its sustained rate: this many seconds' worth of writes.
+const BURST_SECONDS: f64 = 2.0;
 /// Most tokens tracked by the rate limiter (tokens are configured, so this is generous).
 const TOKENS_TRACKED_MAX: usize = 4_096;
 
@@ -35,6 +35,9 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Limits {
     subscribers_max: usize,
+    /// Sustained writes per second per token, and the burst a full bucket allows.
+    write_rate: f64,
+    write_burst: f64,
     subscribers: Arc<Semaphore>,
     streams: Mutex<BTreeMap<IpAddr, usize>>,
     buckets: Mutex<BTreeMap<String, (f64, Instant)>>,
@@ -65,15 +68,19 @@ impl Drop for SubscriberSlot {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::new(SUBSCRIBERS_MAX)
+        Self::new(SUBSCRIBERS_MAX, WRITES_PER_SECOND_PER_TOKEN)
     }
 }
 
 impl Limits {
-    /// Limits that admit at most `subscribers_max` subscribers at once.
-    pub fn new(subscribers_max: usize) -> Self {
+    /// Limits that admit at most `subscribers_max` subscribers at once and
+    /// `writes_per_second` writes per token (with a burst of two seconds' worth).
+    pub fn new(subscribers_max: usize, writes_per_second: u32) -> Self {
+        let write_rate = f64::from(writes_per_second.max(1));
         Self {
             subscribers_max,
+            write_rate,
+            write_burst: write_rate * BURST_SECONDS,
             subscribers: Arc::new(Semaphore::new(subscribers_max)),
             streams: Mutex::new(BTreeMap::new()),
             buckets: Mutex::new(BTreeMap::new()),
@@ -127,13 +134,12 @@ impl Limits {
         }
         let (level, at) = buckets
             .entry(token.to_owned())
-            .or_insert((WRITE_BURST_PER_TOKEN, now));
-        let refill = now.duration_since(*at).as_secs_f64() * WRITES_PER_SECOND_PER_TOKEN;
-        *level = (*level + refill).min(WRITE_BURST_PER_TOKEN);
+            .or_insert((self.write_burst, now));
+        let refill = now.duration_since(*at).as_secs_f64() * self.write_rate;
+        *level = (*level + refill).min(self.write_burst);
         *at = now;
         if *level < 1.0 {
-            let retry_after_ms =
-                ((1.0 - *level) / WRITES_PER_SECOND_PER_TOKEN * 1000.0).ceil() as u64;
+            let retry_after_ms = ((1.0 - *level) / self.write_rate * 1000.0).ceil() as u64;
             return Err(Refusal::Rate {
                 token: token.to_owned(),
                 retry_after_ms: retry_after_ms.max(1),
@@ -180,7 +186,7 @@ mod tests {
         // One instant for every write: no refill in between, whatever the machine's speed.
         let now = Instant::now();
         let mut refused = None;
-        for _ in 0..(WRITE_BURST_PER_TOKEN as usize + 10) {
+        for _ in 0..(limits.write_burst as usize + 10) {
             if let Err(r) = limits.admit_write_at("ci", now) {
                 refused = Some(r);
                 break;
