@@ -151,6 +151,8 @@ enum Command {
         epoch: EpochArgs,
         #[command(flatten)]
         alertmanager: AlertmanagerArgs,
+        #[command(flatten)]
+        web: statusmesh_node::http::cors::WebArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -333,6 +335,7 @@ fn main() -> anyhow::Result<()> {
                 frame_ancestors,
                 epoch,
                 alertmanager,
+                web,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -346,6 +349,7 @@ fn main() -> anyhow::Result<()> {
                     alertmanager: alertmanager.settings(),
                     ..NodeSettings::new(data_dir, tokens)
                 };
+                let settings = web.apply(settings);
                 run(
                     config,
                     node,
