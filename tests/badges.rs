@@ -19,8 +19,21 @@ const TOKEN: &str = "badge-token-0123456789";
 
 /// shields.io's named colours (its `color` also takes hex and CSS colours).
 const SHIELDS_COLOURS: &[&str] = &[
-    "brightgreen", "green", "yellowgreen", "yellow", "orange", "red", "blue", "lightgrey",
-    "grey", "gray", "success", "important", "critical", "informational", "inactive",
+    "brightgreen",
+    "green",
+    "yellowgreen",
+    "yellow",
+    "orange",
+    "red",
+    "blue",
+    "lightgrey",
+    "grey",
+    "gray",
+    "success",
+    "important",
+    "critical",
+    "informational",
+    "inactive",
 ];
 
 /// Checks `body` against shields' endpoint schema: `schemaVersion` 1, `label` a string,
@@ -28,8 +41,18 @@ const SHIELDS_COLOURS: &[&str] = &[
 fn check_shields_endpoint(body: &Value) -> Result<(), String> {
     let object = body.as_object().ok_or("not an object")?;
     let known = [
-        "schemaVersion", "label", "message", "color", "labelColor", "isError", "namedLogo",
-        "logoSvg", "logoColor", "logoWidth", "style", "cacheSeconds",
+        "schemaVersion",
+        "label",
+        "message",
+        "color",
+        "labelColor",
+        "isError",
+        "namedLogo",
+        "logoSvg",
+        "logoColor",
+        "logoWidth",
+        "style",
+        "cacheSeconds",
     ];
     if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown field {unknown}"));
@@ -46,7 +69,10 @@ fn check_shields_endpoint(body: &Value) -> Result<(), String> {
     if let Some(colour) = body.get("color") {
         let colour = colour.as_str().ok_or("color must be a string")?;
         let hex = colour.len() <= 7
-            && colour.trim_start_matches('#').bytes().all(|b| b.is_ascii_hexdigit());
+            && colour
+                .trim_start_matches('#')
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit());
         if !SHIELDS_COLOURS.contains(&colour) && !hex {
             return Err(format!("color {colour} is not a shields colour"));
         }
@@ -78,7 +104,12 @@ async fn badges_say_the_state_in_words_and_the_json_is_a_shields_endpoint() {
     let cases = [
         ("/badge/api.json", "api", "major outage", "red"),
         ("/badge/api/db.json", "api/db", "major outage", "red"),
-        ("/badge/api/web.json", "api/web", "operational", "brightgreen"),
+        (
+            "/badge/api/web.json",
+            "api/web",
+            "operational",
+            "brightgreen",
+        ),
         ("/badge/docs.json", "docs", "operational", "brightgreen"),
     ];
     for (path, label, message, colour) in cases {
@@ -103,7 +134,10 @@ async fn badges_say_the_state_in_words_and_the_json_is_a_shields_endpoint() {
     );
     let text = svg.text().await.expect("svg text");
     assert!(text.contains(">major outage</text>"), "{text}");
-    assert!(text.contains("<title>api/db: major outage</title>"), "{text}");
+    assert!(
+        text.contains("<title>api/db: major outage</title>"),
+        "{text}"
+    );
     for (path, field) in [
         ("/badge/nope.svg", "service"),
         ("/badge/api/nope.json", "component"),
@@ -138,11 +172,19 @@ async fn badges_say_the_state_in_words_and_the_json_is_a_shields_endpoint() {
 async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNode) {
     let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(!required, "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them");
+        assert!(
+            !required,
+            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
+        );
         eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
         return;
     }
-    let badges = ["/badge/api.svg", "/badge/api/db.svg", "/badge/api/web.svg", "/badge/docs.svg"];
+    let badges = [
+        "/badge/api.svg",
+        "/badge/api/db.svg",
+        "/badge/api/web.svg",
+        "/badge/docs.svg",
+    ];
     let images: String = badges
         .iter()
         .map(|b| format!("<div><img alt=\"{b}\" src=\"{}\"></div>", node.url(b)))
@@ -167,9 +209,7 @@ async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNod
     })
     .await;
     let browser = Browser::start(client, &driver, &dir.join("profile")).await;
-    browser
-        .goto(&format!("file://{}", page.display()))
-        .await;
+    browser.goto(&format!("file://{}", page.display())).await;
     let sizes = harness::wait_for("every badge to load", || async {
         let sizes = browser
             .eval("return [...document.images].map(i => i.complete ? [i.naturalWidth, i.naturalHeight] : null)")
@@ -188,9 +228,7 @@ async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNod
         .eval("return [...document.querySelectorAll('text:not([aria-hidden])')].map(t => t.textContent)")
         .await;
     assert_eq!(words, json!(["api/db", "major outage"]));
-    browser
-        .goto(&format!("file://{}", page.display()))
-        .await;
+    browser.goto(&format!("file://{}", page.display())).await;
     harness::wait_for("the badges to load again", || async {
         let done = browser
             .eval("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
@@ -199,7 +237,10 @@ async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNod
     })
     .await;
     let element = browser
-        .command("/element", json!({"using": "css selector", "value": "#badges"}))
+        .command(
+            "/element",
+            json!({"using": "css selector", "value": "#badges"}),
+        )
         .await;
     let id = element
         .as_object()

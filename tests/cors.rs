@@ -68,11 +68,8 @@ async fn put(
 #[tokio::test]
 async fn reads_are_open_by_default_and_writes_only_from_listed_origins() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, _proc) = start_one(
-        dir.path(),
-        &["--token", TOKEN, "--cors-write-origins", OPS],
-    )
-    .await;
+    let (node, _proc) =
+        start_one(dir.path(), &["--token", TOKEN, "--cors-write-origins", OPS]).await;
     let client = reqwest::Client::new();
     let (code, _, reply) = put(&client, &node, None).await;
     assert_eq!(code, 200, "a client that sends no Origin writes: {reply}");
@@ -92,12 +89,18 @@ async fn reads_are_open_by_default_and_writes_only_from_listed_origins() {
             .expect("GET");
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(allow_origin(response.headers()), Some(STRANGER), "{path}");
-        assert!(header_list(response.headers(), "vary").contains("origin"), "{path}");
+        assert!(
+            header_list(response.headers(), "vary").contains("origin"),
+            "{path}"
+        );
         assert!(
             header_list(response.headers(), "access-control-expose-headers").contains("etag"),
             "{path}"
         );
-        assert!(response.headers().get("access-control-allow-credentials").is_none());
+        assert!(response
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none());
     }
     // The lean SSE door (a fresh connection whose first request is GET /v1/events).
     let fresh = reqwest::Client::builder()
@@ -116,13 +119,27 @@ async fn reads_are_open_by_default_and_writes_only_from_listed_origins() {
     drop(stream);
 
     // EventSource's preflight (Last-Event-ID is not a simple header) is answered.
-    let answer = preflight(&client, &node, "/v1/events", STRANGER, "GET", "last-event-id").await;
+    let answer = preflight(
+        &client,
+        &node,
+        "/v1/events",
+        STRANGER,
+        "GET",
+        "last-event-id",
+    )
+    .await;
     assert_eq!(answer.status(), 200);
     assert_eq!(allow_origin(answer.headers()), Some(STRANGER));
-    assert!(header_list(answer.headers(), "access-control-allow-headers").contains("last-event-id"));
+    assert!(
+        header_list(answer.headers(), "access-control-allow-headers").contains("last-event-id")
+    );
     assert!(header_list(answer.headers(), "access-control-allow-methods").contains("get"));
     assert_eq!(answer.headers()["access-control-max-age"], "600");
-    assert_eq!(answer.text().await.expect("body"), "", "a preflight has no body");
+    assert_eq!(
+        answer.text().await.expect("body"),
+        "",
+        "a preflight has no body"
+    );
 
     // A write preflight from an unlisted origin gets no Access-Control-Allow-Origin ...
     let answer = preflight(
@@ -154,7 +171,10 @@ async fn reads_are_open_by_default_and_writes_only_from_listed_origins() {
     assert_eq!(allow_origin(answer.headers()), Some(OPS));
     assert!(header_list(answer.headers(), "access-control-allow-methods").contains("put"));
     let allowed = header_list(answer.headers(), "access-control-allow-headers");
-    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
     let (code, headers, body) = put(&client, &node, Some(OPS)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(allow_origin(&headers), Some(OPS));
@@ -181,7 +201,12 @@ async fn a_configured_read_list_answers_only_its_origins() {
     let listed = "https://status.example.com";
     let (node, _proc) = start_one(
         dir.path(),
-        &["--token", TOKEN, "--cors-origins", &format!("{listed}, https://other.example")],
+        &[
+            "--token",
+            TOKEN,
+            "--cors-origins",
+            &format!("{listed}, https://other.example"),
+        ],
     )
     .await;
     let client = reqwest::Client::new();
@@ -192,10 +217,18 @@ async fn a_configured_read_list_answers_only_its_origins() {
             .send()
             .await
             .expect("GET");
-        assert_eq!(response.status(), 200, "the read itself is served: {origin}");
+        assert_eq!(
+            response.status(),
+            200,
+            "the read itself is served: {origin}"
+        );
         assert_eq!(allow_origin(response.headers()), expected, "{origin}");
         let answer = preflight(&client, &node, "/v1/events", origin, "GET", "last-event-id").await;
-        assert_eq!(allow_origin(answer.headers()), expected, "preflight {origin}");
+        assert_eq!(
+            allow_origin(answer.headers()),
+            expected,
+            "preflight {origin}"
+        );
         let stream = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
@@ -205,11 +238,25 @@ async fn a_configured_read_list_answers_only_its_origins() {
             .send()
             .await
             .expect("GET /v1/events");
-        assert_eq!(allow_origin(stream.headers()), expected, "lean SSE {origin}");
+        assert_eq!(
+            allow_origin(stream.headers()),
+            expected,
+            "lean SSE {origin}"
+        );
     }
     // A bad list is refused at start, naming the origin.
     let output = std::process::Command::new(crate::harness::BIN)
-        .args(["run", "--config", "x", "--node", "x", "--certs", "x", "--data-dir", "x"])
+        .args([
+            "run",
+            "--config",
+            "x",
+            "--node",
+            "x",
+            "--certs",
+            "x",
+            "--data-dir",
+            "x",
+        ])
         .args(["--token", TOKEN, "--cors-origins", "https://a.example/path"])
         .output()
         .expect("run");

@@ -89,12 +89,20 @@ async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
 /// maintenances), in order.
 fn ids(reads: &Value) -> Vec<String> {
     let mut out = vec![reads["summary"]["page"]["id"].to_string()];
-    for c in reads["components"]["components"].as_array().into_iter().flatten() {
+    for c in reads["components"]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         out.push(c["id"].to_string());
         out.push(c["group_id"].to_string());
         out.push(c["components"].to_string());
     }
-    for i in reads["incidents"]["incidents"].as_array().into_iter().flatten() {
+    for i in reads["incidents"]["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         out.push(i["id"].to_string());
         for u in i["incident_updates"].as_array().into_iter().flatten() {
             out.push(u["id"].to_string());
@@ -111,9 +119,11 @@ fn ids(reads: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equal_on_two_regions(
-) {
-    if !tool_present(NODE) || !tool_present(&client_modules().join("statuspage.io").display().to_string()) {
+async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equal_on_two_regions()
+{
+    if !tool_present(NODE)
+        || !tool_present(&client_modules().join("statuspage.io").display().to_string())
+    {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -144,27 +154,29 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
         .await;
         assert_eq!(code, 200, "{path}: {reply}");
     }
-    let (code, reply) = send(
-        client.post(eu.url("/v1/incidents")).json(&json!({
-            "service": "api", "id": "db-down", "title": "Database down", "impact": "critical",
-            "components": ["db"], "message": "Looking into it",
-        })),
-    )
+    let (code, reply) = send(client.post(eu.url("/v1/incidents")).json(&json!({
+        "service": "api", "id": "db-down", "title": "Database down", "impact": "critical",
+        "components": ["db"], "message": "Looking into it",
+    })))
     .await;
     assert_eq!(code, 201, "{reply}");
     let (code, reply) = send(
-        client.post(eu.url("/v1/incidents/db-down/updates")).json(&json!({
-            "service": "api", "message": "A fix is out", "status": "monitoring",
-        })),
+        client
+            .post(eu.url("/v1/incidents/db-down/updates"))
+            .json(&json!({
+                "service": "api", "message": "A fix is out", "status": "monitoring",
+            })),
     )
     .await;
     assert_eq!(code, 200, "{reply}");
     let now = now_ms();
     let (code, reply) = send(
-        client.put(us.url("/v1/maintenance/api/upgrade")).json(&json!({
-            "title": "Web upgrade", "components": ["web"],
-            "starts_at_ms": now + 24 * 3600 * 1000, "ends_at_ms": now + 25 * 3600 * 1000,
-        })),
+        client
+            .put(us.url("/v1/maintenance/api/upgrade"))
+            .json(&json!({
+                "title": "Web upgrade", "components": ["web"],
+                "starts_at_ms": now + 24 * 3600 * 1000, "ends_at_ms": now + 25 * 3600 * 1000,
+            })),
     )
     .await;
     assert_eq!(code, 200, "{reply}");
@@ -215,7 +227,10 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
     let db = by_name("db");
     assert_eq!(api["group"], true);
     assert_eq!(api["group_id"], Value::Null);
-    assert_eq!(api["status"], "major_outage", "the group is its worst member");
+    assert_eq!(
+        api["status"], "major_outage",
+        "the group is its worst member"
+    );
     assert_eq!(api["components"], json!([db["id"], by_name("web")["id"]]));
     assert_eq!(db["group"], false);
     assert_eq!(db["group_id"], api["id"]);
@@ -223,8 +238,19 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
     assert_eq!(by_name("cart")["status"], "degraded_performance");
     for c in components {
         for field in [
-            "id", "name", "status", "created_at", "updated_at", "position", "description",
-            "showcase", "start_date", "group_id", "page_id", "group", "only_show_if_degraded",
+            "id",
+            "name",
+            "status",
+            "created_at",
+            "updated_at",
+            "position",
+            "description",
+            "showcase",
+            "start_date",
+            "group_id",
+            "page_id",
+            "group",
+            "only_show_if_degraded",
         ] {
             assert!(c.get(field).is_some(), "{field} missing in {c}");
         }
@@ -250,10 +276,24 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     let incident = &incidents[0];
     for field in [
-        "id", "name", "status", "impact", "created_at", "updated_at", "monitoring_at",
-        "resolved_at", "started_at", "shortlink", "page_id", "incident_updates", "components",
+        "id",
+        "name",
+        "status",
+        "impact",
+        "created_at",
+        "updated_at",
+        "monitoring_at",
+        "resolved_at",
+        "started_at",
+        "shortlink",
+        "page_id",
+        "incident_updates",
+        "components",
     ] {
-        assert!(incident.get(field).is_some(), "{field} missing in {incident}");
+        assert!(
+            incident.get(field).is_some(),
+            "{field} missing in {incident}"
+        );
     }
     assert_eq!(incident["name"], "Database down");
     assert_eq!(incident["status"], "monitoring");
@@ -268,7 +308,10 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
     assert_eq!(updates[0]["status"], "monitoring");
     assert_eq!(updates[1]["status"], "investigating");
     assert!(updates.iter().all(|u| u["incident_id"] == incident["id"]));
-    assert_eq!(reads["unresolved"]["incidents"], reads["incidents"]["incidents"]);
+    assert_eq!(
+        reads["unresolved"]["incidents"],
+        reads["incidents"]["incidents"]
+    );
     assert_eq!(summary["incidents"], reads["unresolved"]["incidents"]);
 
     let maintenances = reads["maintenances"]["scheduled_maintenances"]
@@ -290,17 +333,14 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
     let other = read_with_client(dir.path(), eu);
     assert_eq!(ids(&other), ids(&reads));
     assert_eq!(
-        other["components"]["components"],
-        reads["components"]["components"],
+        other["components"]["components"], reads["components"]["components"],
         "converged nodes answer the same components"
     );
 
     // A resolved incident leaves unresolved.json and stays in incidents.json.
-    let (code, reply) = send(
-        client.patch(us.url("/v1/incidents/db-down")).json(&json!({
-            "service": "api", "status": "resolved", "message": "Fixed",
-        })),
-    )
+    let (code, reply) = send(client.patch(us.url("/v1/incidents/db-down")).json(&json!({
+        "service": "api", "status": "resolved", "message": "Fixed",
+    })))
     .await;
     assert_eq!(code, 200, "{reply}");
     let resolved = harness::wait_for("the incident to resolve on the reader", || async {

@@ -222,7 +222,10 @@ fn respond(badge: &Badge, format: Format) -> Response {
     let cache = (header::CACHE_CONTROL, "no-cache, max-age=0");
     match format {
         Format::Svg => (
-            [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"), cache],
+            [
+                (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
+                cache,
+            ],
             svg::render(&badge.label, &badge.message, badge.colour.hex()),
         )
             .into_response(),
@@ -250,6 +253,15 @@ mod tests {
         let refused = split_file("api.png").expect_err("404");
         assert_eq!(refused.status(), StatusCode::NOT_FOUND);
         assert_eq!(refused.body()["field"], "badge");
+    }
+
+    #[test]
+    fn a_badge_route_produces_what_its_extension_names() {
+        use super::super::negotiate::{produces_for, JSON, SVG};
+        assert_eq!(produces_for(TEMPLATES[0], "/badge/api.svg"), &SVG);
+        assert_eq!(produces_for(TEMPLATES[1], "/badge/api/db.svg"), &SVG);
+        assert_eq!(produces_for(TEMPLATES[1], "/badge/api/db.json"), &JSON);
+        assert_eq!(produces_for("/v1/status", "/v1/status"), &JSON);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 /// Approximate advance of one character of 11 px Verdana, in tenths of a pixel; the text is
 /// also given `textLength`, so it fits its box exactly whatever font the viewer has.
-const CHAR_WIDTH_TENTHS: usize = 65;
+const CHAR_WIDTH_TENTHS: usize = 62;
 /// Horizontal padding on each side of a text, in pixels.
 const PADDING_PX: usize = 6;
 /// The label's background.

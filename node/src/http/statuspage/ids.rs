@@ -72,7 +72,9 @@ mod tests {
     fn ids_are_twelve_base36_characters_and_depend_only_on_the_names() {
         let a = id("component", &["api", "db"]);
         assert_eq!(a.len(), ID_CHARS);
-        assert!(a.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert_eq!(a, id("component", &["api", "db"]));
         assert_ne!(a, id("component", &["api", "web"]));
         assert_ne!(a, id("group", &["api", "db"]));

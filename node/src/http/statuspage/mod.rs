@@ -19,7 +19,8 @@
 //!
 //! - **page**: the cluster. `id` is a hash of the cluster's name, `name` the cluster's name,
 //!   `url` is `--page-url` (else `http://` and the request's `Host`), `time_zone` is
-//!   `Etc/UTC`, `updated_at` the newest observation, override or incident change.
+//!   `Etc/UTC`, `updated_at` the newest change of a component or an incident (the time of
+//!   the request when there is none).
 //! - **ids**: 12 characters of `[0-9a-z]`, a hash of the record's kind and its names
 //!   ([`ids`]): the same on every node, without coordination, for as long as the record lives.
 //! - **times**: ISO 8601 in UTC with milliseconds.
@@ -37,7 +38,8 @@
 //!   `description` is `null`. Stale components do not count toward the page's indicator.
 //! - **created_at / updated_at of a component**: the oldest and newest observation (or
 //!   override) the node holds for it; statusmesh does not record when a component was first
-//!   seen once its first observation is overwritten.
+//!   seen once its first observation is overwritten. A component that only a maintenance
+//!   window or an incident names takes their start times. A group spans its members.
 //! - **status**: the core's indicator (`none`, `minor`, `major`, `critical`, from the worst
 //!   fresh component and the open incidents' impact) with Statuspage's descriptions; `none`
 //!   while a window is in progress becomes `maintenance`, "Service Under Maintenance".
@@ -81,7 +83,10 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/v2/incidents.json", get(incidents))
         .route("/api/v2/incidents/unresolved.json", get(unresolved))
         .route("/api/v2/scheduled-maintenances.json", get(maintenances))
-        .route("/api/v2/scheduled-maintenances/upcoming.json", get(upcoming))
+        .route(
+            "/api/v2/scheduled-maintenances/upcoming.json",
+            get(upcoming),
+        )
         .route("/api/v2/scheduled-maintenances/active.json", get(active))
 }
 
@@ -119,8 +124,7 @@ fn page_url(configured: Option<&str>, headers: &HeaderMap) -> String {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
-                && h
-                    .bytes()
+                && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .unwrap_or("localhost");
@@ -164,16 +168,23 @@ async fn summary(State(state): State<HttpState>, headers: HeaderMap) -> Result<R
 }
 
 async fn status(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    answer(state, headers, |m| json!({ "page": m.page, "status": m.status })).await
+    answer(
+        state,
+        headers,
+        |m| json!({ "page": m.page, "status": m.status }),
+    )
+    .await
 }
 
 async fn components(
     State(state): State<HttpState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    answer(state, headers, |m| {
-        json!({ "page": m.page, "components": m.components })
-    })
+    answer(
+        state,
+        headers,
+        |m| json!({ "page": m.page, "components": m.components }),
+    )
     .await
 }
 
@@ -193,9 +204,11 @@ async fn unresolved(
     State(state): State<HttpState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    answer(state, headers, |m| {
-        json!({ "page": m.page, "incidents": unresolved_of(m.incidents) })
-    })
+    answer(
+        state,
+        headers,
+        |m| json!({ "page": m.page, "incidents": unresolved_of(m.incidents) }),
+    )
     .await
 }
 
@@ -203,9 +216,11 @@ async fn maintenances(
     State(state): State<HttpState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    answer(state, headers, |m| {
-        json!({ "page": m.page, "scheduled_maintenances": m.maintenances })
-    })
+    answer(
+        state,
+        headers,
+        |m| json!({ "page": m.page, "scheduled_maintenances": m.maintenances }),
+    )
     .await
 }
 

@@ -126,24 +126,16 @@ pub fn map(view: &local::View, cx: &Context, cluster: &str, now_ms: u64) -> Mapp
     let mut components = Vec::new();
     let mut incidents = Vec::new();
     let mut maintenances = Vec::new();
-    let mut updated_ms = 0;
     for (index, service) in view.services.iter().enumerate() {
         let members: Vec<Component> = service
             .components
             .iter()
             .enumerate()
-            .map(|(i, c)| component(cx, &service.name, c, i))
+            .map(|(i, c)| component(cx, service, c, i))
             .collect();
-        updated_ms = service
-            .components
-            .iter()
-            .map(local::Component::updated_at_ms)
-            .fold(updated_ms, u64::max);
         components.push(group(cx, service, &members, index));
         for incident in &service.incidents {
-            let mapped = map_incident(cx, service, &members, incident);
-            updated_ms = updated_ms.max(incident_updated_ms(incident));
-            incidents.push(mapped);
+            incidents.push(map_incident(cx, service, &members, incident));
         }
         for window in &service.scheduled_maintenances {
             maintenances.push(map_maintenance(cx, service, &members, window));
@@ -151,12 +143,18 @@ pub fn map(view: &local::View, cx: &Context, cluster: &str, now_ms: u64) -> Mapp
         components.extend(members);
     }
     incidents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-    maintenances.sort_by(|a, b| {
-        a.scheduled_for
-            .cmp(&b.scheduled_for)
-            .then(a.id.cmp(&b.id))
-    });
+    maintenances.sort_by(|a, b| a.scheduled_for.cmp(&b.scheduled_for).then(a.id.cmp(&b.id)));
     let in_maintenance = maintenances.iter().any(|m| m.status == "in_progress");
+    // ISO 8601 in UTC with a fixed width sorts as the times do; 0 is "never".
+    let never = iso8601(0);
+    let updated_at = components
+        .iter()
+        .map(|c| &c.updated_at)
+        .chain(incidents.iter().map(|i| &i.updated_at))
+        .filter(|t| **t != never)
+        .max()
+        .cloned()
+        .unwrap_or_else(|| iso8601(now_ms));
     let status = rollup(local::parse_indicator(&view.page.indicator), in_maintenance);
     Mapped {
         page: Page {
@@ -164,7 +162,7 @@ pub fn map(view: &local::View, cx: &Context, cluster: &str, now_ms: u64) -> Mapp
             name: cluster.to_owned(),
             url: cx.page_url.clone(),
             time_zone: "Etc/UTC",
-            updated_at: iso8601(if updated_ms == 0 { now_ms } else { updated_ms }),
+            updated_at,
         },
         status,
         components,
@@ -201,24 +199,15 @@ fn group(cx: &Context, service: &local::Service, members: &[Component], index: u
         .map(|m| m.status)
         .max_by_key(|s| s.severity())
         .unwrap_or(State::Operational);
-    let created = service
-        .components
-        .iter()
-        .map(local::Component::created_at_ms)
-        .min()
-        .unwrap_or(0);
-    let updated = service
-        .components
-        .iter()
-        .map(local::Component::updated_at_ms)
-        .max()
-        .unwrap_or(0);
+    // ISO 8601 in UTC with a fixed width sorts as the times do.
+    let created = members.iter().map(|m| m.created_at.clone()).min();
+    let updated = members.iter().map(|m| m.updated_at.clone()).max();
     Component {
         id: id("group", &[&service.name]),
         name: service.name.clone(),
         status,
-        created_at: iso8601(created),
-        updated_at: iso8601(updated),
+        created_at: created.unwrap_or_else(|| iso8601(0)),
+        updated_at: updated.unwrap_or_else(|| iso8601(0)),
         position: index as u32 + 1,
         description: None,
         showcase: false,
@@ -231,8 +220,39 @@ fn group(cx: &Context, service: &local::Service, members: &[Component], index: u
     }
 }
 
+/// When a component was first and last known to change: its observations and override,
+/// else (a component named only by records) the windows and incidents that name it.
+fn component_times(service: &local::Service, c: &local::Component) -> (u64, u64) {
+    if !c.regions.is_empty() || c.operator_override.is_some() {
+        return (c.created_at_ms(), c.updated_at_ms());
+    }
+    let named = |components: &[String]| components.contains(&c.name);
+    let times: Vec<u64> = service
+        .scheduled_maintenances
+        .iter()
+        .filter(|w| named(&w.components))
+        .map(|w| w.starts_at_ms)
+        .chain(
+            service
+                .incidents
+                .iter()
+                .filter(|i| named(&i.components))
+                .map(|i| i.opened_at_ms),
+        )
+        .collect();
+    let created = times.iter().copied().min().unwrap_or(0);
+    (created, times.iter().copied().max().unwrap_or(created))
+}
+
 /// One component: its derived status (worst fresh region, maintenance, override).
-fn component(cx: &Context, service: &str, c: &local::Component, index: usize) -> Component {
+fn component(
+    cx: &Context,
+    service: &local::Service,
+    c: &local::Component,
+    index: usize,
+) -> Component {
+    let (created_ms, updated_ms) = component_times(service, c);
+    let service = service.name.as_str();
     let description = (c.freshness == Freshness::Stale).then(|| {
         let regions: Vec<&str> = c.regions.iter().map(|r| r.region.as_str()).collect();
         format!(
@@ -244,8 +264,8 @@ fn component(cx: &Context, service: &str, c: &local::Component, index: usize) ->
         id: component_id(service, &c.name),
         name: c.name.clone(),
         status: c.status,
-        created_at: iso8601(c.created_at_ms()),
-        updated_at: iso8601(c.updated_at_ms()),
+        created_at: iso8601(created_ms),
+        updated_at: iso8601(updated_ms),
         position: index as u32 + 1,
         description,
         showcase: true,

@@ -105,7 +105,9 @@ fn incidents_keep_statuspage_fields_and_list_updates_newest_first() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(components, ["db"], "unknown components are left out");
-    assert!(incident.shortlink.starts_with("https://status.example.com/#"));
+    assert!(incident
+        .shortlink
+        .starts_with("https://status.example.com/#"));
 }
 
 #[test]
