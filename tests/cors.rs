@@ -1,13 +1,15 @@
 //! CORS as the README documents it: reads (the Statuspage API, `/v1/status`, SSE on both
 //! doors, badges) from any origin by default or from a configured list; preflights answered
 //! at once; writes get CORS only from `--cors-write-origins`, and a write from any other
-//! foreign origin is refused (403, field `origin`).
+//! foreign origin is refused (403, field `origin`). In a real Chromium, a page of another
+//! origin reads a node with `fetch` and follows it with EventSource only when allowed.
 
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::errors::start_one;
-use crate::harness::TestNode;
+use crate::harness::{self, Proc, TestNode};
+use crate::page::{Browser, CHROMEDRIVER, CHROMIUM};
 
 const TOKEN: &str = "cors-token-0123456789";
 const OPS: &str = "https://ops.example";
@@ -245,7 +247,7 @@ async fn a_configured_read_list_answers_only_its_origins() {
         );
     }
     // A bad list is refused at start, naming the origin.
-    let output = std::process::Command::new(crate::harness::BIN)
+    let output = std::process::Command::new(harness::BIN)
         .args([
             "run",
             "--config",
@@ -263,4 +265,97 @@ async fn a_configured_read_list_answers_only_its_origins() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("https://a.example/path"), "{stderr}");
+}
+
+/// Runs `script` (which calls `done(value)`) in the browser and returns the value.
+async fn eval_async(browser: &Browser, script: &str) -> Value {
+    let wrapped = format!("const done = arguments[arguments.length - 1]; {script}");
+    browser
+        .command("/execute/async", json!({ "script": wrapped, "args": [] }))
+        .await
+}
+
+/// What a page of another origin (a `file://` page: origin `null`) can read from `node` in
+/// Chromium: the Statuspage summary with `fetch`, and the first SSE event with EventSource.
+async fn cross_origin_reads(browser: &Browser, page: &str, node: &TestNode) -> (Value, Value) {
+    browser.goto(page).await;
+    let summary = eval_async(
+        browser,
+        &format!(
+            "fetch('{}').then(r => r.json()).then(j => done(j.page.id), e => done('refused: ' + e))",
+            node.url("/api/v2/summary.json")
+        ),
+    )
+    .await;
+    let event = eval_async(
+        browser,
+        &format!(
+            "const s = new EventSource('{}');
+             s.addEventListener('snapshot', () => {{ s.close(); done('snapshot'); }});
+             s.onerror = () => {{ s.close(); done('refused'); }};",
+            node.url("/v1/events")
+        ),
+    )
+    .await;
+    (summary, event)
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_reads_and_follows_a_node_in_chromium_only_when_allowed() {
+    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        assert!(
+            !required,
+            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
+        );
+        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+        return;
+    }
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    let (open, _open_proc) = start_one(open_dir.path(), &["--token", TOKEN]).await;
+    let closed_dir = tempfile::tempdir().expect("tempdir");
+    let (closed, _closed_proc) = start_one(
+        closed_dir.path(),
+        &[
+            "--token",
+            TOKEN,
+            "--cors-origins",
+            "https://status.example.com",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let page = open_dir.path().join("elsewhere.html");
+    std::fs::write(&page, "<!doctype html><title>another origin</title>").expect("page");
+    let page = format!("file://{}", page.display());
+
+    let driver_addr = harness::free_tcp();
+    let mut driver_cmd = std::process::Command::new(CHROMEDRIVER);
+    driver_cmd.arg(format!("--port={}", driver_addr.port()));
+    let _driver = Proc::spawn(driver_cmd, open_dir.path().join("chromedriver.log"));
+    let driver = format!("http://{driver_addr}");
+    harness::wait_for("chromedriver to be ready", || async {
+        let status = harness::get_json(&client, format!("{driver}/status")).await?;
+        (status["value"]["ready"] == true).then_some(())
+    })
+    .await;
+    let browser = Browser::start(&client, &driver, &open_dir.path().join("profile")).await;
+    browser
+        .command("/timeouts", json!({ "script": 20_000 }))
+        .await;
+
+    let (summary, event) = cross_origin_reads(&browser, &page, &open).await;
+    let expected = harness::get_json(&client, open.url("/api/v2/summary.json"))
+        .await
+        .expect("summary");
+    assert_eq!(summary, expected["page"]["id"], "fetch from another origin");
+    assert_eq!(event, "snapshot", "EventSource from another origin");
+
+    let (summary, event) = cross_origin_reads(&browser, &page, &closed).await;
+    assert!(
+        summary.as_str().is_some_and(|s| s.starts_with("refused")),
+        "an unlisted origin must not read: {summary}"
+    );
+    assert_eq!(event, "refused", "an unlisted origin must not follow");
+    browser.close().await;
 }
