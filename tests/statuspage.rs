@@ -337,6 +337,21 @@ async fn a_statuspage_client_reads_summary_components_and_incidents_with_ids_equ
         "converged nodes answer the same components"
     );
 
+    // Answers carry an ETag; the same page again is a 304.
+    let first = client
+        .get(ap.url("/api/v2/summary.json"))
+        .send()
+        .await
+        .expect("GET");
+    let etag = first.headers()["etag"].clone();
+    let again = client
+        .get(ap.url("/api/v2/summary.json"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(again.status(), 304);
+
     // A resolved incident leaves unresolved.json and stays in incidents.json.
     let (code, reply) = send(client.patch(us.url("/v1/incidents/db-down")).json(&json!({
         "service": "api", "status": "resolved", "message": "Fixed",
