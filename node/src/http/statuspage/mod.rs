@@ -240,3 +240,22 @@ async fn active(State(state): State<HttpState>, headers: HeaderMap) -> Result<Re
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_url_is_the_flag_else_the_host_when_it_is_a_plain_host() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            page_url(Some("https://status.example.com/"), &headers),
+            "https://status.example.com"
+        );
+        assert_eq!(page_url(None, &headers), "http://localhost");
+        headers.insert(header::HOST, "127.0.0.1:8101".parse().expect("host"));
+        assert_eq!(page_url(None, &headers), "http://127.0.0.1:8101");
+        headers.insert(header::HOST, "evil\"><x".parse().expect("host"));
+        assert_eq!(page_url(None, &headers), "http://localhost");
+    }
+}
