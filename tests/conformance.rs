@@ -34,6 +34,11 @@ const PATHS: &[&str] = &[
     "/v1/incidents/i1/updates",
     "/v1/maintenance/api/m1",
     "/v1/overrides/api/db",
+    "/api/v2/summary.json",
+    "/api/v2/incidents/unresolved.json",
+    "/api/v2/scheduled-maintenances/active.json",
+    "/badge/api.svg",
+    "/badge/api/db.json",
 ];
 
 /// Sends `request` on a fresh connection and reads the whole answer (the request asks the

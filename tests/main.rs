@@ -4,12 +4,14 @@
 //! conditions with bounded timeouts and kills only the processes it started.
 
 mod alertmanager;
+mod badges;
 mod bench_sse;
 mod chaos;
 mod chaos_net;
 mod client;
 mod conformance;
 mod contract;
+mod cors;
 mod durability;
 mod epoch;
 mod errors;
@@ -21,5 +23,6 @@ mod prometheus;
 mod secrets;
 mod security;
 mod slow_reader;
+mod statuspage;
 mod tls;
 mod transitions;

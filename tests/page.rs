@@ -13,17 +13,17 @@ use serde_json::{json, Value};
 
 use crate::harness::{self, Proc};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A WebDriver session; deleted (and the browser closed) when dropped.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
+pub(crate) struct Browser {
+    pub(crate) client: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Browser {
-    async fn start(client: &reqwest::Client, driver: &str, profile: &Path) -> Self {
+    pub(crate) async fn start(client: &reqwest::Client, driver: &str, profile: &Path) -> Self {
         let args = [
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -63,7 +63,7 @@ impl Browser {
         }
     }
 
-    async fn command(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn command(&self, path: &str, body: Value) -> Value {
         let reply: Value = self
             .client
             .post(format!("{}{path}", self.base))
@@ -77,11 +77,11 @@ impl Browser {
         reply["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.command("/url", json!({ "url": url })).await;
     }
 
-    async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.command("/execute/sync", json!({ "script": script, "args": [] }))
             .await
     }
@@ -99,7 +99,7 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    async fn screenshot(&self, path: &Path) {
+    pub(crate) async fn screenshot(&self, path: &Path) {
         let reply: Value = self
             .client
             .get(format!("{}/screenshot", self.base))
@@ -115,12 +115,12 @@ impl Browser {
         std::fs::write(path, png).expect("write screenshot");
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.client.delete(&self.base).send().await;
     }
 }
 
-fn artifacts_dir() -> PathBuf {
+pub(crate) fn artifacts_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
     std::fs::create_dir_all(&dir).expect("artifacts dir");
     dir

@@ -159,6 +159,8 @@ enum Command {
         epoch: EpochArgs,
         #[command(flatten)]
         alertmanager: AlertmanagerArgs,
+        #[command(flatten)]
+        web: statusmesh_node::http::cors::WebArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -342,6 +344,7 @@ fn main() -> anyhow::Result<()> {
                 frame_ancestors,
                 epoch,
                 alertmanager,
+                web,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -356,6 +359,7 @@ fn main() -> anyhow::Result<()> {
                     alertmanager: alertmanager.settings(),
                     ..NodeSettings::new(data_dir, tokens)
                 };
+                let settings = web.apply(settings);
                 run(
                     config,
                     node,

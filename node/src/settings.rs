@@ -428,6 +428,10 @@ pub struct NodeSettings {
     pub frame_ancestors: crate::http::frame_ancestors::FrameAncestors,
     /// How `POST /v1/integrations/alertmanager` turns alerts into observations.
     pub alertmanager: AlertmanagerSettings,
+    /// Who may read and write from other origins (`--cors-origins`, `--cors-write-origins`).
+    pub cors: crate::http::cors::CorsSettings,
+    /// The Statuspage API's `page.url` (`--page-url`); `None`: from the request's `Host`.
+    pub page_url: Option<String>,
 }
 
 impl NodeSettings {
@@ -443,6 +447,8 @@ impl NodeSettings {
             request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
             frame_ancestors: crate::http::frame_ancestors::FrameAncestors::none(),
             alertmanager: AlertmanagerSettings::default(),
+            cors: crate::http::cors::CorsSettings::default(),
+            page_url: None,
         }
     }
 }

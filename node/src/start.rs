@@ -203,6 +203,8 @@ pub async fn start(
         metrics: options.metrics.clone(),
         frame_ancestors: options.settings.frame_ancestors.clone(),
         alertmanager: Arc::new(alertmanager),
+        cors: http::cors::Cors::new(options.settings.cors.clone()),
+        page_url: options.settings.page_url.as_deref().map(Arc::from),
     };
     let router = http::router(state.clone());
     let http = tokio::spawn(http::serve::serve(

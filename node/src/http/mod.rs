@@ -9,6 +9,8 @@
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
 //! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
+//! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
+//!   [`cors`]: cross-origin reads (`--cors-origins`) and writes (`--cors-write-origins`).
 //! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
 
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::Name;
 
 pub mod alertmanager;
+pub mod badge;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod frame_ancestors;
@@ -32,6 +36,7 @@ pub mod negotiate;
 pub mod records;
 pub mod serve;
 pub mod sse_front;
+pub mod statuspage;
 pub mod writes;
 
 pub use error::ApiError;
@@ -56,12 +61,17 @@ pub struct HttpState {
     pub frame_ancestors: FrameAncestors,
     /// `POST /v1/integrations/alertmanager`: its settings and firing set.
     pub alertmanager: Arc<alertmanager::Receiver>,
+    /// Who may read and write from other origins.
+    pub cors: cors::Cors,
+    /// `--page-url`: the Statuspage API's `page.url` (else from the request's `Host`).
+    pub page_url: Option<Arc<str>>,
 }
 
 /// The router of one node. A route that produces anything but JSON is listed in
 /// [`negotiate::produces`].
 pub fn router(state: HttpState) -> Router {
     let frame_ancestors = state.frame_ancestors.clone();
+    let cors = state.cors.clone();
     Router::new()
         .route("/v1/status", get(get_status_all))
         .route("/v1/status/{service}", get(get_status_one))
@@ -83,7 +93,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
         .merge(alertmanager::routes())
+        .merge(statuspage::routes())
+        .merge(badge::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
+        .route_layer(axum::middleware::from_fn_with_state(
+            cors.clone(),
+            cors::refuse_foreign_writes,
+        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -99,6 +115,7 @@ pub fn router(state: HttpState) -> Router {
         ))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(error::bounded_headers))
+        .layer(cors.layer())
 }
 
 /// `nosniff` on every response, so no body is ever sniffed into a script or a page; HTML and

@@ -55,6 +55,10 @@ pub static CSS: MediaType<'static> = MediaType::new(names::TEXT, names::CSS);
 pub static PROMETHEUS_TEXT: LazyLock<MediaType<'static>> =
     LazyLock::new(|| MediaType::parse("text/plain; version=0.0.4").expect("a valid media type"));
 
+/// `image/svg+xml`: the badges' `.svg`.
+pub static SVG: MediaType<'static> =
+    MediaType::from_parts(names::IMAGE, names::SVG, Some(names::XML), &[]);
+
 /// What the route at `path` (its matched template) produces when it succeeds.
 pub fn produces(path: &str) -> &'static MediaType<'static> {
     match path {
@@ -65,6 +69,15 @@ pub fn produces(path: &str) -> &'static MediaType<'static> {
         "/v1/events" => &EVENT_STREAM,
         _ => &JSON,
     }
+}
+
+/// What a request for `uri_path` routed to `template` produces: [`produces`], except that a
+/// badge route produces what its file extension names (`.svg` or `.json`).
+pub fn produces_for(template: &str, uri_path: &str) -> &'static MediaType<'static> {
+    if super::badge::TEMPLATES.contains(&template) && uri_path.ends_with(".svg") {
+        return &SVG;
+    }
+    produces(template)
 }
 
 /// What a request body may be declared as, for the 415's `detail` and `Accept` header.
@@ -81,7 +94,8 @@ pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| request.uri().path(), MatchedPath::as_str);
-    if let Err(error) = check_accept(request.headers(), produces(path)) {
+    let produced = produces_for(path, request.uri().path());
+    if let Err(error) = check_accept(request.headers(), produced) {
         return error.into_response();
     }
     let mut response = next.run(request).await;

@@ -111,6 +111,8 @@ fn is_events_request(first: &[u8]) -> bool {
 struct EventsRequest {
     uri: axum::http::Uri,
     last_event_id: Option<String>,
+    /// The `Origin` header, for CORS ([`super::cors`]).
+    origin: Option<Vec<u8>>,
 }
 
 async fn serve_events(
@@ -127,6 +129,7 @@ async fn serve_events(
             return;
         }
     };
+    let cors = state.cors.event_stream_headers(request.origin.as_deref());
     let opened = match parse_query::<EventsQuery>(&request.uri) {
         Ok(query) => {
             open_event_stream(
@@ -142,12 +145,12 @@ async fn serve_events(
     let events = match opened {
         Ok(events) => events,
         Err(error) => {
-            let _ = write_error(&mut stream, &error).await;
+            let _ = write_error_with(&mut stream, &error, &cors).await;
             return;
         }
     };
     let mut events = std::pin::pin!(events);
-    if stream.write_all(&response_head()).await.is_err() {
+    if stream.write_all(&response_head(&cors)).await.is_err() {
         return;
     }
     let (mut reader, mut writer) = stream.split();
@@ -206,11 +209,13 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn response_head() -> Vec<u8> {
+/// The response head; `cors` holds the CORS header lines, if any.
+fn response_head(cors: &str) -> Vec<u8> {
     let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
     for (name, value) in SSE_RESPONSE_HEADERS {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
+    head.extend_from_slice(cors.as_bytes());
     // The body ends when the connection does.
     head.extend_from_slice(b"connection: close\r\n\r\n");
     head
@@ -289,6 +294,7 @@ fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
         )
     })?;
     let mut last_event_id = None;
+    let mut origin = None;
     let mut accept = axum::http::HeaderMap::new();
     for header in request.headers.iter() {
         let name = header.name;
@@ -296,6 +302,8 @@ fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
             if let Ok(value) = axum::http::HeaderValue::from_bytes(header.value) {
                 accept.append(axum::http::header::ACCEPT, value);
             }
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(header.value.to_vec());
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = std::str::from_utf8(header.value).ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("content-length")
@@ -311,7 +319,11 @@ fn parse_head(head: &[u8]) -> Result<Option<EventsRequest>, ApiError> {
     }
     // The same negotiation as the axum route's (`negotiate`).
     check_accept(&accept, &EVENT_STREAM)?;
-    Ok(Some(EventsRequest { uri, last_event_id }))
+    Ok(Some(EventsRequest {
+        uri,
+        last_event_id,
+        origin,
+    }))
 }
 
 fn bad_request(
@@ -324,10 +336,15 @@ fn bad_request(
 
 /// The error as a whole HTTP response, then the connection closes.
 async fn write_error(stream: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+    write_error_with(stream, error, "").await
+}
+
+/// [`write_error`] with extra header lines (`cors`, each ending in CRLF).
+async fn write_error_with(stream: &mut TcpStream, error: &ApiError, cors: &str) -> io::Result<()> {
     let body = error.body().to_string();
     let status = error.status();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-content-type-options: nosniff\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-content-type-options: nosniff\r\n{cors}content-length: {}\r\nconnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
