@@ -213,19 +213,42 @@ impl ServiceDoc {
             }
             return;
         };
-        let mut new_in_prev = false;
+        // Writes that entered the previous epoch's document with this change: it, and any
+        // that Automerge held back for want of it. Each that was not held before in any form
+        // (its base, a change, a carried copy) is new here, so its clients were never told.
+        let mut entered: Vec<(WriteId, Change)> = Vec::new();
         if let Some(prev) = self.prev.as_mut() {
             if kind.lineage() == Some(Lineage::of(prev.meta.epoch, prev.base.as_ref())) {
-                // Held before in any form (its base, a change, a carried copy): told then.
-                let held = prev.meta.clock.covers(&write)
-                    || self.replaced_writes.contains_key(&write)
-                    || write_ids(&prev.doc).any(|w| w == write);
+                let before: BTreeSet<WriteId> = write_ids(&prev.doc).collect();
                 if prev.doc.apply_changes([change.clone()]).is_err() {
                     return;
                 }
-                new_in_prev = !held;
+                for meta in prev.doc.get_changes_meta(&[]) {
+                    let Some(id) = ActorKind::parse(&meta.actor).and_then(|k| k.write_id(meta.seq))
+                    else {
+                        continue;
+                    };
+                    if before.contains(&id)
+                        || prev.meta.clock.covers(&id)
+                        || self.replaced_writes.contains_key(&id)
+                    {
+                        continue;
+                    }
+                    if let Some(entered_change) = prev.doc.get_change_by_hash(&meta.hash) {
+                        entered.push((id, entered_change.clone()));
+                    }
+                }
             }
         }
+        for (id, entered_change) in &entered {
+            if *id != write && self.meta.clock.covers(id) && !self.carried.contains_key(id) {
+                let keys: BTreeSet<String> = carried_write(entered_change)
+                    .map(|c| c.ops.into_iter().map(|(key, _)| key).collect())
+                    .unwrap_or_default();
+                applied.late.push((*id, keys));
+            }
+        }
+        let new_in_prev = entered.iter().any(|(id, _)| *id == write);
         if self.meta.clock.covers(&write) || self.carried.contains_key(&write) {
             self.epoch_stats.stale += 1;
             if new_in_prev && !self.carried.contains_key(&write) {

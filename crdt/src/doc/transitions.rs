@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::legacy::Key;
-use automerge::{Change, ChangeHash};
+use automerge::{Change, ChangeHash, ReadDoc};
 use serde::Serialize;
 
 use super::events::{events_for_keys_in, DocEvent};
@@ -40,6 +40,10 @@ pub enum CoalesceReason {
     Requested,
     /// The document rolled over and this node learned of the writes only through the base.
     Rollover,
+    /// A write of the closed epoch that this node learned of only after later values of its
+    /// record (the base covered it): told once with its identity, folded into the record as
+    /// it reads now, and so out of its writer's order.
+    Late,
 }
 
 /// How many transitions one event stands for, when more than its own.
@@ -95,8 +99,65 @@ impl ServiceDoc {
         if !self.has_all(before) {
             return None;
         }
-        let steps = steps_after(self.source(), before, &BTreeSet::new());
-        Some(self.deliver(self.source(), before, steps, delivery))
+        let skip = self.told_before(before);
+        let steps = steps_after(self.source(), before, &skip);
+        if skip.is_empty() {
+            return Some(self.deliver(self.source(), before, steps, delivery));
+        }
+        // Restated copies tell nothing, but a carried copy may resolve a record otherwise on
+        // top of the base than the client holds it: then one correction, as after a rollover.
+        let restated: BTreeSet<String> = steps
+            .iter()
+            .flat_map(|s| s.restated.iter().map(|k| record_of(k)))
+            .collect();
+        let mut out = self.deliver(self.source(), before, steps, delivery);
+        let told: BTreeSet<String> = out.iter().map(|t| t.event.record_key()).collect();
+        let untold: BTreeSet<String> = restated.difference(&told).cloned().collect();
+        if !untold.is_empty() {
+            let held: BTreeMap<String, DocEvent> =
+                events_for_keys_in(self.source(), &untold, Some(before))
+                    .into_iter()
+                    .map(|e| (e.record_key(), e))
+                    .collect();
+            let now = events_for_keys_in(self.source(), &untold, None);
+            let changed: Vec<DocEvent> = now
+                .into_iter()
+                .filter(|e| {
+                    held.get(&e.record_key())
+                        .is_none_or(|h| !same_record_state(h, e))
+                })
+                .collect();
+            out.extend(self.coalesced_now(changed, CoalesceReason::Rollover));
+        }
+        self.settle(&mut out);
+        Some(out)
+    }
+
+    /// Writes a client at `before` (heads of this epoch) was told already, when a change
+    /// after it is a carried copy: a copy of a write of the previous epoch, of a replaced
+    /// document, or of one this epoch holds before `before` restates, and is no transition.
+    /// Empty (and free) when no carried copy follows `before`, the common case.
+    fn told_before(&self, before: &[ChangeHash]) -> BTreeSet<WriteId> {
+        let after = self.doc.get_changes_meta(before);
+        let carried = |actor: &automerge::ActorId| {
+            matches!(ActorKind::parse(actor), Some(ActorKind::Carried { .. }))
+        };
+        if !after.iter().any(|m| carried(&m.actor)) {
+            return BTreeSet::new();
+        }
+        let later: BTreeSet<ChangeHash> = after.iter().map(|m| m.hash).collect();
+        let mut told: BTreeSet<WriteId> = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .filter(|m| !later.contains(&m.hash))
+            .filter_map(|m| ActorKind::parse(&m.actor)?.write_id(m.seq))
+            .collect();
+        if let Some(prev) = self.prev_source() {
+            told.extend(write_ids(prev.doc));
+        }
+        told.extend(self.replaced_writes.keys().copied());
+        told
     }
 
     /// The transitions a client at `before`, heads of the previous epoch, has not seen: those
@@ -125,6 +186,7 @@ impl ServiceDoc {
             return Some(self.coalesce(&steps, before, delivery));
         }
         let mut out = replay(prev, before, prev_steps);
+        self.tell_folded_by_base(&mut out);
         out.extend(replay(self.source(), &[], current_steps));
         self.settle(&mut out);
         Some(out)
@@ -165,9 +227,44 @@ impl ServiceDoc {
         out
     }
 
+    /// Records whose value the base restates otherwise than this node's previous epoch holds
+    /// them (after `out`, its replay): the base folded writes this node never held (made in
+    /// an epoch it skipped, or not yet come here). Each is told once as the base has it,
+    /// coalesced for the rollover, with the base as its heads so that a client cut off after
+    /// it is replayed the writes carried on top.
+    fn tell_folded_by_base(&self, out: &mut Vec<Transition>) {
+        let (Some(prev), Some(base)) = (self.prev_source(), self.base) else {
+            return;
+        };
+        let mut records = record_keys_of(prev.doc, None);
+        records.extend(record_keys_of(self.source().doc, Some(&[base])));
+        let held: BTreeMap<String, DocEvent> = events_for_keys_in(prev, &records, None)
+            .into_iter()
+            .map(|e| (e.record_key(), e))
+            .collect();
+        for event in events_for_keys_in(self.source(), &records, Some(&[base])) {
+            let folded = held
+                .get(&event.record_key())
+                .is_none_or(|h| !same_record_state(h, &event));
+            if folded {
+                out.push(Transition {
+                    event,
+                    id: None,
+                    coalesced: Some(Coalesced {
+                        count: 1,
+                        reason: CoalesceReason::Rollover,
+                    }),
+                    epoch: self.epoch(),
+                    heads: vec![base],
+                });
+            }
+        }
+    }
+
     /// Writes of the previous epoch that its base already covers, learned here only now:
     /// each record one wrote is told with the write's identity and the record as it reads
-    /// now (the base restated it without that write), unless a replay above told it.
+    /// now (the base restated it without that write), marked [`CoalesceReason::Late`],
+    /// unless a replay above told it.
     fn tell_late(&self, late: &[(WriteId, BTreeSet<String>)], out: &mut Vec<Transition>) {
         if late.is_empty() {
             return;
@@ -188,7 +285,10 @@ impl ServiceDoc {
                 out.push(Transition {
                     event,
                     id: Some(id),
-                    coalesced: None,
+                    coalesced: Some(Coalesced {
+                        count: 1,
+                        reason: CoalesceReason::Late,
+                    }),
                     epoch: self.epoch(),
                     heads: heads.clone(),
                 });
@@ -329,10 +429,13 @@ impl ServiceDoc {
 /// The changes after `before` in `src` (Automerge's topological order), each with the records
 /// it wrote; bases and writes in `skip` left out (the heads still move past them).
 fn steps_after(src: Source<'_>, before: &[ChangeHash], skip: &BTreeSet<WriteId>) -> Vec<Step> {
+    // A write's second copy among the steps (the original and a carried one) restates it.
+    let mut seen: BTreeSet<WriteId> = BTreeSet::new();
     src.doc
         .get_changes(before)
         .into_iter()
         .map(|change| {
+            let write = write_of(&change);
             // A base comes before everything else of its epoch: it moves no record after a
             // step, so its keys need not be known.
             let keys = if ServiceDoc::is_base(&change) {
@@ -340,7 +443,7 @@ fn steps_after(src: Source<'_>, before: &[ChangeHash], skip: &BTreeSet<WriteId>)
             } else {
                 root_keys(&change)
             };
-            if write_of(&change).is_some_and(|w| skip.contains(&w)) {
+            if write.is_some_and(|w| skip.contains(&w) || !seen.insert(w)) {
                 Step {
                     change,
                     keys: BTreeSet::new(),
@@ -470,6 +573,18 @@ impl DocEvent {
 }
 
 /// The record a root key belongs to (an update belongs to its incident).
+/// The records a document holds (at `heads`, now when `None`).
+fn record_keys_of(doc: &automerge::Automerge, heads: Option<&[ChangeHash]>) -> BTreeSet<String> {
+    let keys: Vec<String> = match heads {
+        Some(heads) => doc.keys_at(automerge::ROOT, heads).collect(),
+        None => doc.keys(automerge::ROOT).collect(),
+    };
+    keys.iter()
+        .filter(|k| RecordKey::parse(k).is_some())
+        .map(|k| record_of(k))
+        .collect()
+}
+
 fn record_of(key: &str) -> String {
     match RecordKey::parse(key) {
         Some(RecordKey::Update { incident, .. }) => incident_key(&incident),

@@ -38,8 +38,8 @@ impl StreamHistory {
     }
 
     /// Notes one event the stream told at `now_us`: a transition must come after the same
-    /// writer's earlier ones of its record; an event without an identity must say it
-    /// coalesced.
+    /// writer's earlier ones of its record, unless it says it is folded into the record's
+    /// later value (a late write); an event without an identity must say it coalesced.
     pub(crate) fn tell(
         &mut self,
         now_us: u64,
@@ -59,6 +59,11 @@ impl StreamHistory {
         let Some((writer, n, record)) = parse_id(id) else {
             return Err(HistoryBreak::MalformedId { id: id.to_owned() });
         };
+        if coalesced {
+            // A late write, folded into the record as it reads now: told, but after the
+            // same writer's later writes by nature.
+            return Ok(());
+        }
         let key = (record.to_owned(), writer.to_owned());
         if let Some(last) = self.last_n.get(&key).filter(|last| n <= last.n) {
             return Err(HistoryBreak::OutOfOrder {
