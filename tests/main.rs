@@ -13,6 +13,7 @@ mod contract;
 mod durability;
 mod epoch;
 mod errors;
+mod flags;
 mod harness;
 mod mesh;
 mod negotiation;

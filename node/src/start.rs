@@ -200,7 +200,9 @@ pub async fn start(
         metrics: options.metrics.clone(),
         frame_ancestors: options.settings.frame_ancestors.clone(),
         alertmanager: Arc::new(alertmanager),
+        flags: Arc::default(),
     };
+    tokio::spawn(http::flags::controller::run(handle.clone()));
     let router = http::router(state.clone());
     let http = tokio::spawn(http::serve::serve(
         listener,

@@ -71,6 +71,9 @@ pub(super) enum Command {
         regions: usize,
         reply: oneshot::Sender<usize>,
     },
+    Flags {
+        reply: oneshot::Sender<statusmesh_crdt::flags::FlagSet>,
+    },
 }
 
 /// Static facts about the node, shared with the HTTP side.
@@ -197,6 +200,11 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// Every feature flag, with the availability they are evaluated against now.
+    pub async fn flags(&self) -> Result<statusmesh_crdt::flags::FlagSet, Unavailable> {
+        self.ask(|reply| Command::Flags { reply }).await
     }
 
     /// True once the node has heard from a peer (or has none).

@@ -333,6 +333,11 @@ impl Driver {
                     self.ack_waiters.push((change, regions, reply));
                 }
             }
+            Command::Flags { reply } => {
+                let set =
+                    statusmesh_crdt::flags::FlagSet::from_replica(self.node.replica(), now_ms());
+                let _ = reply.send(set);
+            }
         }
     }
 

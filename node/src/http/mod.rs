@@ -26,9 +26,11 @@ use statusmesh_crdt::Name;
 pub mod alertmanager;
 pub mod error;
 pub mod events;
+pub mod flags;
 pub mod frame_ancestors;
 pub mod limits;
 pub mod negotiate;
+pub mod ofrep;
 pub mod records;
 pub mod serve;
 pub mod sse_front;
@@ -56,6 +58,8 @@ pub struct HttpState {
     pub frame_ancestors: FrameAncestors,
     /// `POST /v1/integrations/alertmanager`: its settings and firing set.
     pub alertmanager: Arc<alertmanager::Receiver>,
+    /// Feature flags: the cached flag set and the OFREP limiter.
+    pub flags: Arc<flags::FlagState>,
 }
 
 /// The router of one node. A route that produces anything but JSON is listed in
@@ -83,6 +87,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
         .merge(alertmanager::routes())
+        .merge(flags::routes())
+        .merge(ofrep::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .fallback(|| async {
             ApiError::new(
