@@ -341,6 +341,38 @@ async fn an_outage_in_one_region_flips_the_flag_to_its_safe_variant_elsewhere_an
     });
     let (code, body) = put_flag(http, eu, token, "shop/checkout", spec).await;
     assert_eq!(code, 200, "{body}");
+    // A regional kill switch: only callers of a region where payments is down.
+    let regional = json!({
+        "variants": {"on": true, "off": false}, "default_variant": "on",
+        "availability": [
+            {"service": "payments", "component": "api", "at_or_worse": "partial_outage",
+             "scope": "region", "variant": "off"}
+        ],
+        "rules": [{"when": [], "split": [{"variant": "on", "weight": 1}, {"variant": "off", "weight": 1}]}]
+    });
+    let (code, body) = put_flag(http, eu, token, "shop/regional", regional).await;
+    assert_eq!(code, 200, "{body}");
+    // A split key gets the same variant on every node.
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    let mut per_node = Vec::new();
+    for node in nodes {
+        let mut variants = Vec::new();
+        for key in &keys {
+            let request = format!(r#"{{"context":{{"targetingKey":"{key}","region":"us-east"}}}}"#);
+            let body = harness::wait_for(&format!("shop/regional on {}", node.id), || async {
+                served(http, node, token, "shop/regional", &request).await
+            })
+            .await;
+            variants.push(body["variant"].as_str().unwrap_or_default().to_owned());
+        }
+        per_node.push(variants);
+    }
+    assert!(per_node.windows(2).all(|w| w[0] == w[1]), "{per_node:?}");
+    let halves = per_node[0].iter().filter(|v| *v == "on").count();
+    assert!(
+        (25..=75).contains(&halves),
+        "{halves} of 100 in a 50 % split"
+    );
     let request = r#"{"context":{"targetingKey":"u1"}}"#;
     harness::wait_for("the flag on us-east", || async {
         let body = served(http, us, token, "shop/checkout", request).await?;
@@ -365,6 +397,19 @@ async fn an_outage_in_one_region_flips_the_flag_to_its_safe_variant_elsewhere_an
     .await;
     assert_eq!(body["reason"], "AVAILABILITY");
     assert_eq!(body["variant"], "safe");
+    // Regional scope on the us-east node: eu-west callers get `off`, us-east callers split.
+    let eu_caller = r#"{"context":{"targetingKey":"k1","region":"eu-west"}}"#;
+    let body = harness::wait_for("the regional kill switch for eu-west callers", || async {
+        let body = served(http, us, token, "shop/regional", eu_caller).await?;
+        (body["reason"] == "AVAILABILITY").then_some(body)
+    })
+    .await;
+    assert_eq!(body["value"], false);
+    let us_caller = r#"{"context":{"targetingKey":"k1","region":"us-east"}}"#;
+    let body = served(http, us, token, "shop/regional", us_caller)
+        .await
+        .expect("evaluates");
+    assert_eq!(body["reason"], "SPLIT");
 
     // Healed: back to the new checkout.
     let (code, body) = harness::put_status(
