@@ -20,10 +20,12 @@ fn flag(spec: Value) -> Flag {
 fn contexts() -> Vec<Map<String, Value>> {
     (0..1024)
         .map(|i| {
+            let region = ["eu-west", "us-east", "ap-southeast"][i % 3];
+            let plan = ["free", "pro", "beta"][i % 3];
             json!({
                 "targetingKey": format!("user-{i}"),
-                "region": ["eu-west", "us-east", "ap-southeast"][i % 3],
-                "plan": ["free", "pro", "beta"][i % 3],
+                "region": region,
+                "plan": plan,
                 "app_version": format!("2.{}.0", i % 20),
                 "age": i % 90,
             })
