@@ -525,4 +525,29 @@ async fn a_staged_rollout_rolls_back_when_its_guard_degrades_and_resumes_after()
         (stage == 2 && !paused).then_some(())
     })
     .await;
+
+    // The audit trail: the operator's write, then the controller's steps, rollback, resume.
+    let history = harness::get_json(http, eu.url("/v1/flags/shop/rollout/history"))
+        .await
+        .expect("history");
+    let entries = history["history"].as_array().expect("entries");
+    assert_eq!(entries[0]["flag"]["author"], "cli");
+    assert!(entries[0]["flag"]["progress"].is_null(), "{history}");
+    let mut progress: Vec<(u64, bool)> = entries
+        .iter()
+        .filter_map(|e| {
+            let p = &e["flag"]["progress"];
+            Some((p["stage"].as_u64()?, p["paused_since_ms"].is_u64()))
+        })
+        .collect();
+    progress.dedup();
+    assert_eq!(
+        progress,
+        [(1, false), (2, false), (1, true), (1, false), (2, false)],
+        "{history}"
+    );
+    assert!(
+        entries.iter().all(|e| e["origin_node"].is_string()),
+        "{history}"
+    );
 }

@@ -8,11 +8,13 @@
 //! - `hash`: [`bucket`], the fixed consistent hash of percentage splits.
 //! - `availability`: [`AvailabilityView`], component states mesh-wide and per region.
 //! - `rollout`: staged rollouts: [`position`] and the controller's [`advance`].
+//! - `history`: [`flag_history`], a flag's writes from the Automerge history.
 //! - `set`: [`FlagSet`], every flag of a replica and the OFREP key namespace.
 
 mod availability;
 mod eval;
 mod hash;
+mod history;
 mod rollout;
 mod set;
 mod spec;
@@ -20,6 +22,7 @@ mod spec;
 pub use availability::{AvailabilityView, ComponentAvailability};
 pub use eval::{evaluate, Context, EvalError, Evaluation, Reason, Semver, REGION, TARGETING_KEY};
 pub use hash::{bucket, BUCKETS};
+pub use history::{flag_history, FlagHistoryEntry, HISTORY_MAX};
 pub use rollout::{
     advance, guard_degraded, percent_of, position, Position, RolloutEvent, RolloutProgress,
 };

@@ -369,3 +369,50 @@ fn the_ofrep_namespace_finds_full_keys_and_unique_bare_keys() {
     assert!(matches!(set.lookup("blog/search"), Lookup::Found(..)));
     assert_eq!(set.lookup("nope"), Lookup::NotFound);
 }
+
+#[test]
+fn a_flags_history_lists_every_write_with_its_origin_and_a_flag_set_reads_replicas() {
+    use crate::doc::Put;
+    use crate::replica::Replica;
+    let name = |s: &str| crate::model::Name::parse("n", s).expect("name");
+    let mut replica = Replica::new("n1", automerge::ActorId::from(vec![1; 16]));
+    let (service, key) = (name("shop"), name("checkout"));
+    let mut f = bool_flag(json!({"rules": [{"when": [], "variant": "on"}]}));
+    let put = |value: Option<Flag>| Put::Flag {
+        key: key.clone(),
+        value,
+    };
+    replica
+        .write_records(10, &service, &[put(Some(f.clone()))])
+        .expect("written");
+    f.spec.disabled = true;
+    replica
+        .write_records(20, &service, &[put(Some(f.clone()))])
+        .expect("written");
+    let set = FlagSet::from_replica(&replica, 30);
+    let Lookup::Found(id, stored) = set.lookup("shop/checkout") else {
+        panic!("not found");
+    };
+    let e = evaluate(
+        id,
+        stored,
+        &set.availability,
+        &Context::new(&Map::new(), None),
+        30,
+    )
+    .expect("evaluates");
+    assert_eq!(e.reason, Reason::Disabled);
+    replica
+        .write_records(40, &service, &[put(None)])
+        .expect("deleted");
+    let doc = replica.doc(&service).expect("doc");
+    let history = flag_history(doc, &key);
+    let actions: Vec<(u64, &str)> = history.iter().map(|h| (h.at_ms, h.action)).collect();
+    assert_eq!(actions, [(10, "put"), (20, "put"), (40, "delete")]);
+    assert_eq!(history[0].origin_node.as_deref(), Some("n1"));
+    assert_eq!(
+        history[1].flag.as_ref().map(|f| f.spec.disabled),
+        Some(true)
+    );
+    assert!(FlagSet::from_replica(&replica, 50).is_empty());
+}

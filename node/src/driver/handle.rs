@@ -74,6 +74,11 @@ pub(super) enum Command {
     Flags {
         reply: oneshot::Sender<statusmesh_crdt::flags::FlagSet>,
     },
+    FlagHistory {
+        service: Name,
+        key: Name,
+        reply: oneshot::Sender<Option<Vec<statusmesh_crdt::flags::FlagHistoryEntry>>>,
+    },
 }
 
 /// Static facts about the node, shared with the HTTP side.
@@ -205,6 +210,20 @@ impl NodeHandle {
     /// Every feature flag, with the availability they are evaluated against now.
     pub async fn flags(&self) -> Result<statusmesh_crdt::flags::FlagSet, Unavailable> {
         self.ask(|reply| Command::Flags { reply }).await
+    }
+
+    /// A flag's writes from its document's history; `None` when the service is unknown.
+    pub async fn flag_history(
+        &self,
+        service: Name,
+        key: Name,
+    ) -> Result<Option<Vec<statusmesh_crdt::flags::FlagHistoryEntry>>, Unavailable> {
+        self.ask(|reply| Command::FlagHistory {
+            service,
+            key,
+            reply,
+        })
+        .await
     }
 
     /// True once the node has heard from a peer (or has none).

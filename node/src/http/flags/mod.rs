@@ -4,6 +4,7 @@
 //! PUT    /v1/flags/{service}/{key}    a FlagSpec (see statusmesh_crdt::flags)   operator scope
 //! GET    /v1/flags/{service}/{key}    the stored flag and where its rollout stands
 //! DELETE /v1/flags/{service}/{key}                                              operator scope
+//! GET    /v1/flags/{service}/{key}/history  every write of it (newest 200), oldest first
 //! GET    /v1/flags                    every flag
 //! ```
 //!
@@ -48,10 +49,13 @@ pub struct FlagState {
 
 /// The routes of this module, to merge into the node's router.
 pub fn routes() -> Router<HttpState> {
-    Router::new().route("/v1/flags", get(list_flags)).route(
-        "/v1/flags/{service}/{key}",
-        put(put_flag).get(get_flag).delete(delete_flag),
-    )
+    Router::new()
+        .route("/v1/flags", get(list_flags))
+        .route(
+            "/v1/flags/{service}/{key}",
+            put(put_flag).get(get_flag).delete(delete_flag),
+        )
+        .route("/v1/flags/{service}/{key}/history", get(get_flag_history))
 }
 
 /// The service, once `token` may write its flags (operator scope, within its write rate).
@@ -155,6 +159,28 @@ async fn get_flag(
             "not_found",
             Some("key"),
             format!("no flag {key:?} in service {service:?}"),
+        )),
+    }
+}
+
+async fn get_flag_history(
+    State(HttpState { node, .. }): State<HttpState>,
+    Path((service, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = Name::parse("service", &service)?;
+    let key = Name::parse("key", &key)?;
+    match node.flag_history(service.clone(), key.clone()).await? {
+        Some(history) if !history.is_empty() => Ok(Json(json!({
+            "service": service,
+            "key": key,
+            "history": history,
+        }))
+        .into_response()),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            Some("key"),
+            format!("no flag {key} has been written in service {service}"),
         )),
     }
 }
