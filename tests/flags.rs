@@ -466,16 +466,18 @@ async fn a_staged_rollout_rolls_back_when_its_guard_degrades_and_resumes_after()
         (stage == 2 && !paused).then_some(())
     })
     .await;
-    let evaluated = served(
-        http,
-        eu,
-        token,
-        "shop/rollout",
-        r#"{"context":{"targetingKey":"k"}}"#,
-    )
-    .await
-    .expect("evaluates");
-    assert_eq!(evaluated["metadata"]["rolloutPercent"], 50);
+    harness::wait_for("50 % served", || async {
+        let body = served(
+            http,
+            eu,
+            token,
+            "shop/rollout",
+            r#"{"context":{"targetingKey":"k"}}"#,
+        )
+        .await?;
+        (body["metadata"]["rolloutPercent"] == 50).then_some(())
+    })
+    .await;
 
     // The guard degrades: back to the last safe step (10 %), paused.
     let (code, body) = harness::put_status(
@@ -493,16 +495,19 @@ async fn a_staged_rollout_rolls_back_when_its_guard_degrades_and_resumes_after()
     })
     .await;
     assert_eq!(body["rollout"]["percent"], 10);
-    let evaluated = served(
-        http,
-        eu,
-        token,
-        "shop/rollout",
-        r#"{"context":{"targetingKey":"k"}}"#,
-    )
-    .await
-    .expect("evaluates");
-    assert_eq!(evaluated["metadata"]["rolloutPercent"], 10);
+    // Evaluations read a flag set at most 100 ms old.
+    let evaluated = harness::wait_for("10 % served while paused", || async {
+        let body = served(
+            http,
+            eu,
+            token,
+            "shop/rollout",
+            r#"{"context":{"targetingKey":"k"}}"#,
+        )
+        .await?;
+        (body["metadata"]["rolloutPercent"] == 10).then_some(body)
+    })
+    .await;
     assert_eq!(evaluated["metadata"]["rolloutPaused"], true);
     // Each step and the rollback were `flag` events.
     sse.next_matching(|e| {
@@ -541,10 +546,12 @@ async fn a_staged_rollout_rolls_back_when_its_guard_degrades_and_resumes_after()
         })
         .collect();
     progress.dedup();
-    assert_eq!(
-        progress,
-        [(1, false), (2, false), (1, true), (1, false), (2, false)],
-        "{history}"
+    // In this order (stage 1 may be skipped by a controller slower than its hold).
+    let wanted = [(2, false), (1, true), (1, false), (2, false)];
+    let mut rest = progress.iter();
+    assert!(
+        wanted.iter().all(|w| rest.any(|p| p == w)),
+        "{progress:?} in {history}"
     );
     assert!(
         entries.iter().all(|e| e["origin_node"].is_string()),
