@@ -9,8 +9,10 @@
 //! one region records each transition rather than all of them; an advance carries the
 //! schedule's time, so two nodes that record the same step write the same value.
 //!
-//! Known limit: the controller rewrites the whole flag record; an operator's `PUT` of the
-//! same flag in the same instant may be overwritten by the older spec with new progress.
+//! Known limit: the controller rewrites the whole flag record. It re-reads the flag right
+//! before writing and skips when it changed, so only an operator's `PUT` that reaches the
+//! driver between that read and the write (one command apart) can be overwritten by the
+//! older spec with new progress.
 
 use std::time::Duration;
 
@@ -47,6 +49,12 @@ pub async fn run(node: NodeHandle) {
             else {
                 continue;
             };
+            // Re-read just before writing: an operator's write since the read wins.
+            match node.flags().await {
+                Ok(now) if now.lookup(id) == statusmesh_crdt::flags::Lookup::Found(id, flag) => {}
+                Ok(_) => continue,
+                Err(_) => return,
+            }
             let value = Flag {
                 progress: Some(progress),
                 ..flag.clone()
