@@ -129,6 +129,13 @@ async fn an_openfeature_client_evaluates_targeting_splits_and_defaults_through_o
     // An evaluation token writes nothing; an operator token writes flags.
     let (code, body) = put_flag(&http, &node, APP, "shop/checkout", checkout_spec()).await;
     assert_eq!(code, 403, "{body}");
+    let status = json!({"state": "operational"});
+    let (code, body) = harness::put_status(&http, &node, APP, "shop/web/eu-west", status).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (403, Some("authorization")),
+        "{body}"
+    );
     let (code, body) = put_flag(&http, &node, OPS, "shop/checkout", checkout_spec()).await;
     assert_eq!(code, 200, "{body}");
     let mut bad = checkout_spec();
