@@ -15,6 +15,7 @@ mod cors;
 mod durability;
 mod epoch;
 mod errors;
+mod flags;
 mod harness;
 mod mesh;
 mod negotiation;

@@ -8,6 +8,9 @@
 //! # Layout
 //! Each module uses only modules below it in this list (the unit tests of `doc` read views).
 //!
+//! - [`flags`]: feature flags: specs validated into records (stored by `doc` under
+//!   `flag/<key>`), the pure evaluator, consistent-hash splits, staged rollouts, and
+//!   [`flags::FlagSet`] over a `replica`.
 //! - [`fuzz`]: the bodies of the fuzz targets, shared with their regression tests (pure; the
 //!   tests read the corpus files through `fuzz/corpus.rs`).
 //! - [`replica`]: all documents of a node plus the liveness map; the entry point of the
@@ -33,6 +36,7 @@ pub mod cursor;
 pub mod doc;
 pub mod epoch;
 pub mod error;
+pub mod flags;
 pub mod fuzz;
 pub mod history;
 pub mod liveness;
@@ -45,9 +49,9 @@ pub mod view;
 pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;
 pub use doc::{
-    transition_id, CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, IncidentEvent,
-    MaintenanceEvent, OverrideEvent, Put, Read, RecordKey, RemoteApplied, ServiceDoc, StatusEvent,
-    Transition, TRANSITIONS_MAX,
+    transition_id, CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, FlagEvent,
+    IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey, RemoteApplied,
+    ServiceDoc, StatusEvent, Transition, TRANSITIONS_MAX,
 };
 pub use error::CrdtError;
 pub use liveness::Liveness;

@@ -91,6 +91,8 @@ pub struct Scope {
     pub regions: Option<Vec<String>>,
     /// Whether it may open and update incidents, schedule maintenance and set overrides.
     pub operator: bool,
+    /// A read-only evaluation token: it may evaluate flags (OFREP) and write nothing.
+    pub evaluate_only: bool,
 }
 
 impl Scope {
@@ -100,11 +102,15 @@ impl Scope {
             services: None,
             regions: None,
             operator: true,
+            evaluate_only: false,
         }
     }
 
     /// Why an observation of `service` in `region` is out of scope, if it is.
     pub fn refuse_status(&self, service: &str, region: &str) -> Option<String> {
+        if self.evaluate_only {
+            return Some(EVALUATE_ONLY.into());
+        }
         if let Some(services) = &self.services {
             if !services.iter().any(|s| s == service) {
                 return Some(format!("this token may not write service {service:?}"));
@@ -123,6 +129,9 @@ impl Scope {
     /// Why operator writes (incidents, maintenance, overrides) to `service` are out of
     /// scope, if they are.
     pub fn refuse_operator(&self, service: &str) -> Option<String> {
+        if self.evaluate_only {
+            return Some(EVALUATE_ONLY.into());
+        }
         if !self.operator {
             return Some(
                 "this token may not write incidents, maintenance or overrides (operator = false)"
@@ -137,6 +146,9 @@ impl Scope {
         None
     }
 }
+
+/// Why an evaluation token may not write.
+const EVALUATE_ONLY: &str = "this token may only evaluate flags (evaluate_only = true)";
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,6 +329,7 @@ impl Tokens {
                     services: entry.services,
                     regions: entry.regions,
                     operator: entry.operator.unwrap_or(true),
+                    evaluate_only: entry.evaluate_only.unwrap_or(false),
                 },
             });
         }
@@ -369,6 +382,8 @@ struct RawToken {
     regions: Option<Vec<String>>,
     /// May it write incidents, maintenance and overrides (default: true).
     operator: Option<bool>,
+    /// A read-only flag evaluation token (default: false).
+    evaluate_only: Option<bool>,
 }
 
 /// 1-based line of a byte offset.

@@ -205,7 +205,9 @@ pub async fn start(
         alertmanager: Arc::new(alertmanager),
         cors: http::cors::Cors::new(options.settings.cors.clone()),
         page_url: options.settings.page_url.as_deref().map(Arc::from),
+        flags: Arc::default(),
     };
+    tokio::spawn(http::flags::controller::run(handle.clone()));
     let router = http::router(state.clone());
     let http = tokio::spawn(http::serve::serve(
         listener,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::reads::{changed_keys, read_in, reads_of, CellRead, Read, Source};
 use super::schema::{incident_key, Put, RecordKey};
 use super::ServiceDoc;
+use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
@@ -59,6 +60,14 @@ pub struct OverrideEvent {
     pub value: Option<Override>,
 }
 
+/// A change to a feature flag (`None`: deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlagEvent {
+    pub service: Name,
+    pub key: Name,
+    pub value: Option<Flag>,
+}
+
 /// Anything a client may be told about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -67,6 +76,7 @@ pub enum DocEvent {
     Incident(IncidentEvent),
     Maintenance(MaintenanceEvent),
     Override(OverrideEvent),
+    Flag(FlagEvent),
 }
 
 impl DocEvent {
@@ -77,6 +87,7 @@ impl DocEvent {
             DocEvent::Incident(e) => &e.service,
             DocEvent::Maintenance(e) => &e.service,
             DocEvent::Override(e) => &e.service,
+            DocEvent::Flag(e) => &e.service,
         }
     }
 }
@@ -249,6 +260,14 @@ pub(super) fn events_for_keys_in(
                 events.push(DocEvent::Override(OverrideEvent {
                     service: src.service.clone(),
                     component,
+                    value: value.map(|r| r.value),
+                }));
+            }
+            RecordKey::Flag { key: flag } => {
+                let value: Option<Read<Flag>> = read_in(src, key, heads);
+                events.push(DocEvent::Flag(FlagEvent {
+                    service: src.service.clone(),
+                    key: flag,
                     value: value.map(|r| r.value),
                 }));
             }

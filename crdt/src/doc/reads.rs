@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::schema::{incident_key, str_of, updates_of, RecordKey, RecordKind};
 use super::ServiceDoc;
 use crate::epoch::{EpochMeta, Origin, META_KEY};
+use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
@@ -98,6 +99,16 @@ impl ServiceDoc {
         self.records_of::<Override>(RecordKind::Override)
             .filter_map(|(key, read)| match key {
                 RecordKey::Override { component } => Some((component, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every feature flag, by key.
+    pub fn flags(&self) -> BTreeMap<Name, Flag> {
+        self.records_of::<Flag>(RecordKind::Flag)
+            .filter_map(|(key, read)| match key {
+                RecordKey::Flag { key } => Some((key, read.value)),
                 _ => None,
             })
             .collect()

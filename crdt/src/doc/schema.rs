@@ -9,6 +9,7 @@
 //! | `upd/<incident>/<update-key>` | [`IncidentUpdate`] (append-only) |
 //! | `mnt/<window>` | [`Maintenance`] |
 //! | `ovr/<component>` | [`Override`] |
+//! | `flag/<key>` | [`Flag`] (see [`crate::flags`]) |
 //!
 //! Flat keys and scalar values mean that no two replicas ever create the same object
 //! concurrently (which Automerge would resolve by hiding one object wholesale), that a
@@ -23,6 +24,7 @@ use automerge::{ScalarValue, Value};
 use serde::de::DeserializeOwned;
 
 use crate::error::CrdtError;
+use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
@@ -37,6 +39,7 @@ pub enum RecordKey {
     Update { incident: Name, key: String },
     Maintenance { id: Name },
     Override { component: Name },
+    Flag { key: Name },
 }
 
 impl RecordKey {
@@ -48,6 +51,7 @@ impl RecordKey {
             RecordKey::Update { incident, key } => format!("upd/{incident}/{key}"),
             RecordKey::Maintenance { id } => format!("mnt/{id}"),
             RecordKey::Override { component } => format!("ovr/{component}"),
+            RecordKey::Flag { key } => format!("flag/{key}"),
         }
     }
 
@@ -82,6 +86,9 @@ impl RecordKey {
             "ovr" => Some(RecordKey::Override {
                 component: name("component", rest)?,
             }),
+            "flag" => Some(RecordKey::Flag {
+                key: name("flag", rest)?,
+            }),
             _ => None,
         }
     }
@@ -94,6 +101,7 @@ impl RecordKey {
             RecordKey::Observation { .. }
                 | RecordKey::Maintenance { .. }
                 | RecordKey::Override { .. }
+                | RecordKey::Flag { .. }
         )
     }
 
@@ -113,6 +121,7 @@ impl RecordKey {
             RecordKey::Update { .. } => check::<IncidentUpdate>(json, IncidentUpdate::validate),
             RecordKey::Maintenance { .. } => check::<Maintenance>(json, Maintenance::validate),
             RecordKey::Override { .. } => check::<Override>(json, Override::validate),
+            RecordKey::Flag { .. } => check::<Flag>(json, Flag::validate),
         }
     }
 }
@@ -134,6 +143,7 @@ pub(super) enum RecordKind {
     Update,
     Maintenance,
     Override,
+    Flag,
 }
 
 impl RecordKind {
@@ -145,6 +155,7 @@ impl RecordKind {
             RecordKind::Update => "upd",
             RecordKind::Maintenance => "mnt",
             RecordKind::Override => "ovr",
+            RecordKind::Flag => "flag",
         };
         prefix_range(prefix)
     }
@@ -202,6 +213,11 @@ pub enum Put {
         component: Name,
         value: Option<Override>,
     },
+    /// A feature flag (`None`: deleted).
+    Flag {
+        key: Name,
+        value: Option<Flag>,
+    },
 }
 
 impl Put {
@@ -223,6 +239,7 @@ impl Put {
             Put::Override { component, .. } => RecordKey::Override {
                 component: component.clone(),
             },
+            Put::Flag { key, .. } => RecordKey::Flag { key: key.clone() },
         }
     }
 
@@ -243,7 +260,10 @@ impl Put {
                 window: Some(w), ..
             } => encode(serde_json::to_string(w)),
             Put::Override { value: Some(v), .. } => encode(serde_json::to_string(v)),
-            Put::Maintenance { window: None, .. } | Put::Override { value: None, .. } => Ok(None),
+            Put::Flag { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::Maintenance { window: None, .. }
+            | Put::Override { value: None, .. }
+            | Put::Flag { value: None, .. } => Ok(None),
         }
     }
 
@@ -266,6 +286,7 @@ impl Put {
                 window.as_ref().map_or(Ok(()), Maintenance::validate)
             }
             Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
+            Put::Flag { value, .. } => value.as_ref().map_or(Ok(()), Flag::validate),
         }
     }
 }
@@ -291,6 +312,9 @@ mod tests {
             RecordKey::Maintenance { id: name("w1") },
             RecordKey::Override {
                 component: name("db"),
+            },
+            RecordKey::Flag {
+                key: name("new-checkout"),
             },
         ] {
             assert_eq!(RecordKey::parse(&key.to_key()), Some(key));

@@ -568,6 +568,7 @@ impl DocEvent {
                 component: e.component.clone(),
             }
             .to_key(),
+            DocEvent::Flag(e) => RecordKey::Flag { key: e.key.clone() }.to_key(),
         }
     }
 }

@@ -71,6 +71,14 @@ pub(super) enum Command {
         regions: usize,
         reply: oneshot::Sender<usize>,
     },
+    Flags {
+        reply: oneshot::Sender<statusmesh_crdt::flags::FlagSet>,
+    },
+    FlagHistory {
+        service: Name,
+        key: Name,
+        reply: oneshot::Sender<Option<Vec<statusmesh_crdt::flags::FlagHistoryEntry>>>,
+    },
 }
 
 /// Static facts about the node, shared with the HTTP side.
@@ -194,6 +202,25 @@ impl NodeHandle {
         self.ask(|reply| Command::AwaitRegions {
             change,
             regions,
+            reply,
+        })
+        .await
+    }
+
+    /// Every feature flag, with the availability they are evaluated against now.
+    pub async fn flags(&self) -> Result<statusmesh_crdt::flags::FlagSet, Unavailable> {
+        self.ask(|reply| Command::Flags { reply }).await
+    }
+
+    /// A flag's writes from its document's history; `None` when the service is unknown.
+    pub async fn flag_history(
+        &self,
+        service: Name,
+        key: Name,
+    ) -> Result<Option<Vec<statusmesh_crdt::flags::FlagHistoryEntry>>, Unavailable> {
+        self.ask(|reply| Command::FlagHistory {
+            service,
+            key,
             reply,
         })
         .await

@@ -333,6 +333,23 @@ impl Driver {
                     self.ack_waiters.push((change, regions, reply));
                 }
             }
+            Command::Flags { reply } => {
+                let set =
+                    statusmesh_crdt::flags::FlagSet::from_replica(self.node.replica(), now_ms());
+                let _ = reply.send(set);
+            }
+            Command::FlagHistory {
+                service,
+                key,
+                reply,
+            } => {
+                let history = self
+                    .node
+                    .replica()
+                    .doc(&service)
+                    .map(|doc| statusmesh_crdt::flags::flag_history(doc, &key));
+                let _ = reply.send(history);
+            }
         }
     }
 

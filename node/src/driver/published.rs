@@ -60,6 +60,7 @@ pub fn record_published(
         DocEvent::Incident(_) => "incident",
         DocEvent::Maintenance(_) => "maintenance",
         DocEvent::Override(_) => "override",
+        DocEvent::Flag(_) => "flag",
     };
     let mut data = serde_json::to_value(event).unwrap_or_default();
     if let Some(map) = data.as_object_mut() {

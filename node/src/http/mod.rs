@@ -30,9 +30,11 @@ pub mod badge;
 pub mod cors;
 pub mod error;
 pub mod events;
+pub mod flags;
 pub mod frame_ancestors;
 pub mod limits;
 pub mod negotiate;
+pub mod ofrep;
 pub mod records;
 pub mod serve;
 pub mod sse_front;
@@ -65,6 +67,8 @@ pub struct HttpState {
     pub cors: cors::Cors,
     /// `--page-url`: the Statuspage API's `page.url` (else from the request's `Host`).
     pub page_url: Option<Arc<str>>,
+    /// Feature flags: the cached flag set and the OFREP limiter.
+    pub flags: Arc<flags::FlagState>,
 }
 
 /// The router of one node. A route that produces anything but JSON is listed in
@@ -95,6 +99,8 @@ pub fn router(state: HttpState) -> Router {
         .merge(alertmanager::routes())
         .merge(statuspage::routes())
         .merge(badge::routes())
+        .merge(flags::routes())
+        .merge(ofrep::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .route_layer(axum::middleware::from_fn_with_state(
             cors.clone(),
