@@ -17,6 +17,7 @@ mod harness;
 mod mesh;
 mod negotiation;
 mod page;
+mod probes;
 mod prometheus;
 mod secrets;
 mod security;

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::agreement::{self, Advisory, Seen};
 use crate::doc::{CellRead, ServiceDoc};
 use crate::liveness::Liveness;
 use crate::model::{cell_key, Name, Observation, State};
@@ -129,10 +130,24 @@ pub struct ComponentView {
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub operator_override: Option<Override>,
     pub regions: Vec<RegionView>,
+    /// For a component with a regional probe check: how many fresh regions must agree on
+    /// `major_outage` and how many probe it (see [`crate::agreement`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<AgreementView>,
+    /// Regions that see the component worse than its agreed status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<Advisory>,
     /// Observations by regions the topology no longer has: kept (history is the audit
     /// trail) and shown, but they no longer count toward the derived status.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retired_regions: Vec<RegionView>,
+}
+
+/// The k-of-n rule a probe-backed component is derived with.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementView {
+    pub down_when: usize,
+    pub regions_probing: usize,
 }
 
 /// One region's observation of a component, as this node sees it now.
@@ -186,6 +201,8 @@ pub fn service_view(
                 maintenance: Vec::new(),
                 operator_override: None,
                 regions,
+                agreement: None,
+                advisories: Vec::new(),
                 retired_regions,
             }),
         }
@@ -207,13 +224,19 @@ pub fn service_view(
                 maintenance: Vec::new(),
                 operator_override: None,
                 regions: Vec::new(),
+                agreement: None,
+                advisories: Vec::new(),
                 retired_regions: Vec::new(),
             });
         }
     }
     components.sort_by(|a, b| a.name.cmp(&b.name));
+    let checks = doc.checks();
     for component in &mut components {
         derive_component_status(component);
+        if let Some(check) = checks.get(&component.name) {
+            agree(component, check, regions);
+        }
         component.maintenance = windows
             .iter()
             .filter(|(_, w)| w.is_active(now_ms) && w.components.contains(&component.name))
@@ -322,6 +345,41 @@ fn region_view(
         observation: cell.value,
         last_seen_ms,
         conflicts: cell.conflicts,
+    }
+}
+
+/// A probe-backed component: its status by k-of-n agreement over the regions probing it.
+fn agree(
+    component: &mut ComponentView,
+    check: &crate::checks::Check,
+    topology: Option<&BTreeSet<Name>>,
+) {
+    let seen: Vec<Seen> = component
+        .regions
+        .iter()
+        .filter(|r| check.probed_from(r.region.as_str()))
+        .map(|r| Seen {
+            region: r.region.clone(),
+            state: r.observation.state,
+            freshness: r.freshness,
+        })
+        .collect();
+    let probing = match (&check.regions, topology) {
+        (Some(list), _) => list.len(),
+        (None, Some(all)) => all.len(),
+        (None, None) => seen.len(),
+    }
+    .max(seen.len());
+    let down_when = check.down_when_of(probing);
+    component.agreement = Some(AgreementView {
+        down_when,
+        regions_probing: probing,
+    });
+    if let Some(decision) = agreement::decide(&seen, probing, down_when) {
+        component.status = decision.status;
+        component.freshness = decision.freshness;
+        component.observed_status = decision.status;
+        component.advisories = decision.advisories;
     }
 }
 

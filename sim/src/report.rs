@@ -243,6 +243,13 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.crashes.len() * f.nodes.saturating_sub(1),
         outcome.false_downs
     );
+    let _ = writeln!(
+        out,
+        "probe assignment: longest (check, region) without a prober {} ms; {} of {} samples with two probers",
+        outcome.probes.max_gap_ms_at(outcome.end_us),
+        outcome.probes.split_samples,
+        outcome.probes.samples
+    );
     let _ = write!(out, "frames:");
     for (kind, sent) in &outcome.sent_by_kind {
         let _ = write!(out, " {kind} {} ({} B)", sent.frames, sent.bytes);
@@ -403,6 +410,8 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "convergence_after_heal_ms": f.convergence_after_heal_ms.map(round3),
         "heads_converged_after_heal_ms": f.heads_after_heal_ms.map(round3),
         "reconvergences": outcome.reconvergences,
+        "probe_max_gap_ms": outcome.probes.max_gap_ms_at(outcome.end_us),
+        "probe_split_samples": outcome.probes.split_samples,
         "frames": frames,
         "dropped": {
             "partition": outcome.dropped_partition,

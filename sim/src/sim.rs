@@ -262,6 +262,9 @@ impl Sim {
                 continue;
             }
             self.handle(scheduled.ev);
+            if self.now_us >= self.out.probes.next_sample_us {
+                self.sample_probes();
+            }
         }
         if self.out.failure.is_none() && self.out.end_us == 0 {
             self.fail(Failure::NoEndEvent);
@@ -442,7 +445,8 @@ impl Sim {
             self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
             return;
         }
-        if !self.check_views() || !self.check_acknowledged_writes() {
+        if !self.check_probe_owners() || !self.check_views() || !self.check_acknowledged_writes()
+        {
             return;
         }
         for s in 0..self.subscribers.len() {

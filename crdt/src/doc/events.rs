@@ -14,6 +14,7 @@ use super::reads::{changed_keys, read_in, reads_of, CellRead, Read, Source};
 use super::schema::{incident_key, Put, RecordKey};
 use super::ServiceDoc;
 use crate::model::{Name, Observation};
+use crate::checks::Check;
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// A change to one observation cell, as clients see it on the event stream.
@@ -59,6 +60,14 @@ pub struct OverrideEvent {
     pub value: Option<Override>,
 }
 
+/// A change to a regional probe check (`None`: removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckEvent {
+    pub service: Name,
+    pub component: Name,
+    pub check: Option<Check>,
+}
+
 /// Anything a client may be told about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -67,6 +76,7 @@ pub enum DocEvent {
     Incident(IncidentEvent),
     Maintenance(MaintenanceEvent),
     Override(OverrideEvent),
+    Check(CheckEvent),
 }
 
 impl DocEvent {
@@ -77,6 +87,7 @@ impl DocEvent {
             DocEvent::Incident(e) => &e.service,
             DocEvent::Maintenance(e) => &e.service,
             DocEvent::Override(e) => &e.service,
+            DocEvent::Check(e) => &e.service,
         }
     }
 }
@@ -250,6 +261,14 @@ pub(super) fn events_for_keys_in(
                     service: src.service.clone(),
                     component,
                     value: value.map(|r| r.value),
+                }));
+            }
+            RecordKey::Check { component } => {
+                let check: Option<Read<Check>> = read_in(src, key, heads);
+                events.push(DocEvent::Check(CheckEvent {
+                    service: src.service.clone(),
+                    component,
+                    check: check.map(|r| r.value),
                 }));
             }
         }

@@ -29,7 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc, ROOT};
 
-pub use self::events::{DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, StatusEvent};
+pub use self::events::{
+    CheckEvent, DocEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, StatusEvent,
+};
 pub use self::local::LocalChange;
 pub(crate) use self::local::PlannedPuts;
 pub use self::reads::{CellRead, Read};

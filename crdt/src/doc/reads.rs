@@ -12,6 +12,7 @@ use super::schema::{incident_key, str_of, updates_of, RecordKey, RecordKind};
 use super::ServiceDoc;
 use crate::epoch::{EpochMeta, Origin, META_KEY};
 use crate::model::{Name, Observation};
+use crate::checks::Check;
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// What a record holds: the winning value and the values that lost a concurrent write.
@@ -98,6 +99,16 @@ impl ServiceDoc {
         self.records_of::<Override>(RecordKind::Override)
             .filter_map(|(key, read)| match key {
                 RecordKey::Override { component } => Some((component, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every regional probe check, by component.
+    pub fn checks(&self) -> BTreeMap<Name, Check> {
+        self.records_of::<Check>(RecordKind::Check)
+            .filter_map(|(key, read)| match key {
+                RecordKey::Check { component } => Some((component, read.value)),
                 _ => None,
             })
             .collect()

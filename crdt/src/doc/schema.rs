@@ -9,6 +9,7 @@
 //! | `upd/<incident>/<update-key>` | [`IncidentUpdate`] (append-only) |
 //! | `mnt/<window>` | [`Maintenance`] |
 //! | `ovr/<component>` | [`Override`] |
+//! | `chk/<component>` | [`Check`] (a regional probe) |
 //!
 //! Flat keys and scalar values mean that no two replicas ever create the same object
 //! concurrently (which Automerge would resolve by hiding one object wholesale), that a
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::CrdtError;
 use crate::model::{Name, Observation};
+use crate::checks::Check;
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// Longest update key, in bytes.
@@ -37,6 +39,7 @@ pub enum RecordKey {
     Update { incident: Name, key: String },
     Maintenance { id: Name },
     Override { component: Name },
+    Check { component: Name },
 }
 
 impl RecordKey {
@@ -48,6 +51,7 @@ impl RecordKey {
             RecordKey::Update { incident, key } => format!("upd/{incident}/{key}"),
             RecordKey::Maintenance { id } => format!("mnt/{id}"),
             RecordKey::Override { component } => format!("ovr/{component}"),
+            RecordKey::Check { component } => format!("chk/{component}"),
         }
     }
 
@@ -82,6 +86,9 @@ impl RecordKey {
             "ovr" => Some(RecordKey::Override {
                 component: name("component", rest)?,
             }),
+            "chk" => Some(RecordKey::Check {
+                component: name("component", rest)?,
+            }),
             _ => None,
         }
     }
@@ -94,6 +101,7 @@ impl RecordKey {
             RecordKey::Observation { .. }
                 | RecordKey::Maintenance { .. }
                 | RecordKey::Override { .. }
+                | RecordKey::Check { .. }
         )
     }
 
@@ -113,6 +121,7 @@ impl RecordKey {
             RecordKey::Update { .. } => check::<IncidentUpdate>(json, IncidentUpdate::validate),
             RecordKey::Maintenance { .. } => check::<Maintenance>(json, Maintenance::validate),
             RecordKey::Override { .. } => check::<Override>(json, Override::validate),
+            RecordKey::Check { .. } => check::<Check>(json, Check::validate),
         }
     }
 }
@@ -134,6 +143,7 @@ pub(super) enum RecordKind {
     Update,
     Maintenance,
     Override,
+    Check,
 }
 
 impl RecordKind {
@@ -145,6 +155,7 @@ impl RecordKind {
             RecordKind::Update => "upd",
             RecordKind::Maintenance => "mnt",
             RecordKind::Override => "ovr",
+            RecordKind::Check => "chk",
         };
         prefix_range(prefix)
     }
@@ -202,6 +213,11 @@ pub enum Put {
         component: Name,
         value: Option<Override>,
     },
+    /// A regional probe check (`None`: removed).
+    Check {
+        component: Name,
+        value: Option<Check>,
+    },
 }
 
 impl Put {
@@ -221,6 +237,9 @@ impl Put {
             },
             Put::Maintenance { id, .. } => RecordKey::Maintenance { id: id.clone() },
             Put::Override { component, .. } => RecordKey::Override {
+                component: component.clone(),
+            },
+            Put::Check { component, .. } => RecordKey::Check {
                 component: component.clone(),
             },
         }
@@ -243,7 +262,10 @@ impl Put {
                 window: Some(w), ..
             } => encode(serde_json::to_string(w)),
             Put::Override { value: Some(v), .. } => encode(serde_json::to_string(v)),
-            Put::Maintenance { window: None, .. } | Put::Override { value: None, .. } => Ok(None),
+            Put::Check { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::Maintenance { window: None, .. }
+            | Put::Override { value: None, .. }
+            | Put::Check { value: None, .. } => Ok(None),
         }
     }
 
@@ -266,6 +288,7 @@ impl Put {
                 window.as_ref().map_or(Ok(()), Maintenance::validate)
             }
             Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
+            Put::Check { value, .. } => value.as_ref().map_or(Ok(()), Check::validate),
         }
     }
 }
@@ -290,6 +313,9 @@ mod tests {
             },
             RecordKey::Maintenance { id: name("w1") },
             RecordKey::Override {
+                component: name("db"),
+            },
+            RecordKey::Check {
                 component: name("db"),
             },
         ] {

@@ -465,6 +465,10 @@ impl DocEvent {
                 component: e.component.clone(),
             }
             .to_key(),
+            DocEvent::Check(e) => RecordKey::Check {
+                component: e.component.clone(),
+            }
+            .to_key(),
         }
     }
 }

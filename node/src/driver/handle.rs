@@ -54,6 +54,9 @@ pub(super) enum Command {
     Nodes {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    ProbePlan {
+        reply: oneshot::Sender<super::ProbePlan>,
+    },
     Record {
         service: Name,
         op: RecordOp,
@@ -154,6 +157,11 @@ impl NodeHandle {
     /// Membership and replication state.
     pub async fn nodes(&self) -> Result<serde_json::Value, Unavailable> {
         self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Every check and this region's live members, for the prober (and `GET /v1/checks`).
+    pub async fn probe_plan(&self) -> Result<super::ProbePlan, Unavailable> {
+        self.ask(|reply| Command::ProbePlan { reply }).await
     }
 
     /// Applies an incident, maintenance or override change; replies once it is durable.

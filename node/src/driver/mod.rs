@@ -10,7 +10,7 @@
 //! - `writes`: client writes and record changes into the core's group commit; `?ack=N`.
 //! - `commit`: handing storage what changed (with the accepted-batch shortcut).
 //! - `resume`: subscriptions, and subscribers waiting for changes their cursor names.
-//! - `views`: the JSON reads (status, nodes, history).
+//! - `views`: the JSON reads (status, nodes, history); `probes`: the prober's plan.
 //! - `gauges`: queue depths and core counters as metrics.
 //!
 //! Every protocol decision is the core's (`handle_frames`, `local_writes`, `resume`): the
@@ -31,6 +31,7 @@ use tracing::{info, warn};
 mod commit;
 mod gauges;
 pub mod handle;
+mod probes;
 pub mod published;
 mod resume;
 mod views;
@@ -42,6 +43,7 @@ pub use handle::{
 };
 pub use published::{record_published, status_published, transition_published, Published};
 pub use resume::RESUMES_WAITING_MAX;
+pub use probes::ProbePlan;
 use views::history_json;
 
 use crate::settings::NodeSettings;
@@ -299,6 +301,9 @@ impl Driver {
             } => self.subscribe(resume, service, delivery, reply),
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
+            }
+            Command::ProbePlan { reply } => {
+                let _ = reply.send(self.probe_plan());
             }
             Command::Record { service, op, reply } => {
                 // Applied in order with the rest of this iteration's writes.

@@ -5,6 +5,7 @@
 //! - [`writes`]: status writes, tokens, body bounds and `?ack=N`.
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
+//! - [`checks`]: regional probe checks (`/v1/checks`).
 //! - [`alertmanager`]: the Alertmanager webhook receiver.
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
@@ -24,6 +25,7 @@ use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::Name;
 
 pub mod alertmanager;
+pub mod checks;
 pub mod error;
 pub mod events;
 pub mod frame_ancestors;
@@ -83,6 +85,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
         .merge(alertmanager::routes())
+        .merge(checks::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .fallback(|| async {
             ApiError::new(

@@ -1,0 +1,64 @@
+//! What the prober asks of the driver: every check of every service, and the members of
+//! this node's region that SWIM considers alive (the input of the rendezvous rule).
+
+use std::collections::BTreeMap;
+
+use statusmesh_crdt::checks::Check;
+use statusmesh_crdt::Name;
+use statusmesh_gossip::rendezvous;
+
+use super::Driver;
+
+/// The checks and this region's live members, as the driver sees them now.
+#[derive(Debug, Clone, Default)]
+pub struct ProbePlan {
+    /// This node's id and region.
+    pub me: String,
+    pub region: String,
+    /// Live members of this region, this node included, sorted.
+    pub members: Vec<String>,
+    /// Live members of every region of the topology, as this node sees them.
+    pub members_by_region: BTreeMap<String, Vec<String>>,
+    /// Every check, by (service, component).
+    pub checks: Vec<(Name, Name, Check)>,
+}
+
+impl Driver {
+    pub(super) fn probe_plan(&self) -> ProbePlan {
+        let region = self.node.region().to_owned();
+        let checks = self
+            .node
+            .replica()
+            .docs()
+            .flat_map(|doc| {
+                let service = doc.service().clone();
+                doc.checks()
+                    .into_iter()
+                    .map(move |(component, check)| (service.clone(), component, check))
+            })
+            .collect();
+        let members_by_region = self
+            .regions
+            .values()
+            .map(|r| (r.clone(), rendezvous::live_members_in(&self.node, r)))
+            .collect();
+        ProbePlan {
+            me: self.node.id().to_owned(),
+            members_by_region,
+            members: rendezvous::live_members_in(&self.node, &region),
+            region,
+            checks,
+        }
+    }
+}
+
+impl ProbePlan {
+    /// The member that probes (service, component) from `region`, as this node sees the
+    /// region's live members; `None` when none of them is alive to it.
+    pub fn prober_of(&self, service: &str, component: &str, region: &str) -> Option<String> {
+        let members = self.members_by_region.get(region)?;
+        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let key = rendezvous::probe_key(service, component, region);
+        rendezvous::owner(&key, &refs).map(str::to_owned)
+    }
+}
