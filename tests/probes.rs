@@ -211,6 +211,20 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
     let client = reqwest::Client::new();
     wait_healthy(&client, &nodes).await;
     wait_ready(&client, &nodes).await;
+    // Membership settled: every node sees every other alive (so each region agrees on its
+    // probers from the start).
+    for node in &nodes {
+        wait_for(&format!("{} seeing every peer alive", node.id), || async {
+            let view = get_json(&client, node.url("/v1/nodes")).await?;
+            let alive = view["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["state"] == "alive")
+                .count();
+            (alive == nodes.len()).then_some(())
+        })
+        .await;
+    }
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
     let http_target = listener.local_addr().expect("addr");
@@ -431,25 +445,31 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
         })
         .await;
     }
-    // The survivors agree that the heir owns it.
-    let listing: Value = client
-        .get(survivors[0].url("/v1/checks"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    let owner = listing["checks"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["component"] == "frontend"))
-        .map(|c| c["probers"]["eu-west"].clone());
-    assert_eq!(owner, Some(json!(heir)));
+    // The survivors agree that the heir owns it (once each has seen the victim go).
+    for node in &survivors {
+        wait_for(&format!("{} naming {heir} as eu-west's prober", node.id), || async {
+            let listing: Value = client
+                .get(node.url("/v1/checks"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let owner = listing["checks"]
+                .as_array()?
+                .iter()
+                .find(|c| c["component"] == "frontend")?["probers"]["eu-west"]
+                .clone();
+            (owner == json!(heir)).then_some(())
+        })
+        .await;
+    }
 
     // Removed: listed no more.
     let removed = client
-        .delete(nodes[1].url(&format!("/v1/checks/{SERVICE}/db")))
+        .delete(survivors[0].url(&format!("/v1/checks/{SERVICE}/db")))
         .bearer_auth(TOKEN)
         .send()
         .await

@@ -20,7 +20,7 @@
 //! let key = probe_key("api", "db", "eu");
 //! let first = owner(&key, &members).expect("a member");
 //! // Without the owner, the next in the ranking takes over.
-//! let rest: Vec<&str> = members.iter().copied().filter(|m| m != first).collect();
+//! let rest: Vec<&str> = members.iter().copied().filter(|m| *m != first).collect();
 //! assert_eq!(owner(&key, &rest), Some(ranking(&key, &members)[1]));
 //! ```
 

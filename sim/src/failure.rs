@@ -30,7 +30,7 @@ pub enum Failure {
     #[error("event budget of {events_max} exhausted")]
     EventBudgetExhausted { events_max: u64 },
     /// After the heal, a (check, region) had no prober or more than one by the rendezvous rule.
-    #[error("probe c{check} in {region} has {} probers after the heal: {owners:?}", owners.len())]
+    #[error("probe c{check} in {region} has {} probers after the heal: {owners:?}", .owners.len())]
     ProbeOwners {
         check: usize,
         region: String,

@@ -27,7 +27,7 @@ pub(crate) fn claimants<'a>(
 ) -> BTreeMap<(usize, String), Vec<String>> {
     let mut out = BTreeMap::new();
     for region in regions {
-        let in_region: Vec<&Node> = live.clone().filter(|n| n.region() == region).collect();
+        let in_region: Vec<&Node> = live.clone().filter(|n| n.region() == region.as_str()).collect();
         if in_region.is_empty() {
             continue;
         }
