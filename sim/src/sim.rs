@@ -445,8 +445,17 @@ impl Sim {
             self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
             return;
         }
-        if !self.check_probe_owners() || !self.check_views() || !self.check_acknowledged_writes()
-        {
+        if !self.check_probe_owners() {
+            // Membership has not settled (a stale suspicion after the heal): converge again,
+            // within the liveness bound.
+            if self.out.failure.is_none() {
+                self.out.end_us = 0;
+                self.idle_start = None;
+                self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+            }
+            return;
+        }
+        if !self.check_views() || !self.check_acknowledged_writes() {
             return;
         }
         for s in 0..self.subscribers.len() {

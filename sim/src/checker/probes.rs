@@ -57,9 +57,15 @@ pub struct ProbeWatch {
     unclaimed_since_us: BTreeMap<(usize, String), u64>,
     /// The longest stretch without a claimant, in milliseconds.
     pub max_gap_ms: u64,
-    /// Samples in which a (check, region) had more than one claimant.
+    /// (check, region) samples with more than one claimant (a split view under faults).
     pub split_samples: u64,
+    /// (check, region) samples taken.
+    pub key_samples: u64,
     pub samples: u64,
+    /// When every (check, region) had exactly one claimant at the end, after the heal.
+    pub settled_after_heal_ms: Option<u64>,
+    /// End checks that found membership not yet settled (the run then converged again).
+    pub unsettled_at_end: u64,
 }
 
 impl ProbeWatch {
@@ -68,6 +74,7 @@ impl ProbeWatch {
         self.samples += 1;
         self.next_sample_us = now_us + SAMPLE_INTERVAL_US;
         for (key, owners) in claims {
+            self.key_samples += 1;
             if owners.len() > 1 {
                 self.split_samples += 1;
             }
@@ -136,19 +143,45 @@ impl crate::sim::Sim {
         self.out.probes.sample(self.now_us, &claims);
     }
 
-    /// After the heal, with membership settled: exactly one prober per (check, region) that
-    /// has a live node. False after a failure.
+    /// After the heal: exactly one prober per (check, region) that has a live node. False
+    /// while membership has not settled (the caller waits), and after a failure: when it has
+    /// not settled within the liveness bound after the heal.
     pub(crate) fn check_probe_owners(&mut self) -> bool {
         let regions = self.out.region_names.clone();
         let claims = claimants(self.slots.iter().filter_map(|s| s.node.as_ref()), &regions);
         self.out.probes.sample(self.now_us, &claims);
+        let since_heal_us = self.now_us - self.out.heal_us;
         match not_exactly_one(&claims) {
-            None => true,
+            None => {
+                self.out.probes.settled_after_heal_ms = Some(since_heal_us / 1_000);
+                true
+            }
+            Some(_) if since_heal_us <= self.spec.plan.liveness_bound_ms * 1_000 => {
+                self.out.probes.unsettled_at_end += 1;
+                false
+            }
             Some((check, region, owners)) => {
+                // What each live node of the region thinks of its region's members.
+                let views = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.node.as_ref())
+                    .filter(|n| n.region() == region.as_str())
+                    .map(|n| {
+                        let states: Vec<String> = n
+                            .peers()
+                            .iter()
+                            .filter(|(_, p)| p.region == region)
+                            .map(|(id, _)| format!("{id}={:?}", n.member_state(id)))
+                            .collect();
+                        format!("{} sees {}", n.id(), states.join(" "))
+                    })
+                    .collect();
                 self.fail(crate::failure::Failure::ProbeOwners {
                     check,
                     region,
                     owners,
+                    views,
                 });
                 false
             }
