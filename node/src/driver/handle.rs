@@ -55,6 +55,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<serde_json::Value>,
     },
     ProbePlan {
+        since: Option<Cursor>,
         reply: oneshot::Sender<super::ProbePlan>,
     },
     Record {
@@ -159,9 +160,10 @@ impl NodeHandle {
         self.ask(|reply| Command::Nodes { reply }).await
     }
 
-    /// Every check and this region's live members, for the prober (and `GET /v1/checks`).
-    pub async fn probe_plan(&self) -> Result<super::ProbePlan, Unavailable> {
-        self.ask(|reply| Command::ProbePlan { reply }).await
+    /// Every check and the live members of each region, for the prober (and
+    /// `GET /v1/checks`); the checks are left out when nothing changed since `since`.
+    pub async fn probe_plan(&self, since: Option<Cursor>) -> Result<super::ProbePlan, Unavailable> {
+        self.ask(|reply| Command::ProbePlan { since, reply }).await
     }
 
     /// Applies an incident, maintenance or override change; replies once it is durable.

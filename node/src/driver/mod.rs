@@ -302,8 +302,8 @@ impl Driver {
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
-            Command::ProbePlan { reply } => {
-                let _ = reply.send(self.probe_plan());
+            Command::ProbePlan { since, reply } => {
+                let _ = reply.send(self.probe_plan(since));
             }
             Command::Record { service, op, reply } => {
                 // Applied in order with the rest of this iteration's writes.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use statusmesh_crdt::checks::Check;
-use statusmesh_crdt::Name;
+use statusmesh_crdt::{Cursor, Name};
 use statusmesh_gossip::rendezvous;
 
 use super::Driver;
@@ -19,24 +19,30 @@ pub struct ProbePlan {
     pub members: Vec<String>,
     /// Live members of every region of the topology, as this node sees them.
     pub members_by_region: BTreeMap<String, Vec<String>>,
-    /// Every check, by (service, component).
-    pub checks: Vec<(Name, Name, Check)>,
+    /// Every check, by (service, component); `None` when no document changed since the
+    /// cursor the asker named (reading every check parses each, which the prober asks for
+    /// four times a second).
+    pub checks: Option<Vec<(Name, Name, Check)>>,
+    /// The replica's cursor the checks were read at.
+    pub cursor: Cursor,
 }
 
 impl Driver {
-    pub(super) fn probe_plan(&self) -> ProbePlan {
+    pub(super) fn probe_plan(&self, since: Option<Cursor>) -> ProbePlan {
         let region = self.node.region().to_owned();
-        let checks = self
-            .node
-            .replica()
-            .docs()
-            .flat_map(|doc| {
-                let service = doc.service().clone();
-                doc.checks()
-                    .into_iter()
-                    .map(move |(component, check)| (service.clone(), component, check))
-            })
-            .collect();
+        let cursor = self.node.replica().cursor();
+        let checks = (since.as_ref() != Some(&cursor)).then(|| {
+            self.node
+                .replica()
+                .docs()
+                .flat_map(|doc| {
+                    let service = doc.service().clone();
+                    doc.checks()
+                        .into_iter()
+                        .map(move |(component, check)| (service.clone(), component, check))
+                })
+                .collect()
+        });
         let members_by_region = self
             .regions
             .values()
@@ -48,6 +54,7 @@ impl Driver {
             members: rendezvous::live_members_in(&self.node, &region),
             region,
             checks,
+            cursor,
         }
     }
 }

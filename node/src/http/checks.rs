@@ -166,10 +166,11 @@ async fn get_checks(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state.node, &headers)?;
-    let plan = state.node.probe_plan().await?;
+    let plan = state.node.probe_plan(None).await?;
     let checks: Vec<serde_json::Value> = plan
         .checks
         .iter()
+        .flatten()
         .map(|(service, component, check)| listed(&plan, service, component, check))
         .collect();
     Ok(Json(json!({ "node": plan.me, "checks": checks })).into_response())
@@ -183,10 +184,11 @@ async fn get_check(
     authorize(&state.node, &headers)?;
     let service = Name::parse("service", &service)?;
     let component = Name::parse("component", &component)?;
-    let plan = state.node.probe_plan().await?;
+    let plan = state.node.probe_plan(None).await?;
     match plan
         .checks
         .iter()
+        .flatten()
         .find(|(s, c, _)| *s == service && *c == component)
     {
         Some((s, c, check)) => Ok(Json(listed(&plan, s, c, check)).into_response()),

@@ -89,6 +89,9 @@ struct Prober {
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
     planned_once: bool,
+    /// The checks of the last plan and the cursor they were read at.
+    checks: Vec<(Name, Name, Check)>,
+    cursor: Option<statusmesh_crdt::Cursor>,
 }
 
 impl Prober {
@@ -112,6 +115,8 @@ impl Prober {
             finished_tx,
             finished_rx,
             planned_once: false,
+            checks: Vec::new(),
+            cursor: None,
         }
     }
 
@@ -139,7 +144,7 @@ impl Prober {
                 _ = stop => break,
             };
             if refresh_due {
-                match self.node.probe_plan().await {
+                match self.node.probe_plan(self.cursor.clone()).await {
                     Ok(plan) => self.replan(plan),
                     Err(_) => break,
                 }
@@ -150,14 +155,18 @@ impl Prober {
     /// Keeps the checks this node owns under `plan`; new ones are due at once.
     fn replan(&mut self, plan: ProbePlan) {
         debug_assert_eq!(plan.me, self.me);
+        if let Some(checks) = plan.checks {
+            self.checks = checks;
+        }
+        self.cursor = Some(plan.cursor);
         let mut wanted: BTreeMap<Key, Check> = BTreeMap::new();
-        for (service, component, check) in plan.checks {
+        for (service, component, check) in &self.checks {
             if !check.probed_from(&plan.region) {
                 continue;
             }
             let key = rendezvous::probe_key(service.as_str(), component.as_str(), &plan.region);
             if rendezvous::owns(&key, &plan.members, &self.me) {
-                wanted.insert((service, component), check);
+                wanted.insert((service.clone(), component.clone()), check.clone());
             }
         }
         let gone: Vec<Key> = self
