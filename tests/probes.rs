@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::harness::{
-    data_dir, get_json, make_certs, run_node_with_args, topology, wait_for, wait_healthy,
-    wait_ready, TestNode,
+    data_dir, get_json, make_certs, metric_sum, run_node_with_args, topology, wait_for,
+    wait_healthy, wait_ready, TestNode,
 };
 
 const TOKEN: &str = "probe-test-token";
@@ -95,8 +95,12 @@ async fn serve_target(listener: TcpListener, target: Arc<Target>) {
                 .lines()
                 .find_map(|l| {
                     let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("user-agent")
-                        .then(|| value.trim().trim_start_matches("statusmesh-probe/").to_owned())
+                    name.eq_ignore_ascii_case("user-agent").then(|| {
+                        value
+                            .trim()
+                            .trim_start_matches("statusmesh-probe/")
+                            .to_owned()
+                    })
                 })
                 .unwrap_or_default();
             target
@@ -156,7 +160,11 @@ async fn component(
             ))
         })
         .collect();
-    Some((component["status"].as_str()?.to_owned(), advisories, regions))
+    Some((
+        component["status"].as_str()?.to_owned(),
+        advisories,
+        regions,
+    ))
 }
 
 /// Waits until every node shows `name` with `status` and every region's observation fresh.
@@ -288,9 +296,9 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
     let window_start = Instant::now();
     let hits = wait_for("4 probes from each region", || async {
         let hits = target.hits_since(window_start);
-        let enough = ["eu-west", "us-east", "ap-southeast"].iter().all(|region| {
-            hits.iter().filter(|(_, n)| n.starts_with(region)).count() >= 4
-        });
+        let enough = ["eu-west", "us-east", "ap-southeast"]
+            .iter()
+            .all(|region| hits.iter().filter(|(_, n)| n.starts_with(region)).count() >= 4);
         enough.then_some(hits)
     })
     .await;
@@ -322,14 +330,17 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
     target.set_all(Answer::Ok);
     target.set_region("ap-southeast", Answer::Error);
     for node in &nodes {
-        wait_for(&format!("advisory for ap-southeast on {}", node.id), || async {
-            let (status, advisories, regions) = component(&client, node, "frontend").await?;
-            let ap = regions.get("ap-southeast")?;
-            (status == "operational"
-                && ap.0 == "major_outage"
-                && advisories == ["ap-southeast".to_owned()])
-            .then_some(())
-        })
+        wait_for(
+            &format!("advisory for ap-southeast on {}", node.id),
+            || async {
+                let (status, advisories, regions) = component(&client, node, "frontend").await?;
+                let ap = regions.get("ap-southeast")?;
+                (status == "operational"
+                    && ap.0 == "major_outage"
+                    && advisories == ["ap-southeast".to_owned()])
+                .then_some(())
+            },
+        )
         .await;
     }
 
@@ -437,33 +448,44 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
         taken_over_at - last_probe_before
     );
     let survivors: Vec<TestNode> = nodes.iter().filter(|n| n.id != prober).cloned().collect();
+    let heir_node = nodes.iter().find(|n| n.id == heir).expect("heir");
+    let handovers = metric_sum(&client, heir_node, "statusmesh_probe_handovers_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(handovers >= 1.0, "{heir} counted {handovers} handovers");
     for node in &survivors {
-        wait_for(&format!("eu-west reported by {heir} on {}", node.id), || async {
-            let (status, _, regions) = component(&client, node, "frontend").await?;
-            let eu = regions.get("eu-west")?;
-            (status == "operational" && eu.1 == format!("probe.{heir}")).then_some(())
-        })
+        wait_for(
+            &format!("eu-west reported by {heir} on {}", node.id),
+            || async {
+                let (status, _, regions) = component(&client, node, "frontend").await?;
+                let eu = regions.get("eu-west")?;
+                (status == "operational" && eu.1 == format!("probe.{heir}")).then_some(())
+            },
+        )
         .await;
     }
     // The survivors agree that the heir owns it (once each has seen the victim go).
     for node in &survivors {
-        wait_for(&format!("{} naming {heir} as eu-west's prober", node.id), || async {
-            let listing: Value = client
-                .get(node.url("/v1/checks"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let owner = listing["checks"]
-                .as_array()?
-                .iter()
-                .find(|c| c["component"] == "frontend")?["probers"]["eu-west"]
-                .clone();
-            (owner == json!(heir)).then_some(())
-        })
+        wait_for(
+            &format!("{} naming {heir} as eu-west's prober", node.id),
+            || async {
+                let listing: Value = client
+                    .get(node.url("/v1/checks"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let owner = listing["checks"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["component"] == "frontend")?["probers"]["eu-west"]
+                    .clone();
+                (owner == json!(heir)).then_some(())
+            },
+        )
         .await;
     }
 

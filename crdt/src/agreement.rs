@@ -131,8 +131,12 @@ mod tests {
 
     #[test]
     fn one_region_down_of_three_is_an_advisory_not_an_outage() {
-        let d = decide(&seen(&[("a", Up, true), ("b", Up, true), ("c", Down, true)]), 3, 2)
-            .expect("decided");
+        let d = decide(
+            &seen(&[("a", Up, true), ("b", Up, true), ("c", Down, true)]),
+            3,
+            2,
+        )
+        .expect("decided");
         assert_eq!(d.status, Up);
         assert_eq!(d.advisories.len(), 1);
         assert_eq!(d.advisories[0].region.as_str(), "c");
@@ -144,8 +148,12 @@ mod tests {
 
     #[test]
     fn down_when_regions_agreeing_make_a_major_outage() {
-        let d = decide(&seen(&[("a", Down, true), ("b", Up, true), ("c", Down, true)]), 3, 2)
-            .expect("decided");
+        let d = decide(
+            &seen(&[("a", Down, true), ("b", Up, true), ("c", Down, true)]),
+            3,
+            2,
+        )
+        .expect("decided");
         assert_eq!(d.status, Down);
         assert!(d.advisories.is_empty());
     }
@@ -166,8 +174,12 @@ mod tests {
 
     #[test]
     fn stale_regions_cannot_see_and_never_count_as_down() {
-        let d = decide(&seen(&[("a", Down, false), ("b", Down, true), ("c", Up, true)]), 3, 2)
-            .expect("decided");
+        let d = decide(
+            &seen(&[("a", Down, false), ("b", Down, true), ("c", Up, true)]),
+            3,
+            2,
+        )
+        .expect("decided");
         assert_eq!(d.status, Up);
         // Only one fresh region and it says down: not enough for an outage.
         let d = decide(&seen(&[("a", Down, false), ("b", Down, true)]), 3, 2).expect("decided");

@@ -343,7 +343,9 @@ pub fn parse_target(kind: CheckKind, target: &str) -> Result<Target, CrdtError> 
             } else if let Some(rest) = target.strip_prefix("https://") {
                 (true, rest)
             } else {
-                return Err(bad("an http check's target starts with http:// or https://"));
+                return Err(bad(
+                    "an http check's target starts with http:// or https://",
+                ));
             };
             if rest.contains('#') {
                 return Err(bad("a target has no fragment"));
@@ -523,7 +525,10 @@ mod tests {
     }
 
     fn field_of(json: &str) -> Option<&'static str> {
-        spec(json).into_check("ops", 1).expect_err("refused").field()
+        spec(json)
+            .into_check("ops", 1)
+            .expect_err("refused")
+            .field()
     }
 
     #[test]
@@ -559,18 +564,54 @@ mod tests {
             (r#"{"kind":"http","target":"http://u@x/"}"#, "target"),
             (r#"{"kind":"http","target":"http://x:0/"}"#, "target"),
             (r#"{"kind":"tcp","target":"x"}"#, "target"),
-            (r#"{"kind":"http","target":"http://x","interval_s":0}"#, "interval_s"),
-            (r#"{"kind":"http","target":"http://x","interval_s":2,"timeout_ms":3000}"#, "timeout_ms"),
-            (r#"{"kind":"http","target":"http://x","timeout_ms":10}"#, "timeout_ms"),
-            (r#"{"kind":"tcp","target":"x:1","expect_status":[200]}"#, "expect_status"),
-            (r#"{"kind":"http","target":"http://x","expect_status":[99]}"#, "expect_status"),
-            (r#"{"kind":"http","target":"http://x","body_contains":""}"#, "body_contains"),
-            (r#"{"kind":"http","target":"http://x","degraded_above_ms":9000}"#, "degraded_above_ms"),
-            (r#"{"kind":"http","target":"http://x","failures_before_down":0}"#, "failures_before_down"),
-            (r#"{"kind":"http","target":"http://x","regions":[]}"#, "regions"),
-            (r#"{"kind":"http","target":"http://x","regions":["EU"]}"#, "regions"),
-            (r#"{"kind":"http","target":"http://x","regions":["eu","eu"]}"#, "regions"),
-            (r#"{"kind":"http","target":"http://x","regions":["eu"],"agreement":{"down_when":2}}"#, "agreement.down_when"),
+            (
+                r#"{"kind":"http","target":"http://x","interval_s":0}"#,
+                "interval_s",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","interval_s":2,"timeout_ms":3000}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","timeout_ms":10}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"kind":"tcp","target":"x:1","expect_status":[200]}"#,
+                "expect_status",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","expect_status":[99]}"#,
+                "expect_status",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","body_contains":""}"#,
+                "body_contains",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","degraded_above_ms":9000}"#,
+                "degraded_above_ms",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","failures_before_down":0}"#,
+                "failures_before_down",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","regions":[]}"#,
+                "regions",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","regions":["EU"]}"#,
+                "regions",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","regions":["eu","eu"]}"#,
+                "regions",
+            ),
+            (
+                r#"{"kind":"http","target":"http://x","regions":["eu"],"agreement":{"down_when":2}}"#,
+                "agreement.down_when",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(field_of(json), Some(field), "{json}");
@@ -609,7 +650,10 @@ mod tests {
             judge(&check, &answered(5, 500, true)),
             (State::MajorOutage, "status 500".into())
         );
-        assert_eq!(judge(&check, &answered(5, 200, false)).0, State::MajorOutage);
+        assert_eq!(
+            judge(&check, &answered(5, 200, false)).0,
+            State::MajorOutage
+        );
         assert_eq!(
             judge(&check, &answered(900, 200, true)).0,
             State::DegradedPerformance

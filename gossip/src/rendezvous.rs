@@ -47,13 +47,10 @@ pub fn weight(key: &[u8], member: &str) -> u64 {
 /// The member that owns `key`: the heaviest, ties broken by the smaller name. `None` when
 /// there are no members.
 pub fn owner<'a, M: AsRef<str> + ?Sized>(key: &[u8], members: &'a [&'a M]) -> Option<&'a M> {
-    members
-        .iter()
-        .copied()
-        .max_by(|a, b| {
-            let (a, b) = (a.as_ref(), b.as_ref());
-            weight(key, a).cmp(&weight(key, b)).then(b.cmp(a))
-        })
+    members.iter().copied().max_by(|a, b| {
+        let (a, b) = (a.as_ref(), b.as_ref());
+        weight(key, a).cmp(&weight(key, b)).then(b.cmp(a))
+    })
 }
 
 /// Every member, from the owner of `key` down: who takes over when those before it are gone.
@@ -145,8 +142,14 @@ mod tests {
     #[test]
     fn the_weight_is_stable() {
         // Part of the protocol: a change here reassigns every probe of a mixed-version mesh.
-        assert_eq!(weight(b"probe/api/db/eu", "n1"), weight(b"probe/api/db/eu", "n1"));
-        assert_ne!(weight(b"probe/api/db/eu", "n1"), weight(b"probe/api/db/eu", "n2"));
+        assert_eq!(
+            weight(b"probe/api/db/eu", "n1"),
+            weight(b"probe/api/db/eu", "n1")
+        );
+        assert_ne!(
+            weight(b"probe/api/db/eu", "n1"),
+            weight(b"probe/api/db/eu", "n2")
+        );
         assert_ne!(weight(b"k", "ab"), weight(b"ka", "b"));
     }
 }

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::reads::{changed_keys, read_in, reads_of, CellRead, Read, Source};
 use super::schema::{incident_key, Put, RecordKey};
 use super::ServiceDoc;
-use crate::model::{Name, Observation};
 use crate::checks::Check;
+use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// A change to one observation cell, as clients see it on the event stream.

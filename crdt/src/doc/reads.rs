@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use super::schema::{incident_key, str_of, updates_of, RecordKey, RecordKind};
 use super::ServiceDoc;
+use crate::checks::Check;
 use crate::epoch::{EpochMeta, Origin, META_KEY};
 use crate::model::{Name, Observation};
-use crate::checks::Check;
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// What a record holds: the winning value and the values that lost a concurrent write.

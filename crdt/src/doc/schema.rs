@@ -23,9 +23,9 @@ use std::ops::Range;
 use automerge::{ScalarValue, Value};
 use serde::de::DeserializeOwned;
 
+use crate::checks::Check;
 use crate::error::CrdtError;
 use crate::model::{Name, Observation};
-use crate::checks::Check;
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
 
 /// Longest update key, in bytes.

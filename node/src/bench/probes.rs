@@ -60,7 +60,10 @@ type Arrivals = Arc<Mutex<Vec<Vec<Instant>>>>;
 /// Runs the benchmark and prints its report.
 pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     if args.checks == 0 || args.checks > CHECKS_MAX {
-        bail!("--checks {}: must be between 1 and {CHECKS_MAX}", args.checks);
+        bail!(
+            "--checks {}: must be between 1 and {CHECKS_MAX}",
+            args.checks
+        );
     }
     let interval_s = args.interval.as_secs();
     if interval_s == 0 || args.interval.subsec_nanos() != 0 {

@@ -98,15 +98,30 @@ pub fn spec_of(args: &AddArgs) -> Value {
     }
     let optional = [
         ("timeout_ms", args.timeout_ms.map(|v| json!(v))),
-        ("body_contains", args.body_contains.as_ref().map(|v| json!(v))),
-        ("degraded_above_ms", args.degraded_above_ms.map(|v| json!(v))),
-        ("failures_before_down", args.failures_before_down.map(|v| json!(v))),
+        (
+            "body_contains",
+            args.body_contains.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "degraded_above_ms",
+            args.degraded_above_ms.map(|v| json!(v)),
+        ),
+        (
+            "failures_before_down",
+            args.failures_before_down.map(|v| json!(v)),
+        ),
         (
             "expect_status",
             (!args.expect_status.is_empty()).then(|| json!(args.expect_status)),
         ),
-        ("regions", (!args.regions.is_empty()).then(|| json!(args.regions))),
-        ("agreement", args.down_when.map(|k| json!({ "down_when": k }))),
+        (
+            "regions",
+            (!args.regions.is_empty()).then(|| json!(args.regions)),
+        ),
+        (
+            "agreement",
+            args.down_when.map(|k| json!({ "down_when": k })),
+        ),
     ];
     for (key, value) in optional {
         if let Some(value) = value {
@@ -126,7 +141,9 @@ pub async fn run(command: ChecksCommand) -> anyhow::Result<String> {
             let path = format!("/v1/checks/{service}/{component}");
             let token = args.conn.token.clone();
             let (node, reply) = request_nearest(&http, &args.conn.urls()?, |url| {
-                http.put(format!("{url}{path}")).bearer_auth(&token).json(&body)
+                http.put(format!("{url}{path}"))
+                    .bearer_auth(&token)
+                    .json(&body)
             })
             .await?;
             let changed = reply["changed"].as_bool().unwrap_or(false);
@@ -196,8 +213,21 @@ mod tests {
     #[test]
     fn add_sends_only_what_was_given() {
         let cli = Cli::try_parse_from([
-            "checks", "add", "api/db", "--kind", "http", "--url", "http://127.0.0.1:9/h",
-            "--interval", "5s", "--regions", "eu,us", "--down-when", "2", "--token", "t",
+            "checks",
+            "add",
+            "api/db",
+            "--kind",
+            "http",
+            "--url",
+            "http://127.0.0.1:9/h",
+            "--interval",
+            "5s",
+            "--regions",
+            "eu,us",
+            "--down-when",
+            "2",
+            "--token",
+            "t",
         ])
         .expect("parses");
         let ChecksCommand::Add(args) = cli.command else {

@@ -41,9 +41,9 @@ use commit::Persisted;
 pub use handle::{
     NodeHandle, NodeInfo, RecordOp, Subscription, Unavailable, WriteReply, ACK_WAITERS_MAX,
 };
+pub use probes::ProbePlan;
 pub use published::{record_published, status_published, transition_published, Published};
 pub use resume::RESUMES_WAITING_MAX;
-pub use probes::ProbePlan;
 use views::history_json;
 
 use crate::settings::NodeSettings;

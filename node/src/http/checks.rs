@@ -50,7 +50,12 @@ fn operator_service(state: &HttpState, token: &Token, service: &str) -> Result<N
 }
 
 fn unprocessable(field: &'static str, detail: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field), detail)
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some(field),
+        detail,
+    )
 }
 
 /// The body validated into a check, its regions against the topology's.

@@ -89,6 +89,9 @@ struct Prober {
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
     planned_once: bool,
+    /// The (service, component) of every check this region probed at the last plan: a key
+    /// among them that becomes this node's is a takeover; a new check is not.
+    known: BTreeSet<Key>,
     /// The checks of the last plan and the cursor they were read at.
     checks: Vec<(Name, Name, Check)>,
     cursor: Option<statusmesh_crdt::Cursor>,
@@ -115,6 +118,7 @@ impl Prober {
             finished_tx,
             finished_rx,
             planned_once: false,
+            known: BTreeSet::new(),
             checks: Vec::new(),
             cursor: None,
         }
@@ -160,10 +164,12 @@ impl Prober {
         }
         self.cursor = Some(plan.cursor);
         let mut wanted: BTreeMap<Key, Check> = BTreeMap::new();
+        let mut known = BTreeSet::new();
         for (service, component, check) in &self.checks {
             if !check.probed_from(&plan.region) {
                 continue;
             }
+            known.insert((service.clone(), component.clone()));
             let key = rendezvous::probe_key(service.as_str(), component.as_str(), &plan.region);
             if rendezvous::owns(&key, &plan.members, &self.me) {
                 wanted.insert((service.clone(), component.clone()), check.clone());
@@ -195,7 +201,7 @@ impl Prober {
                     self.queue.insert((due, key));
                 }
                 None => {
-                    if self.planned_once {
+                    if self.planned_once && self.known.contains(&key) {
                         handovers += 1;
                     }
                     let due = now + phase(&key, &check);
@@ -213,6 +219,7 @@ impl Prober {
             }
         }
         self.planned_once = true;
+        self.known = known;
         let node = self.me.clone();
         if handovers > 0 {
             metrics::counter!("statusmesh_probe_handovers_total", "node" => node.clone())
@@ -270,11 +277,13 @@ impl Prober {
                 let outcome = run::probe(&check, &tls, &agent).await;
                 metrics::histogram!("statusmesh_probe_duration_seconds", "node" => node, "kind" => check.kind.to_string())
                     .record(started.elapsed().as_secs_f64());
-                let _ = done.send(Finished {
-                    key,
-                    check,
-                    outcome,
-                }).await;
+                let _ = done
+                    .send(Finished {
+                        key,
+                        check,
+                        outcome,
+                    })
+                    .await;
             });
         }
     }

@@ -27,7 +27,10 @@ pub(crate) fn claimants<'a>(
 ) -> BTreeMap<(usize, String), Vec<String>> {
     let mut out = BTreeMap::new();
     for region in regions {
-        let in_region: Vec<&Node> = live.clone().filter(|n| n.region() == region.as_str()).collect();
+        let in_region: Vec<&Node> = live
+            .clone()
+            .filter(|n| n.region() == region.as_str())
+            .collect();
         if in_region.is_empty() {
             continue;
         }
@@ -85,7 +88,8 @@ impl ProbeWatch {
             }
         }
         // A region with no live node left has nothing to claim: its gap is not the rule's.
-        self.unclaimed_since_us.retain(|key, _| claims.contains_key(key));
+        self.unclaimed_since_us
+            .retain(|key, _| claims.contains_key(key));
     }
 
     /// The longest stretch so far, counting stretches still open at `now_us`.
@@ -105,34 +109,6 @@ pub(crate) fn not_exactly_one(
         .iter()
         .find(|(_, owners)| owners.len() != 1)
         .map(|((check, region), owners)| (*check, region.clone(), owners.clone()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn claims(list: &[(usize, &str, &[&str])]) -> BTreeMap<(usize, String), Vec<String>> {
-        list.iter()
-            .map(|(c, r, o)| ((*c, r.to_string()), o.iter().map(|s| s.to_string()).collect()))
-            .collect()
-    }
-
-    #[test]
-    fn a_gap_is_measured_from_the_first_unclaimed_sample_to_the_next_claim() {
-        let mut watch = ProbeWatch::default();
-        watch.sample(0, &claims(&[(0, "eu", &["eu-1"])]));
-        watch.sample(250_000, &claims(&[(0, "eu", &[])]));
-        watch.sample(500_000, &claims(&[(0, "eu", &[])]));
-        assert_eq!(watch.max_gap_ms_at(750_000), 500);
-        watch.sample(1_250_000, &claims(&[(0, "eu", &["eu-2"])]));
-        assert_eq!(watch.max_gap_ms, 1_000);
-        watch.sample(1_500_000, &claims(&[(0, "eu", &["eu-1", "eu-2"])]));
-        assert_eq!(watch.split_samples, 1);
-        assert_eq!(
-            not_exactly_one(&claims(&[(0, "eu", &["eu-1", "eu-2"])])),
-            Some((0, "eu".into(), vec!["eu-1".into(), "eu-2".into()]))
-        );
-    }
 }
 
 impl crate::sim::Sim {
@@ -186,5 +162,38 @@ impl crate::sim::Sim {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(list: &[(usize, &str, &[&str])]) -> BTreeMap<(usize, String), Vec<String>> {
+        list.iter()
+            .map(|(c, r, o)| {
+                (
+                    (*c, r.to_string()),
+                    o.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_measured_from_the_first_unclaimed_sample_to_the_next_claim() {
+        let mut watch = ProbeWatch::default();
+        watch.sample(0, &claims(&[(0, "eu", &["eu-1"])]));
+        watch.sample(250_000, &claims(&[(0, "eu", &[])]));
+        watch.sample(500_000, &claims(&[(0, "eu", &[])]));
+        assert_eq!(watch.max_gap_ms_at(750_000), 500);
+        watch.sample(1_250_000, &claims(&[(0, "eu", &["eu-2"])]));
+        assert_eq!(watch.max_gap_ms, 1_000);
+        watch.sample(1_500_000, &claims(&[(0, "eu", &["eu-1", "eu-2"])]));
+        assert_eq!(watch.split_samples, 1);
+        assert_eq!(
+            not_exactly_one(&claims(&[(0, "eu", &["eu-1", "eu-2"])])),
+            Some((0, "eu".into(), vec!["eu-1".into(), "eu-2".into()]))
+        );
     }
 }
