@@ -7,6 +7,7 @@ mod alertmanager;
 mod bench_sse;
 mod chaos;
 mod chaos_net;
+mod chaos_probes;
 mod client;
 mod conformance;
 mod contract;

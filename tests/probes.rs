@@ -127,7 +127,7 @@ async fn serve_target(listener: TcpListener, target: Arc<Target>) {
 }
 
 /// The component as `node` reads it: (status, advisories' regions, region → (state, reporter)).
-async fn component(
+pub(crate) async fn component(
     client: &reqwest::Client,
     node: &TestNode,
     name: &str,
