@@ -318,8 +318,12 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
         "probes: in a {window:?} window at interval 1 s, per region (probers, probes): {per_region:?}"
     );
     assert_eq!(per_region.len(), 3, "{per_region:?}");
-    for (region, (probers, _)) in &per_region {
+    // At most one probe per region per interval (a fixed cadence): never more than the
+    // intervals the window spans, plus the one at its start.
+    let most = window.as_secs_f64().ceil() as usize + 1;
+    for (region, (probers, count)) in &per_region {
         assert_eq!(probers.len(), 1, "{region} had probers {probers:?}");
+        assert!(*count <= most, "{region}: {count} probes in {window:?}");
     }
 
     // Slower than degraded_above_ms from every region: degraded.
@@ -434,6 +438,17 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
     let mut victim = procs.remove(&prober).expect("prober process");
     victim.child.kill().expect("kill -9 the prober");
     let _ = victim.child.wait();
+    let heir_node = nodes.iter().find(|n| n.id == heir).expect("heir");
+    let detected_at = wait_for(&format!("{heir} detecting {prober}"), || async {
+        let view = get_json(&client, heir_node.url("/v1/nodes")).await?;
+        let state = view["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == prober.as_str())?["state"]
+            .clone();
+        (state != "alive").then(Instant::now)
+    })
+    .await;
     let taken_over_at = wait_for(&format!("{heir} probing after {prober} died"), || async {
         target
             .hits_since(killed_at)
@@ -443,12 +458,14 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
     })
     .await;
     println!(
-        "probes: kill -9 {prober} -> {heir} probes {:?} after the kill; eu-west unprobed for {:?}",
+        "probes: kill -9 {prober} -> {heir} sees it {:?} later (SWIM), probes {:?} after the kill \
+         ({:?} after detection, as polled); eu-west unprobed for {:?}",
+        detected_at - killed_at,
         taken_over_at - killed_at,
+        taken_over_at.saturating_duration_since(detected_at),
         taken_over_at - last_probe_before
     );
     let survivors: Vec<TestNode> = nodes.iter().filter(|n| n.id != prober).cloned().collect();
-    let heir_node = nodes.iter().find(|n| n.id == heir).expect("heir");
     let handovers = metric_sum(&client, heir_node, "statusmesh_probe_handovers_total", &[])
         .await
         .unwrap_or(0.0);
