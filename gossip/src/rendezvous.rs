@@ -8,6 +8,8 @@
 //! the owner leaves, only its keys move, each to the next heaviest member (takeover), and
 //! when it comes back they return.
 //!
+//! [`live_members`] gives the candidates over the whole mesh, for work any node may do.
+//!
 //! The flow for a regional probe:
 //! 1. [`live_members_in`] lists the members of a region that this node considers alive
 //!    (itself included when it is of that region).
@@ -80,6 +82,21 @@ pub fn live_members_in(node: &Node, region: &str) -> Vec<NodeId> {
     if node.region() == region {
         members.push(node.id().to_owned());
     }
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// Every member of the mesh that `node` considers alive, itself included, sorted: the
+/// candidates of a key that any node may own (a webhook sender), not one region's.
+pub fn live_members(node: &Node) -> Vec<NodeId> {
+    let mut members: Vec<NodeId> = node
+        .peers()
+        .keys()
+        .filter(|id| node.member_state(id) == MemberState::Alive)
+        .cloned()
+        .collect();
+    members.push(node.id().to_owned());
     members.sort();
     members.dedup();
     members
