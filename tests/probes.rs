@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::harness::{
     data_dir, get_json, make_certs, metric_sum, run_node_with_args, topology, wait_for,
-    wait_healthy, wait_ready, TestNode,
+    wait_healthy, wait_ready, SseReader, TestNode,
 };
 
 const TOKEN: &str = "probe-test-token";
@@ -347,6 +347,29 @@ async fn regions_probe_a_target_agree_on_outages_and_take_over_from_a_killed_pro
         )
         .await;
     }
+
+    // A live status event of the component carries the agreement and the advisory.
+    let mut events = SseReader::connect(
+        &client,
+        &nodes[0].url(&format!("/v1/events?service={SERVICE}")),
+        None,
+    )
+    .await;
+    target.set_region("ap-southeast", Answer::Slow(650));
+    let event = events
+        .next_matching(|e| {
+            e.event == "status"
+                && e.data["component"] == "frontend"
+                && e.data["region"] == "ap-southeast"
+                && e.data["agreement"]["advisories"][0]["region"] == "ap-southeast"
+        })
+        .await;
+    assert_eq!(
+        event.data["agreement"]["status"], "operational",
+        "{:?}",
+        event.data
+    );
+    drop(events);
 
     // Every region sees it fail: major_outage on every node.
     let failed_at = Instant::now();

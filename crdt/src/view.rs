@@ -348,6 +348,40 @@ fn region_view(
     }
 }
 
+/// The k-of-n status and advisories of one probe-backed component at `now_ms`, before
+/// maintenance and overrides; `None` when it has no check. Reads only that component (for
+/// annotating a live event, where a whole view per event would cost too much).
+pub fn probe_agreement(
+    doc: &ServiceDoc,
+    liveness: &Liveness,
+    now_ms: u64,
+    regions: Option<&BTreeSet<Name>>,
+    component: &Name,
+) -> Option<(State, Vec<Advisory>)> {
+    let check = doc.check(component)?;
+    let mut view = ComponentView {
+        name: component.clone(),
+        status: State::Operational,
+        freshness: Freshness::Stale,
+        observed_status: State::Operational,
+        maintenance: Vec::new(),
+        operator_override: None,
+        regions: Vec::new(),
+        agreement: None,
+        advisories: Vec::new(),
+        retired_regions: Vec::new(),
+    };
+    for (region, cell) in doc.cells_of(component) {
+        if regions.is_none_or(|known| known.contains(&region)) {
+            let seen = region_view(doc.service(), component, region, cell, liveness, now_ms);
+            view.regions.push(seen);
+        }
+    }
+    derive_component_status(&mut view);
+    agree(&mut view, &check, regions);
+    Some((view.status, view.advisories))
+}
+
 /// A probe-backed component: its status by k-of-n agreement over the regions probing it.
 fn agree(
     component: &mut ComponentView,
@@ -424,6 +458,49 @@ mod tests {
         )
         .expect("valid");
         replica.write_status(1_000, &write).expect("write");
+    }
+
+    #[test]
+    fn a_probe_backed_component_is_down_only_when_enough_regions_agree() {
+        let mut replica = Replica::new("n1", ActorId::from(vec![1; 16]));
+        let spec: crate::checks::CheckSpec =
+            serde_json::from_str(r#"{"kind":"http","target":"http://x"}"#).expect("spec");
+        let check = spec.into_check("ops", 1_000).expect("valid");
+        let service = Name::parse("service", "api").expect("name");
+        let db = Name::parse("component", "db").expect("name");
+        replica
+            .write_records(
+                1_000,
+                &service,
+                &[crate::doc::Put::Check {
+                    component: db.clone(),
+                    value: Some(check),
+                }],
+            )
+            .expect("check written");
+        replica.set_regions(
+            ["eu", "us", "ap"]
+                .iter()
+                .map(|r| Name::parse("region", r).expect("name"))
+                .collect(),
+        );
+        observe(&mut replica, "eu", State::Operational);
+        observe(&mut replica, "us", State::Operational);
+        observe(&mut replica, "ap", State::MajorOutage);
+        let view = replica.view(2_000, None);
+        let component = &view.services[0].components[0];
+        assert_eq!(component.status, State::Operational);
+        assert_eq!(component.advisories.len(), 1);
+        assert_eq!(component.advisories[0].region.as_str(), "ap");
+        // The one-component reading for live events agrees with the view.
+        let (status, advisories) = replica
+            .probe_agreement(2_000, &service, &db)
+            .expect("probe-backed");
+        assert_eq!(status, State::Operational);
+        assert_eq!(advisories, component.advisories);
+        observe(&mut replica, "us", State::MajorOutage);
+        let view = replica.view(2_000, None);
+        assert_eq!(view.services[0].components[0].status, State::MajorOutage);
     }
 
     #[test]

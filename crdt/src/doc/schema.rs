@@ -173,7 +173,7 @@ pub(super) fn incident_key(id: &Name) -> String {
 
 /// The keys that start with `prefix` and a '/': '0' is the byte after '/', so the range ends
 /// right after the last of them.
-fn prefix_range(prefix: &str) -> Range<String> {
+pub(super) fn prefix_range(prefix: &str) -> Range<String> {
     format!("{prefix}/")..format!("{prefix}0")
 }
 

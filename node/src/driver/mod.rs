@@ -381,12 +381,13 @@ impl Driver {
                             .record(delay as f64 / 1_000.0);
                         }
                     }
-                    let published = status_published(
+                    let mut published = status_published(
                         &event,
                         cursor.encode(),
                         transition.as_deref(),
                         coalesced.as_ref(),
                     );
+                    self.annotate_agreement(&mut published, &event);
                     // No subscriber is not an error.
                     let _ = self.publish.send(Arc::new(published));
                 }

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
 use statusmesh_crdt::checks::Check;
-use statusmesh_crdt::{Cursor, Name};
+use statusmesh_crdt::{Cursor, Name, StatusEvent};
 use statusmesh_gossip::rendezvous;
 
-use super::Driver;
+use super::{now_ms, Driver, Published};
 
 /// The checks and this region's live members, as the driver sees them now.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,24 @@ pub struct ProbePlan {
 }
 
 impl Driver {
+    /// Adds `agreement` (the component's k-of-n status and advisories as of now) to a live
+    /// status event of a probe-backed component, so that a stream shows a region that sees
+    /// worse than the rest without re-reading the view. Replayed events do not get it: it is
+    /// a reading of now, not of the transition.
+    pub(super) fn annotate_agreement(&self, published: &mut Published, event: &StatusEvent) {
+        let agreement =
+            self.node
+                .replica()
+                .probe_agreement(now_ms(), &event.service, &event.component);
+        if let (Some((status, advisories)), Some(map)) = (agreement, published.data.as_object_mut())
+        {
+            map.insert(
+                "agreement".into(),
+                json!({ "status": status, "advisories": advisories }),
+            );
+        }
+    }
+
     pub(super) fn probe_plan(&self, since: Option<Cursor>) -> ProbePlan {
         let region = self.node.region().to_owned();
         let cursor = self.node.replica().cursor();
