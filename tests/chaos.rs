@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::chaos_net::{self, Net, Relay, GOSSIP_PORT, HTTP_PORT};
 use crate::harness::{self, Proc, SseReader, TestNode, BIN};
 
-const TOKEN: &str = "chaos-token-0123456789";
+pub(crate) const TOKEN: &str = "chaos-token-0123456789";
 /// The service every write goes to.
 const SERVICE: &str = "chaos";
 /// Writes ask for copies in this many regions.
@@ -204,30 +204,30 @@ impl Report {
 }
 
 /// What a run is made with besides its schedule.
-struct Setup {
+pub(crate) struct Setup {
     /// (node index, seconds its CLOCK_REALTIME is ahead; negative: behind).
-    skews: Vec<(usize, i64)>,
-    faketime: Option<PathBuf>,
-    seed: u64,
+    pub(crate) skews: Vec<(usize, i64)>,
+    pub(crate) faketime: Option<PathBuf>,
+    pub(crate) seed: u64,
 }
 
 /// The mesh: namespaces, relay, node processes.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
     /// Seconds each node's clock is off, and the library that shifts it.
     skew_s: Vec<i64>,
     faketime: Option<PathBuf>,
     certs: PathBuf,
-    nodes: Vec<TestNode>,
+    pub(crate) nodes: Vec<TestNode>,
     configs: Vec<PathBuf>,
     procs: Vec<Option<Proc>>,
     // Dropped after the processes (field order): nothing outlives its namespace.
     relay: Relay,
-    net: Net,
+    pub(crate) net: Net,
 }
 
 impl Cluster {
-    async fn start(dir: &Path, setup: &Setup) -> Result<Self, String> {
+    pub(crate) async fn start(dir: &Path, setup: &Setup) -> Result<Self, String> {
         let count = harness::REGIONS.len() * 2;
         let net = Net::create(count)?;
         let nodes = harness::test_nodes(2, |i| {

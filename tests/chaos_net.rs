@@ -190,6 +190,35 @@ impl Net {
         )
     }
 
+    /// Adds `10.77.S.<host>` to the bridge in the root namespace (a server the nodes reach,
+    /// apart from the test's own address); it goes with the bridge.
+    pub fn add_bridge_address(&self, host: u8) -> Result<Ipv4Addr, String> {
+        let address = Ipv4Addr::new(10, 77, self.subnet, host);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            &self.bridge(),
+        ])?;
+        Ok(address)
+    }
+
+    /// Node `i` can (`false`) or cannot (`true`) reach `address`: a blackhole route in its
+    /// namespace.
+    pub fn blackhole(&self, i: usize, address: Ipv4Addr, on: bool) -> Result<(), String> {
+        let verb = if on { "add" } else { "del" };
+        let route = format!("{address}/32");
+        ip(&[
+            "-n",
+            &self.namespaces[i],
+            "route",
+            verb,
+            "blackhole",
+            &route,
+        ])
+    }
+
     /// Cuts every link between a node in `side` and a node outside it, both ways.
     pub fn partition(&self, side: &[usize]) -> Result<(), String> {
         for a in side.iter().copied() {

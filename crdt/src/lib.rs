@@ -28,10 +28,14 @@
 //! - [`liveness`]: reporter heartbeats outside history (max-wins map).
 //! - [`records`] and [`model`]: validated names, states, observations, incidents, updates,
 //!   maintenance windows, overrides.
+//! - [`checks`] and [`agreement`]: regional probe checks as records, and the k-of-n rule
+//!   that decides a probe-backed component's status.
 //! - [`error`]: [`CrdtError`]; each variant says whose fault it is and what it changed.
 #![forbid(unsafe_code)]
 
+pub mod agreement;
 pub mod archive;
+pub mod checks;
 pub mod cursor;
 pub mod doc;
 pub mod epoch;

@@ -11,7 +11,7 @@ use crate::doc::{
 };
 use crate::error::CrdtError;
 use crate::liveness::Liveness;
-use crate::model::{Name, StatusWrite};
+use crate::model::{Name, State, StatusWrite};
 use crate::records::{Impact, Incident, IncidentStatus, IncidentUpdate};
 use crate::view::{service_view, status_view, ServiceView, StatusView};
 
@@ -413,6 +413,24 @@ impl Replica {
             .map(|d| service_view(d, &self.liveness, now_ms, self.regions.as_ref()))
             .collect();
         status_view(services)
+    }
+
+    /// The k-of-n status and advisories of a probe-backed component now (see
+    /// [`crate::view::probe_agreement`]); `None` without a check.
+    pub fn probe_agreement(
+        &self,
+        now_ms: u64,
+        service: &Name,
+        component: &Name,
+    ) -> Option<(State, Vec<crate::agreement::Advisory>)> {
+        let doc = self.docs.get(service)?;
+        crate::view::probe_agreement(
+            doc,
+            &self.liveness,
+            now_ms,
+            self.regions.as_ref(),
+            component,
+        )
     }
 
     /// Tells the replica the topology's regions (see [`StatusView`]'s retired regions).

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::agreement::{self, Advisory, Seen};
 use crate::doc::{CellRead, ServiceDoc};
 use crate::liveness::Liveness;
 use crate::model::{cell_key, Name, Observation, State};
@@ -129,10 +130,24 @@ pub struct ComponentView {
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     pub operator_override: Option<Override>,
     pub regions: Vec<RegionView>,
+    /// For a component with a regional probe check: how many fresh regions must agree on
+    /// `major_outage` and how many probe it (see [`crate::agreement`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<AgreementView>,
+    /// Regions that see the component worse than its agreed status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<Advisory>,
     /// Observations by regions the topology no longer has: kept (history is the audit
     /// trail) and shown, but they no longer count toward the derived status.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retired_regions: Vec<RegionView>,
+}
+
+/// The k-of-n rule a probe-backed component is derived with.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementView {
+    pub down_when: usize,
+    pub regions_probing: usize,
 }
 
 /// One region's observation of a component, as this node sees it now.
@@ -186,6 +201,8 @@ pub fn service_view(
                 maintenance: Vec::new(),
                 operator_override: None,
                 regions,
+                agreement: None,
+                advisories: Vec::new(),
                 retired_regions,
             }),
         }
@@ -207,13 +224,19 @@ pub fn service_view(
                 maintenance: Vec::new(),
                 operator_override: None,
                 regions: Vec::new(),
+                agreement: None,
+                advisories: Vec::new(),
                 retired_regions: Vec::new(),
             });
         }
     }
     components.sort_by(|a, b| a.name.cmp(&b.name));
+    let checks = doc.checks();
     for component in &mut components {
         derive_component_status(component);
+        if let Some(check) = checks.get(&component.name) {
+            agree(component, check, regions);
+        }
         component.maintenance = windows
             .iter()
             .filter(|(_, w)| w.is_active(now_ms) && w.components.contains(&component.name))
@@ -325,6 +348,75 @@ fn region_view(
     }
 }
 
+/// The k-of-n status and advisories of one probe-backed component at `now_ms`, before
+/// maintenance and overrides; `None` when it has no check. Reads only that component (for
+/// annotating a live event, where a whole view per event would cost too much).
+pub fn probe_agreement(
+    doc: &ServiceDoc,
+    liveness: &Liveness,
+    now_ms: u64,
+    regions: Option<&BTreeSet<Name>>,
+    component: &Name,
+) -> Option<(State, Vec<Advisory>)> {
+    let check = doc.check(component)?;
+    let mut view = ComponentView {
+        name: component.clone(),
+        status: State::Operational,
+        freshness: Freshness::Stale,
+        observed_status: State::Operational,
+        maintenance: Vec::new(),
+        operator_override: None,
+        regions: Vec::new(),
+        agreement: None,
+        advisories: Vec::new(),
+        retired_regions: Vec::new(),
+    };
+    for (region, cell) in doc.cells_of(component) {
+        if regions.is_none_or(|known| known.contains(&region)) {
+            let seen = region_view(doc.service(), component, region, cell, liveness, now_ms);
+            view.regions.push(seen);
+        }
+    }
+    derive_component_status(&mut view);
+    agree(&mut view, &check, regions);
+    Some((view.status, view.advisories))
+}
+
+/// A probe-backed component: its status by k-of-n agreement over the regions probing it.
+fn agree(
+    component: &mut ComponentView,
+    check: &crate::checks::Check,
+    topology: Option<&BTreeSet<Name>>,
+) {
+    let seen: Vec<Seen> = component
+        .regions
+        .iter()
+        .filter(|r| check.probed_from(r.region.as_str()))
+        .map(|r| Seen {
+            region: r.region.clone(),
+            state: r.observation.state,
+            freshness: r.freshness,
+        })
+        .collect();
+    let probing = match (&check.regions, topology) {
+        (Some(list), _) => list.len(),
+        (None, Some(all)) => all.len(),
+        (None, None) => seen.len(),
+    }
+    .max(seen.len());
+    let down_when = check.down_when_of(probing);
+    component.agreement = Some(AgreementView {
+        down_when,
+        regions_probing: probing,
+    });
+    if let Some(decision) = agreement::decide(&seen, probing, down_when) {
+        component.status = decision.status;
+        component.freshness = decision.freshness;
+        component.observed_status = decision.status;
+        component.advisories = decision.advisories;
+    }
+}
+
 fn derive_component_status(component: &mut ComponentView) {
     let worst = |fresh_only: bool| {
         component
@@ -366,6 +458,49 @@ mod tests {
         )
         .expect("valid");
         replica.write_status(1_000, &write).expect("write");
+    }
+
+    #[test]
+    fn a_probe_backed_component_is_down_only_when_enough_regions_agree() {
+        let mut replica = Replica::new("n1", ActorId::from(vec![1; 16]));
+        let spec: crate::checks::CheckSpec =
+            serde_json::from_str(r#"{"kind":"http","target":"http://x"}"#).expect("spec");
+        let check = spec.into_check("ops", 1_000).expect("valid");
+        let service = Name::parse("service", "api").expect("name");
+        let db = Name::parse("component", "db").expect("name");
+        replica
+            .write_records(
+                1_000,
+                &service,
+                &[crate::doc::Put::Check {
+                    component: db.clone(),
+                    value: Some(check),
+                }],
+            )
+            .expect("check written");
+        replica.set_regions(
+            ["eu", "us", "ap"]
+                .iter()
+                .map(|r| Name::parse("region", r).expect("name"))
+                .collect(),
+        );
+        observe(&mut replica, "eu", State::Operational);
+        observe(&mut replica, "us", State::Operational);
+        observe(&mut replica, "ap", State::MajorOutage);
+        let view = replica.view(2_000, None);
+        let component = &view.services[0].components[0];
+        assert_eq!(component.status, State::Operational);
+        assert_eq!(component.advisories.len(), 1);
+        assert_eq!(component.advisories[0].region.as_str(), "ap");
+        // The one-component reading for live events agrees with the view.
+        let (status, advisories) = replica
+            .probe_agreement(2_000, &service, &db)
+            .expect("probe-backed");
+        assert_eq!(status, State::Operational);
+        assert_eq!(advisories, component.advisories);
+        observe(&mut replica, "us", State::MajorOutage);
+        let view = replica.view(2_000, None);
+        assert_eq!(view.services[0].components[0].status, State::MajorOutage);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!   (`plumtree/tree_policy.rs`) that its module doc describes.
 //! - [`membership`]: SWIM over foca, on virtual time. [`liveness_range`]: bucketed repair of
 //!   the heartbeat map.
+//! - [`rendezvous`]: which live member owns a piece of work (regional probes, webhook
+//!   senders): highest-random-weight hashing over the members SWIM considers alive.
 //! - [`codec`]: the wire format and its limits. [`topology`]: regions.toml, parsed from text.
 //! - [`error`]: [`GossipError`] and [`ConfigError`]. [`invariants`]: the checker the
 //!   simulator, the tests and `debug_assert!`s share ([`invariants::Violation`]).
@@ -35,6 +37,7 @@ pub mod liveness_range;
 pub mod membership;
 pub mod node;
 pub mod plumtree;
+pub mod rendezvous;
 pub mod topology;
 
 pub use codec::Frame;

@@ -4,6 +4,8 @@
 //! - [`start`]: starting a node; the only module that knows both the driver and `http`.
 //! - [`http`]: the client contract (JSON, SSE, health, metrics), its server loop and limits;
 //!   it holds the driver's [`driver::NodeHandle`].
+//! - [`probe`]: the regional prober: runs the checks this node owns (rendezvous over its
+//!   region's live members) and writes their observations through the driver's handle.
 //! - [`driver`]: the one task that owns the gossip state machine, storage glue and metrics.
 //! - [`storage`]: snapshots and change logs on disk, group commit, archives.
 //! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod driver;
 pub mod fuzz;
 pub mod http;
+pub mod probe;
 pub mod settings;
 pub mod start;
 pub mod storage;

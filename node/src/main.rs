@@ -192,6 +192,9 @@ enum Command {
     /// Open, update or resolve an incident on the nearest node.
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Regional probe checks: `checks add api/db --kind http --url http://...`, list, rm.
+    #[command(subcommand)]
+    Checks(client::checks::ChecksCommand),
     /// Follow changes as lines; fails over to the next nearest node and resumes.
     Watch {
         #[arg(long)]
@@ -314,6 +317,8 @@ enum BenchCommand {
     Sse(bench_sse::SseArgs),
     /// A long SSE + write load that samples the nodes' RSS, open files and latency over time.
     Soak(bench_sse::SoakArgs),
+    /// Regional probes: checks/s, missed intervals and scheduling lag at a local target.
+    Probes(bench::probes::ProbesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -372,6 +377,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,
             Command::Bench(BenchCommand::Soak(args)) => bench_sse::soak(args).await,
+            Command::Bench(BenchCommand::Probes(args)) => bench::probes::probes(args).await,
             Command::Set {
                 target,
                 state,
@@ -412,6 +418,10 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Incident(command) => incident(command).await,
+            Command::Checks(command) => {
+                println!("{}", client::checks::run(command).await?);
+                Ok(())
+            }
             Command::Watch {
                 service,
                 max_reconnects,

@@ -209,6 +209,8 @@ pub async fn start(
     };
     tokio::spawn(http::flags::controller::run(handle.clone()));
     let router = http::router(state.clone());
+    // Regional probes: detached; it stops with `shutdown` or when the driver is gone.
+    drop(crate::probe::spawn(handle.clone(), shutdown.clone()));
     let http = tokio::spawn(http::serve::serve(
         listener,
         router,

@@ -254,6 +254,37 @@ pub const METRICS: &[Entry] = &[
         Kind::Gauge,
         "Firing Alertmanager alerts held (they decide their components' observations).",
     ),
+    // Regional probes.
+    (
+        "statusmesh_probes_total",
+        Kind::Counter,
+        "Probes run by this node, per check (service/component) and result (answered, failed).",
+    ),
+    (
+        "statusmesh_probe_duration_seconds",
+        Kind::Histogram,
+        "Time one probe took (DNS, connect, TLS, request, body), per kind, in seconds.",
+    ),
+    (
+        "statusmesh_probe_lag_seconds",
+        Kind::Histogram,
+        "Delay from a probe's due time to its start (scheduling lag), in seconds.",
+    ),
+    (
+        "statusmesh_probes_assigned",
+        Kind::Gauge,
+        "Checks this node probes for its region (rendezvous over the region's live members).",
+    ),
+    (
+        "statusmesh_probe_handovers_total",
+        Kind::Counter,
+        "Checks this node took over from another member of its region.",
+    ),
+    (
+        "statusmesh_probe_missed_intervals_total",
+        Kind::Counter,
+        "Probe intervals that passed without a probe starting.",
+    ),
 ];
 
 /// Histogram buckets of the `_seconds` metrics: 0.1 ms to 5 s.

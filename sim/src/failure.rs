@@ -29,6 +29,15 @@ pub enum Failure {
     /// The run needed more events than its budget: a livelock, or a plan too large.
     #[error("event budget of {events_max} exhausted")]
     EventBudgetExhausted { events_max: u64 },
+    /// After the heal, a (check, region) had no prober or more than one by the rendezvous rule.
+    #[error("probe c{check} in {region} has {} probers after the heal: {owners:?} ({views:?})", .owners.len())]
+    ProbeOwners {
+        check: usize,
+        region: String,
+        owners: Vec<String>,
+        /// Each live node of the region with the SWIM state it holds of the others.
+        views: Vec<String>,
+    },
     /// The heap ran dry before the end event (a bug of the simulator).
     #[error("the run ended without reaching its end event")]
     NoEndEvent,

@@ -216,6 +216,24 @@ mod tests {
     }
 
     #[test]
+    fn each_probe_has_one_prober_per_region_after_crashes_and_a_cut_off_node() {
+        for seed in [1, 2] {
+            let outcome = passing_outcome("probes", seed, Some(60));
+            let probes = &outcome.probes;
+            assert!(probes.settled_after_heal_ms.is_some(), "{probes:?}");
+            // A crashed prober's checks go unprobed until its region detects it: never longer
+            // than the slowest detection of the run and one probe interval (1 s here).
+            let detection_ms = outcome.detection_us.iter().max().copied().unwrap_or(0) / 1_000;
+            let gap_ms = probes.max_gap_ms_at(outcome.end_us);
+            assert!(gap_ms > 0, "crashes left no gap at all: {probes:?}");
+            assert!(
+                gap_ms <= detection_ms + 1_000,
+                "gap {gap_ms} ms, slowest detection {detection_ms} ms"
+            );
+        }
+    }
+
+    #[test]
     fn swarm_passes_on_fixed_seeds() {
         for seed in 1..=6 {
             let mut request = request("swarm", seed, 0);

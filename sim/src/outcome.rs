@@ -113,6 +113,8 @@ pub struct Outcome {
     pub converged_us: Option<u64>,
     /// Times the mesh diverged after converging (late frames) and had to converge again.
     pub reconvergences: u64,
+    /// Regional probe assignment as sampled over the run (see `checker::probes`).
+    pub probes: crate::checker::probes::ProbeWatch,
     /// When every node first held the same heads after the heal (liveness may still differ).
     pub heads_converged_us: Option<u64>,
     pub idle_bytes: u64,
@@ -166,6 +168,7 @@ impl Outcome {
             heal_us,
             converged_us: None,
             reconvergences: 0,
+            probes: Default::default(),
             heads_converged_us: None,
             idle_bytes: 0,
             idle_us: 0,

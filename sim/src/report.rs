@@ -243,6 +243,18 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
         outcome.crashes.len() * f.nodes.saturating_sub(1),
         outcome.false_downs
     );
+    let _ = writeln!(
+        out,
+        "probe assignment: longest (check, region) without a prober {} ms; {} of {} (check, region) samples with two probers; one prober each {} after the heal ({} end checks waited for membership)",
+        outcome.probes.max_gap_ms_at(outcome.end_us),
+        outcome.probes.split_samples,
+        outcome.probes.key_samples,
+        outcome
+            .probes
+            .settled_after_heal_ms
+            .map_or("not reached".to_owned(), |ms| format!("{ms} ms")),
+        outcome.probes.unsettled_at_end
+    );
     let _ = write!(out, "frames:");
     for (kind, sent) in &outcome.sent_by_kind {
         let _ = write!(out, " {kind} {} ({} B)", sent.frames, sent.bytes);
@@ -426,6 +438,18 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "failure": outcome.failure.as_ref().map(ToString::to_string),
         "replay": replay_command(spec),
     });
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "probes".into(),
+            json!({
+                "max_gap_ms": outcome.probes.max_gap_ms_at(outcome.end_us),
+                "split_samples": outcome.probes.split_samples,
+                "key_samples": outcome.probes.key_samples,
+                "settled_after_heal_ms": outcome.probes.settled_after_heal_ms,
+                "unsettled_at_end": outcome.probes.unsettled_at_end,
+            }),
+        );
+    }
     let d = &outcome.driver;
     let driver = json!({
         "iterations": d.iterations,

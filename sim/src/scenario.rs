@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use statusmesh_gossip::node::EpochConfig;
 
 /// Every scenario name `run --scenario` accepts, in the order the tests sweep them.
-pub const SCENARIOS: [&str; 19] = [
+pub const SCENARIOS: [&str; 20] = [
     "steady",
     "broadcast",
     "burst",
@@ -29,6 +29,7 @@ pub const SCENARIOS: [&str; 19] = [
     "rollover-partition",
     "rollover-crash",
     "swarm-epochs",
+    "probes",
 ];
 
 /// How a partition chooses the side that is cut off.
@@ -394,6 +395,12 @@ impl Plan {
                 plan.faults.spike_ms = (200, 3_000);
             }
             "crash-restart" => plan.faults.crash = Some(crash_plan(0.0)),
+            // Regional probe assignment (checker::probes) under crashes and a node cut off
+            // from its region: every check still has one prober per region after the heal.
+            "probes" => {
+                plan.faults.crash = Some(crash_plan(0.0));
+                plan.faults.partition = partition(PartitionMode::IsolateNode, true, None);
+            }
             "empty-disk-restart" => plan.faults.crash = Some(crash_plan(1.0)),
             "clock-skew" => plan.faults.clock_skew_ms = 5_000,
             "swarm" => plan = swarm(rng),

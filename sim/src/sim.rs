@@ -262,6 +262,9 @@ impl Sim {
                 continue;
             }
             self.handle(scheduled.ev);
+            if self.now_us >= self.out.probes.next_sample_us {
+                self.sample_probes();
+            }
         }
         if self.out.failure.is_none() && self.out.end_us == 0 {
             self.fail(Failure::NoEndEvent);
@@ -440,6 +443,16 @@ impl Sim {
             self.out.reconvergences += 1;
             self.idle_start = None;
             self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+            return;
+        }
+        if !self.check_probe_owners() {
+            // Membership has not settled (a stale suspicion after the heal): converge again,
+            // within the liveness bound.
+            if self.out.failure.is_none() {
+                self.out.end_us = 0;
+                self.idle_start = None;
+                self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+            }
             return;
         }
         if !self.check_views() || !self.check_acknowledged_writes() {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::reads::{changed_keys, read_in, reads_of, CellRead, Read, Source};
 use super::schema::{incident_key, Put, RecordKey};
 use super::ServiceDoc;
+use crate::checks::Check;
 use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
@@ -68,6 +69,14 @@ pub struct FlagEvent {
     pub value: Option<Flag>,
 }
 
+/// A change to a regional probe check (`None`: removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckEvent {
+    pub service: Name,
+    pub component: Name,
+    pub check: Option<Check>,
+}
+
 /// Anything a client may be told about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -77,6 +86,7 @@ pub enum DocEvent {
     Maintenance(MaintenanceEvent),
     Override(OverrideEvent),
     Flag(FlagEvent),
+    Check(CheckEvent),
 }
 
 impl DocEvent {
@@ -88,6 +98,7 @@ impl DocEvent {
             DocEvent::Maintenance(e) => &e.service,
             DocEvent::Override(e) => &e.service,
             DocEvent::Flag(e) => &e.service,
+            DocEvent::Check(e) => &e.service,
         }
     }
 }
@@ -269,6 +280,14 @@ pub(super) fn events_for_keys_in(
                     service: src.service.clone(),
                     key: flag,
                     value: value.map(|r| r.value),
+                }));
+            }
+            RecordKey::Check { component } => {
+                let check: Option<Read<Check>> = read_in(src, key, heads);
+                events.push(DocEvent::Check(CheckEvent {
+                    service: src.service.clone(),
+                    component,
+                    check: check.map(|r| r.value),
                 }));
             }
         }

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc, ROOT};
 
 pub use self::events::{
-    DocEvent, FlagEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, StatusEvent,
+    CheckEvent, DocEvent, FlagEvent, IncidentEvent, MaintenanceEvent, OverrideEvent, StatusEvent,
 };
 pub use self::local::LocalChange;
 pub(crate) use self::local::PlannedPuts;

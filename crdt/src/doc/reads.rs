@@ -8,8 +8,9 @@ use automerge::{Automerge, ChangeHash, ObjId, ReadDoc, ROOT};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::schema::{incident_key, str_of, updates_of, RecordKey, RecordKind};
+use super::schema::{incident_key, prefix_range, str_of, updates_of, RecordKey, RecordKind};
 use super::ServiceDoc;
+use crate::checks::Check;
 use crate::epoch::{EpochMeta, Origin, META_KEY};
 use crate::flags::Flag;
 use crate::model::{Name, Observation};
@@ -109,6 +110,39 @@ impl ServiceDoc {
         self.records_of::<Flag>(RecordKind::Flag)
             .filter_map(|(key, read)| match key {
                 RecordKey::Flag { key } => Some((key, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The regional probe check of `component`, if it has one.
+    pub fn check(&self, component: &Name) -> Option<Check> {
+        let key = RecordKey::Check {
+            component: component.clone(),
+        }
+        .to_key();
+        self.read_at::<Check>(&key, None).map(|r| r.value)
+    }
+
+    /// Every region's cell of `component`, by region (reads only that component's keys).
+    pub fn cells_of(&self, component: &Name) -> Vec<(Name, CellRead)> {
+        self.doc
+            .map_range(ROOT, prefix_range(&format!("obs/{component}")))
+            .filter_map(|item| match RecordKey::parse(&item.key)? {
+                RecordKey::Observation {
+                    component: c,
+                    region,
+                } if &c == component => Some((region, self.read_at(&item.key, None)?)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every regional probe check, by component.
+    pub fn checks(&self) -> BTreeMap<Name, Check> {
+        self.records_of::<Check>(RecordKind::Check)
+            .filter_map(|(key, read)| match key {
+                RecordKey::Check { component } => Some((component, read.value)),
                 _ => None,
             })
             .collect()

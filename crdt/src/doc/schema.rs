@@ -10,6 +10,7 @@
 //! | `mnt/<window>` | [`Maintenance`] |
 //! | `ovr/<component>` | [`Override`] |
 //! | `flag/<key>` | [`Flag`] (see [`crate::flags`]) |
+//! | `chk/<component>` | [`Check`] (a regional probe) |
 //!
 //! Flat keys and scalar values mean that no two replicas ever create the same object
 //! concurrently (which Automerge would resolve by hiding one object wholesale), that a
@@ -23,6 +24,7 @@ use std::ops::Range;
 use automerge::{ScalarValue, Value};
 use serde::de::DeserializeOwned;
 
+use crate::checks::Check;
 use crate::error::CrdtError;
 use crate::flags::Flag;
 use crate::model::{Name, Observation};
@@ -40,6 +42,7 @@ pub enum RecordKey {
     Maintenance { id: Name },
     Override { component: Name },
     Flag { key: Name },
+    Check { component: Name },
 }
 
 impl RecordKey {
@@ -52,6 +55,7 @@ impl RecordKey {
             RecordKey::Maintenance { id } => format!("mnt/{id}"),
             RecordKey::Override { component } => format!("ovr/{component}"),
             RecordKey::Flag { key } => format!("flag/{key}"),
+            RecordKey::Check { component } => format!("chk/{component}"),
         }
     }
 
@@ -89,6 +93,9 @@ impl RecordKey {
             "flag" => Some(RecordKey::Flag {
                 key: name("flag", rest)?,
             }),
+            "chk" => Some(RecordKey::Check {
+                component: name("component", rest)?,
+            }),
             _ => None,
         }
     }
@@ -102,6 +109,7 @@ impl RecordKey {
                 | RecordKey::Maintenance { .. }
                 | RecordKey::Override { .. }
                 | RecordKey::Flag { .. }
+                | RecordKey::Check { .. }
         )
     }
 
@@ -122,6 +130,7 @@ impl RecordKey {
             RecordKey::Maintenance { .. } => check::<Maintenance>(json, Maintenance::validate),
             RecordKey::Override { .. } => check::<Override>(json, Override::validate),
             RecordKey::Flag { .. } => check::<Flag>(json, Flag::validate),
+            RecordKey::Check { .. } => check::<Check>(json, Check::validate),
         }
     }
 }
@@ -144,6 +153,7 @@ pub(super) enum RecordKind {
     Maintenance,
     Override,
     Flag,
+    Check,
 }
 
 impl RecordKind {
@@ -156,6 +166,7 @@ impl RecordKind {
             RecordKind::Maintenance => "mnt",
             RecordKind::Override => "ovr",
             RecordKind::Flag => "flag",
+            RecordKind::Check => "chk",
         };
         prefix_range(prefix)
     }
@@ -173,7 +184,7 @@ pub(super) fn incident_key(id: &Name) -> String {
 
 /// The keys that start with `prefix` and a '/': '0' is the byte after '/', so the range ends
 /// right after the last of them.
-fn prefix_range(prefix: &str) -> Range<String> {
+pub(super) fn prefix_range(prefix: &str) -> Range<String> {
     format!("{prefix}/")..format!("{prefix}0")
 }
 
@@ -218,6 +229,11 @@ pub enum Put {
         key: Name,
         value: Option<Flag>,
     },
+    /// A regional probe check (`None`: removed).
+    Check {
+        component: Name,
+        value: Option<Check>,
+    },
 }
 
 impl Put {
@@ -240,6 +256,9 @@ impl Put {
                 component: component.clone(),
             },
             Put::Flag { key, .. } => RecordKey::Flag { key: key.clone() },
+            Put::Check { component, .. } => RecordKey::Check {
+                component: component.clone(),
+            },
         }
     }
 
@@ -263,7 +282,9 @@ impl Put {
             Put::Flag { value: Some(v), .. } => encode(serde_json::to_string(v)),
             Put::Maintenance { window: None, .. }
             | Put::Override { value: None, .. }
-            | Put::Flag { value: None, .. } => Ok(None),
+            | Put::Flag { value: None, .. }
+            | Put::Check { value: None, .. } => Ok(None),
+            Put::Check { value: Some(v), .. } => encode(serde_json::to_string(v)),
         }
     }
 
@@ -287,6 +308,7 @@ impl Put {
             }
             Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
             Put::Flag { value, .. } => value.as_ref().map_or(Ok(()), Flag::validate),
+            Put::Check { value, .. } => value.as_ref().map_or(Ok(()), Check::validate),
         }
     }
 }
@@ -315,6 +337,9 @@ mod tests {
             },
             RecordKey::Flag {
                 key: name("new-checkout"),
+            },
+            RecordKey::Check {
+                component: name("db"),
             },
         ] {
             assert_eq!(RecordKey::parse(&key.to_key()), Some(key));

@@ -569,6 +569,10 @@ impl DocEvent {
             }
             .to_key(),
             DocEvent::Flag(e) => RecordKey::Flag { key: e.key.clone() }.to_key(),
+            DocEvent::Check(e) => RecordKey::Check {
+                component: e.component.clone(),
+            }
+            .to_key(),
         }
     }
 }

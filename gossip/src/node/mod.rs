@@ -461,6 +461,11 @@ impl Node {
         &self.id
     }
 
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// The replica, for local reads.
     pub fn replica(&self) -> &Replica {
         &self.replica

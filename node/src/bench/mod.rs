@@ -1,10 +1,12 @@
 //! `statusmesh bench`: load against a running mesh, measured from the outside.
 //!
 //! - [`write`]: `bench write`, acknowledged-write latency and remote visibility.
+//! - [`probes`]: `bench probes`, regional probe scheduling (missed intervals, lag).
 //! - [`sse`]: `bench sse` and `bench soak`, SSE fan-out to many subscribers.
 
 use std::time::Duration;
 
+pub mod probes;
 pub mod sse;
 mod visibility;
 pub mod write;

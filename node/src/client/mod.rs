@@ -5,7 +5,8 @@
 //! fail over to the next nearest, and `watch` resumes from its cursor with jittered
 //! exponential backoff, so the printed sequence of changes has no gap and no duplicate.
 //!
-//! [`watch`] holds the event-stream side (the SSE parser and `watch`).
+//! [`watch`] holds the event-stream side (the SSE parser and `watch`); [`checks`] the
+//! `checks add|list|rm` commands.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::Topology;
 
+pub mod checks;
 mod watch;
 
 pub use watch::{watch, SseEvent, SseParser};

@@ -54,6 +54,10 @@ pub(super) enum Command {
     Nodes {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    ProbePlan {
+        since: Option<Cursor>,
+        reply: oneshot::Sender<super::ProbePlan>,
+    },
     Record {
         service: Name,
         op: RecordOp,
@@ -162,6 +166,12 @@ impl NodeHandle {
     /// Membership and replication state.
     pub async fn nodes(&self) -> Result<serde_json::Value, Unavailable> {
         self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Every check and the live members of each region, for the prober (and
+    /// `GET /v1/checks`); the checks are left out when nothing changed since `since`.
+    pub async fn probe_plan(&self, since: Option<Cursor>) -> Result<super::ProbePlan, Unavailable> {
+        self.ask(|reply| Command::ProbePlan { since, reply }).await
     }
 
     /// Applies an incident, maintenance or override change; replies once it is durable.

@@ -10,7 +10,7 @@
 //! - `writes`: client writes and record changes into the core's group commit; `?ack=N`.
 //! - `commit`: handing storage what changed (with the accepted-batch shortcut).
 //! - `resume`: subscriptions, and subscribers waiting for changes their cursor names.
-//! - `views`: the JSON reads (status, nodes, history).
+//! - `views`: the JSON reads (status, nodes, history); `probes`: the prober's plan.
 //! - `gauges`: queue depths and core counters as metrics.
 //!
 //! Every protocol decision is the core's (`handle_frames`, `local_writes`, `resume`): the
@@ -31,6 +31,7 @@ use tracing::{info, warn};
 mod commit;
 mod gauges;
 pub mod handle;
+mod probes;
 pub mod published;
 mod resume;
 mod views;
@@ -40,6 +41,7 @@ use commit::Persisted;
 pub use handle::{
     NodeHandle, NodeInfo, RecordOp, Subscription, Unavailable, WriteReply, ACK_WAITERS_MAX,
 };
+pub use probes::ProbePlan;
 pub use published::{record_published, status_published, transition_published, Published};
 pub use resume::RESUMES_WAITING_MAX;
 use views::history_json;
@@ -300,6 +302,9 @@ impl Driver {
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
+            Command::ProbePlan { since, reply } => {
+                let _ = reply.send(self.probe_plan(since));
+            }
             Command::Record { service, op, reply } => {
                 // Applied in order with the rest of this iteration's writes.
                 self.writes_this_round += 1;
@@ -393,12 +398,13 @@ impl Driver {
                             .record(delay as f64 / 1_000.0);
                         }
                     }
-                    let published = status_published(
+                    let mut published = status_published(
                         &event,
                         cursor.encode(),
                         transition.as_deref(),
                         coalesced.as_ref(),
                     );
+                    self.annotate_agreement(&mut published, &event);
                     // No subscriber is not an error.
                     let _ = self.publish.send(Arc::new(published));
                 }

@@ -61,10 +61,16 @@ pub fn record_published(
         DocEvent::Maintenance(_) => "maintenance",
         DocEvent::Override(_) => "override",
         DocEvent::Flag(_) => "flag",
+        DocEvent::Check(_) => "check",
     };
     let mut data = serde_json::to_value(event).unwrap_or_default();
     if let Some(map) = data.as_object_mut() {
         map.remove("kind");
+        // A check's target may be an internal address: readers need no token, so the
+        // stream says that a check changed, not where it probes (GET /v1/checks does).
+        if let Some(check) = map.get_mut("check").and_then(|c| c.as_object_mut()) {
+            check.remove("target");
+        }
     }
     annotate(&mut data, transition, coalesced);
     Published {

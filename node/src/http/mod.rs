@@ -5,6 +5,7 @@
 //! - [`writes`]: status writes, tokens, body bounds and `?ack=N`.
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
+//! - [`checks`]: regional probe checks (`/v1/checks`).
 //! - [`alertmanager`]: the Alertmanager webhook receiver.
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
@@ -27,6 +28,7 @@ use statusmesh_crdt::Name;
 
 pub mod alertmanager;
 pub mod badge;
+pub mod checks;
 pub mod cors;
 pub mod error;
 pub mod events;
@@ -101,6 +103,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(badge::routes())
         .merge(flags::routes())
         .merge(ofrep::routes())
+        .merge(checks::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .route_layer(axum::middleware::from_fn_with_state(
             cors.clone(),

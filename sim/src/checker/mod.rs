@@ -9,12 +9,16 @@
 //!   included; [`history`] checks each stream's transitions per record against the writes
 //!   made (every one told, in each writer's order, unless the stream said it coalesced).
 //!
+//! - [`probes`]: regional probe assignment (rendezvous over live members): after the heal
+//!   exactly one prober per (check, region); under faults the longest unowned stretch.
+//!
 //! Protocol invariants of a single node are `gossip::invariants::check`, which the driver
 //! runs after every input.
 
 pub(crate) mod convergence;
 pub(crate) mod cursor;
 pub(crate) mod history;
+pub mod probes;
 pub(crate) mod subscribers;
 pub(crate) mod writes;
 

@@ -62,7 +62,9 @@ function render() {
       for (const r of comp.regions) r._key = `${svc.name}/${comp.name}/${r.region}`;
       const extra = (comp.override ? `<span class="tag" title="${esc(comp.override.reason)}">override</span>` : "") +
         (comp.maintenance && comp.maintenance.length ? `<span class="tag">maintenance</span>` : "") +
-        (comp.freshness === "stale" ? `<span class="tag">stale</span>` : "");
+        (comp.freshness === "stale" ? `<span class="tag">stale</span>` : "") +
+        (comp.agreement ? `<span class="tag" title="probed from ${comp.agreement.regions_probing} regions; major outage when ${comp.agreement.down_when} agree">probed ${comp.agreement.down_when}/${comp.agreement.regions_probing}</span>` : "") +
+        (comp.advisories || []).map((a) => `<div class="msg advisory" role="note">${esc(a.text)}</div>`).join("");
       html.push(`<tr><th scope="row">${esc(comp.name)}</th><td>${stateHtml(comp.status)}${extra}</td>` +
         regions.map((r) => cellHtml(byRegion[r])).join("") +
         `<td><div class="bar" data-bar="${esc(svc.name)}/${esc(comp.name)}" aria-label="uptime history"></div><div class="uptime" data-uptime="${esc(svc.name)}/${esc(comp.name)}"></div></td></tr>`);
@@ -174,7 +176,7 @@ function connect() {
   es.addEventListener("error", () => setConn(es.readyState === EventSource.CLOSED ? "offline" : "reconnecting", es.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…"));
   es.addEventListener("snapshot", (e) => { lastEventAt = Date.now(); model = JSON.parse(e.data); render(); setConn("live", "live"); });
   es.addEventListener("status", (e) => { lastEventAt = Date.now(); applyStatus(JSON.parse(e.data)); });
-  for (const kind of ["incident", "maintenance", "override"]) es.addEventListener(kind, () => { lastEventAt = Date.now(); scheduleRefresh(); });
+  for (const kind of ["incident", "maintenance", "override", "check"]) es.addEventListener(kind, () => { lastEventAt = Date.now(); scheduleRefresh(); });
   es.addEventListener("membership", () => loadMesh());
 }
 
