@@ -26,10 +26,10 @@ use statusmesh_crdt::{Name, Put};
 use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
-use super::writes::{authorize, forbidden, read_body, reply_after_acks, AckQuery};
+use super::records::{author, operator_service};
+use super::writes::{authorize, read_body, reply_after_acks, AckQuery};
 use super::HttpState;
 use crate::driver::{now_ms, ProbePlan, RecordOp};
-use crate::settings::Token;
 
 /// The routes of this module, to merge into the node's router.
 pub fn routes() -> Router<HttpState> {
@@ -37,16 +37,6 @@ pub fn routes() -> Router<HttpState> {
         "/v1/checks/{service}/{component}",
         get(get_check).put(put_check).delete(delete_check),
     )
-}
-
-/// The service, once `token` may write operator records to it and is within its rate.
-fn operator_service(state: &HttpState, token: &Token, service: &str) -> Result<Name, ApiError> {
-    let name = Name::parse("service", service)?;
-    state.limits.admit_write(&token.name)?;
-    match token.scope.refuse_operator(service) {
-        Some(reason) => Err(forbidden(reason)),
-        None => Ok(name),
-    }
 }
 
 fn unprocessable(field: &'static str, detail: String) -> ApiError {
@@ -97,12 +87,10 @@ async fn put_check(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&state.node, request.headers())?;
-    let service = operator_service(&state, &writer, &service)?;
+    let service = operator_service(&state.limits, &writer, &service)?;
     let component = Name::parse("component", &component)?;
     let body = read_body(&state.node, request).await?;
-    let author = Name::parse("author", &writer.name)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "api".to_owned());
+    let author = author(&writer);
     let check = check_of(&body, &state.node.info.regions, &author, now_ms())?;
     let op = RecordOp::Put(Put::Check {
         component,
@@ -118,7 +106,7 @@ async fn delete_check(
     request: Request,
 ) -> Result<Response, ApiError> {
     let writer = authorize(&state.node, request.headers())?;
-    let service = operator_service(&state, &writer, &service)?;
+    let service = operator_service(&state.limits, &writer, &service)?;
     let op = RecordOp::Put(Put::Check {
         component: Name::parse("component", &component)?,
         value: None,

@@ -146,15 +146,19 @@ fn parse_opt<T: std::str::FromStr<Err = CrdtError>>(
 }
 
 /// The author recorded for a write: the token's name when it is a valid name.
-fn author(token: &Token) -> String {
+pub(crate) fn author(token: &Token) -> String {
     Name::parse("author", &token.name)
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "api".to_owned())
 }
 
-/// The service, once the token may write incidents, maintenance and overrides to it (and
-/// is within its write rate).
-fn operator_service(limits: &Limits, token: &Token, service: &str) -> Result<Name, ApiError> {
+/// The service, once the token may write operator records to it (incidents, maintenance,
+/// overrides, checks, flags) and is within its write rate.
+pub(crate) fn operator_service(
+    limits: &Limits,
+    token: &Token,
+    service: &str,
+) -> Result<Name, ApiError> {
     let name = Name::parse("service", service)?;
     limits.admit_write(&token.name)?;
     match token.scope.refuse_operator(service) {

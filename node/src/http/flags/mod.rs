@@ -29,11 +29,10 @@ use statusmesh_crdt::{Name, Put};
 use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
-use super::limits::Limits;
-use super::writes::{authorize, forbidden, read_body, reply_after_acks, AckQuery};
+use super::records::{author, operator_service};
+use super::writes::{authorize, read_body, reply_after_acks, AckQuery};
 use super::HttpState;
 use crate::driver::{now_ms, NodeHandle, RecordOp};
-use crate::settings::Token;
 
 mod cache;
 pub mod controller;
@@ -56,23 +55,6 @@ pub fn routes() -> Router<HttpState> {
             put(put_flag).get(get_flag).delete(delete_flag),
         )
         .route("/v1/flags/{service}/{key}/history", get(get_flag_history))
-}
-
-/// The service, once `token` may write its flags (operator scope, within its write rate).
-fn operator_service(limits: &Limits, token: &Token, service: &str) -> Result<Name, ApiError> {
-    let name = Name::parse("service", service)?;
-    limits.admit_write(&token.name)?;
-    match token.scope.refuse_operator(service) {
-        Some(reason) => Err(forbidden(reason)),
-        None => Ok(name),
-    }
-}
-
-/// The author recorded for a write: the token's name when it is a valid name.
-fn author(token: &Token) -> String {
-    Name::parse("author", &token.name)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "api".to_owned())
 }
 
 async fn put_flag(
