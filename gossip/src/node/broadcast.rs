@@ -180,10 +180,13 @@ impl Node {
                     };
                     self.send(&origin, &frame);
                 }
-                if outcome.rolled_over.is_some() {
-                    self.stats.rollovers += 1;
-                    if let Ok(name) = Name::parse("service", service) {
+                if let Ok(name) = Name::parse("service", service) {
+                    if outcome.rolled_over.is_some() {
+                        self.stats.rollovers += 1;
                         self.rollover_cuts.remove(&name);
+                        self.base_waits.remove(&name);
+                    } else if outcome.base_waiting {
+                        self.wait_for_base(from, name);
                     }
                 }
                 self.publish_made(service, outcome.made);

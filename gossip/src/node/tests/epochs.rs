@@ -107,6 +107,86 @@ fn a_node_cut_off_through_two_rollovers_converges_and_keeps_its_writes() {
 }
 
 #[test]
+fn a_node_cut_off_through_one_rollover_takes_the_writes_before_the_base_and_tells_each() {
+    let mut h = Harness::with_config(3, epoch_config(8));
+    h.run_for(2_000);
+    h.write(0, "seed", State::Operational);
+    assert!(h.run_until(5_000, Harness::converged).is_some());
+    h.cut = Some(2);
+    // n2 is declared down, then n0 and n1 (a majority) roll over without it, once.
+    h.run_for(15_000);
+    for round in 0..10_usize {
+        h.write(
+            round % 2,
+            "db",
+            [State::MajorOutage, State::Operational][round % 2],
+        );
+        h.run_for(100);
+    }
+    h.run_for(3_000);
+    assert_eq!(api_doc(&h.nodes[0]).map(|d| d.epoch()), Some(1));
+    assert_eq!(api_doc(&h.nodes[2]).map(|d| d.epoch()), Some(0));
+    h.cut = None;
+    assert!(
+        h.run_until(30_000, Harness::converged).is_some(),
+        "the cut-off node converges after the heal"
+    );
+    assert_eq!(api_doc(&h.nodes[2]).map(|d| d.epoch()), Some(1));
+    let n2 = &h.nodes[2];
+    assert_eq!(
+        n2.stats().bases_adopted_unfilled,
+        0,
+        "the writes came first"
+    );
+    assert_eq!(
+        h.rollover_coalesced.get(&2),
+        None,
+        "every write the base folds was told one by one"
+    );
+}
+
+#[test]
+fn a_base_whose_writes_never_come_is_adopted_when_its_wait_ends() {
+    let mut config = epoch_config(8);
+    config.epoch.base_wait_ms = 500;
+    let mut h = Harness::with_config(3, config);
+    h.run_for(2_000);
+    h.write(0, "seed", State::Operational);
+    assert!(h.run_until(5_000, Harness::converged).is_some());
+    h.cut = Some(2);
+    h.run_for(15_000);
+    for round in 0..10_usize {
+        h.write(0, "db", [State::MajorOutage, State::Operational][round % 2]);
+    }
+    h.run_for(3_000);
+    assert_eq!(api_doc(&h.nodes[0]).map(|d| d.epoch()), Some(1));
+    // Only the base reaches n2, by hand: every other frame is lost.
+    let base = api_doc(&h.nodes[0])
+        .map(|d| d.changes_since(&[]))
+        .and_then(|c| c.into_iter().next())
+        .expect("the base");
+    let frame = codec::encode(&Frame::Changes {
+        service: "api".into(),
+        changes: vec![base],
+    })
+    .expect("encodes");
+    let now = h.now_ms;
+    h.nodes[2].handle_frame(now, "n0", &frame);
+    h.drain(2);
+    assert!(api_doc(&h.nodes[2]).is_some_and(|d| d.has_waiting_base()));
+    h.run_for(400);
+    assert_eq!(
+        api_doc(&h.nodes[2]).map(|d| d.epoch()),
+        Some(0),
+        "still waiting"
+    );
+    h.run_for(200);
+    assert_eq!(api_doc(&h.nodes[2]).map(|d| d.epoch()), Some(1), "adopted");
+    assert_eq!(h.nodes[2].stats().bases_adopted_unfilled, 1);
+    assert!(h.rollover_coalesced.get(&2).is_some_and(|&n| n > 0));
+}
+
+#[test]
 fn a_node_without_a_live_majority_does_not_propose() {
     let mut h = Harness::with_config(3, epoch_config(3));
     h.run_for(2_000);

@@ -19,6 +19,8 @@ pub(super) struct Harness {
     pub(super) sent: u64,
     /// Frames delivered, per (receiver, frame kind).
     pub(super) delivered: BTreeMap<(usize, &'static str), u64>,
+    /// Events told coalesced for a rollover, per node.
+    pub(super) rollover_coalesced: BTreeMap<usize, u64>,
 }
 
 impl Harness {
@@ -68,6 +70,7 @@ impl Harness {
             drop_pushes_to: BTreeSet::new(),
             sent: 0,
             delivered: BTreeMap::new(),
+            rollover_coalesced: BTreeMap::new(),
         }
     }
 
@@ -97,7 +100,15 @@ impl Harness {
                     .push((self.now_ms + latency_ms, to, from, t.bytes));
             }
         }
-        while self.nodes[i].poll_event().is_some() {}
+        while let Some(event) = self.nodes[i].poll_event() {
+            let coalesced = match event {
+                Event::Status { coalesced, .. } | Event::Record { coalesced, .. } => coalesced,
+                _ => None,
+            };
+            if coalesced.is_some_and(|c| c.reason == statusmesh_crdt::CoalesceReason::Rollover) {
+                *self.rollover_coalesced.entry(i).or_default() += 1;
+            }
+        }
     }
 
     /// A status write of `api/{component}/r0`, observed now.
