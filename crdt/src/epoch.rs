@@ -239,11 +239,6 @@ impl Clock {
         }
     }
 
-    /// Each writer with the highest of its writes covered.
-    pub fn iter(&self) -> impl Iterator<Item = (&Writer, u64)> + '_ {
-        self.0.iter().map(|(writer, &n)| (writer, n))
-    }
-
     /// How many writes are covered in all: what orders concurrent proposals.
     pub fn total(&self) -> u128 {
         self.0.values().map(|&n| u128::from(n)).sum()

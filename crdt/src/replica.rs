@@ -67,9 +67,6 @@ pub struct RemoteOutcome {
     pub made: Vec<Vec<u8>>,
     /// The epoch the document rolled over to, when it did.
     pub rolled_over: Option<u32>,
-    /// True when a base of the next epoch waits here for writes it folds: ask the sender
-    /// for them, and call [`Replica::adopt_waiting_base`] when the wait is over.
-    pub base_waiting: bool,
 }
 
 /// All documents of one node.
@@ -297,22 +294,6 @@ impl Replica {
         Ok(Some(self.outcome(service, before, applied)))
     }
 
-    /// Adopts the base parked in `service`'s document, whatever it still lacks (see
-    /// `ServiceDoc::adopt_waiting_base`). `None` when none waits.
-    pub fn adopt_waiting_base(
-        &mut self,
-        service: &Name,
-    ) -> Result<Option<RemoteOutcome>, CrdtError> {
-        let Some(doc) = self.docs.get_mut(service) else {
-            return Ok(None);
-        };
-        let before = doc.heads();
-        let Some(applied) = doc.adopt_waiting_base()? else {
-            return Ok(None);
-        };
-        Ok(Some(self.outcome(service, before, applied)))
-    }
-
     fn outcome(
         &mut self,
         service: &Name,
@@ -352,7 +333,6 @@ impl Replica {
             held: applied.held,
             made: applied.made,
             rolled_over: applied.rolled_over,
-            base_waiting: applied.base_waiting,
         }
     }
 
@@ -420,7 +400,7 @@ impl Replica {
     pub fn changes_since(&self, service: &Name, their_heads: &[ChangeHash]) -> Vec<Vec<u8>> {
         self.docs
             .get(service)
-            .map(|d| d.changes_for_peer(their_heads))
+            .map(|d| d.changes_since(their_heads))
             .unwrap_or_default()
     }
 

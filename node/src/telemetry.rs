@@ -163,11 +163,6 @@ pub const METRICS: &[Entry] = &[
         "Rollovers this node proposed.",
     ),
     (
-        "statusmesh_epoch_bases_adopted_unfilled_total",
-        Kind::Counter,
-        "Bases adopted when their wait ended, lacking writes they fold (told coalesced).",
-    ),
-    (
         "statusmesh_epoch_carried_writes_total",
         Kind::Counter,
         "Old-epoch writes carried into a new epoch.",

@@ -275,7 +275,6 @@ impl Sim {
         let epochs = &mut self.out.epochs;
         epochs.proposed += stats.rollovers_proposed;
         epochs.adopted += stats.rollovers;
-        epochs.adopted_unfilled += stats.bases_adopted_unfilled;
         epochs.carried += node
             .replica()
             .docs()

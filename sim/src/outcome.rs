@@ -198,9 +198,6 @@ pub struct EpochFigures {
     pub proposed: u64,
     /// Epochs moved to, proposed or adopted (`Stats::rollovers`), over all nodes.
     pub adopted: u64,
-    /// Bases adopted when their wait for the writes they fold ended, still lacking some
-    /// (`Stats::bases_adopted_unfilled`), over all nodes.
-    pub adopted_unfilled: u64,
     /// Forced proposals that rolled over, and forced moments skipped because the nodes did
     /// not agree on the service's epoch yet (a contest still open; see `force_rollovers`).
     pub forced: u64,

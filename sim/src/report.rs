@@ -383,7 +383,6 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
         "rollovers_forced": outcome.epochs.forced,
         "forced_skipped": outcome.epochs.forced_skipped,
         "rollovers_adopted": outcome.epochs.adopted,
-        "bases_adopted_unfilled": outcome.epochs.adopted_unfilled,
         "carried": outcome.epochs.carried,
         "history_len": outcome.epochs.history_len,
         "history_len_without_rollover": outcome.epochs.history_len_without,

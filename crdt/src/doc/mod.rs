@@ -11,11 +11,9 @@
 //! - `remote.rs`: applying a decoded remote batch, routed by epoch.
 //! - `rollover.rs`: epochs in the document: rolling over, adopting a base, carrying writes,
 //!   the previous epoch kept for cursors.
-//! - `base_wait.rs`: a base that waits for the writes it folds before it is adopted.
 //! - `events.rs`: the events clients are told ([`DocEvent`]).
 //! - `reads.rs`: reading records and cells ([`Read`]).
 
-mod base_wait;
 mod decode;
 mod events;
 #[cfg(test)]
@@ -83,10 +81,6 @@ pub struct RemoteApplied {
     /// Writes of the previous epoch that its base covers but that this node learned only
     /// now, with the root keys each wrote: transitions still to tell.
     pub late: Vec<(WriteId, BTreeSet<String>)>,
-    /// True when a base of the next epoch is parked here until the writes it folds arrive
-    /// (see `base_wait.rs`): the caller asks the sender for them, and adopts the base anyway
-    /// once its wait is over ([`ServiceDoc::adopt_waiting_base`]).
-    pub base_waiting: bool,
 }
 
 /// Counters of the epoch machinery, for metrics; they only grow.
@@ -146,8 +140,6 @@ pub struct ServiceDoc {
     replaced_writes: BTreeMap<WriteId, u32>,
     /// Changes of newer epochs (or another base of this one), until their base arrives.
     future: BTreeMap<Lineage, Vec<Vec<u8>>>,
-    /// A base of the next epoch waiting for writes it folds (see `base_wait.rs`).
-    pending_base: Option<decode::BaseChange>,
     epoch_stats: EpochStats,
     /// Encoded bytes of the current epoch's changes (approximate after a load).
     history_bytes: u64,
@@ -306,7 +298,6 @@ impl ServiceDoc {
             carried: BTreeMap::new(),
             replaced_writes: BTreeMap::new(),
             future: BTreeMap::new(),
-            pending_base: None,
             epoch_stats: EpochStats::default(),
             // The saved size stands in for the epoch's bytes: re-encoding would cost a load's
             // time.

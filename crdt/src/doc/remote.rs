@@ -80,11 +80,8 @@ impl ServiceDoc {
             ..RemoteApplied::default()
         };
         self.apply_current(current, &mut applied);
-        // A parked base competes again: the writes it waited for may have just come.
-        let mut bases = bases;
-        bases.extend(self.pending_base.take());
         if let Some(base) = self.best_base(bases) {
-            self.adopt_or_park(base, &mut applied)?;
+            self.adopt(base.change, base.meta, &mut applied)?;
         }
         for change in older {
             self.take_older(&change.change, &change.kind, &mut applied);
@@ -202,7 +199,6 @@ impl ServiceDoc {
         applied.keys_incomplete |= inner.keys_incomplete;
         applied.made.extend(inner.made);
         applied.rolled_over = applied.rolled_over.or(inner.rolled_over);
-        applied.base_waiting |= inner.base_waiting;
         Ok(())
     }
 }

@@ -180,13 +180,10 @@ impl Node {
                     };
                     self.send(&origin, &frame);
                 }
-                if let Ok(name) = Name::parse("service", service) {
-                    if outcome.rolled_over.is_some() {
-                        self.stats.rollovers += 1;
+                if outcome.rolled_over.is_some() {
+                    self.stats.rollovers += 1;
+                    if let Ok(name) = Name::parse("service", service) {
                         self.rollover_cuts.remove(&name);
-                        self.base_waits.remove(&name);
-                    } else if outcome.base_waiting {
-                        self.wait_for_base(from, name);
                     }
                 }
                 self.publish_made(service, outcome.made);

@@ -50,9 +50,6 @@ pub struct EpochConfig {
     pub age_ms_max: u64,
     /// Least time between two proposals for one document (ms). Default 5,000.
     pub propose_interval_ms: u64,
-    /// Longest time a base of the next epoch waits for writes it folds before it is adopted
-    /// anyway (ms). Default 3,000; at least 1.
-    pub base_wait_ms: u64,
 }
 
 impl EpochConfig {
@@ -79,7 +76,6 @@ impl Default for EpochConfig {
             history_bytes_max: 8 << 20,
             age_ms_max: 0,
             propose_interval_ms: 5_000,
-            base_wait_ms: 3_000,
         }
     }
 }
@@ -127,7 +123,6 @@ impl Config {
             self.liveness_per_frame_max as u64,
             1,
         )?;
-        ConfigError::at_least("epoch.base_wait_ms", self.epoch.base_wait_ms, 1)?;
         self.broadcast.validate()
     }
 }

@@ -88,9 +88,6 @@ pub struct Stats {
     pub rollovers_proposed: u64,
     /// Rollovers this node went through (proposed here or adopted from a peer).
     pub rollovers: u64,
-    /// Bases adopted when their wait ended, still lacking writes they fold (those writes
-    /// were told coalesced).
-    pub bases_adopted_unfilled: u64,
 }
 
 /// Peers a starting node announces itself to.
@@ -126,9 +123,6 @@ pub struct Node {
     now_ms: u64,
     /// Per document: the cut this node would roll over at once every live peer holds it.
     rollover_cuts: BTreeMap<Name, RolloverCut>,
-    /// Per document whose next epoch's base waits for writes it folds: when it is adopted
-    /// anyway (ms).
-    base_waits: BTreeMap<Name, u64>,
 }
 
 impl Node {
@@ -194,7 +188,6 @@ impl Node {
             digest_sent: None,
             now_ms: 0,
             rollover_cuts: BTreeMap::new(),
-            base_waits: BTreeMap::new(),
         }
     }
 
@@ -407,7 +400,6 @@ impl Node {
         let swaps = self.plumtree.rechoose_own_entries(&mesh, now_ms);
         self.stats.entries_swapped += swaps as u64;
         self.anti_entropy_round(now_ms);
-        self.adopt_overdue_bases(now_ms);
         debug_assert_invariants(self);
     }
 
@@ -461,13 +453,7 @@ impl Node {
         }
         let swim = self.membership.next_timeout().unwrap_or(u64::MAX);
         let broadcast = self.plumtree.next_timeout().unwrap_or(u64::MAX);
-        let base_wait = self.base_waits.values().min().copied().unwrap_or(u64::MAX);
-        Some(
-            self.next_anti_entropy_ms
-                .min(swim)
-                .min(broadcast)
-                .min(base_wait),
-        )
+        Some(self.next_anti_entropy_ms.min(swim).min(broadcast))
     }
 
     /// This node's id.

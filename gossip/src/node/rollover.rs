@@ -13,10 +13,6 @@
 //!
 //! Concurrent proposals are still possible (a split view of who is alive); the crdt's rule
 //! picks one winner everywhere.
-//!
-//! A base that arrives before writes it folds waits in the document (see the crdt's
-//! `base_wait.rs`): this node asks the sender for what it lacks, and adopts the base anyway
-//! after `base_wait_ms`, so a lost repair delays a rollover but never stops it.
 
 use statusmesh_crdt::{ChangeHash, Name};
 
@@ -50,51 +46,6 @@ impl Node {
         self.publish_made(service.as_str(), outcome.made);
         self.emit_transitions(outcome.transitions);
         Ok(outcome.rolled_over)
-    }
-
-    /// A base of `service`'s next epoch from `from` waits here for writes it folds: asks
-    /// `from` for what this node lacks (its heads, answered with the changes after them),
-    /// once per wait, and sets when the wait ends.
-    pub(super) fn wait_for_base(&mut self, from: &str, service: Name) {
-        if self.base_waits.contains_key(&service) {
-            return;
-        }
-        let deadline = self.now_ms.saturating_add(self.config.epoch.base_wait_ms);
-        self.base_waits.insert(service, deadline);
-        if self.peers.contains_key(from) {
-            let frame = Frame::Heads {
-                docs: self.all_heads(),
-                reply_wanted: false,
-            };
-            self.send(from, &frame);
-        }
-    }
-
-    /// Adopts the bases whose wait is over, and reports what that changed.
-    pub(super) fn adopt_overdue_bases(&mut self, now_ms: u64) {
-        let overdue: Vec<Name> = self
-            .base_waits
-            .iter()
-            .filter(|(_, &deadline)| deadline <= now_ms)
-            .map(|(service, _)| service.clone())
-            .collect();
-        for service in overdue {
-            self.base_waits.remove(&service);
-            match self.replica.adopt_waiting_base(&service) {
-                Ok(Some(outcome)) => {
-                    self.stats.rollovers += 1;
-                    self.stats.bases_adopted_unfilled += 1;
-                    self.rollover_cuts.remove(&service);
-                    self.publish_made(service.as_str(), outcome.made);
-                    self.emit_transitions(outcome.transitions);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let id = self.id.clone();
-                    self.reject(&id, GossipError::Crdt(e));
-                }
-            }
-        }
     }
 
     /// Proposes the rollovers that are due (see the module docs).

@@ -64,10 +64,6 @@ impl Driver {
             "statusmesh_epoch_rollovers_proposed_total",
             stats.rollovers_proposed,
         );
-        counter(
-            "statusmesh_epoch_bases_adopted_unfilled_total",
-            stats.bases_adopted_unfilled,
-        );
         let (mut carried, mut stale, mut dropped) = (0, 0, 0);
         for doc in self.node.replica().docs() {
             let epoch_stats = doc.epoch_stats();

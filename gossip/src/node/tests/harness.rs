@@ -19,8 +19,6 @@ pub(super) struct Harness {
     pub(super) sent: u64,
     /// Frames delivered, per (receiver, frame kind).
     pub(super) delivered: BTreeMap<(usize, &'static str), u64>,
-    /// Events told coalesced for a rollover, per node.
-    pub(super) rollover_coalesced: BTreeMap<usize, u64>,
 }
 
 impl Harness {
@@ -70,7 +68,6 @@ impl Harness {
             drop_pushes_to: BTreeSet::new(),
             sent: 0,
             delivered: BTreeMap::new(),
-            rollover_coalesced: BTreeMap::new(),
         }
     }
 
@@ -100,15 +97,7 @@ impl Harness {
                     .push((self.now_ms + latency_ms, to, from, t.bytes));
             }
         }
-        while let Some(event) = self.nodes[i].poll_event() {
-            let coalesced = match event {
-                Event::Status { coalesced, .. } | Event::Record { coalesced, .. } => coalesced,
-                _ => None,
-            };
-            if coalesced.is_some_and(|c| c.reason == statusmesh_crdt::CoalesceReason::Rollover) {
-                *self.rollover_coalesced.entry(i).or_default() += 1;
-            }
-        }
+        while self.nodes[i].poll_event().is_some() {}
     }
 
     /// A status write of `api/{component}/r0`, observed now.
