@@ -49,6 +49,7 @@ pub mod records;
 pub mod replica;
 mod resume;
 pub mod view;
+pub mod webhooks;
 
 pub use automerge::{ActorId, ChangeHash};
 pub use cursor::Cursor;

@@ -290,6 +290,9 @@ pub(super) fn events_for_keys_in(
                     check: check.map(|r| r.value),
                 }));
             }
+            // A subscription holds its secret, and its progress is the mesh's bookkeeping:
+            // neither is an event for clients.
+            RecordKey::Webhook { .. } | RecordKey::WebhookProgress { .. } => {}
         }
     }
     for (id, mut new_updates) in incidents {
@@ -310,6 +313,42 @@ mod tests {
     use super::*;
     use crate::doc::fixtures::{doc, incident, name, put, update, write};
     use crate::model::State;
+
+    #[test]
+    fn a_webhook_and_its_progress_are_records_without_events() {
+        let hook: crate::webhooks::Webhook = serde_json::from_str::<crate::webhooks::WebhookSpec>(
+            r#"{"url": "http://127.0.0.1:9/in", "services": ["api"]}"#,
+        )
+        .expect("a spec")
+        .into_webhook(None, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "ops", 5)
+        .expect("valid");
+        let mut d = doc(1);
+        let puts = [
+            Put::Webhook {
+                id: name("pager"),
+                value: Some(hook.clone()),
+            },
+            Put::WebhookProgress {
+                id: name("pager"),
+                value: Some(crate::webhooks::WebhookProgress {
+                    cursor: String::new(),
+                    delivered: 3,
+                    coalesced: 0,
+                    by_node: "n1".into(),
+                    at_ms: 5,
+                }),
+            },
+        ];
+        let written = d
+            .apply_puts_keys(7, "n1", &puts)
+            .expect("valid")
+            .expect("a change");
+        assert!(d
+            .events_for_local_puts(&puts, &written.keys, "n1", 7)
+            .is_empty());
+        assert_eq!(d.webhooks().get(&name("pager")), Some(&hook));
+        assert_eq!(d.webhook_progress()[&name("pager")].delivered, 3);
+    }
 
     #[test]
     fn a_local_put_event_names_its_writer_and_has_no_conflict() {

@@ -15,6 +15,7 @@ use crate::epoch::{EpochMeta, Origin, META_KEY};
 use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
+use crate::webhooks::{Webhook, WebhookProgress};
 
 /// What a record holds: the winning value and the values that lost a concurrent write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +144,26 @@ impl ServiceDoc {
         self.records_of::<Check>(RecordKind::Check)
             .filter_map(|(key, read)| match key {
                 RecordKey::Check { component } => Some((component, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every outgoing webhook subscription that follows this service, by id.
+    pub fn webhooks(&self) -> BTreeMap<Name, Webhook> {
+        self.records_of::<Webhook>(RecordKind::Webhook)
+            .filter_map(|(key, read)| match key {
+                RecordKey::Webhook { id } => Some((id, read.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How far each subscription's deliveries of this service got, by id.
+    pub fn webhook_progress(&self) -> BTreeMap<Name, WebhookProgress> {
+        self.records_of::<WebhookProgress>(RecordKind::WebhookProgress)
+            .filter_map(|(key, read)| match key {
+                RecordKey::WebhookProgress { id } => Some((id, read.value)),
                 _ => None,
             })
             .collect()

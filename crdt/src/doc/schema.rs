@@ -11,6 +11,8 @@
 //! | `ovr/<component>` | [`Override`] |
 //! | `flag/<key>` | [`Flag`] (see [`crate::flags`]) |
 //! | `chk/<component>` | [`Check`] (a regional probe) |
+//! | `hook/<id>` | [`Webhook`] (an outgoing webhook subscription; no event) |
+//! | `hookp/<id>` | [`WebhookProgress`] (how far its deliveries got; no event) |
 //!
 //! Flat keys and scalar values mean that no two replicas ever create the same object
 //! concurrently (which Automerge would resolve by hiding one object wholesale), that a
@@ -29,6 +31,7 @@ use crate::error::CrdtError;
 use crate::flags::Flag;
 use crate::model::{Name, Observation};
 use crate::records::{Incident, IncidentUpdate, Maintenance, Override};
+use crate::webhooks::{Webhook, WebhookProgress};
 
 /// Longest update key, in bytes.
 const UPDATE_KEY_LEN_MAX: usize = 128;
@@ -43,6 +46,8 @@ pub enum RecordKey {
     Override { component: Name },
     Flag { key: Name },
     Check { component: Name },
+    Webhook { id: Name },
+    WebhookProgress { id: Name },
 }
 
 impl RecordKey {
@@ -56,6 +61,8 @@ impl RecordKey {
             RecordKey::Override { component } => format!("ovr/{component}"),
             RecordKey::Flag { key } => format!("flag/{key}"),
             RecordKey::Check { component } => format!("chk/{component}"),
+            RecordKey::Webhook { id } => format!("hook/{id}"),
+            RecordKey::WebhookProgress { id } => format!("hookp/{id}"),
         }
     }
 
@@ -96,6 +103,12 @@ impl RecordKey {
             "chk" => Some(RecordKey::Check {
                 component: name("component", rest)?,
             }),
+            "hook" => Some(RecordKey::Webhook {
+                id: name("webhook", rest)?,
+            }),
+            "hookp" => Some(RecordKey::WebhookProgress {
+                id: name("webhook", rest)?,
+            }),
             _ => None,
         }
     }
@@ -110,6 +123,8 @@ impl RecordKey {
                 | RecordKey::Override { .. }
                 | RecordKey::Flag { .. }
                 | RecordKey::Check { .. }
+                | RecordKey::Webhook { .. }
+                | RecordKey::WebhookProgress { .. }
         )
     }
 
@@ -131,6 +146,10 @@ impl RecordKey {
             RecordKey::Override { .. } => check::<Override>(json, Override::validate),
             RecordKey::Flag { .. } => check::<Flag>(json, Flag::validate),
             RecordKey::Check { .. } => check::<Check>(json, Check::validate),
+            RecordKey::Webhook { .. } => check::<Webhook>(json, Webhook::validate),
+            RecordKey::WebhookProgress { .. } => {
+                check::<WebhookProgress>(json, WebhookProgress::validate)
+            }
         }
     }
 }
@@ -154,6 +173,8 @@ pub(super) enum RecordKind {
     Override,
     Flag,
     Check,
+    Webhook,
+    WebhookProgress,
 }
 
 impl RecordKind {
@@ -167,6 +188,8 @@ impl RecordKind {
             RecordKind::Override => "ovr",
             RecordKind::Flag => "flag",
             RecordKind::Check => "chk",
+            RecordKind::Webhook => "hook",
+            RecordKind::WebhookProgress => "hookp",
         };
         prefix_range(prefix)
     }
@@ -234,6 +257,16 @@ pub enum Put {
         component: Name,
         value: Option<Check>,
     },
+    /// An outgoing webhook subscription (`None`: deleted).
+    Webhook {
+        id: Name,
+        value: Option<Webhook>,
+    },
+    /// How far a subscription's deliveries of this service got (`None`: forgotten).
+    WebhookProgress {
+        id: Name,
+        value: Option<WebhookProgress>,
+    },
 }
 
 impl Put {
@@ -259,6 +292,8 @@ impl Put {
             Put::Check { component, .. } => RecordKey::Check {
                 component: component.clone(),
             },
+            Put::Webhook { id, .. } => RecordKey::Webhook { id: id.clone() },
+            Put::WebhookProgress { id, .. } => RecordKey::WebhookProgress { id: id.clone() },
         }
     }
 
@@ -283,8 +318,12 @@ impl Put {
             Put::Maintenance { window: None, .. }
             | Put::Override { value: None, .. }
             | Put::Flag { value: None, .. }
-            | Put::Check { value: None, .. } => Ok(None),
+            | Put::Check { value: None, .. }
+            | Put::Webhook { value: None, .. }
+            | Put::WebhookProgress { value: None, .. } => Ok(None),
             Put::Check { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::Webhook { value: Some(v), .. } => encode(serde_json::to_string(v)),
+            Put::WebhookProgress { value: Some(v), .. } => encode(serde_json::to_string(v)),
         }
     }
 
@@ -309,6 +348,10 @@ impl Put {
             Put::Override { value, .. } => value.as_ref().map_or(Ok(()), Override::validate),
             Put::Flag { value, .. } => value.as_ref().map_or(Ok(()), Flag::validate),
             Put::Check { value, .. } => value.as_ref().map_or(Ok(()), Check::validate),
+            Put::Webhook { value, .. } => value.as_ref().map_or(Ok(()), Webhook::validate),
+            Put::WebhookProgress { value, .. } => {
+                value.as_ref().map_or(Ok(()), WebhookProgress::validate)
+            }
         }
     }
 }
@@ -341,6 +384,8 @@ mod tests {
             RecordKey::Check {
                 component: name("db"),
             },
+            RecordKey::Webhook { id: name("pager") },
+            RecordKey::WebhookProgress { id: name("pager") },
         ] {
             assert_eq!(RecordKey::parse(&key.to_key()), Some(key));
         }
