@@ -63,6 +63,18 @@ impl Cursor {
         self.heads.iter().map(|(k, v)| (k, v.as_slice()))
     }
 
+    /// This cursor's position in one service only (its heads and epoch).
+    pub fn only(&self, service: &Name) -> Cursor {
+        let mut only = Cursor::default();
+        if let Some(heads) = self.heads.get(service) {
+            only.heads.insert(service.clone(), heads.clone());
+        }
+        if let Some(epoch) = self.epochs.get(service) {
+            only.epochs.insert(service.clone(), *epoch);
+        }
+        only
+    }
+
     /// Replaces the heads of one service (its epoch becomes unknown).
     pub fn set(&mut self, service: Name, heads: Vec<ChangeHash>) {
         self.epochs.remove(&service);

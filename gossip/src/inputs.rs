@@ -59,6 +59,9 @@ pub enum RecordOp {
     },
     /// A maintenance window or an override, written as the crdt's own record put.
     Put(Put),
+    /// Several records of one service in one change (a webhook subscription and where its
+    /// deliveries start): all of them, or none when one is invalid.
+    Puts(Vec<Put>),
 }
 
 /// One local write, as a client (or a prober) submits it.
@@ -313,6 +316,7 @@ impl Node {
                 replica.change_incident(now_ms, service, &id, change)
             }
             RecordOp::Put(put) => replica.write_records(now_ms, service, &[put]),
+            RecordOp::Puts(puts) => replica.write_records(now_ms, service, &puts),
         })?;
         Ok(WriteResult {
             changed: change.is_some(),

@@ -2,7 +2,8 @@
 //!
 //! A protocol rule, so it lives here and both drivers call it: the node to know which
 //! probes it runs, the simulator to check that the rule gives one owner per key. For a key
-//! (a (check, region) pair for probes; a (subscription, event) pair for webhooks) every
+//! (a (check, region) pair for probes; a (subscription, service) pair for webhooks: one
+//! sender per service keeps that service's transitions in causal order) every
 //! member gets a weight from a fixed hash of (key, member); the heaviest member owns the key.
 //! Every node that sees the same live members picks the same owner, without talking; when
 //! the owner leaves, only its keys move, each to the next heaviest member (takeover), and
@@ -68,6 +69,11 @@ pub fn ranking<'a, M: AsRef<str> + ?Sized>(key: &[u8], members: &'a [&'a M]) -> 
 /// The key of the probe of (service, component) from `region`.
 pub fn probe_key(service: &str, component: &str, region: &str) -> Vec<u8> {
     format!("probe/{service}/{component}/{region}").into_bytes()
+}
+
+/// The key of the sender of subscription `webhook`'s events of `service`.
+pub fn webhook_key(webhook: &str, service: &str) -> Vec<u8> {
+    format!("webhook/{webhook}/{service}").into_bytes()
 }
 
 /// The members of `region` that `node` considers alive (SWIM alive, or heard directly of

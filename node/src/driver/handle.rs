@@ -58,6 +58,9 @@ pub(super) enum Command {
         since: Option<Cursor>,
         reply: oneshot::Sender<super::ProbePlan>,
     },
+    WebhookPlan {
+        reply: oneshot::Sender<super::WebhookPlan>,
+    },
     Record {
         service: Name,
         op: RecordOp,
@@ -172,6 +175,12 @@ impl NodeHandle {
     /// `GET /v1/checks`); the checks are left out when nothing changed since `since`.
     pub async fn probe_plan(&self, since: Option<Cursor>) -> Result<super::ProbePlan, Unavailable> {
         self.ask(|reply| Command::ProbePlan { since, reply }).await
+    }
+
+    /// Every webhook subscription with its progress, and the mesh's live members, for the
+    /// dispatcher and `/v1/webhooks`.
+    pub async fn webhook_plan(&self) -> Result<super::WebhookPlan, Unavailable> {
+        self.ask(|reply| Command::WebhookPlan { reply }).await
     }
 
     /// Applies an incident, maintenance or override change; replies once it is durable.

@@ -35,6 +35,7 @@ mod probes;
 pub mod published;
 mod resume;
 mod views;
+mod webhooks;
 mod writes;
 
 use commit::Persisted;
@@ -45,6 +46,7 @@ pub use probes::ProbePlan;
 pub use published::{record_published, status_published, transition_published, Published};
 pub use resume::RESUMES_WAITING_MAX;
 use views::history_json;
+pub use webhooks::{HookEntry, WebhookPlan};
 
 use crate::settings::NodeSettings;
 use crate::storage::{LogSize, StorageHandle};
@@ -304,6 +306,9 @@ impl Driver {
             }
             Command::ProbePlan { since, reply } => {
                 let _ = reply.send(self.probe_plan(since));
+            }
+            Command::WebhookPlan { reply } => {
+                let _ = reply.send(self.webhook_plan());
             }
             Command::Record { service, op, reply } => {
                 // Applied in order with the rest of this iteration's writes.
