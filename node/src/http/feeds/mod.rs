@@ -171,7 +171,10 @@ async fn answer(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 Some("service"),
-                format!("no status has been written for service {service:?}"),
+                format!(
+                    "no status has been written for service {:?}",
+                    service.as_str()
+                ),
             ));
         }
     }
