@@ -39,6 +39,8 @@ const PATHS: &[&str] = &[
     "/api/v2/scheduled-maintenances/active.json",
     "/badge/api.svg",
     "/badge/api/db.json",
+    "/feeds/incidents.atom",
+    "/feeds/incidents.rss",
 ];
 
 /// Sends `request` on a fresh connection and reads the whole answer (the request asks the

@@ -16,6 +16,7 @@ mod cors;
 mod durability;
 mod epoch;
 mod errors;
+mod feeds;
 mod flags;
 mod harness;
 mod mesh;

@@ -119,6 +119,12 @@ async fn accept_is_negotiated_on_every_route_with_a_json_406() {
         ("/v1/nodes", "application/xml, text/*", "application/json"),
         ("/", "application/json", "text/html"),
         ("/metrics", "text/html", "text/plain"),
+        (
+            "/feeds/incidents.atom",
+            "application/json",
+            "application/atom+xml",
+        ),
+        ("/feeds/incidents.rss", "text/html", "application/rss+xml"),
     ] {
         let (code, _, body) = error_of(get(path, accept).await.expect("get")).await;
         assert_eq!(code, 406, "{path} {accept}: {body}");
@@ -138,6 +144,14 @@ async fn accept_is_negotiated_on_every_route_with_a_json_406() {
         ("/", navigation),
         ("/page.js", "*/*"),
         ("/metrics", "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+        // Feed readers: both feed types and generic XML, whichever feed they follow.
+        ("/feeds/incidents.atom", "application/atom+xml"),
+        (
+            "/feeds/incidents.atom",
+            "application/rss+xml, application/xml;q=0.9",
+        ),
+        ("/feeds/incidents.rss", "text/xml"),
+        ("/feeds/incidents.rss", navigation),
     ] {
         let response = get(path, accept).await.expect("get");
         assert_eq!(response.status().as_u16(), 200, "{path} {accept}");

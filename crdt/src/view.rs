@@ -100,7 +100,18 @@ pub struct IncidentView {
     #[serde(flatten)]
     pub incident: Incident,
     /// Oldest first.
-    pub updates: Vec<IncidentUpdate>,
+    pub updates: Vec<UpdateView>,
+}
+
+/// One entry of an incident's timeline, with the key it is stored under.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateView {
+    /// The update's key in the document (`<at_ms>-<node>-<n>`): written once by the node
+    /// that made the update, so the same on every node for as long as the incident lives
+    /// (feeds build their entry ids from it).
+    pub key: String,
+    #[serde(flatten)]
+    pub update: IncidentUpdate,
 }
 
 /// A maintenance window, and whether it is open now.
@@ -266,7 +277,10 @@ pub fn service_view(
         .map(|(id, read, updates)| IncidentView {
             id,
             incident: read.value,
-            updates,
+            updates: updates
+                .into_iter()
+                .map(|(key, update)| UpdateView { key, update })
+                .collect(),
         })
         .collect();
     incidents.sort_by(|a, b| {

@@ -28,6 +28,9 @@ pub struct Read<T> {
     pub changed_at_ms: Option<u64>,
 }
 
+/// An incident update and the key it is stored under (`upd/<incident>/<key>`).
+pub type KeyedUpdate = (String, IncidentUpdate);
+
 /// An observation cell as read.
 pub type CellRead = Read<Observation>;
 
@@ -61,19 +64,20 @@ impl ServiceDoc {
             .collect()
     }
 
-    /// Every incident with its updates (oldest first), ordered by id.
-    pub fn incidents(&self) -> Vec<(Name, Read<Incident>, Vec<IncidentUpdate>)> {
-        let mut updates: BTreeMap<Name, Vec<IncidentUpdate>> = BTreeMap::new();
+    /// Every incident with its updates (oldest first), each with the key it is stored under,
+    /// ordered by id.
+    pub fn incidents(&self) -> Vec<(Name, Read<Incident>, Vec<KeyedUpdate>)> {
+        let mut updates: BTreeMap<Name, Vec<KeyedUpdate>> = BTreeMap::new();
         for (key, read) in self.records_of::<IncidentUpdate>(RecordKind::Update) {
-            if let RecordKey::Update { incident, .. } = key {
-                updates.entry(incident).or_default().push(read.value);
+            if let RecordKey::Update { incident, key } = key {
+                updates.entry(incident).or_default().push((key, read.value));
             }
         }
         self.records_of::<Incident>(RecordKind::Incident)
             .filter_map(|(key, read)| match key {
                 RecordKey::Incident { id } => {
                     let mut list = updates.remove(&id).unwrap_or_default();
-                    list.sort_by_key(|u| u.at_ms);
+                    list.sort_by_key(|(_, u)| u.at_ms);
                     Some((id, read, list))
                 }
                 _ => None,

@@ -11,6 +11,7 @@
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
 //! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
 //! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
+//!   [`feeds`]: the incident and maintenance feeds (Atom and RSS);
 //!   [`cors`]: cross-origin reads (`--cors-origins`) and writes (`--cors-write-origins`).
 //! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
 
@@ -32,6 +33,7 @@ pub mod checks;
 pub mod cors;
 pub mod error;
 pub mod events;
+pub mod feeds;
 pub mod flags;
 pub mod frame_ancestors;
 pub mod limits;
@@ -101,6 +103,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(alertmanager::routes())
         .merge(statuspage::routes())
         .merge(badge::routes())
+        .merge(feeds::routes())
         .merge(flags::routes())
         .merge(ofrep::routes())
         .merge(checks::routes())
@@ -200,14 +203,22 @@ fn json_with_etag(headers: &HeaderMap, value: &serde_json::Value, cursor: &str) 
             cursor.to_owned(),
         ),
     ];
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+    if if_none_match(headers, &etag) {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
     (cache, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether the request's `If-None-Match` names `etag` (or is `*`). The comparison is weak,
+/// as RFC 9110 §13.1.2 asks of `If-None-Match`: a `W/` prefix is ignored.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 async fn get_page() -> Response {

@@ -59,15 +59,47 @@ pub static PROMETHEUS_TEXT: LazyLock<MediaType<'static>> =
 pub static SVG: MediaType<'static> =
     MediaType::from_parts(names::IMAGE, names::SVG, Some(names::XML), &[]);
 
+/// `application/atom+xml`: `/feeds/incidents.atom`.
+pub static ATOM: MediaType<'static> = MediaType::from_parts(
+    names::APPLICATION,
+    Name::new_unchecked("atom"),
+    Some(names::XML),
+    &[],
+);
+/// `application/rss+xml`: `/feeds/incidents.rss`.
+pub static RSS: MediaType<'static> = MediaType::from_parts(
+    names::APPLICATION,
+    Name::new_unchecked("rss"),
+    Some(names::XML),
+    &[],
+);
+/// `application/xml`, `text/xml`: what some feed readers ask for instead of a feed's own type.
+pub static APPLICATION_XML: MediaType<'static> = MediaType::new(names::APPLICATION, names::XML);
+pub static TEXT_XML: MediaType<'static> = MediaType::new(names::TEXT, names::XML);
+
 /// What the route at `path` (its matched template) produces when it succeeds.
 pub fn produces(path: &str) -> &'static MediaType<'static> {
     match path {
+        "/feeds/incidents.atom" => &ATOM,
+        "/feeds/incidents.rss" => &RSS,
         "/" => &HTML,
         "/page.js" => &JAVASCRIPT,
         "/page.css" => &CSS,
         "/metrics" => &PROMETHEUS_TEXT,
         "/v1/events" => &EVENT_STREAM,
         _ => &JSON,
+    }
+}
+
+/// The types besides [`produces`]' that the route at `path` also answers to. A feed is
+/// served to a reader that asks for either feed type or for generic XML (readers send one
+/// `Accept` for every feed they follow, and some name only `application/xml` or
+/// `text/xml`); the response keeps the feed's own `Content-Type`.
+pub fn also_admitted(path: &str) -> &'static [&'static MediaType<'static>] {
+    static FEED: [&MediaType<'static>; 4] = [&ATOM, &RSS, &APPLICATION_XML, &TEXT_XML];
+    match path {
+        "/feeds/incidents.atom" | "/feeds/incidents.rss" => &FEED,
+        _ => &[],
     }
 }
 
@@ -95,7 +127,7 @@ pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| request.uri().path(), MatchedPath::as_str);
     let produced = produces_for(path, request.uri().path());
-    if let Err(error) = check_accept(request.headers(), produced) {
+    if let Err(error) = check_accept_any(request.headers(), produced, also_admitted(path)) {
         return error.into_response();
     }
     let mut response = next.run(request).await;
@@ -111,6 +143,15 @@ pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
 /// Ok when the request's `Accept` admits `produced` (or says nothing usable); a 406 naming
 /// the `accept` field and what the path produces otherwise.
 pub fn check_accept(headers: &HeaderMap, produced: &MediaType<'_>) -> Result<(), ApiError> {
+    check_accept_any(headers, produced, &[])
+}
+
+/// [`check_accept`], where `Accept` may also admit one of `also` (the 406 names `produced`).
+pub fn check_accept_any<'m>(
+    headers: &HeaderMap,
+    produced: &MediaType<'m>,
+    also: &[&MediaType<'m>],
+) -> Result<(), ApiError> {
     let mut values = headers.get_all(header::ACCEPT).iter().peekable();
     if values.peek().is_none() {
         return Ok(());
@@ -134,7 +175,10 @@ pub fn check_accept(headers: &HeaderMap, produced: &MediaType<'_>) -> Result<(),
     let Ok(accept) = Accept::from_str(&joined) else {
         return Ok(());
     };
-    if accept.negotiate([produced]).is_some() {
+    if accept
+        .negotiate(std::iter::once(produced).chain(also.iter().copied()))
+        .is_some()
+    {
         return Ok(());
     }
     Err(ApiError::new(

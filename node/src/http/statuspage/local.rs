@@ -82,6 +82,8 @@ pub struct Incident {
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IncidentUpdate {
+    /// The key it is stored under: the same on every node.
+    pub key: String,
     pub at_ms: u64,
     pub status: IncidentStatus,
     pub text: String,
@@ -98,6 +100,9 @@ pub struct Maintenance {
     pub starts_at_ms: u64,
     pub ends_at_ms: u64,
     pub active: bool,
+    /// Who wrote the window.
+    #[serde(default)]
+    pub author: String,
 }
 
 impl View {

@@ -66,6 +66,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
+use statusmesh_crdt::Name;
 
 use super::{json_with_etag, ApiError, HttpState};
 use crate::driver::now_ms;
@@ -95,15 +96,7 @@ pub async fn mapped(
     state: &HttpState,
     headers: &HeaderMap,
 ) -> Result<(model::Mapped, String), ApiError> {
-    let (value, cursor) = state.node.status(None).await?;
-    let view = local::View::from_json(value).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            None,
-            "the node's status view did not have the expected shape",
-        )
-    })?;
+    let (view, cursor) = view(state, None).await?;
     let cluster = &state.node.info.cluster;
     let cx = model::Context {
         page_id: model::page_id(cluster),
@@ -112,9 +105,27 @@ pub async fn mapped(
     Ok((model::map(&view, &cx, cluster, now_ms()), cursor))
 }
 
+/// The node's view of every service, or of `service` only, read back; and the cursor it
+/// reflects. The view of an unknown service has no services.
+pub(crate) async fn view(
+    state: &HttpState,
+    service: Option<Name>,
+) -> Result<(local::View, String), ApiError> {
+    let (value, cursor) = state.node.status(service).await?;
+    let view = local::View::from_json(value).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            None,
+            "the node's status view did not have the expected shape",
+        )
+    })?;
+    Ok((view, cursor))
+}
+
 /// `--page-url` without its trailing `/`, else `http://` and the request's `Host` (a host
 /// that is not a plain host name and port is not echoed).
-fn page_url(configured: Option<&str>, headers: &HeaderMap) -> String {
+pub(crate) fn page_url(configured: Option<&str>, headers: &HeaderMap) -> String {
     if let Some(url) = configured {
         return url.trim_end_matches('/').to_owned();
     }

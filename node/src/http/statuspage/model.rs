@@ -283,6 +283,22 @@ pub fn component_id(service: &str, component: &str) -> String {
     id("component", &[service, component])
 }
 
+/// The id of incident `incident` of `service`.
+pub fn incident_id(service: &str, incident: &str) -> String {
+    id("incident", &[service, incident])
+}
+
+/// The id of maintenance window `window` of `service`.
+pub fn maintenance_id(service: &str, window: &str) -> String {
+    id("scheduled_maintenance", &[service, window])
+}
+
+/// The page's link to a record with `kind` (`incident`, `maintenance`) and Statuspage `id`:
+/// the `shortlink` of Statuspage's answers, and the link of a feed's entries.
+pub fn shortlink(page_url: &str, kind: &str, id: &str) -> String {
+    format!("{page_url}/#{kind}-{id}")
+}
+
 fn incident_updated_ms(incident: &local::Incident) -> u64 {
     incident
         .updates
@@ -308,7 +324,7 @@ fn map_incident(
     members: &[Component],
     incident: &local::Incident,
 ) -> Incident {
-    let incident_id = id("incident", &[&service.name, &incident.id]);
+    let incident_id = incident_id(&service.name, &incident.id);
     // Identical entries (same time, author, status and text) are told apart by their rank.
     let mut seen: Vec<(u64, &str, IncidentStatus, &str)> = Vec::new();
     let mut updates: Vec<IncidentUpdate> = incident
@@ -352,7 +368,7 @@ fn map_incident(
         .find(|u| u.status == IncidentStatus::Monitoring)
         .map(|u| iso8601(u.at_ms));
     Incident {
-        shortlink: format!("{}/#incident-{incident_id}", cx.page_url),
+        shortlink: shortlink(&cx.page_url, "incident", &incident_id),
         id: incident_id,
         name: incident.title.clone(),
         status: incident.status.as_str(),
@@ -376,7 +392,7 @@ fn map_maintenance(
     members: &[Component],
     window: &local::Maintenance,
 ) -> Incident {
-    let maintenance_id = id("scheduled_maintenance", &[&service.name, &window.id]);
+    let maintenance_id = maintenance_id(&service.name, &window.id);
     let status = if window.active {
         "in_progress"
     } else {
@@ -401,7 +417,7 @@ fn map_maintenance(
         tweet_id: None,
     };
     Incident {
-        shortlink: format!("{}/#maintenance-{maintenance_id}", cx.page_url),
+        shortlink: shortlink(&cx.page_url, "maintenance", &maintenance_id),
         id: maintenance_id,
         name: window.title.clone(),
         status,

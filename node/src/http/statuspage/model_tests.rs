@@ -27,8 +27,8 @@ fn fixture() -> local::View {
                 "components": ["db", "nowhere"], "opened_at_ms": 1500, "resolved_at_ms": null,
                 "author": "ops",
                 "updates": [
-                    {"at_ms": 1500, "status": "investigating", "text": "looking", "author": "ops"},
-                    {"at_ms": 1800, "status": "monitoring", "text": "fixed", "author": "ops"}
+                    {"key": "000000000001500-n1-0", "at_ms": 1500, "status": "investigating", "text": "looking", "author": "ops"},
+                    {"key": "000000000001800-n1-1", "at_ms": 1800, "status": "monitoring", "text": "fixed", "author": "ops"}
                 ]
             }],
             "scheduled_maintenances": [{
