@@ -181,8 +181,10 @@ impl Replica {
                 reason: "an incident with this id exists already".into(),
             });
         }
+        // The first entry is the opening: dated as the incident is (unless that is in the
+        // future), so that its event says "created" on every node.
         let update = IncidentUpdate {
-            at_ms: now_ms,
+            at_ms: incident.opened_at_ms.min(now_ms),
             status: incident.status,
             text: text.to_owned(),
             author: incident.author.clone(),

@@ -6,6 +6,9 @@
 //!   it holds the driver's [`driver::NodeHandle`].
 //! - [`probe`]: the regional prober: runs the checks this node owns (rendezvous over its
 //!   region's live members) and writes their observations through the driver's handle.
+//! - [`notify`]: outgoing webhooks: the (subscription, service) pairs this node sends
+//!   (rendezvous over the mesh's live members), signed, retried, resumed from replicated
+//!   progress.
 //! - [`driver`]: the one task that owns the gossip state machine, storage glue and metrics.
 //! - [`storage`]: snapshots and change logs on disk, group commit, archives.
 //! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
@@ -25,6 +28,7 @@ pub mod config;
 pub mod driver;
 pub mod fuzz;
 pub mod http;
+pub mod notify;
 pub mod probe;
 pub mod settings;
 pub mod start;

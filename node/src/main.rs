@@ -161,6 +161,8 @@ enum Command {
         alertmanager: AlertmanagerArgs,
         #[command(flatten)]
         web: statusmesh_node::http::cors::WebArgs,
+        #[command(flatten)]
+        webhooks: statusmesh_node::notify::WebhookArgs,
     },
     /// Load commands against a running mesh.
     #[command(subcommand)]
@@ -350,6 +352,7 @@ fn main() -> anyhow::Result<()> {
                 epoch,
                 alertmanager,
                 web,
+                webhooks,
             } => {
                 let tokens = match (token, tokens) {
                     (_, Some(path)) => Tokens::load(&path)?,
@@ -364,7 +367,7 @@ fn main() -> anyhow::Result<()> {
                     alertmanager: alertmanager.settings(),
                     ..NodeSettings::new(data_dir, tokens)
                 };
-                let settings = web.apply(settings);
+                let settings = webhooks.apply(web.apply(settings));
                 run(
                     config,
                     node,

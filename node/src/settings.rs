@@ -447,6 +447,8 @@ pub struct NodeSettings {
     pub cors: crate::http::cors::CorsSettings,
     /// The Statuspage API's `page.url` (`--page-url`); `None`: from the request's `Host`.
     pub page_url: Option<String>,
+    /// Outgoing webhooks: the retry schedule and the SSRF exception.
+    pub webhooks: crate::notify::NotifySettings,
 }
 
 impl NodeSettings {
@@ -464,6 +466,7 @@ impl NodeSettings {
             alertmanager: AlertmanagerSettings::default(),
             cors: crate::http::cors::CorsSettings::default(),
             page_url: None,
+            webhooks: crate::notify::NotifySettings::default(),
         }
     }
 }

@@ -206,11 +206,19 @@ pub async fn start(
         cors: http::cors::Cors::new(options.settings.cors.clone()),
         page_url: options.settings.page_url.as_deref().map(Arc::from),
         flags: Arc::default(),
+        deliveries: Arc::default(),
     };
     tokio::spawn(http::flags::controller::run(handle.clone()));
     let router = http::router(state.clone());
     // Regional probes: detached; it stops with `shutdown` or when the driver is gone.
     drop(crate::probe::spawn(handle.clone(), shutdown.clone()));
+    // Outgoing webhooks: detached likewise.
+    drop(crate::notify::spawn(
+        handle.clone(),
+        crate::notify::NotifyConfig::new(&options.settings.webhooks),
+        Arc::clone(&state.deliveries),
+        shutdown.clone(),
+    ));
     let http = tokio::spawn(http::serve::serve(
         listener,
         router,

@@ -285,6 +285,33 @@ pub const METRICS: &[Entry] = &[
         Kind::Counter,
         "Probe intervals that passed without a probe starting.",
     ),
+    // Outgoing webhooks.
+    (
+        "statusmesh_webhook_attempts_total",
+        Kind::Counter,
+        "Webhook delivery attempts made by this node, per result (delivered, failed, gone).",
+    ),
+    (
+        "statusmesh_webhook_events_given_up_total",
+        Kind::Counter,
+        "Webhook events whose every scheduled attempt failed (the subscription moves on).",
+    ),
+    (
+        "statusmesh_webhook_events_coalesced_total",
+        Kind::Counter,
+        "Transitions folded into a later webhook event because the subscription's backlog \
+         passed its bound (the payload says how many).",
+    ),
+    (
+        "statusmesh_webhook_history_gaps_total",
+        Kind::Counter,
+        "Times a sender found its progress compacted away and resumed from the current state.",
+    ),
+    (
+        "statusmesh_webhook_senders",
+        Kind::Gauge,
+        "(subscription, service) pairs this node sends (rendezvous over the live members).",
+    ),
 ];
 
 /// Histogram buckets of the `_seconds` metrics: 0.1 ms to 5 s.

@@ -68,7 +68,7 @@ impl WebhookPlan {
     }
 
     /// The entries of subscription `id`, one per service whose document holds it.
-    pub fn entries_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a HookEntry> {
-        self.hooks.iter().filter(move |e| e.id.as_str() == id)
+    pub fn entries_of(&self, id: &str) -> Vec<&HookEntry> {
+        self.hooks.iter().filter(|e| e.id.as_str() == id).collect()
     }
 }

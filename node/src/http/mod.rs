@@ -6,7 +6,8 @@
 //! - [`events`]: `/v1/events` (SSE) and `/v1/poll`.
 //! - [`records`]: incidents, maintenance, overrides and history.
 //! - [`checks`]: regional probe checks (`/v1/checks`).
-//! - [`alertmanager`]: the Alertmanager webhook receiver.
+//! - [`alertmanager`]: the Alertmanager webhook receiver; [`webhooks`]: outgoing webhook
+//!   subscriptions (`/v1/webhooks`, sent by `crate::notify`).
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
 //! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
@@ -43,6 +44,7 @@ pub mod records;
 pub mod serve;
 pub mod sse_front;
 pub mod statuspage;
+pub mod webhooks;
 pub mod writes;
 
 pub use error::ApiError;
@@ -73,6 +75,8 @@ pub struct HttpState {
     pub page_url: Option<Arc<str>>,
     /// Feature flags: the cached flag set and the OFREP limiter.
     pub flags: Arc<flags::FlagState>,
+    /// Outgoing webhooks: this node's recent delivery attempts.
+    pub deliveries: Arc<crate::notify::DeliveryLog>,
 }
 
 /// The router of one node. A route that produces anything but JSON is listed in
@@ -107,6 +111,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(flags::routes())
         .merge(ofrep::routes())
         .merge(checks::routes())
+        .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .route_layer(axum::middleware::from_fn_with_state(
             cors.clone(),

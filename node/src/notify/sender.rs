@@ -1,0 +1,287 @@
+//! The sender of one (subscription, service): follows the service's transitions from the
+//! replicated progress, delivers each one the subscription wants, in causal order, with
+//! retries on the schedule, and records progress after each delivered event so that the
+//! next sender, if this node dies, resumes from the first undelivered one.
+//!
+//! The outbox is the document's history itself: a sender that falls behind the shared live
+//! ring re-reads what came after its progress, as a reconnecting client does; beyond the
+//! replay bound ([`statusmesh_crdt::TRANSITIONS_MAX`] transitions) each record comes once
+//! with the number of transitions it folds (`data.coalesced`), counted in
+//! `statusmesh_webhook_events_coalesced_total`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use statusmesh_crdt::webhooks::{Disabled, Webhook, WebhookProgress};
+use statusmesh_crdt::{Cursor, Delivery, Name, Put};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::deliver::{post, Answer};
+use super::log::{Attempt, DeliveryLog};
+use super::payload::{Outgoing, Shaper};
+use super::sign::signature;
+use super::NotifyConfig;
+use crate::driver::{now_ms, NodeHandle, Published, RecordOp};
+
+/// Progress passed over (events the subscription does not want) is written at most this
+/// often; delivered events write it at once.
+const PROGRESS_IDLE_SAVE: Duration = Duration::from_secs(10);
+
+/// Everything one sender needs.
+#[derive(Debug)]
+pub struct Sender {
+    pub node: NodeHandle,
+    pub me: String,
+    pub id: Name,
+    pub service: Name,
+    pub webhook: Webhook,
+    pub progress: Option<WebhookProgress>,
+    pub config: Arc<NotifyConfig>,
+    pub log: Arc<DeliveryLog>,
+}
+
+/// How one event's attempts ended.
+enum Outcome {
+    Delivered,
+    GaveUp,
+    /// 410: the receiver wants no more.
+    Gone,
+}
+
+impl Sender {
+    /// Runs until the subscription is gone from this node's hands (the dispatcher aborts
+    /// the task) or disabled by a 410.
+    pub async fn run(mut self) {
+        let mut delivered = self.progress.as_ref().map_or(0, |p| p.delivered);
+        let mut coalesced = self.progress.as_ref().map_or(0, |p| p.coalesced);
+        let mut position = self
+            .progress
+            .as_ref()
+            .and_then(|p| Cursor::decode(&p.cursor).ok());
+        let mut shaper = Shaper::default();
+        let mut saved_at = Instant::now();
+        let mut unsaved = false;
+        loop {
+            let Some(resume) = self.resume_cursor(position.as_ref()).await else {
+                return;
+            };
+            let Ok(subscription) = self
+                .node
+                .subscribe(resume, Some(self.service.to_string()), Delivery::Every)
+                .await
+            else {
+                return;
+            };
+            let mut live = subscription.live;
+            let mut queue: std::collections::VecDeque<Arc<Published>> =
+                subscription.initial.into_iter().map(Arc::new).collect();
+            loop {
+                let published = match queue.pop_front() {
+                    Some(p) => p,
+                    None => {
+                        if unsaved && saved_at.elapsed() >= PROGRESS_IDLE_SAVE {
+                            self.save(position.as_ref(), delivered, coalesced).await;
+                            saved_at = Instant::now();
+                            unsaved = false;
+                        }
+                        match tokio::time::timeout(PROGRESS_IDLE_SAVE, live.recv()).await {
+                            Err(_) => continue,
+                            Ok(Ok(p)) => p,
+                            // Behind the shared ring: re-read from the position.
+                            Ok(Err(RecvError::Lagged(_))) => break,
+                            Ok(Err(RecvError::Closed)) => return,
+                        }
+                    }
+                };
+                if published.service.as_deref() != Some(self.service.as_str()) {
+                    continue;
+                }
+                let Ok(after) = Cursor::decode(&published.id) else {
+                    continue;
+                };
+                if published.kind == "snapshot" {
+                    if position.is_some() {
+                        // The history after the progress is gone (compacted): what happened
+                        // in it cannot be told one by one. Said in the log and the metrics.
+                        metrics::counter!("statusmesh_webhook_history_gaps_total").increment(1);
+                        self.log.record(
+                            &self.id,
+                            Attempt::note(&self.service, "history after the progress is gone"),
+                        );
+                    }
+                    position = Some(after.only(&self.service));
+                    self.save(position.as_ref(), delivered, coalesced).await;
+                    continue;
+                }
+                let outgoing = shaper.shape(&self.webhook, &published);
+                position = Some(after.only(&self.service));
+                let Some(outgoing) = outgoing else {
+                    unsaved = true;
+                    continue;
+                };
+                if outgoing.coalesced > 1 {
+                    metrics::counter!("statusmesh_webhook_events_coalesced_total")
+                        .increment(outgoing.coalesced - 1);
+                    coalesced += outgoing.coalesced - 1;
+                }
+                match self.deliver(&outgoing).await {
+                    Outcome::Delivered => delivered += 1,
+                    Outcome::GaveUp => {}
+                    Outcome::Gone => {
+                        self.disable("the receiver answered 410 Gone").await;
+                        return;
+                    }
+                }
+                self.save(position.as_ref(), delivered, coalesced).await;
+                saved_at = Instant::now();
+                unsaved = false;
+            }
+        }
+    }
+
+    /// The mesh's cursor now with this service at `position`: other documents contribute
+    /// nothing to replay. `None` when the driver is gone.
+    async fn resume_cursor(&self, position: Option<&Cursor>) -> Option<Option<Cursor>> {
+        let Some(position) = position else {
+            return Some(None);
+        };
+        let plan = self.node.webhook_plan().await.ok()?;
+        let mut cursor = plan.cursor;
+        let heads = position.heads_of(&self.service).to_vec();
+        match position.epoch_of(&self.service) {
+            Some(epoch) => cursor.set_in_epoch(self.service.clone(), heads, epoch),
+            None => cursor.set(self.service.clone(), heads),
+        }
+        Some(Some(cursor))
+    }
+
+    /// Attempts `outgoing` on the schedule until it is delivered, given up, or gone.
+    async fn deliver(&self, outgoing: &Outgoing) -> Outcome {
+        let target = match self.webhook.target() {
+            Ok(t) => t,
+            Err(e) => {
+                self.log
+                    .record(&self.id, Attempt::note(&self.service, &e.to_string()));
+                return Outcome::GaveUp;
+            }
+        };
+        let attempts = self.config.retry_schedule.len() + 1;
+        for attempt in 1..=attempts {
+            let now = now_ms();
+            let timestamp_s = now / 1000;
+            let mut headers = vec![
+                ("webhook-id", outgoing.id.clone()),
+                ("webhook-timestamp", timestamp_s.to_string()),
+            ];
+            if self.webhook.format == statusmesh_crdt::webhooks::Format::Standard {
+                let signed = signature(
+                    self.webhook.signing_secrets(now),
+                    &outgoing.id,
+                    timestamp_s,
+                    &outgoing.body,
+                );
+                headers.push(("webhook-signature", signed));
+            }
+            let answer = post(
+                &target,
+                &headers,
+                outgoing.body.clone(),
+                self.config.request_timeout,
+                &self.config.tls,
+                self.config.allow_link_local,
+            )
+            .await;
+            let (code, error, retry_after) = match &answer {
+                Answer::Status {
+                    code,
+                    retry_after,
+                    body,
+                } => (Some(*code), body.clone(), *retry_after),
+                Answer::Failed(reason) => (None, reason.clone(), None),
+            };
+            let result = match code {
+                Some(c) if (200..300).contains(&c) => "delivered",
+                Some(410) => "gone",
+                _ => "failed",
+            };
+            metrics::counter!("statusmesh_webhook_attempts_total", "result" => result).increment(1);
+            let wait = (result == "failed" && attempt < attempts).then(|| {
+                let scheduled = self.config.delay_before(attempt);
+                // 429 and 502-504 say when to come back; never sooner than the schedule.
+                match (code, retry_after) {
+                    (Some(429 | 502 | 503 | 504), Some(asked)) => {
+                        scheduled.max(asked.min(self.config.retry_after_max))
+                    }
+                    _ => scheduled,
+                }
+            });
+            self.log.record(
+                &self.id,
+                Attempt {
+                    service: self.service.to_string(),
+                    event: outgoing.event_type.as_str(),
+                    webhook_id: outgoing.id.clone(),
+                    attempt: attempt as u32,
+                    at_ms: now,
+                    status: code,
+                    error: (result != "delivered").then_some(error),
+                    next_attempt_ms: wait.map(|w| now + w.as_millis() as u64),
+                    node: self.me.clone(),
+                },
+            );
+            match (result, wait) {
+                ("delivered", _) => return Outcome::Delivered,
+                ("gone", _) => return Outcome::Gone,
+                (_, Some(wait)) => tokio::time::sleep(wait).await,
+                (_, None) => break,
+            }
+        }
+        metrics::counter!("statusmesh_webhook_events_given_up_total").increment(1);
+        Outcome::GaveUp
+    }
+
+    /// Records how far deliveries got (replicated: the next sender starts there).
+    async fn save(&self, position: Option<&Cursor>, delivered: u64, coalesced: u64) {
+        let Some(position) = position else {
+            return;
+        };
+        let progress = WebhookProgress {
+            cursor: position.encode(),
+            delivered,
+            coalesced,
+            by_node: self.me.clone(),
+            at_ms: now_ms(),
+        };
+        let op = RecordOp::Put(Put::WebhookProgress {
+            id: self.id.clone(),
+            value: Some(progress),
+        });
+        if let Ok(Err(error)) = self.node.record(self.service.clone(), op).await {
+            tracing::warn!(webhook = %self.id, service = %self.service, %error, "webhook progress not recorded");
+        }
+    }
+
+    /// Marks the subscription disabled in every document that holds it, so that no node
+    /// sends to it again until it is PUT anew.
+    async fn disable(&mut self, reason: &str) {
+        let Ok(plan) = self.node.webhook_plan().await else {
+            return;
+        };
+        for entry in plan.entries_of(self.id.as_str()) {
+            let mut webhook = entry.webhook.clone();
+            webhook.disabled = Some(Disabled {
+                reason: reason.to_owned(),
+                at_ms: now_ms(),
+                by_node: self.me.clone(),
+            });
+            let op = RecordOp::Put(Put::Webhook {
+                id: self.id.clone(),
+                value: Some(webhook),
+            });
+            let _ = self.node.record(entry.service.clone(), op).await;
+        }
+        self.log
+            .record(&self.id, Attempt::note(&self.service, reason));
+        tracing::warn!(webhook = %self.id, reason, "webhook subscription disabled");
+    }
+}
