@@ -30,3 +30,4 @@ mod slow_reader;
 mod statuspage;
 mod tls;
 mod transitions;
+mod webhooks;

@@ -121,6 +121,16 @@ pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
         .collect()
 }
 
+/// `--webhook-retry-schedule` (one value holding every wait).
+#[derive(Debug, Clone)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+impl RetrySchedule {
+    fn parse(text: &str) -> Result<Self, String> {
+        parse_schedule(text).map(RetrySchedule)
+    }
+}
+
 /// The webhook settings of `statusmesh run`.
 #[derive(Debug, Clone, Default)]
 pub struct NotifySettings {
@@ -134,8 +144,8 @@ pub struct NotifySettings {
 pub struct WebhookArgs {
     /// The waits before each retry of a failed webhook delivery, comma-separated
     /// (default 5s,5m,30m,2h,5h,10h,10h; jittered by ±20 %).
-    #[arg(long, value_name = "WAITS", value_parser = parse_schedule)]
-    pub webhook_retry_schedule: Option<Vec<Duration>>,
+    #[arg(long, value_name = "WAITS", value_parser = RetrySchedule::parse)]
+    pub webhook_retry_schedule: Option<RetrySchedule>,
     /// Let webhook subscriptions reach link-local and cloud metadata addresses.
     #[arg(long)]
     pub webhook_allow_link_local: bool,
@@ -146,7 +156,7 @@ impl WebhookArgs {
     pub fn apply(self, settings: crate::settings::NodeSettings) -> crate::settings::NodeSettings {
         crate::settings::NodeSettings {
             webhooks: NotifySettings {
-                retry_schedule: self.webhook_retry_schedule,
+                retry_schedule: self.webhook_retry_schedule.map(|s| s.0),
                 allow_link_local: self.webhook_allow_link_local,
             },
             ..settings
