@@ -119,18 +119,24 @@ async fn subscribe(mesh: &Mesh, node: &TestNode, id: &str, url: &str) -> String 
         .expect("PUT webhook");
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.expect("json");
-    let secret = body["secret"].as_str().expect("a generated secret").to_owned();
+    let secret = body["secret"]
+        .as_str()
+        .expect("a generated secret")
+        .to_owned();
     assert!(secret.starts_with("whsec_"));
     // Every node knows it, and they agree on the sender.
-    let sender = wait_for("every node to know the subscription and its sender", || async {
-        let mut senders = BTreeSet::new();
-        for n in &mesh.nodes {
-            let view = get_authed(mesh, n, &format!("/v1/webhooks/{id}")).await?;
-            assert!(view.get("secret").is_none() && !view.to_string().contains(&secret));
-            senders.insert(view["progress"]["api"]["sender"].as_str()?.to_owned());
-        }
-        (senders.len() == 1).then(|| senders.into_iter().next())?
-    })
+    let sender = wait_for(
+        "every node to know the subscription and its sender",
+        || async {
+            let mut senders = BTreeSet::new();
+            for n in &mesh.nodes {
+                let view = get_authed(mesh, n, &format!("/v1/webhooks/{id}")).await?;
+                assert!(view.get("secret").is_none() && !view.to_string().contains(&secret));
+                senders.insert(view["progress"]["api"]["sender"].as_str()?.to_owned());
+            }
+            (senders.len() == 1).then(|| senders.into_iter().next())?
+        },
+    )
     .await;
     println!("subscription {id}: sender {sender}");
     secret
@@ -257,7 +263,8 @@ fn duplicates(receiver: &Receiver) -> (usize, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_changes_on_three_regions_are_delivered_once_each_in_order_and_signed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mesh = start_mesh_with_args(dir.path(), TOKEN, &["--webhook-retry-schedule", SCHEDULE]).await;
+    let mesh =
+        start_mesh_with_args(dir.path(), TOKEN, &["--webhook-retry-schedule", SCHEDULE]).await;
     let (receiver, url) = start_receiver().await;
     let secret = subscribe(&mesh, &mesh.nodes[0], "pager", &url).await;
     *receiver.secret.lock().expect("lock") = Some(secret);
@@ -266,10 +273,17 @@ async fn status_changes_on_three_regions_are_delivered_once_each_in_order_and_si
     let started = Instant::now();
     let expected = write_changes(&mesh, &writers, 0, 200).await;
     wait_all(&receiver, &expected, Duration::from_secs(60)).await;
-    println!("200 changes on 3 regions delivered in {:?}", started.elapsed());
+    println!(
+        "200 changes on 3 regions delivered in {:?}",
+        started.elapsed()
+    );
 
     assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
-    assert_eq!(delivered_by_cell(&receiver), expected, "causal order per component");
+    assert_eq!(
+        delivered_by_cell(&receiver),
+        expected,
+        "causal order per component"
+    );
     let got = receiver.got();
     assert_eq!(got.len(), 200, "each change exactly once");
     let ids: BTreeSet<&str> = got.iter().map(|g| g.id.as_str()).collect();
@@ -301,7 +315,8 @@ async fn status_changes_on_three_regions_are_delivered_once_each_in_order_and_si
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_thirty_seconds_gets_everything_and_410_disables() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mesh = start_mesh_with_args(dir.path(), TOKEN, &["--webhook-retry-schedule", SCHEDULE]).await;
+    let mesh =
+        start_mesh_with_args(dir.path(), TOKEN, &["--webhook-retry-schedule", SCHEDULE]).await;
     let (receiver, url) = start_receiver().await;
     let secret = subscribe(&mesh, &mesh.nodes[1], "relay", &url).await;
     *receiver.secret.lock().expect("lock") = Some(secret);
@@ -325,7 +340,11 @@ async fn a_receiver_down_for_thirty_seconds_gets_everything_and_410_disables() {
         "down 30 s ({attempts_down} attempts refused); all 20 delivered {:?} after it came back",
         back.elapsed()
     );
-    assert_eq!(delivered_by_cell(&receiver), expected, "none lost, in order");
+    assert_eq!(
+        delivered_by_cell(&receiver),
+        expected,
+        "none lost, in order"
+    );
     assert_eq!(receiver.got().len(), 20, "each once");
 
     // 410: the subscription is disabled everywhere, and says why.
@@ -334,7 +353,10 @@ async fn a_receiver_down_for_thirty_seconds_gets_everything_and_410_disables() {
     wait_for("every node to show the subscription disabled", || async {
         for n in &mesh.nodes {
             let view = get_authed(&mesh, n, "/v1/webhooks/relay").await?;
-            view["disabled"]["reason"].as_str()?.contains("410").then_some(())?;
+            view["disabled"]["reason"]
+                .as_str()?
+                .contains("410")
+                .then_some(())?;
         }
         Some(())
     })
@@ -392,6 +414,162 @@ async fn killing_the_sender_mid_stream_hands_over_and_loses_nothing() {
         killed.elapsed()
     );
     assert!(same_ids, "a duplicate carries the same webhook-id");
-    assert_eq!(delivered_by_cell(&receiver), expected, "in order per component");
+    assert_eq!(
+        delivered_by_cell(&receiver),
+        expected,
+        "in order per component"
+    );
     assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn put_webhook(mesh: &Mesh, id: &str, body: Value) -> (u16, Value) {
+    let response = mesh
+        .client
+        .put(mesh.nodes[0].url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT webhook");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_is_told_when_scheduled_started_and_ended_and_bad_subscriptions_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = start_mesh_with_args(
+        dir.path(),
+        TOKEN,
+        &["--webhook-retry-schedule", "100ms,200ms"],
+    )
+    .await;
+    let (receiver, url) = start_receiver().await;
+
+    // Bad subscriptions are refused with the field named, and nothing is stored.
+    for (body, code, field) in [
+        (json!({"url": "ftp://x/", "services": ["api"]}), 422, "url"),
+        (json!({"url": url, "services": []}), 422, "services"),
+        (
+            json!({"url": url, "services": ["api"], "events": ["nope"]}),
+            422,
+            "events",
+        ),
+        (
+            json!({"url": url, "services": ["api"], "secret": "plain"}),
+            422,
+            "secret",
+        ),
+        (
+            json!({"url": url, "services": ["api"], "colour": "red"}),
+            400,
+            "colour",
+        ),
+    ] {
+        let (status, reply) = put_webhook(&mesh, "bad", body.clone()).await;
+        assert_eq!(
+            (status, reply["field"].as_str()),
+            (code, Some(field)),
+            "{body}: {reply}"
+        );
+    }
+    let unauthenticated = mesh
+        .client
+        .get(mesh.nodes[0].url("/v1/webhooks/bad"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(unauthenticated.status(), 401);
+    assert!(get_authed(&mesh, &mesh.nodes[0], "/v1/webhooks/bad")
+        .await
+        .is_none());
+
+    // A window from 2 s to 4 s from now: scheduled at once, started and ended by the clock.
+    let (status, reply) = put_webhook(
+        &mesh,
+        "windows",
+        json!({"url": url, "services": ["api"],
+               "events": ["maintenance.scheduled", "maintenance.started", "maintenance.ended"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{reply}");
+    *receiver.secret.lock().expect("lock") = reply["secret"].as_str().map(str::to_owned);
+    let start = now_ms() + 2_000;
+    let response = mesh
+        .client
+        .put(mesh.nodes[1].url("/v1/maintenance/api/upgrade"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"title": "db upgrade", "components": ["db"],
+                      "starts_at_ms": start, "ends_at_ms": start + 2_000}))
+        .send()
+        .await
+        .expect("PUT maintenance");
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    let types = wait_for("scheduled, started and ended", || async {
+        let types: Vec<String> = receiver
+            .got()
+            .iter()
+            .filter_map(|g| g.body["type"].as_str().map(str::to_owned))
+            .collect();
+        (types.len() >= 3).then_some(types)
+    })
+    .await;
+    assert_eq!(
+        types,
+        [
+            "maintenance.scheduled",
+            "maintenance.started",
+            "maintenance.ended"
+        ],
+        "each once, in order"
+    );
+    let started = &receiver.got()[1];
+    assert_eq!(started.id, format!("mnt:api/upgrade:started:{start}"));
+    assert_eq!(started.body["data"]["window"]["title"], "db upgrade");
+
+    // The SSRF rule: a metadata address is refused, and the log says so.
+    let (status, _) = put_webhook(
+        &mesh,
+        "metadata",
+        json!({"url": "http://169.254.169.254/latest/meta-data", "services": ["api"]}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = put_status(
+        &mesh.client,
+        &mesh.nodes[2],
+        TOKEN,
+        "api/db/ap-southeast",
+        json!({"state": "major_outage", "message": "to the metadata service"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let error = wait_for("the refused attempt in a deliveries log", || async {
+        for n in &mesh.nodes {
+            let log = get_authed(&mesh, n, "/v1/webhooks/metadata/deliveries").await?;
+            let found = log["attempts"].as_array()?.iter().find_map(|a| {
+                a["error"]
+                    .as_str()
+                    .filter(|e| e.contains("refused"))
+                    .map(str::to_owned)
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    })
+    .await;
+    println!("metadata address: {error}");
+    assert!(error.contains("link-local or cloud metadata"), "{error}");
 }

@@ -54,17 +54,24 @@ pub enum EventType {
     MaintenanceScheduled,
     #[serde(rename = "maintenance.cancelled")]
     MaintenanceCancelled,
+    /// A window's start time passed (told by the sender's clock, not by a write).
+    #[serde(rename = "maintenance.started")]
+    MaintenanceStarted,
+    #[serde(rename = "maintenance.ended")]
+    MaintenanceEnded,
 }
 
 impl EventType {
     /// Every type, in the order of the documentation.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         EventType::ComponentStatusChanged,
         EventType::IncidentCreated,
         EventType::IncidentUpdated,
         EventType::IncidentResolved,
         EventType::MaintenanceScheduled,
         EventType::MaintenanceCancelled,
+        EventType::MaintenanceStarted,
+        EventType::MaintenanceEnded,
     ];
 
     /// The wire spelling (the body's `type`).
@@ -76,6 +83,8 @@ impl EventType {
             EventType::IncidentResolved => "incident.resolved",
             EventType::MaintenanceScheduled => "maintenance.scheduled",
             EventType::MaintenanceCancelled => "maintenance.cancelled",
+            EventType::MaintenanceStarted => "maintenance.started",
+            EventType::MaintenanceEnded => "maintenance.ended",
         }
     }
 }
@@ -179,6 +188,10 @@ pub struct WebhookProgress {
     pub coalesced: u64,
     pub by_node: String,
     pub at_ms: u64,
+    /// Maintenance starts and ends up to this time were told (they are events of the clock,
+    /// not of the document).
+    #[serde(default)]
+    pub maintenance_told_ms: u64,
 }
 
 impl WebhookSpec {

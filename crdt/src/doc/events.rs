@@ -336,6 +336,7 @@ mod tests {
                     coalesced: 0,
                     by_node: "n1".into(),
                     at_ms: 5,
+                    maintenance_told_ms: 5,
                 }),
             },
         ];

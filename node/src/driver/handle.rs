@@ -61,6 +61,10 @@ pub(super) enum Command {
     WebhookPlan {
         reply: oneshot::Sender<super::WebhookPlan>,
     },
+    Maintenance {
+        service: Name,
+        reply: oneshot::Sender<Vec<(Name, statusmesh_crdt::Maintenance)>>,
+    },
     Record {
         service: Name,
         op: RecordOp,
@@ -181,6 +185,15 @@ impl NodeHandle {
     /// dispatcher and `/v1/webhooks`.
     pub async fn webhook_plan(&self) -> Result<super::WebhookPlan, Unavailable> {
         self.ask(|reply| Command::WebhookPlan { reply }).await
+    }
+
+    /// Every maintenance window of `service` (past, present and to come), by id.
+    pub async fn maintenance(
+        &self,
+        service: Name,
+    ) -> Result<Vec<(Name, statusmesh_crdt::Maintenance)>, Unavailable> {
+        self.ask(|reply| Command::Maintenance { service, reply })
+            .await
     }
 
     /// Applies an incident, maintenance or override change; replies once it is durable.

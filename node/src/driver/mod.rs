@@ -310,6 +310,10 @@ impl Driver {
             Command::WebhookPlan { reply } => {
                 let _ = reply.send(self.webhook_plan());
             }
+            Command::Maintenance { service, reply } => {
+                let windows = self.node.replica().doc(&service).map(|d| d.maintenance());
+                let _ = reply.send(windows.unwrap_or_default());
+            }
             Command::Record { service, op, reply } => {
                 // Applied in order with the rest of this iteration's writes.
                 self.writes_this_round += 1;

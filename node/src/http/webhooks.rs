@@ -220,6 +220,7 @@ async fn put_webhook(
                     coalesced: 0,
                     by_node: plan.me.clone(),
                     at_ms: now_ms(),
+                    maintenance_told_ms: now_ms(),
                 }),
             });
         }

@@ -122,6 +122,64 @@ impl Shaper {
     }
 }
 
+/// The clock's maintenance events of `window` that fall in `(after_ms, upto_ms]`, oldest
+/// first, for the subscription: a start and an end are each told once, by whichever sender
+/// holds the subscription when their time passes.
+pub fn maintenance_events(
+    webhook: &Webhook,
+    service: &str,
+    windows: &[(statusmesh_crdt::Name, statusmesh_crdt::Maintenance)],
+    after_ms: u64,
+    upto_ms: u64,
+) -> Vec<(u64, Outgoing)> {
+    let mut out = Vec::new();
+    for (id, window) in windows {
+        for (at_ms, event_type, edge) in [
+            (
+                window.starts_at_ms,
+                EventType::MaintenanceStarted,
+                "started",
+            ),
+            (window.ends_at_ms, EventType::MaintenanceEnded, "ended"),
+        ] {
+            let due = after_ms < at_ms && at_ms <= upto_ms;
+            if !due || !webhook.events.contains(&event_type) {
+                continue;
+            }
+            let data = json!({"service": service, "id": id, "window": window});
+            let body = match webhook.format {
+                Format::Standard => json!({
+                    "type": event_type.as_str(),
+                    "timestamp": iso8601(at_ms),
+                    "data": data,
+                }),
+                Format::Slack => {
+                    let text = format!(
+                        "{service}: maintenance \"{}\" {edge} at {}",
+                        window.title,
+                        iso8601(at_ms)
+                    );
+                    json!({
+                        "text": text,
+                        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                    })
+                }
+            };
+            out.push((
+                at_ms,
+                Outgoing {
+                    event_type,
+                    id: format!("mnt:{service}/{id}:{edge}:{at_ms}"),
+                    body: serde_json::to_vec(&body).unwrap_or_default(),
+                    coalesced: 0,
+                },
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+    out
+}
+
 /// The transition's identity; an event that is no single transition (none in practice:
 /// resumes give transitions) gets a digest of its kind, record and cursor, which every node
 /// computes alike.
@@ -223,7 +281,10 @@ fn summary(event_type: EventType, published: &Published) -> String {
                 update.map_or(String::new(), |u| s(u.get("text")))
             )
         }
-        EventType::MaintenanceScheduled | EventType::MaintenanceCancelled => {
+        EventType::MaintenanceScheduled
+        | EventType::MaintenanceCancelled
+        | EventType::MaintenanceStarted
+        | EventType::MaintenanceEnded => {
             let window = data.get("window").filter(|w| !w.is_null());
             match window {
                 Some(w) => format!(
@@ -328,6 +389,37 @@ mod tests {
         assert!(shaper
             .shape(&webhook, &status("operational", "t4"))
             .is_none());
+    }
+
+    #[test]
+    fn a_window_starts_and_ends_once_within_the_told_span() {
+        let webhook = hook(State::Operational, EventType::ALL.to_vec());
+        let window = statusmesh_crdt::Maintenance {
+            title: "db upgrade".into(),
+            components: vec![],
+            starts_at_ms: 2_000,
+            ends_at_ms: 5_000,
+            author: "ops".into(),
+        };
+        let windows = [(
+            statusmesh_crdt::Name::parse("id", "w1").expect("name"),
+            window,
+        )];
+        let types = |after, upto| -> Vec<EventType> {
+            maintenance_events(&webhook, "api", &windows, after, upto)
+                .into_iter()
+                .map(|(_, o)| o.event_type)
+                .collect()
+        };
+        assert_eq!(types(0, 1_999), vec![]);
+        assert_eq!(types(0, 2_000), vec![EventType::MaintenanceStarted]);
+        assert_eq!(types(2_000, 4_999), vec![]);
+        assert_eq!(
+            types(1_000, 9_000),
+            vec![EventType::MaintenanceStarted, EventType::MaintenanceEnded]
+        );
+        let (_, started) = maintenance_events(&webhook, "api", &windows, 0, 2_000).remove(0);
+        assert_eq!(started.id, "mnt:api/w1:started:2000");
     }
 
     #[test]

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use statusmesh_crdt::webhooks::{Disabled, Webhook, WebhookProgress};
+use statusmesh_crdt::webhooks::{Disabled, EventType, Webhook, WebhookProgress};
 use statusmesh_crdt::{Cursor, Delivery, Name, Put};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::deliver::{post, Answer};
 use super::log::{Attempt, DeliveryLog};
-use super::payload::{Outgoing, Shaper};
+use super::payload::{maintenance_events, Outgoing, Shaper};
 use super::sign::signature;
 use super::NotifyConfig;
 use crate::driver::{now_ms, NodeHandle, Published, RecordOp};
@@ -26,6 +26,8 @@ use crate::driver::{now_ms, NodeHandle, Published, RecordOp};
 /// Progress passed over (events the subscription does not want) is written at most this
 /// often; delivered events write it at once.
 const PROGRESS_IDLE_SAVE: Duration = Duration::from_secs(10);
+/// How often the clock's events (maintenance starts and ends) are looked for.
+const CLOCK_TICK: Duration = Duration::from_secs(1);
 
 /// Everything one sender needs.
 #[derive(Debug)]
@@ -40,6 +42,16 @@ pub struct Sender {
     pub log: Arc<DeliveryLog>,
 }
 
+/// How far this sender got: what it saves as the progress record.
+struct Position {
+    /// This service's heads after the last transition delivered or passed over.
+    cursor: Option<Cursor>,
+    delivered: u64,
+    coalesced: u64,
+    /// Maintenance starts and ends up to this time were told.
+    told_ms: u64,
+}
+
 /// How one event's attempts ended.
 enum Outcome {
     Delivered,
@@ -52,17 +64,24 @@ impl Sender {
     /// Runs until the subscription is gone from this node's hands (the dispatcher aborts
     /// the task) or disabled by a 410.
     pub async fn run(mut self) {
-        let mut delivered = self.progress.as_ref().map_or(0, |p| p.delivered);
-        let mut coalesced = self.progress.as_ref().map_or(0, |p| p.coalesced);
-        let mut position = self
-            .progress
-            .as_ref()
-            .and_then(|p| Cursor::decode(&p.cursor).ok());
+        let mut at = Position {
+            cursor: self
+                .progress
+                .as_ref()
+                .and_then(|p| Cursor::decode(&p.cursor).ok()),
+            delivered: self.progress.as_ref().map_or(0, |p| p.delivered),
+            coalesced: self.progress.as_ref().map_or(0, |p| p.coalesced),
+            told_ms: self
+                .progress
+                .as_ref()
+                .map_or_else(now_ms, |p| p.maintenance_told_ms.max(p.at_ms.min(now_ms()))),
+        };
         let mut shaper = Shaper::default();
         let mut saved_at = Instant::now();
+        let mut clock_at = Instant::now();
         let mut unsaved = false;
         loop {
-            let Some(resume) = self.resume_cursor(position.as_ref()).await else {
+            let Some(resume) = self.resume_cursor(at.cursor.as_ref()).await else {
                 return;
             };
             let Ok(subscription) = self
@@ -76,15 +95,21 @@ impl Sender {
             let mut queue: std::collections::VecDeque<Arc<Published>> =
                 subscription.initial.into_iter().map(Arc::new).collect();
             loop {
+                if clock_at.elapsed() >= CLOCK_TICK {
+                    clock_at = Instant::now();
+                    if !self.tell_maintenance(&mut at).await {
+                        return;
+                    }
+                }
                 let published = match queue.pop_front() {
                     Some(p) => p,
                     None => {
                         if unsaved && saved_at.elapsed() >= PROGRESS_IDLE_SAVE {
-                            self.save(position.as_ref(), delivered, coalesced).await;
+                            self.save(&at).await;
                             saved_at = Instant::now();
                             unsaved = false;
                         }
-                        match tokio::time::timeout(PROGRESS_IDLE_SAVE, live.recv()).await {
+                        match tokio::time::timeout(CLOCK_TICK, live.recv()).await {
                             Err(_) => continue,
                             Ok(Ok(p)) => p,
                             // Behind the shared ring: re-read from the position.
@@ -100,7 +125,7 @@ impl Sender {
                     continue;
                 };
                 if published.kind == "snapshot" {
-                    if position.is_some() {
+                    if at.cursor.is_some() {
                         // The history after the progress is gone (compacted): what happened
                         // in it cannot be told one by one. Said in the log and the metrics.
                         metrics::counter!("statusmesh_webhook_history_gaps_total").increment(1);
@@ -109,12 +134,12 @@ impl Sender {
                             Attempt::note(&self.service, "history after the progress is gone"),
                         );
                     }
-                    position = Some(after.only(&self.service));
-                    self.save(position.as_ref(), delivered, coalesced).await;
+                    at.cursor = Some(after.only(&self.service));
+                    self.save(&at).await;
                     continue;
                 }
                 let outgoing = shaper.shape(&self.webhook, &published);
-                position = Some(after.only(&self.service));
+                at.cursor = Some(after.only(&self.service));
                 let Some(outgoing) = outgoing else {
                     unsaved = true;
                     continue;
@@ -122,21 +147,61 @@ impl Sender {
                 if outgoing.coalesced > 1 {
                     metrics::counter!("statusmesh_webhook_events_coalesced_total")
                         .increment(outgoing.coalesced - 1);
-                    coalesced += outgoing.coalesced - 1;
+                    at.coalesced += outgoing.coalesced - 1;
                 }
-                match self.deliver(&outgoing).await {
-                    Outcome::Delivered => delivered += 1,
-                    Outcome::GaveUp => {}
-                    Outcome::Gone => {
-                        self.disable("the receiver answered 410 Gone").await;
-                        return;
-                    }
+                if !self.send(&outgoing, &mut at).await {
+                    return;
                 }
-                self.save(position.as_ref(), delivered, coalesced).await;
+                self.save(&at).await;
                 saved_at = Instant::now();
                 unsaved = false;
             }
         }
+    }
+
+    /// Delivers `outgoing` (counted in `at`); false when the receiver said 410 (the
+    /// subscription is then disabled and the sender ends).
+    async fn send(&mut self, outgoing: &Outgoing, at: &mut Position) -> bool {
+        match self.deliver(outgoing).await {
+            Outcome::Delivered => at.delivered += 1,
+            Outcome::GaveUp => {}
+            Outcome::Gone => {
+                self.disable("the receiver answered 410 Gone").await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Tells the maintenance starts and ends whose time passed since the last told; false
+    /// when the sender must end (410, or the driver is gone).
+    async fn tell_maintenance(&mut self, at: &mut Position) -> bool {
+        let wanted = [EventType::MaintenanceStarted, EventType::MaintenanceEnded];
+        if !wanted.iter().any(|t| self.webhook.events.contains(t)) {
+            return true;
+        }
+        let Ok(windows) = self.node.maintenance(self.service.clone()).await else {
+            return false;
+        };
+        let now = now_ms();
+        let due = maintenance_events(
+            &self.webhook,
+            self.service.as_str(),
+            &windows,
+            at.told_ms,
+            now,
+        );
+        let told_any = !due.is_empty();
+        for (_, outgoing) in due {
+            if !self.send(&outgoing, at).await {
+                return false;
+            }
+        }
+        at.told_ms = now;
+        if told_any {
+            self.save(at).await;
+        }
+        true
     }
 
     /// The mesh's cursor now with this service at `position`: other documents contribute
@@ -241,16 +306,17 @@ impl Sender {
     }
 
     /// Records how far deliveries got (replicated: the next sender starts there).
-    async fn save(&self, position: Option<&Cursor>, delivered: u64, coalesced: u64) {
-        let Some(position) = position else {
+    async fn save(&self, at: &Position) {
+        let Some(cursor) = &at.cursor else {
             return;
         };
         let progress = WebhookProgress {
-            cursor: position.encode(),
-            delivered,
-            coalesced,
+            cursor: cursor.encode(),
+            delivered: at.delivered,
+            coalesced: at.coalesced,
             by_node: self.me.clone(),
             at_ms: now_ms(),
+            maintenance_told_ms: at.told_ms,
         };
         let op = RecordOp::Put(Put::WebhookProgress {
             id: self.id.clone(),
