@@ -9,6 +9,7 @@ mod bench_sse;
 mod chaos;
 mod chaos_net;
 mod chaos_probes;
+mod check_config;
 mod client;
 mod conformance;
 mod contract;

@@ -1,6 +1,8 @@
 //! statusmesh-node: the `statusmesh` process, a thin tokio driver of the gossip core.
 //!
 //! Modules by concern; `use` arrows point one way (down this list, never up):
+//! - [`cli`]: the flags of `statusmesh run` (shared by `check-config`);
+//!   [`check_config`]: what `run` checks before it serves, without serving.
 //! - [`start`]: starting a node; the only module that knows both the driver and `http`.
 //! - [`http`]: the client contract (JSON, SSE, health, metrics), its server loop and limits;
 //!   it holds the driver's [`driver::NodeHandle`].
@@ -23,6 +25,8 @@
 
 pub mod bench;
 pub mod certs;
+pub mod check_config;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod driver;

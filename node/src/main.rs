@@ -8,9 +8,9 @@ use rand::Rng;
 use statusmesh_gossip::Config as GossipConfig;
 use statusmesh_node::bench::{self, sse as bench_sse};
 use statusmesh_node::certs::{self, ClusterCa};
+use statusmesh_node::cli::{EpochArgs, RunArgs};
 use statusmesh_node::client;
 use statusmesh_node::config::Topology;
-use statusmesh_node::http::frame_ancestors::FrameAncestors;
 use statusmesh_node::settings::{NodeSettings, Tokens};
 use statusmesh_node::start::{self, NodeOptions};
 use tokio::sync::watch;
@@ -27,65 +27,6 @@ struct Cli {
     log_json: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-/// When a document's history is compacted into a new epoch (its transitions go to the
-/// archive on disk; see the README's "Bounded history").
-#[derive(Debug, clap::Args)]
-struct EpochArgs {
-    /// Roll a document over when its live epoch holds more than this many changes (0: never
-    /// on count).
-    #[arg(long, default_value_t = 2_000)]
-    epoch_history_changes_max: usize,
-    /// Roll a document over when its live epoch's changes add up to more than this many bytes
-    /// (0: never on size).
-    #[arg(long, default_value_t = 8 << 20)]
-    epoch_history_bytes_max: u64,
-    /// Roll a document over when its live epoch is older than this many seconds and has
-    /// changes of its own (0: never on age).
-    #[arg(long, default_value_t = 0)]
-    epoch_age_s_max: u64,
-}
-
-impl EpochArgs {
-    fn apply(&self, mut gossip: GossipConfig) -> GossipConfig {
-        gossip.epoch.history_changes_max = self.epoch_history_changes_max;
-        gossip.epoch.history_bytes_max = self.epoch_history_bytes_max;
-        gossip.epoch.age_ms_max = self.epoch_age_s_max.saturating_mul(1_000);
-        gossip
-    }
-}
-
-/// How `POST /v1/integrations/alertmanager` turns alerts into observations (see the
-/// README's "Alertmanager in").
-#[derive(Debug, clap::Args)]
-struct AlertmanagerArgs {
-    /// The state of a firing alert without a `statusmesh_state` label, by its `severity`
-    /// label: SEVERITY=STATE pairs, comma-separated; `*=STATE` for any other severity.
-    #[arg(long, default_value = statusmesh_node::settings::SEVERITY_MAP_DEFAULT)]
-    alertmanager_severity: statusmesh_node::settings::SeverityMap,
-    /// Open an incident for a component when its first alert fires, resolved when its last
-    /// alert resolves (the label `statusmesh_incident` says so per alert).
-    #[arg(long)]
-    alertmanager_incidents: bool,
-    /// How long an observation made of firing alerts holds without Alertmanager repeating
-    /// them, in seconds (keep it above the route's `repeat_interval`).
-    #[arg(
-        long,
-        default_value_t = statusmesh_node::settings::ALERTMANAGER_FIRING_TTL_DEFAULT.as_secs(),
-        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
-    )]
-    alertmanager_firing_ttl_s: u64,
-}
-
-impl AlertmanagerArgs {
-    fn settings(self) -> statusmesh_node::settings::AlertmanagerSettings {
-        statusmesh_node::settings::AlertmanagerSettings {
-            severity: self.alertmanager_severity,
-            incidents: self.alertmanager_incidents,
-            firing_ttl: std::time::Duration::from_secs(self.alertmanager_firing_ttl_s),
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,64 +47,10 @@ enum Command {
         epoch: EpochArgs,
     },
     /// Run one regional node.
-    Run {
-        /// The topology file.
-        #[arg(long)]
-        config: PathBuf,
-        /// This node's id in the topology.
-        #[arg(long)]
-        node: String,
-        /// Directory made by `statusmesh certs`.
-        #[arg(long)]
-        certs: PathBuf,
-        /// Where this node keeps its snapshots and change logs.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The write token clients must present (or set STATUSMESH_TOKEN).
-        #[arg(
-            long,
-            env = "STATUSMESH_TOKEN",
-            hide_env_values = true,
-            required_unless_present = "tokens",
-            conflicts_with = "tokens"
-        )]
-        token: Option<String>,
-        /// A TOML file of named write tokens ([[token]] name = "..", secret = "..").
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
-        #[arg(long, default_value_t = statusmesh_node::settings::SUBSCRIBERS_MAX)]
-        subscribers_max: usize,
-        /// Sustained writes per second per token, with a burst of two seconds' worth
-        /// (429 with Retry-After beyond it).
-        #[arg(
-            long,
-            default_value_t = statusmesh_node::http::limits::WRITES_PER_SECOND_PER_TOKEN,
-            value_parser = clap::value_parser!(u32).range(1..=1_000_000)
-        )]
-        writes_per_second_per_token: u32,
-        /// How long an HTTP client may take to send a request's headers (its connection is
-        /// then closed), and again its body (408), in milliseconds (100 to 600000).
-        #[arg(
-            long,
-            default_value_t = 30_000,
-            value_parser = clap::value_parser!(u64).range(100..=600_000)
-        )]
-        request_read_timeout_ms: u64,
-        /// Who may embed the status page in a frame: the sources of its CSP frame-ancestors,
-        /// space-separated ('self', https:, https://status.example.com); 'none' sends
-        /// X-Frame-Options: DENY too.
-        #[arg(long, value_name = "SOURCES", default_value = "'none'", value_parser = FrameAncestors::parse)]
-        frame_ancestors: FrameAncestors,
-        #[command(flatten)]
-        epoch: EpochArgs,
-        #[command(flatten)]
-        alertmanager: AlertmanagerArgs,
-        #[command(flatten)]
-        web: statusmesh_node::http::cors::WebArgs,
-        #[command(flatten)]
-        webhooks: statusmesh_node::notify::WebhookArgs,
-    },
+    Run(RunArgs),
+    /// Check everything `run` would (flags, topology, certificates, tokens, data directory,
+    /// addresses) without starting: exits non-zero with `run`'s error message.
+    CheckConfig(RunArgs),
     /// Load commands against a running mesh.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -338,44 +225,27 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 epoch,
             } => dev(config, token, data_dir, epoch.apply(GossipConfig::lan())).await,
-            Command::Run {
-                config,
-                node,
-                certs,
-                data_dir,
-                token,
-                tokens,
-                subscribers_max,
-                writes_per_second_per_token,
-                request_read_timeout_ms,
-                frame_ancestors,
-                epoch,
-                alertmanager,
-                web,
-                webhooks,
-            } => {
-                let tokens = match (token, tokens) {
-                    (_, Some(path)) => Tokens::load(&path)?,
-                    (Some(token), None) if !token.is_empty() => Tokens::single(&token),
-                    _ => bail!("--token must not be empty (or give --tokens FILE)"),
-                };
-                let settings = NodeSettings {
-                    subscribers_max,
-                    writes_per_second_per_token,
-                    request_read_timeout: std::time::Duration::from_millis(request_read_timeout_ms),
-                    frame_ancestors,
-                    alertmanager: alertmanager.settings(),
-                    ..NodeSettings::new(data_dir, tokens)
-                };
-                let settings = webhooks.apply(web.apply(settings));
+            Command::Run(args) => {
+                let plan = args.plan()?;
                 run(
-                    config,
-                    node,
-                    certs,
-                    settings,
-                    epoch.apply(GossipConfig::wan()),
+                    plan.config,
+                    plan.node,
+                    plan.certs,
+                    plan.settings,
+                    plan.gossip,
                 )
                 .await
+            }
+            Command::CheckConfig(args) => {
+                let plan = args.plan()?;
+                for line in statusmesh_node::check_config::check(&plan).await? {
+                    println!("ok  {line}");
+                }
+                println!(
+                    "statusmesh run would start node {} with this configuration",
+                    plan.node
+                );
+                Ok(())
             }
             Command::Bench(BenchCommand::Write(args)) => bench::write(args).await,
             Command::Bench(BenchCommand::Sse(args)) => bench_sse::sse(args).await,

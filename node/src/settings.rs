@@ -164,6 +164,26 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The names of the tokens that may write operator records.
+    pub fn operators(&self) -> String {
+        let names: Vec<&str> = self
+            .tokens
+            .iter()
+            .filter(|t| t.scope.operator && !t.scope.evaluate_only)
+            .map(|t| t.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+
     /// One token given on the command line (`--token`), named `cli`.
     pub fn single(secret: &str) -> Self {
         Self {

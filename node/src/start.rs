@@ -42,7 +42,7 @@ pub enum StartError {
 
 impl StartError {
     /// The error of an invalid gossip configuration, naming the flag behind the setting.
-    fn gossip(source: ConfigError) -> Self {
+    pub(crate) fn gossip(source: ConfigError) -> Self {
         let field = match &source {
             ConfigError::BelowMinimum { field, .. } => *field,
             _ => "",
@@ -241,7 +241,7 @@ pub async fn start(
 /// is 128).
 const HTTP_LISTEN_BACKLOG: u32 = 4096;
 
-fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -29,19 +29,7 @@ struct IncarnationFile {
 /// id, then loads every document. The actor is written to disk before it is returned, so it
 /// is never used twice, even if this start crashes.
 pub fn open(dir: &Path, node_id: &str) -> Result<Loaded, StorageError> {
-    fs::create_dir_all(dir.join("docs")).map_err(io_error(dir, "create directory"))?;
-    let lock_path = dir.join("lock");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error(&lock_path, "open"))?;
-    lock_file.try_lock().map_err(|e| StorageError::Io {
-        path: lock_path.display().to_string(),
-        op: "lock",
-        reason: format!("{e} (is another statusmesh process using this data directory?)"),
-    })?;
+    let lock_file = lock(dir)?;
     let incarnation = next_incarnation(dir, node_id)?;
     let actor_bytes: [u8; 16] = rand::random();
     let actor = ActorId::from(actor_bytes.to_vec());
@@ -94,6 +82,33 @@ pub fn open(dir: &Path, node_id: &str) -> Result<Loaded, StorageError> {
         "storage loaded"
     );
     Ok(loaded)
+}
+
+/// Creates the directory if needed and takes its exclusive lock.
+fn lock(dir: &Path) -> Result<File, StorageError> {
+    fs::create_dir_all(dir.join("docs")).map_err(io_error(dir, "create directory"))?;
+    let lock_path = dir.join("lock");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path, "open"))?;
+    lock_file.try_lock().map_err(|e| StorageError::Io {
+        path: lock_path.display().to_string(),
+        op: "lock",
+        reason: format!("{e} (is another statusmesh process using this data directory?)"),
+    })?;
+    Ok(lock_file)
+}
+
+/// What [`open`] checks before it writes anything: the directory can be made and locked
+/// (no other process uses it), and it belongs to `node_id`. Nothing is written but the
+/// directory and its lock file, and the lock is released on return. The incarnation this
+/// node would start as.
+pub fn check(dir: &Path, node_id: &str) -> Result<u64, StorageError> {
+    let _lock = lock(dir)?;
+    next_incarnation(dir, node_id)
 }
 
 fn next_incarnation(dir: &Path, node_id: &str) -> Result<u64, StorageError> {

@@ -39,7 +39,7 @@ mod writer;
 pub use archive::{
     append_archive, archive_path, load_archive, load_archive_component, ARCHIVE_BYTES_MAX,
 };
-pub use load::{open, read_bounded};
+pub use load::{check, open, read_bounded};
 pub use record::{encode_record, parse_log, write_atomically};
 pub use writer::{Batch, DocWrite, StorageHandle};
 

@@ -1,0 +1,169 @@
+//! The flags of `statusmesh run` (and of `check-config`, which takes the same ones and
+//! checks them as `run` would, see [`crate::check_config`]): one definition for both, so a
+//! configuration that checks is one that runs.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use statusmesh_gossip::Config as GossipConfig;
+
+use crate::http::frame_ancestors::FrameAncestors;
+use crate::settings::{NodeSettings, Tokens};
+
+/// When a document's history is compacted into a new epoch (its transitions go to the
+/// archive on disk; see the README's "Bounded history").
+#[derive(Debug, clap::Args)]
+pub struct EpochArgs {
+    /// Roll a document over when its live epoch holds more than this many changes (0: never
+    /// on count).
+    #[arg(long, default_value_t = 2_000)]
+    pub epoch_history_changes_max: usize,
+    /// Roll a document over when its live epoch's changes add up to more than this many bytes
+    /// (0: never on size).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub epoch_history_bytes_max: u64,
+    /// Roll a document over when its live epoch is older than this many seconds and has
+    /// changes of its own (0: never on age).
+    #[arg(long, default_value_t = 0)]
+    pub epoch_age_s_max: u64,
+}
+
+impl EpochArgs {
+    pub fn apply(&self, mut gossip: GossipConfig) -> GossipConfig {
+        gossip.epoch.history_changes_max = self.epoch_history_changes_max;
+        gossip.epoch.history_bytes_max = self.epoch_history_bytes_max;
+        gossip.epoch.age_ms_max = self.epoch_age_s_max.saturating_mul(1_000);
+        gossip
+    }
+}
+
+/// How `POST /v1/integrations/alertmanager` turns alerts into observations (see the
+/// README's "Alertmanager in").
+#[derive(Debug, clap::Args)]
+pub struct AlertmanagerArgs {
+    /// The state of a firing alert without a `statusmesh_state` label, by its `severity`
+    /// label: SEVERITY=STATE pairs, comma-separated; `*=STATE` for any other severity.
+    #[arg(long, default_value = crate::settings::SEVERITY_MAP_DEFAULT)]
+    pub alertmanager_severity: crate::settings::SeverityMap,
+    /// Open an incident for a component when its first alert fires, resolved when its last
+    /// alert resolves (the label `statusmesh_incident` says so per alert).
+    #[arg(long)]
+    pub alertmanager_incidents: bool,
+    /// How long an observation made of firing alerts holds without Alertmanager repeating
+    /// them, in seconds (keep it above the route's `repeat_interval`).
+    #[arg(
+        long,
+        default_value_t = crate::settings::ALERTMANAGER_FIRING_TTL_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
+    )]
+    pub alertmanager_firing_ttl_s: u64,
+}
+
+impl AlertmanagerArgs {
+    pub fn settings(self) -> crate::settings::AlertmanagerSettings {
+        crate::settings::AlertmanagerSettings {
+            severity: self.alertmanager_severity,
+            incidents: self.alertmanager_incidents,
+            firing_ttl: std::time::Duration::from_secs(self.alertmanager_firing_ttl_s),
+        }
+    }
+}
+
+/// Everything `statusmesh run` takes.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The topology file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This node's id in the topology.
+    #[arg(long)]
+    pub node: String,
+    /// Directory made by `statusmesh certs`.
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// Where this node keeps its snapshots and change logs.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The write token clients must present (or set STATUSMESH_TOKEN).
+    #[arg(
+        long,
+        env = "STATUSMESH_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "tokens",
+        conflicts_with = "tokens"
+    )]
+    pub token: Option<String>,
+    /// A TOML file of named write tokens ([[token]] name = "..", secret = "..").
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
+    #[arg(long, default_value_t = crate::settings::SUBSCRIBERS_MAX)]
+    pub subscribers_max: usize,
+    /// Sustained writes per second per token, with a burst of two seconds' worth
+    /// (429 with Retry-After beyond it).
+    #[arg(
+        long,
+        default_value_t = crate::http::limits::WRITES_PER_SECOND_PER_TOKEN,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub writes_per_second_per_token: u32,
+    /// How long an HTTP client may take to send a request's headers (its connection is
+    /// then closed), and again its body (408), in milliseconds (100 to 600000).
+    #[arg(
+        long,
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000)
+    )]
+    pub request_read_timeout_ms: u64,
+    /// Who may embed the status page in a frame: the sources of its CSP frame-ancestors,
+    /// space-separated ('self', https:, https://status.example.com); 'none' sends
+    /// X-Frame-Options: DENY too.
+    #[arg(long, value_name = "SOURCES", default_value = "'none'", value_parser = FrameAncestors::parse)]
+    pub frame_ancestors: FrameAncestors,
+    #[command(flatten)]
+    pub epoch: EpochArgs,
+    #[command(flatten)]
+    pub alertmanager: AlertmanagerArgs,
+    #[command(flatten)]
+    pub web: crate::http::cors::WebArgs,
+    #[command(flatten)]
+    pub webhooks: crate::notify::WebhookArgs,
+}
+
+/// What `run` starts from, once the flags are checked.
+#[derive(Debug)]
+pub struct RunPlan {
+    pub config: PathBuf,
+    pub node: String,
+    pub certs: PathBuf,
+    pub settings: NodeSettings,
+    pub gossip: GossipConfig,
+}
+
+impl RunArgs {
+    /// The node's settings from the flags; an empty token or an unreadable tokens file is
+    /// an error naming it.
+    pub fn plan(self) -> anyhow::Result<RunPlan> {
+        let tokens = match (self.token, self.tokens) {
+            (_, Some(path)) => Tokens::load(&path)?,
+            (Some(token), None) if !token.is_empty() => Tokens::single(&token),
+            _ => bail!("--token must not be empty (or give --tokens FILE)"),
+        };
+        let settings = NodeSettings {
+            subscribers_max: self.subscribers_max,
+            writes_per_second_per_token: self.writes_per_second_per_token,
+            request_read_timeout: std::time::Duration::from_millis(self.request_read_timeout_ms),
+            frame_ancestors: self.frame_ancestors,
+            alertmanager: self.alertmanager.settings(),
+            ..NodeSettings::new(self.data_dir, tokens)
+        };
+        let settings = self.webhooks.apply(self.web.apply(settings));
+        Ok(RunPlan {
+            config: self.config,
+            node: self.node,
+            certs: self.certs,
+            settings,
+            gossip: self.epoch.apply(GossipConfig::wan()),
+        })
+    }
+}
