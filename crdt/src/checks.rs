@@ -508,7 +508,7 @@ impl fmt::Display for CheckKind {
     }
 }
 
-fn invalid(field: &'static str, value: &str, reason: &str) -> CrdtError {
+pub(crate) fn invalid(field: &'static str, value: &str, reason: &str) -> CrdtError {
     CrdtError::InvalidField {
         field,
         value: truncate_for_error(value),

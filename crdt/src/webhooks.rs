@@ -17,9 +17,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{parse_target, CheckKind, Target};
+use crate::checks::{invalid, parse_target, CheckKind, Target};
 use crate::error::CrdtError;
-use crate::model::{truncate_for_error, Name, State};
+use crate::model::{Name, State};
 
 /// Longest subscription URL, in bytes.
 pub const URL_LEN_MAX: usize = 2048;
@@ -395,14 +395,6 @@ fn parse_url(url: &str) -> Result<Target, CrdtError> {
         },
         other => other,
     })
-}
-
-fn invalid(field: &'static str, value: &str, reason: &str) -> CrdtError {
-    CrdtError::InvalidField {
-        field,
-        value: truncate_for_error(value),
-        reason: reason.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ use axum::{Json, Router};
 use serde_json::json;
 use statusmesh_crdt::checks::{Check, CheckSpec};
 use statusmesh_crdt::{Name, Put};
-use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
 use super::records::{author, operator_service};
@@ -122,13 +121,7 @@ async fn apply(
 ) -> Result<Response, ApiError> {
     match state.node.record(service, op).await? {
         Ok(reply) => reply_after_acks(&state.node, reply, ack, false).await,
-        Err(GossipError::Crdt(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            None,
-            e.to_string(),
-        )),
+        Err(e) => Err(e.into()),
     }
 }
 

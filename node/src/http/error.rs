@@ -60,6 +60,21 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+/// A write the core refused: the crdt's reason (a 4xx naming the field), anything else 500.
+impl From<statusmesh_gossip::GossipError> for ApiError {
+    fn from(e: statusmesh_gossip::GossipError) -> Self {
+        match e {
+            statusmesh_gossip::GossipError::Crdt(e) => e.into(),
+            e => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+                e.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<CrdtError> for ApiError {
     fn from(e: CrdtError) -> Self {
         let status = match &e {

@@ -25,7 +25,6 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use statusmesh_crdt::webhooks::{WebhookProgress, WebhookSpec};
 use statusmesh_crdt::{Name, Put};
-use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
 use super::records::{author, operator_service};
@@ -127,16 +126,26 @@ async fn list_webhooks(
     Ok(Json(json!({ "webhooks": list })).into_response())
 }
 
+/// The plan and the subscription `id`, once the token may see it.
+async fn visible(
+    state: &HttpState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(WebhookPlan, Name), ApiError> {
+    let token = authorize(&state.node, headers)?;
+    let id = Name::parse("id", id)?;
+    let plan = state.node.webhook_plan().await?;
+    let entry = newest(&plan, &id).ok_or_else(|| not_found(&id))?;
+    may_see(&token, entry)?;
+    Ok((plan, id))
+}
+
 async fn get_webhook(
     State(state): State<HttpState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = authorize(&state.node, &headers)?;
-    let id = Name::parse("id", &id)?;
-    let plan = state.node.webhook_plan().await?;
-    let entry = newest(&plan, &id).ok_or_else(|| not_found(&id))?;
-    may_see(&token, entry)?;
+    let (plan, id) = visible(&state, &headers, &id).await?;
     let body = listed(&plan, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(body).into_response())
 }
@@ -146,11 +155,7 @@ async fn get_deliveries(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = authorize(&state.node, &headers)?;
-    let id = Name::parse("id", &id)?;
-    let plan = state.node.webhook_plan().await?;
-    let entry = newest(&plan, &id).ok_or_else(|| not_found(&id))?;
-    may_see(&token, entry)?;
+    let (plan, id) = visible(&state, &headers, &id).await?;
     let senders: serde_json::Map<String, Value> = plan
         .entries_of(id.as_str())
         .into_iter()
@@ -270,13 +275,7 @@ fn forget(id: &Name) -> RecordOp {
 async fn write(state: &HttpState, service: Name, op: RecordOp) -> Result<WriteReply, ApiError> {
     match state.node.record(service, op).await? {
         Ok(reply) => Ok(reply),
-        Err(GossipError::Crdt(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            None,
-            e.to_string(),
-        )),
+        Err(e) => Err(e.into()),
     }
 }
 

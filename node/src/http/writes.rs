@@ -11,7 +11,6 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use statusmesh_crdt::{CrdtError, Observation, StatusWrite};
-use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
 use super::negotiate::check_content_type;
@@ -131,13 +130,7 @@ pub(super) async fn put_status(
     )?;
     match node.write(write).await? {
         Ok(reply) => reply_after_acks(&node, reply, &ack, false).await,
-        Err(GossipError::Crdt(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            None,
-            e.to_string(),
-        )),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -9,7 +9,7 @@
 //! addresses connected to, after resolution, so DNS cannot point a name there later.
 //! Loopback and private networks are allowed: receivers often live next to the mesh.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +19,10 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use statusmesh_crdt::checks::Target;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// Most addresses of a host name tried.
-const ADDRESSES_MAX: usize = 4;
+use crate::probe::run::{connect_checked, AbortOnDrop};
+
 /// Most bytes of a failed answer's body kept for the deliveries log.
 const ERROR_BODY_MAX: usize = 256;
 
@@ -76,7 +75,7 @@ async fn attempt(
     else {
         return Err("a webhook URL is http:// or https://".into());
     };
-    let stream = connect(host, *port, allow_link_local).await?;
+    let stream = connect_checked(host, *port, |ip| refused(ip, allow_link_local)).await?;
     let request = (host.as_str(), *port, path.as_str());
     if *secure {
         let name = ServerName::try_from(host.clone())
@@ -115,38 +114,6 @@ pub fn refused(ip: IpAddr, allow_link_local: bool) -> Option<&'static str> {
         return Some("a link-local or cloud metadata address");
     }
     None
-}
-
-async fn connect(host: &str, port: u16, allow_link_local: bool) -> Result<TcpStream, String> {
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("dns: {host}: {e}"))?
-        .take(ADDRESSES_MAX)
-        .collect();
-    let mut last = format!("dns: {host}: no address");
-    for address in addresses {
-        if let Some(why) = refused(address.ip(), allow_link_local) {
-            last = format!("refused: {host} resolves to {}, {why}", address.ip());
-            continue;
-        }
-        match TcpStream::connect(address).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => last = format!("connect {address}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-/// Aborts the connection task when the attempt ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn send<S>(

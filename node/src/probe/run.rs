@@ -104,6 +104,17 @@ async fn attempt(
 }
 
 async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
+    connect_checked(host, port, |_| None).await
+}
+
+/// Connects to the first of `host`'s addresses (at most [`ADDRESSES_MAX`]) that `refuse`
+/// lets through (it says why it refuses one) and that accepts. Shared with the webhook
+/// sender, whose SSRF rule is such a `refuse`.
+pub(crate) async fn connect_checked(
+    host: &str,
+    port: u16,
+    refuse: impl Fn(std::net::IpAddr) -> Option<&'static str>,
+) -> Result<TcpStream, String> {
     let addresses: Vec<_> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("dns: {host}: {e}"))?
@@ -111,6 +122,10 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
         .collect();
     let mut last = format!("dns: {host}: no address");
     for address in addresses {
+        if let Some(why) = refuse(address.ip()) {
+            last = format!("refused: {host} resolves to {}, {why}", address.ip());
+            continue;
+        }
         match TcpStream::connect(address).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
@@ -125,8 +140,8 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
     Err(last)
 }
 
-/// Aborts the connection task when the probe ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts the connection task when the request ends, however it ends.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
