@@ -30,5 +30,6 @@ mod security;
 mod slow_reader;
 mod statuspage;
 mod tls;
+mod tls_reload;
 mod transitions;
 mod webhooks;

@@ -343,9 +343,9 @@ async fn peers_refused_for_their_certificates_do_not_stop_the_mesh() {
     // Another CA's certificate for us-east's id (trusting the cluster CA, so any failure is
     // eu refusing it), and a genuine cluster certificate for eu's own id.
     let mut impostor = certs::load_identity(&stranger, &us.id).expect("stranger identity");
-    impostor.ca = certs::load_identity(&cluster, &us.id)
+    impostor.cas = certs::load_identity(&cluster, &us.id)
         .expect("cluster identity")
-        .ca;
+        .cas;
     let as_eu = certs::ClusterCa::load(&cluster, "test")
         .expect("cluster CA")
         .identity(&eu.id)

@@ -68,9 +68,9 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
     // cluster CA, so any failure is the server refusing it.
     let cluster_ca = certs::load_identity(&cluster, &ap.id)
         .expect("cluster identity")
-        .ca;
+        .cas;
     let mut impostor = certs::load_identity(&stranger, &ap.id).expect("stranger identity");
-    impostor.ca = cluster_ca;
+    impostor.cas = cluster_ca;
     let refused = connect_and_send(&impostor, eu.gossip, &eu.id)
         .await
         .expect_err("a stranger's certificate was accepted");

@@ -53,7 +53,8 @@ pub struct NodeCertPem {
 #[derive(Debug)]
 pub struct NodeIdentity {
     pub node_id: String,
-    pub ca: CertificateDer<'static>,
+    /// The CAs peers' certificates may chain to: one, or old and new during a rotation.
+    pub cas: Vec<CertificateDer<'static>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
@@ -62,7 +63,7 @@ impl Clone for NodeIdentity {
     fn clone(&self) -> Self {
         Self {
             node_id: self.node_id.clone(),
-            ca: self.ca.clone(),
+            cas: self.cas.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
         }
@@ -193,8 +194,17 @@ fn identity_from_pem(
             reason: e.to_string(),
         }
     };
-    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+    // A bundle: every CA in the file is trusted (old and new during a rotation).
+    let cas = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(pem_err("certificate", format!("{origin}/ca.pem")))?;
+    if cas.is_empty() {
+        return Err(CertError::Pem {
+            path: format!("{origin}/ca.pem"),
+            what: "certificate",
+            reason: "no certificate in the file".to_owned(),
+        });
+    }
     let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_err("certificate", format!("{origin}/{node_id}.pem")))?;
@@ -202,7 +212,7 @@ fn identity_from_pem(
         .map_err(pem_err("private key", format!("{origin}/{node_id}.key")))?;
     Ok(NodeIdentity {
         node_id: node_id.to_owned(),
-        ca,
+        cas,
         chain,
         key,
     })

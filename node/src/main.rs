@@ -550,6 +550,7 @@ async fn run(
     let running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
+    start::reload_on_sighup(running.handle.clone(), certs_dir, node.clone());
     println!(
         "statusmesh node {node} serving http://{}",
         running.http_addr

@@ -285,6 +285,11 @@ pub const METRICS: &[Entry] = &[
         Kind::Counter,
         "Probe intervals that passed without a probe starting.",
     ),
+    (
+        "statusmesh_tls_reloads_total",
+        Kind::Counter,
+        "SIGHUP reloads of the node's certificate, key and CA bundle, per result (ok, error).",
+    ),
     // Outgoing webhooks.
     (
         "statusmesh_webhook_attempts_total",

@@ -5,6 +5,11 @@
 //! peer's identity is the node id its certificate is valid for, checked against the
 //! topology: without a certificate from the cluster CA a peer cannot even finish the
 //! handshake, and with one it cannot claim another node's id.
+//!
+//! [`Transport::reload`] swaps the node's certificate, key and trusted CAs without a
+//! restart (SIGHUP): new handshakes use them at once, and every open connection, both ways,
+//! is closed so that it is made again on the new identity (frames in flight then are
+//! dropped and anti-entropy repairs them, as after any broken link).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +73,12 @@ pub struct Transport {
     node: String,
     endpoint: quinn::Endpoint,
     links: BTreeMap<String, (mpsc::Sender<Vec<u8>>, Arc<LinkStats>)>,
+    /// The client side of new connections (replaced by a reload).
+    client: watch::Sender<Arc<quinn::ClientConfig>>,
+    /// Bumped by each reload: connections of an older identity close.
+    generation: watch::Sender<u64>,
+    /// SHA-256 of this node's certificate (hex), to tell which one it presents.
+    fingerprint: String,
 }
 
 impl Transport {
@@ -83,12 +94,12 @@ impl Transport {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, TransportError> {
         let server = server_config(identity)?;
-        let mut endpoint =
-            quinn::Endpoint::server(server, bind).map_err(|e| TransportError::Bind {
-                addr: bind,
-                reason: e.to_string(),
-            })?;
-        endpoint.set_default_client_config(client_config(identity)?);
+        let endpoint = quinn::Endpoint::server(server, bind).map_err(|e| TransportError::Bind {
+            addr: bind,
+            reason: e.to_string(),
+        })?;
+        let client = watch::Sender::new(Arc::new(client_config(identity)?));
+        let generation = watch::Sender::new(0u64);
         let node = identity.node_id.clone();
         // This node's own id is not among `peers`: a certificate for it is refused too.
         let known: Arc<Vec<String>> = Arc::new(
@@ -103,6 +114,7 @@ impl Transport {
             node.clone(),
             known,
             inbound,
+            generation.subscribe(),
             shutdown.clone(),
         ));
         let mut links = BTreeMap::new();
@@ -110,7 +122,11 @@ impl Transport {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             let stats = Arc::new(LinkStats::default());
             tokio::spawn(send_loop(
-                endpoint.clone(),
+                Dial {
+                    endpoint: endpoint.clone(),
+                    client: client.subscribe(),
+                    generation: generation.subscribe(),
+                },
                 node.clone(),
                 id.clone(),
                 *addr,
@@ -124,7 +140,28 @@ impl Transport {
             node,
             endpoint,
             links,
+            client,
+            generation,
+            fingerprint: fingerprint(identity),
         })
+    }
+
+    /// The SHA-256 (hex) of the certificate this node presents now.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Makes `identity` this node's: checked whole first (a certificate and key that do
+    /// not make a TLS configuration change nothing), then used for every new handshake;
+    /// open connections close and are made again on it.
+    pub fn reload(&mut self, identity: &NodeIdentity) -> Result<(), TransportError> {
+        let server = server_config(identity)?;
+        let client = client_config(identity)?;
+        self.endpoint.set_server_config(Some(server));
+        self.client.send_replace(Arc::new(client));
+        self.generation.send_modify(|g| *g += 1);
+        self.fingerprint = fingerprint(identity);
+        Ok(())
     }
 
     /// Queues a frame for `to`. Returns false when it was dropped (unknown peer or full
@@ -180,15 +217,28 @@ impl Transport {
 }
 
 /// The rustls provider: ring, TLS 1.3 only (QUIC requires it).
+/// SHA-256 (hex) of the identity's leaf certificate.
+pub fn fingerprint(identity: &NodeIdentity) -> String {
+    use sha2::Digest as _;
+    identity.chain.first().map_or_else(String::new, |leaf| {
+        sha2::Sha256::digest(leaf.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn roots(identity: &NodeIdentity) -> Result<Arc<rustls::RootCertStore>, TransportError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(identity.ca.clone())
-        .map_err(|e| TransportError::Tls(format!("cluster CA: {e}")))?;
+    for ca in &identity.cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TransportError::Tls(format!("cluster CA: {e}")))?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -263,6 +313,7 @@ async fn accept_loop(
     node: String,
     known: Arc<Vec<String>>,
     inbound: mpsc::Sender<Inbound>,
+    generation: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
@@ -281,6 +332,8 @@ async fn accept_loop(
         let known = known.clone();
         let inbound = inbound.clone();
         let node = node.clone();
+        let mut generation = generation.clone();
+        generation.mark_unchanged();
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
@@ -301,7 +354,7 @@ async fn accept_loop(
                 return;
             };
             debug!(%remote, %peer, "peer connected");
-            receive_frames(connection, node, peer, inbound).await;
+            receive_frames(connection, node, peer, inbound, generation).await;
         });
     }
 }
@@ -311,9 +364,18 @@ async fn receive_frames(
     node: String,
     peer: String,
     inbound: mpsc::Sender<Inbound>,
+    mut generation: watch::Receiver<u64>,
 ) {
     loop {
-        let mut stream = match connection.accept_uni().await {
+        let accepted = tokio::select! {
+            accepted = connection.accept_uni() => accepted,
+            _ = generation.changed() => {
+                // This node's identity changed: the peer must handshake with the new one.
+                connection.close(2u32.into(), b"identity reloaded");
+                return;
+            }
+        };
+        let mut stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 debug!(%peer, error = %e, "peer connection ended");
@@ -348,8 +410,16 @@ async fn receive_frames(
     }
 }
 
-async fn send_loop(
+/// What a send loop dials with: the endpoint, the current client configuration, and the
+/// reload generation that retires its connection.
+struct Dial {
     endpoint: quinn::Endpoint,
+    client: watch::Receiver<Arc<quinn::ClientConfig>>,
+    generation: watch::Receiver<u64>,
+}
+
+async fn send_loop(
+    mut dial: Dial,
     node: String,
     peer: String,
     addr: SocketAddr,
@@ -363,7 +433,9 @@ async fn send_loop(
         let conn = match &connection {
             Some(c) if c.close_reason().is_none() => c.clone(),
             _ => {
-                match connect(&endpoint, &peer, addr).await {
+                let client = (**dial.client.borrow_and_update()).clone();
+                dial.generation.mark_unchanged();
+                match connect(&dial.endpoint, client, &peer, addr).await {
                     Ok(c) => {
                         info!(%peer, %addr, "connected to peer");
                         stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +476,12 @@ async fn send_loop(
         };
         let frame = tokio::select! {
             frame = frames.recv() => frame,
+            _ = dial.generation.changed() => {
+                // Reloaded: this connection carries the old identity; dial again.
+                conn.close(2u32.into(), b"identity reloaded");
+                connection = None;
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         let Some(bytes) = frame else { return };
@@ -434,10 +512,13 @@ async fn send_loop(
 
 async fn connect(
     endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
     peer: &str,
     addr: SocketAddr,
 ) -> Result<quinn::Connection, String> {
-    let connecting = endpoint.connect(addr, peer).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(client, addr, peer)
+        .map_err(|e| e.to_string())?;
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| "handshake timed out".to_owned())?

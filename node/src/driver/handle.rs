@@ -61,6 +61,10 @@ pub(super) enum Command {
     WebhookPlan {
         reply: oneshot::Sender<super::WebhookPlan>,
     },
+    ReloadIdentity {
+        identity: Box<crate::certs::NodeIdentity>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     Maintenance {
         service: Name,
         reply: oneshot::Sender<Vec<(Name, statusmesh_crdt::Maintenance)>>,
@@ -185,6 +189,19 @@ impl NodeHandle {
     /// dispatcher and `/v1/webhooks`.
     pub async fn webhook_plan(&self) -> Result<super::WebhookPlan, Unavailable> {
         self.ask(|reply| Command::WebhookPlan { reply }).await
+    }
+
+    /// Makes `identity` the node's TLS identity between nodes (SIGHUP); the new
+    /// certificate's SHA-256, or why nothing changed.
+    pub async fn reload_identity(
+        &self,
+        identity: crate::certs::NodeIdentity,
+    ) -> Result<Result<String, String>, Unavailable> {
+        self.ask(|reply| Command::ReloadIdentity {
+            identity: Box::new(identity),
+            reply,
+        })
+        .await
     }
 
     /// Every maintenance window of `service` (past, present and to come), by id.

@@ -310,6 +310,14 @@ impl Driver {
             Command::WebhookPlan { reply } => {
                 let _ = reply.send(self.webhook_plan());
             }
+            Command::ReloadIdentity { identity, reply } => {
+                let reloaded = self
+                    .transport
+                    .reload(&identity)
+                    .map(|()| self.transport.fingerprint().to_owned())
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(reloaded);
+            }
             Command::Maintenance { service, reply } => {
                 let windows = self.node.replica().doc(&service).map(|d| d.maintenance());
                 let _ = reply.send(windows.unwrap_or_default());

@@ -24,6 +24,7 @@ impl Driver {
             "region": self.info.region,
             "self": true,
             "state": MemberState::Alive,
+            "certificate_sha256": self.transport.fingerprint(),
         })];
         // A region is visible when any of its nodes is alive to this node.
         let mut visible: BTreeSet<&str> = BTreeSet::from([self.info.region.as_str()]);
@@ -44,6 +45,7 @@ impl Driver {
                 "lag_oldest_ms": lag_since_ms,
                 "frames_sent": stats.map(|s| s.frames_sent.load(std::sync::atomic::Ordering::Relaxed)),
                 "frames_dropped": stats.map(|s| s.frames_dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                "connects": stats.map(|s| s.connects.load(std::sync::atomic::Ordering::Relaxed)),
             }));
         }
         let regions: BTreeSet<&str> = self.regions.values().map(String::as_str).collect();
