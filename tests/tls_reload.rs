@@ -1,13 +1,17 @@
 //! Certificates reloaded without a restart: SIGHUP makes a running node present a renewed
 //! certificate, its links are made again on it and writes keep flowing both ways; a broken
-//! certificate set on SIGHUP is refused and the node keeps its old identity.
+//! certificate set on SIGHUP is refused and the node keeps its old identity. And a CA
+//! rotation with `statusmesh certs rotate-ca`, node by node with SIGHUP (bundle, new
+//! certificates, new CA alone): every write made along the way reaches the other nodes, and
+//! a node left on the old CA is refused once the others drop it.
 
 use std::process::Command;
 
 use serde_json::{json, Value};
 
 use crate::harness::{
-    cell_state, get_json, metric_sum, put_status, start_mesh, wait_for, Mesh, TestNode, BIN,
+    data_dir, get_json, make_certs, metric_sum, put_status, run_node_with_args, start_mesh,
+    topology, wait_for, wait_healthy, wait_ready, Mesh, TestNode, BIN,
 };
 
 const TOKEN: &str = "tls-reload-test-token";
@@ -67,7 +71,6 @@ async fn flows(mesh: &Mesh, from: &TestNode, to: &TestNode, message: &str) {
         },
     )
     .await;
-    let _ = cell_state(&mesh.client, to, "api", "db", &from.region).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,4 +137,136 @@ async fn sighup_reloads_a_renewed_certificate_and_refuses_a_broken_one() {
     assert_eq!(certificate_of(&mesh, eu).await, Some(new));
     flows(&mesh, us, eu, "after-refused").await;
     flows(&mesh, eu, us, "after-refused-back").await;
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {from:?} to {to:?}: {e}"));
+}
+
+/// The state `node` sees for peer `peer` in `/v1/nodes`.
+async fn member_state(mesh: &Mesh, node: &TestNode, peer: &str) -> Option<String> {
+    let nodes: Value = get_json(&mesh.client, node.url("/v1/nodes")).await?;
+    let entry = nodes["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == peer)?;
+    entry["state"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_rotates_under_writes_and_a_node_left_on_the_old_ca_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, nodes) = topology(dir.path(), 1);
+    let shared = dir.path().join("certs");
+    make_certs(&config, &shared);
+    // Each node its own certificate directory, as on separate machines.
+    let node_dir = |n: &TestNode| dir.path().join(format!("certs-{}", n.id));
+    for n in &nodes {
+        std::fs::create_dir_all(node_dir(n)).expect("dir");
+        for file in [
+            "ca.pem".to_owned(),
+            format!("{}.pem", n.id),
+            format!("{}.key", n.id),
+        ] {
+            copy(&shared.join(&file), &node_dir(n).join(&file));
+        }
+    }
+    let procs = nodes
+        .iter()
+        .map(|n| {
+            run_node_with_args(
+                dir.path(),
+                &config,
+                &node_dir(n),
+                n,
+                &data_dir(dir.path(), n),
+                ["--token", TOKEN],
+            )
+        })
+        .collect();
+    let mesh = Mesh {
+        nodes: nodes.clone(),
+        procs,
+        client: reqwest::Client::new(),
+    };
+    wait_healthy(&mesh.client, &mesh.nodes).await;
+    wait_ready(&mesh.client, &mesh.nodes).await;
+    let (eu, us, ap) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let next = dir.path().join("next");
+    let rotated = Command::new(BIN)
+        .args(["certs", "rotate-ca", "--config"])
+        .arg(&config)
+        .arg("--dir")
+        .arg(&shared)
+        .arg("--out")
+        .arg(&next)
+        .output()
+        .expect("statusmesh certs rotate-ca");
+    assert!(rotated.status.success(), "{rotated:?}");
+
+    let mut written = 0;
+    let mut step = |label: &str| {
+        written += 1;
+        format!("{label}-{written}")
+    };
+    // 1. Every node trusts both CAs.
+    for (i, n) in nodes.iter().enumerate() {
+        copy(&next.join("ca-bundle.pem"), &node_dir(n).join("ca.pem"));
+        hangup(&mesh, i);
+        flows(&mesh, us, eu, &step("bundle")).await;
+    }
+    // 2. eu and us present certificates of the new CA; ap keeps its old one.
+    for (i, n) in nodes.iter().enumerate().take(2) {
+        for file in [format!("{}.pem", n.id), format!("{}.key", n.id)] {
+            copy(&next.join(&file), &node_dir(n).join(&file));
+        }
+        let before = certificate_of(&mesh, n).await;
+        hangup(&mesh, i);
+        wait_for(&format!("{} on its new certificate", n.id), || async {
+            let now = certificate_of(&mesh, n).await?;
+            (Some(&now) != before.as_ref()).then_some(())
+        })
+        .await;
+        flows(&mesh, eu, us, &step("new-cert")).await;
+        flows(&mesh, ap, eu, &step("new-cert-ap")).await;
+        flows(&mesh, eu, ap, &step("new-cert-to-ap")).await;
+    }
+    // 3. eu and us drop the old CA: they still talk, and ap (old CA only) is refused.
+    for (i, n) in nodes.iter().enumerate().take(2) {
+        copy(&next.join("ca.pem"), &node_dir(n).join("ca.pem"));
+        hangup(&mesh, i);
+    }
+    wait_for("both reloads counted", || async {
+        for n in [eu, us] {
+            let ok = metric_sum(
+                &mesh.client,
+                n,
+                "statusmesh_tls_reloads_total",
+                &["result=\"ok\""],
+            )
+            .await?;
+            (ok >= 3.0).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    flows(&mesh, eu, us, &step("new-ca")).await;
+    flows(&mesh, us, eu, &step("new-ca-back")).await;
+    wait_for("eu to refuse ap's old certificate", || async {
+        let failed = metric_sum(
+            &mesh.client,
+            eu,
+            "statusmesh_transport_handshakes_failed_total",
+            &[],
+        )
+        .await?;
+        (failed >= 1.0).then_some(())
+    })
+    .await;
+    wait_for("eu to see ap gone", || async {
+        let state = member_state(&mesh, eu, &ap.id).await?;
+        (state != "alive").then_some(())
+    })
+    .await;
 }

@@ -218,6 +218,65 @@ fn identity_from_pem(
     })
 }
 
+/// `statusmesh certs rotate-ca`: a new CA for `cluster` and, in `out`, everything a rotation
+/// needs without a restart:
+/// - `ca-bundle.pem`: the new CA and the current one (from `current`'s `ca.pem`), the trust
+///   every node holds while certificates change;
+/// - `<node>.pem`, `<node>.key`: each node's certificate from the new CA;
+/// - `ca.pem`, `ca.key`: the new CA alone, the trust once every node presents a new
+///   certificate (and what a later `certs` or `rotate-ca` issues from).
+///
+/// The steps, each node in turn and SIGHUP after each copy: `ca-bundle.pem` as `ca.pem`;
+/// then the node's new certificate and key; then the new `ca.pem`. `current` is not changed.
+pub fn rotate_ca(
+    current: &Path,
+    out: &Path,
+    cluster: &str,
+    node_ids: &[String],
+) -> Result<Vec<PathBuf>, CertError> {
+    let old = ClusterCa::load(current, cluster)?;
+    // The current CA is the first certificate of its file (a bundle after a rotation).
+    let old_ca = CertificateDer::pem_slice_iter(old.cert_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| CertError::Pem {
+            path: current.join("ca.pem").display().to_string(),
+            what: "certificate",
+            reason: "no certificate in the file".to_owned(),
+        })?;
+    let old_pem = pem_of_certificate(&old_ca);
+    std::fs::create_dir_all(out).map_err(|e| CertError::Io {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let new = ClusterCa::generate(cluster)?;
+    new.write(out)?;
+    let bundle = out.join("ca-bundle.pem");
+    write(&bundle, &format!("{}{}", new.cert_pem, old_pem), false)?;
+    let mut written = vec![out.join("ca.pem"), out.join("ca.key"), bundle];
+    for id in node_ids {
+        let issued = new.issue(id)?;
+        let (cert, key) = node_paths(out, id);
+        write(&cert, &issued.cert_pem, false)?;
+        write(&key, &issued.key_pem, true)?;
+        written.extend([cert, key]);
+    }
+    Ok(written)
+}
+
+/// One certificate as PEM text.
+fn pem_of_certificate(cert: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 fn ca_subject(cluster: &str) -> String {
     format!("statusmesh cluster {cluster} CA")
 }

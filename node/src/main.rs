@@ -99,12 +99,38 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Make a cluster CA (unless DIR has one) and a certificate for every node.
-    Certs {
+    /// Make a cluster CA (unless DIR has one) and a certificate for every node;
+    /// `certs rotate-ca` makes a new CA and what a rotation without restart needs.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct CertsArgs {
+    #[command(subcommand)]
+    action: Option<CertsAction>,
+    /// The topology file whose nodes get certificates.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to write ca.pem, ca.key, <node>.pem, <node>.key.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsAction {
+    /// A new CA: writes into OUT the bundle of new and current CA (ca-bundle.pem), every
+    /// node's certificate from the new CA, and the new CA alone (ca.pem, ca.key). Roll it
+    /// out node by node with SIGHUP: the bundle as ca.pem, then the node's new certificate,
+    /// then the new ca.pem (see the README).
+    RotateCa {
         /// The topology file whose nodes get certificates.
         #[arg(long)]
         config: PathBuf,
-        /// Where to write ca.pem, ca.key, <node>.pem, <node>.key.
+        /// The directory of the current CA (ca.pem, ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the new CA, the bundle and the certificates.
         #[arg(long)]
         out: PathBuf,
     },
@@ -335,10 +361,25 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            Command::Certs { config, out } => {
-                let topology = Topology::load(&config)?;
-                let ids: Vec<String> = topology.nodes.iter().map(|n| n.id.clone()).collect();
-                for path in certs::write_cluster(&out, &topology.cluster, &ids)? {
+            Command::Certs(args) => {
+                let written = match args.action {
+                    Some(CertsAction::RotateCa { config, dir, out }) => {
+                        let topology = Topology::load(&config)?;
+                        let ids: Vec<String> =
+                            topology.nodes.iter().map(|n| n.id.clone()).collect();
+                        certs::rotate_ca(&dir, &out, &topology.cluster, &ids)?
+                    }
+                    None => {
+                        let (Some(config), Some(out)) = (args.config, args.out) else {
+                            bail!("certs needs --config FILE and --out DIR (or: certs rotate-ca)");
+                        };
+                        let topology = Topology::load(&config)?;
+                        let ids: Vec<String> =
+                            topology.nodes.iter().map(|n| n.id.clone()).collect();
+                        certs::write_cluster(&out, &topology.cluster, &ids)?
+                    }
+                };
+                for path in written {
                     println!("wrote {}", path.display());
                 }
                 Ok(())
