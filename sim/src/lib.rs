@@ -13,6 +13,7 @@
 //! - `driver`: driving one node as the node driver does (inputs, then drain, then re-arm).
 //! - `cluster`: slots, crash and restart, disks, failure detection.
 //! - `workload`: writes, heartbeats, the broadcast, forced rollovers; acknowledgements.
+//! - `senders`: the virtual webhook senders of the `webhooks` scenario.
 //! - `checker`: convergence, acknowledged writes, subscriber streams, cursors across epochs.
 //! - [`outcome`]: a run's inputs and what it measured; [`failure`]: why it failed, typed.
 //! - [`report`]: figures, the human and JSON reports, the SVG timeline.
@@ -28,6 +29,7 @@ pub mod outcome;
 mod queue;
 pub mod report;
 pub mod scenario;
+mod senders;
 pub mod sim;
 mod workload;
 
