@@ -236,6 +236,27 @@ mod tests {
     }
 
     #[test]
+    fn every_webhook_transition_is_delivered_after_crashes_and_a_cut_off_node() {
+        for seed in [1, 2] {
+            let outcome = passing_outcome("webhooks", seed, Some(60));
+            let w = &outcome.webhooks;
+            assert!(!outcome.crashes.is_empty(), "no crash happened");
+            assert!(w.expected > 0, "{w:?}");
+            assert_eq!(w.delivered_unique, w.expected, "{w:?}");
+            assert!(w.complete_after_heal_ms.is_some(), "{w:?}");
+            // Every delivery is either the first of its transition or a counted duplicate.
+            let deliveries = w.deliveries.len() as u64;
+            assert_eq!(deliveries, w.delivered_unique + w.duplicates(), "{w:?}");
+            assert_eq!(w.unnamed, 0, "{w:?}");
+            let spec = spec(&request("webhooks", seed, 0)).expect("spec");
+            let text = report::text(&spec, &outcome);
+            assert!(text.contains("in flight at a crash"), "{text}");
+            let json = report::json(&spec, &outcome);
+            assert!(json.contains("duplicates_two_senders"), "{json}");
+        }
+    }
+
+    #[test]
     fn swarm_passes_on_fixed_seeds() {
         for seed in 1..=6 {
             let mut request = request("swarm", seed, 0);
