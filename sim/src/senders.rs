@@ -275,6 +275,12 @@ impl Sim {
             let Some(after) = replica.transitions_since(&cursor, Delivery::Every) else {
                 return;
             };
+            if after.is_empty() {
+                // Nothing after it but changes that tell nothing (progress writes): move to
+                // the heads, so that the next look does not walk them again.
+                state.position = replica.cursor().only(&pair.1);
+                return;
+            }
             state.queue = after
                 .into_iter()
                 .map(|(t, c)| (t.id, c.only(&pair.1)))
