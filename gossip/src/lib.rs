@@ -20,6 +20,8 @@
 //!   the heartbeat map.
 //! - [`rendezvous`]: which live member owns a piece of work (regional probes, webhook
 //!   senders): highest-random-weight hashing over the members SWIM considers alive.
+//!   [`webhooks`]: the sender rule on top of it (which (subscription, service) pairs this
+//!   node sends, and the cursor a sender resumes with).
 //! - [`codec`]: the wire format and its limits. [`topology`]: regions.toml, parsed from text.
 //! - [`error`]: [`GossipError`] and [`ConfigError`]. [`invariants`]: the checker the
 //!   simulator, the tests and `debug_assert!`s share ([`invariants::Violation`]).
@@ -39,6 +41,7 @@ pub mod node;
 pub mod plumtree;
 pub mod rendezvous;
 pub mod topology;
+pub mod webhooks;
 
 pub use codec::Frame;
 pub use error::ConfigError;

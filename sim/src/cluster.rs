@@ -47,6 +47,8 @@ pub(crate) struct Slot {
     pub(crate) pending_writes: Vec<PendingWrite>,
     /// A driver iteration of this incarnation is scheduled.
     pub(crate) iteration_pending: bool,
+    /// The virtual webhook senders of this incarnation (`webhooks` scenario only).
+    pub(crate) senders: BTreeMap<crate::senders::PairKey, crate::senders::SenderState>,
 }
 
 impl Slot {
@@ -65,6 +67,7 @@ impl Slot {
             inbox: Vec::new(),
             pending_writes: Vec::new(),
             iteration_pending: false,
+            senders: BTreeMap::new(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Sim {
             self.slots[node].disk_writes = held;
         }
         // What the driver had not handed to the core yet dies with the process.
+        self.webhook_crashed(node);
         let slot = &mut self.slots[node];
         self.out.dropped_down += slot.inbox.len() as u64;
         slot.inbox.clear();

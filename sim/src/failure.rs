@@ -38,6 +38,15 @@ pub enum Failure {
         /// Each live node of the region with the SWIM state it holds of the others.
         views: Vec<String>,
     },
+    /// After the heal, a transition of a followed service never reached a webhook
+    /// subscription within the liveness bound.
+    #[error("webhook {subscription} never got transition {transition} of {service} within {bound_ms} ms of the heal")]
+    WebhookUndelivered {
+        subscription: String,
+        service: Name,
+        transition: String,
+        bound_ms: u64,
+    },
     /// The heap ran dry before the end event (a bug of the simulator).
     #[error("the run ended without reaching its end event")]
     NoEndEvent,

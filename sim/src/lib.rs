@@ -13,6 +13,7 @@
 //! - `driver`: driving one node as the node driver does (inputs, then drain, then re-arm).
 //! - `cluster`: slots, crash and restart, disks, failure detection.
 //! - `workload`: writes, heartbeats, the broadcast, forced rollovers; acknowledgements.
+//! - `senders`: the virtual webhook senders of the `webhooks` scenario.
 //! - `checker`: convergence, acknowledged writes, subscriber streams, cursors across epochs.
 //! - [`outcome`]: a run's inputs and what it measured; [`failure`]: why it failed, typed.
 //! - [`report`]: figures, the human and JSON reports, the SVG timeline.
@@ -28,6 +29,7 @@ pub mod outcome;
 mod queue;
 pub mod report;
 pub mod scenario;
+mod senders;
 pub mod sim;
 mod workload;
 
@@ -230,6 +232,27 @@ mod tests {
                 gap_ms <= detection_ms + 1_000,
                 "gap {gap_ms} ms, slowest detection {detection_ms} ms"
             );
+        }
+    }
+
+    #[test]
+    fn every_webhook_transition_is_delivered_after_crashes_and_a_cut_off_node() {
+        for seed in [1, 2] {
+            let outcome = passing_outcome("webhooks", seed, Some(60));
+            let w = &outcome.webhooks;
+            assert!(!outcome.crashes.is_empty(), "no crash happened");
+            assert!(w.expected > 0, "{w:?}");
+            assert_eq!(w.delivered_unique, w.expected, "{w:?}");
+            assert!(w.complete_after_heal_ms.is_some(), "{w:?}");
+            // Every delivery is either the first of its transition or a counted duplicate.
+            let deliveries = w.deliveries.len() as u64;
+            assert_eq!(deliveries, w.delivered_unique + w.duplicates(), "{w:?}");
+            assert_eq!(w.unnamed, 0, "{w:?}");
+            let spec = spec(&request("webhooks", seed, 0)).expect("spec");
+            let text = report::text(&spec, &outcome);
+            assert!(text.contains("in flight at a crash"), "{text}");
+            let json = report::json(&spec, &outcome);
+            assert!(json.contains("duplicates_two_senders"), "{json}");
         }
     }
 

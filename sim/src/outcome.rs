@@ -115,6 +115,8 @@ pub struct Outcome {
     pub reconvergences: u64,
     /// Regional probe assignment as sampled over the run (see `checker::probes`).
     pub probes: crate::checker::probes::ProbeWatch,
+    /// Webhook deliveries of the `webhooks` scenario (see `checker::webhooks`).
+    pub webhooks: crate::checker::webhooks::WebhookWatch,
     /// When every node first held the same heads after the heal (liveness may still differ).
     pub heads_converged_us: Option<u64>,
     pub idle_bytes: u64,
@@ -169,6 +171,7 @@ impl Outcome {
             converged_us: None,
             reconvergences: 0,
             probes: Default::default(),
+            webhooks: Default::default(),
             heads_converged_us: None,
             idle_bytes: 0,
             idle_us: 0,

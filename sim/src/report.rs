@@ -255,6 +255,28 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
             .map_or("not reached".to_owned(), |ms| format!("{ms} ms")),
         outcome.probes.unsettled_at_end
     );
+    if spec.plan.scenario == crate::sim::WEBHOOKS_SCENARIO {
+        let w = &outcome.webhooks;
+        let _ = writeln!(
+            out,
+            "webhooks: {} of {} (subscription, transition) pairs delivered at least once, all {}; {} deliveries, {} duplicates: {} in flight at a crash, {} by two senders at once, {} after a takeover from progress not replicated yet; {} deliveries cut by a crash, {} sender starts, {} progress writes ({} held within a change), {} unnamed transitions passed over, {} end checks waited",
+            w.delivered_unique,
+            w.expected,
+            w.complete_after_heal_ms
+                .map_or("not reached".to_owned(), |ms| format!("{ms} ms after the heal")),
+            w.deliveries.len() as u64 + w.deliveries_dropped,
+            w.duplicates(),
+            w.duplicates_in_flight,
+            w.duplicates_two_senders,
+            w.duplicates_stale_progress,
+            w.interrupted,
+            w.sender_starts,
+            w.progress_writes,
+            w.progress_held,
+            w.unnamed,
+            w.waited_at_end
+        );
+    }
     let _ = write!(out, "frames:");
     for (kind, sent) in &outcome.sent_by_kind {
         let _ = write!(out, " {kind} {} ({} B)", sent.frames, sent.bytes);
@@ -449,6 +471,28 @@ pub fn json(spec: &Spec, outcome: &Outcome) -> String {
                 "unsettled_at_end": outcome.probes.unsettled_at_end,
             }),
         );
+        if spec.plan.scenario == crate::sim::WEBHOOKS_SCENARIO {
+            let w = &outcome.webhooks;
+            map.insert(
+                "webhooks".into(),
+                json!({
+                    "expected": w.expected,
+                    "delivered_unique": w.delivered_unique,
+                    "complete_after_heal_ms": w.complete_after_heal_ms,
+                    "deliveries": w.deliveries.len() as u64 + w.deliveries_dropped,
+                    "duplicates": w.duplicates(),
+                    "duplicates_in_flight_at_crash": w.duplicates_in_flight,
+                    "duplicates_two_senders": w.duplicates_two_senders,
+                    "duplicates_stale_progress": w.duplicates_stale_progress,
+                    "interrupted": w.interrupted,
+                    "sender_starts": w.sender_starts,
+                    "progress_writes": w.progress_writes,
+                    "progress_held": w.progress_held,
+                    "unnamed": w.unnamed,
+                    "waited_at_end": w.waited_at_end,
+                }),
+            );
+        }
     }
     let d = &outcome.driver;
     let driver = json!({

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use statusmesh_gossip::node::EpochConfig;
 
 /// Every scenario name `run --scenario` accepts, in the order the tests sweep them.
-pub const SCENARIOS: [&str; 20] = [
+pub const SCENARIOS: [&str; 21] = [
     "steady",
     "broadcast",
     "burst",
@@ -30,6 +30,7 @@ pub const SCENARIOS: [&str; 20] = [
     "rollover-crash",
     "swarm-epochs",
     "probes",
+    "webhooks",
 ];
 
 /// How a partition chooses the side that is cut off.
@@ -400,6 +401,15 @@ impl Plan {
             "probes" => {
                 plan.faults.crash = Some(crash_plan(0.0));
                 plan.faults.partition = partition(PartitionMode::IsolateNode, true, None);
+            }
+            // Webhook senders by rendezvous (senders, checker::webhooks) under crashes and a
+            // node cut off from the mesh: every transition reaches every subscription after
+            // the heal. Rollover off, so that no history after a subscription's start is
+            // compacted; ~120 transitions, far below TRANSITIONS_MAX.
+            "webhooks" => {
+                plan.faults.crash = Some(crash_plan(0.0));
+                plan.faults.partition = partition(PartitionMode::IsolateNode, true, None);
+                plan.epochs.config = EpochConfig::off();
             }
             "empty-disk-restart" => plan.faults.crash = Some(crash_plan(1.0)),
             "clock-skew" => plan.faults.clock_skew_ms = 5_000,

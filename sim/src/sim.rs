@@ -45,6 +45,9 @@ const PROBE_INTERVAL_US: u64 = 10_000;
 /// Most events one run may process; a run that needs more is reported as a failure rather
 /// than left to spin.
 const EVENTS_MAX: u64 = 100_000_000;
+/// The scenario that runs the virtual webhook senders (`crate::senders`); no other
+/// scenario schedules their events.
+pub const WEBHOOKS_SCENARIO: &str = "webhooks";
 /// How often a long run reports progress, in simulated seconds.
 pub const PROGRESS_INTERVAL_S: u64 = 60;
 
@@ -89,6 +92,16 @@ pub(crate) enum Ev {
         incarnation: u32,
         retry_at_ms: u64,
     },
+    /// The `webhooks` scenario writes its subscriptions.
+    WebhookSetup,
+    /// Every node's virtual webhook senders look at their assignments.
+    WebhookTick,
+    /// A virtual webhook delivery completes (its sender learns the receiver got it).
+    WebhookDone {
+        node: usize,
+        incarnation: u32,
+        pair: crate::senders::PairKey,
+    },
 }
 
 impl Ev {
@@ -110,6 +123,9 @@ impl Ev {
             Ev::ForceRollovers => 12,
             Ev::Iteration { .. } => 13,
             Ev::ResumeRetry { .. } => 14,
+            Ev::WebhookSetup => 15,
+            Ev::WebhookTick => 16,
+            Ev::WebhookDone { .. } => 17,
         }
     }
 }
@@ -342,6 +358,9 @@ impl Sim {
         if !self.subscribers.is_empty() {
             self.schedule(plan.roam_interval_ms.max(1) * 1_000, Ev::Roam);
         }
+        if plan.scenario == WEBHOOKS_SCENARIO {
+            self.schedule(crate::senders::SETUP_US, Ev::WebhookSetup);
+        }
         self.schedule(self.safety_end_us, Ev::Heal);
     }
 
@@ -376,6 +395,13 @@ impl Sim {
                 incarnation,
                 retry_at_ms,
             } => self.resume_retry(subscriber, node, incarnation, retry_at_ms),
+            Ev::WebhookSetup => self.webhook_setup(),
+            Ev::WebhookTick => self.webhook_tick(),
+            Ev::WebhookDone {
+                node,
+                incarnation,
+                pair,
+            } => self.webhook_done(node, incarnation, pair),
         }
     }
 
@@ -448,6 +474,16 @@ impl Sim {
         if !self.check_probe_owners() {
             // Membership has not settled (a stale suspicion after the heal): converge again,
             // within the liveness bound.
+            if self.out.failure.is_none() {
+                self.out.end_us = 0;
+                self.idle_start = None;
+                self.schedule(self.now_us + PROBE_INTERVAL_US, Ev::Probe);
+            }
+            return;
+        }
+        if self.spec.plan.scenario == WEBHOOKS_SCENARIO && !self.check_webhooks() {
+            // A sender is still catching up after the heal: converge again, within the
+            // liveness bound.
             if self.out.failure.is_none() {
                 self.out.end_us = 0;
                 self.idle_start = None;

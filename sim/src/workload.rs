@@ -361,6 +361,13 @@ struct WrittenCell {
     message: String,
 }
 
+impl PendingWrite {
+    /// A record write (no cell to remember).
+    pub(crate) fn record(write: LocalWrite) -> Self {
+        Self { write, cell: None }
+    }
+}
+
 /// The identity of the transition a status write makes (record writes are checked for
 /// order and duplicates only).
 fn status_transition(write: &LocalWrite, id: &WriteId) -> Option<String> {

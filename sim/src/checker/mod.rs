@@ -12,6 +12,9 @@
 //! - [`probes`]: regional probe assignment (rendezvous over live members): after the heal
 //!   exactly one prober per (check, region); under faults the longest unowned stretch.
 //!
+//! - [`webhooks`]: the virtual webhook receiver: after the heal every transition reached every
+//!   subscription at least once; duplicates counted by cause.
+//!
 //! Protocol invariants of a single node are `gossip::invariants::check`, which the driver
 //! runs after every input.
 
@@ -20,6 +23,7 @@ pub(crate) mod cursor;
 pub(crate) mod history;
 pub mod probes;
 pub(crate) mod subscribers;
+pub mod webhooks;
 pub(crate) mod writes;
 
 #[cfg(test)]
