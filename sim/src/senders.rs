@@ -132,6 +132,7 @@ impl Sim {
                         coalesced: 0,
                         by_node: me.clone(),
                         at_ms: now_ms,
+                        maintenance_told_ms: now_ms,
                     }),
                 });
             }
@@ -352,6 +353,7 @@ impl Sim {
             coalesced: 0,
             by_node: self.members[node].id.clone(),
             at_ms: self.local_ms(node),
+            maintenance_told_ms: self.local_ms(node),
         };
         self.out.webhooks.progress_writes += 1;
         let op = RecordOp::Put(Put::WebhookProgress {

@@ -26,6 +26,9 @@ pub struct WebhookPlan {
     pub members: Vec<String>,
     /// Every (service, subscription) pair, by service then id.
     pub hooks: Vec<HookEntry>,
+    /// The (subscription, service) pairs this node sends, by the core's sender rule
+    /// (`statusmesh_gossip::webhooks::assignments`).
+    pub assigned: std::collections::BTreeSet<(Name, Name)>,
     /// The replica's cursor the plan was read at.
     pub cursor: Cursor,
 }
@@ -50,7 +53,12 @@ impl Driver {
                     .collect::<Vec<_>>()
             })
             .collect();
+        let assigned = statusmesh_gossip::webhooks::assignments(&self.node)
+            .into_iter()
+            .map(|a| (a.id, a.service))
+            .collect();
         WebhookPlan {
+            assigned,
             me: self.node.id().to_owned(),
             members: rendezvous::live_members(&self.node),
             hooks,

@@ -194,9 +194,10 @@ pub fn spawn(
             };
             let mut wanted = BTreeMap::new();
             for entry in &plan.hooks {
-                let mine = plan.sender_of(entry.id.as_str(), entry.service.as_str())
-                    == Some(plan.me.clone());
-                if mine && entry.webhook.disabled.is_none() && wanted.len() < SENDERS_MAX {
+                let mine = plan
+                    .assigned
+                    .contains(&(entry.id.clone(), entry.service.clone()));
+                if mine && wanted.len() < SENDERS_MAX {
                     wanted.insert((entry.id.clone(), entry.service.clone()), entry);
                 }
             }

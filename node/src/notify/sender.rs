@@ -1,7 +1,9 @@
 //! The sender of one (subscription, service): follows the service's transitions from the
 //! replicated progress, delivers each one the subscription wants, in causal order, with
-//! retries on the schedule, and records progress after each delivered event so that the
-//! next sender, if this node dies, resumes from the first undelivered one.
+//! retries on the schedule, and records progress once each change it told from is told
+//! whole (a cursor names whole changes; a group commit holds several transitions), so that
+//! the next sender, if this node dies, resumes from the first change not wholly delivered.
+//! Which pairs this node sends is the core's rule (`statusmesh_gossip::webhooks`).
 //!
 //! The outbox is the document's history itself: a sender that falls behind the shared live
 //! ring re-reads what came after its progress, as a reconnecting client does; beyond the
@@ -9,12 +11,13 @@
 //! with the number of transitions it folds (`data.coalesced`), counted in
 //! `statusmesh_webhook_events_coalesced_total`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statusmesh_crdt::webhooks::{Disabled, EventType, Webhook, WebhookProgress};
 use statusmesh_crdt::{Cursor, Delivery, Name, Put};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::deliver::{post, Answer};
 use super::log::{Attempt, DeliveryLog};
@@ -77,6 +80,8 @@ impl Sender {
                 .map_or_else(now_ms, |p| p.maintenance_told_ms.max(p.at_ms.min(now_ms()))),
         };
         let mut shaper = Shaper::default();
+        // The change being told (its cursor after it) and the message ids told of it.
+        let mut partial: Option<(String, BTreeSet<String>)> = None;
         let mut saved_at = Instant::now();
         let mut clock_at = Instant::now();
         let mut unsaved = false;
@@ -135,26 +140,59 @@ impl Sender {
                         );
                     }
                     at.cursor = Some(after.only(&self.service));
+                    partial = None;
                     self.save(&at).await;
                     continue;
                 }
-                let outgoing = shaper.shape(&self.webhook, &published);
-                at.cursor = Some(after.only(&self.service));
-                let Some(outgoing) = outgoing else {
-                    unsaved = true;
-                    continue;
-                };
-                if outgoing.coalesced > 1 {
-                    metrics::counter!("statusmesh_webhook_events_coalesced_total")
-                        .increment(outgoing.coalesced - 1);
-                    at.coalesced += outgoing.coalesced - 1;
+                // A cursor names whole changes, and a group commit puts several transitions
+                // in one: the position moves (and is saved) only once a change is told whole,
+                // and what of a change was told is remembered for a re-read of it.
+                if partial.as_ref().is_some_and(|(id, _)| *id != published.id) {
+                    partial = None;
                 }
-                if !self.send(&outgoing, &mut at).await {
-                    return;
+                let (_, told) =
+                    partial.get_or_insert_with(|| (published.id.clone(), BTreeSet::new()));
+                let outgoing = shaper
+                    .shape(&self.webhook, &published)
+                    .filter(|o| !told.contains(&o.id));
+                if let Some(outgoing) = outgoing {
+                    if outgoing.coalesced > 1 {
+                        metrics::counter!("statusmesh_webhook_events_coalesced_total")
+                            .increment(outgoing.coalesced - 1);
+                        at.coalesced += outgoing.coalesced - 1;
+                    }
+                    if !self.send(&outgoing, &mut at).await {
+                        return;
+                    }
+                    told.insert(outgoing.id);
                 }
-                self.save(&at).await;
-                saved_at = Instant::now();
-                unsaved = false;
+                // Everything of this change was published together: drain what is there.
+                let mut lagged = false;
+                loop {
+                    match live.try_recv() {
+                        Ok(next) => queue.push_back(next),
+                        Err(TryRecvError::Lagged(_)) => {
+                            lagged = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if queue.front().is_none_or(|next| next.id != published.id) {
+                    let told_any = partial.take().is_some_and(|(_, told)| !told.is_empty());
+                    at.cursor = Some(after.only(&self.service));
+                    if told_any {
+                        self.save(&at).await;
+                        saved_at = Instant::now();
+                        unsaved = false;
+                    } else {
+                        unsaved = true;
+                    }
+                }
+                if lagged {
+                    // Behind the shared ring: re-read from the last change told whole.
+                    break;
+                }
             }
         }
     }
@@ -211,12 +249,8 @@ impl Sender {
             return Some(None);
         };
         let plan = self.node.webhook_plan().await.ok()?;
-        let mut cursor = plan.cursor;
-        let heads = position.heads_of(&self.service).to_vec();
-        match position.epoch_of(&self.service) {
-            Some(epoch) => cursor.set_in_epoch(self.service.clone(), heads, epoch),
-            None => cursor.set(self.service.clone(), heads),
-        }
+        let cursor =
+            statusmesh_gossip::webhooks::resume_cursor(&plan.cursor, &self.service, position);
         Some(Some(cursor))
     }
 
