@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use statusmesh_crdt::checks::Target;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
-use crate::probe::run::{connect_checked, AbortOnDrop};
+use crate::probe::run::{connect_checked, http1};
 
 /// Most bytes of a failed answer's body kept for the deliveries log.
 const ERROR_BODY_MAX: usize = 256;
@@ -125,17 +124,7 @@ async fn send<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let (mut sender, _connection, authority) = http1(stream, host, port).await?;
     let mut request = hyper::Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -140,8 +140,42 @@ pub(crate) async fn connect_checked(
     Err(last)
 }
 
+/// An HTTP/1.1 client connection over `stream` (its driving task aborted when the guard
+/// drops) and the `Host` value for (host, port). Shared with the webhook sender.
+pub(crate) async fn http1<S, B>(
+    stream: S,
+    host: &str,
+    port: u16,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<B>,
+        AbortOnDrop,
+        String,
+    ),
+    String,
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let guard = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok((sender, guard, authority))
+}
+
 /// Aborts the connection task when the request ends, however it ends.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -159,17 +193,7 @@ async fn http_get<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let (mut sender, _connection, authority) = http1(stream, host, port).await?;
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, agent)
