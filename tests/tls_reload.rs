@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{
     data_dir, get_json, make_certs, metric_sum, put_status, run_node_with_args, start_mesh,
-    topology, wait_for, wait_healthy, wait_ready, Mesh, TestNode, BIN,
+    start_mesh_with_args, topology, wait_for, wait_healthy, wait_ready, Mesh, TestNode, BIN,
 };
 
 const TOKEN: &str = "tls-reload-test-token";
@@ -269,4 +269,27 @@ async fn the_ca_rotates_under_writes_and_a_node_left_on_the_old_ca_is_refused() 
         (state != "alive").then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_certs_watch_a_renewed_certificate_loads_without_a_signal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = start_mesh_with_args(dir.path(), TOKEN, &["--certs-watch-s", "1"]).await;
+    let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let old = certificate_of(&mesh, eu).await.expect("a certificate");
+    let renewed = Command::new(BIN)
+        .args(["certs", "--config"])
+        .arg(dir.path().join("regions.toml"))
+        .arg("--out")
+        .arg(dir.path().join("certs"))
+        .output()
+        .expect("statusmesh certs");
+    assert!(renewed.status.success(), "{renewed:?}");
+    wait_for("eu to load its renewed certificate by itself", || async {
+        let now = certificate_of(&mesh, eu).await?;
+        (now != old).then_some(())
+    })
+    .await;
+    flows(&mesh, eu, us, "watched").await;
+    flows(&mesh, us, eu, "watched-back").await;
 }

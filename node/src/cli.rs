@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Directory made by `statusmesh certs`.
     #[arg(long)]
     pub certs: PathBuf,
+    /// Also reload the certificate, key and CA bundle when their files change, looking every
+    /// this many seconds (0: only on SIGHUP).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub certs_watch_s: u64,
     /// Where this node keeps its snapshots and change logs.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -136,6 +140,8 @@ pub struct RunPlan {
     pub config: PathBuf,
     pub node: String,
     pub certs: PathBuf,
+    /// How often the certificate files are looked at; `None`: only SIGHUP reloads them.
+    pub certs_watch: Option<std::time::Duration>,
     pub settings: NodeSettings,
     pub gossip: GossipConfig,
 }
@@ -162,6 +168,8 @@ impl RunArgs {
             config: self.config,
             node: self.node,
             certs: self.certs,
+            certs_watch: (self.certs_watch_s > 0)
+                .then(|| std::time::Duration::from_secs(self.certs_watch_s)),
             settings,
             gossip: self.epoch.apply(GossipConfig::wan()),
         })

@@ -13,7 +13,8 @@
 //!   progress.
 //! - [`driver`]: the one task that owns the gossip state machine, storage glue and metrics.
 //! - [`storage`]: snapshots and change logs on disk, group commit, archives.
-//! - [`transport`]: QUIC (quinn) with mutual TLS between nodes.
+//! - [`transport`]: QUIC (quinn) with mutual TLS between nodes; [`reload`]: its identity
+//!   reloaded on SIGHUP or when the files change.
 //! - [`settings`]: node settings beyond regions.toml (tokens, limits).
 //! - [`config`]: regions.toml into validated types.
 //! - [`certs`]: the cluster CA and node certificates.
@@ -34,6 +35,7 @@ pub mod fuzz;
 pub mod http;
 pub mod notify;
 pub mod probe;
+pub mod reload;
 pub mod settings;
 pub mod start;
 pub mod storage;

@@ -253,14 +253,7 @@ fn main() -> anyhow::Result<()> {
             } => dev(config, token, data_dir, epoch.apply(GossipConfig::lan())).await,
             Command::Run(args) => {
                 let plan = args.plan()?;
-                run(
-                    plan.config,
-                    plan.node,
-                    plan.certs,
-                    plan.settings,
-                    plan.gossip,
-                )
-                .await
+                run(plan).await
             }
             Command::CheckConfig(args) => {
                 let plan = args.plan()?;
@@ -568,13 +561,15 @@ async fn dev(
     Ok(())
 }
 
-async fn run(
-    config: PathBuf,
-    node: String,
-    certs_dir: PathBuf,
-    settings: NodeSettings,
-    gossip: GossipConfig,
-) -> anyhow::Result<()> {
+async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
+    let statusmesh_node::cli::RunPlan {
+        config,
+        node,
+        certs: certs_dir,
+        certs_watch,
+        settings,
+        gossip,
+    } = plan;
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
     topology.node(&node)?;
@@ -591,7 +586,7 @@ async fn run(
     let running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
-    start::reload_on_sighup(running.handle.clone(), certs_dir, node.clone());
+    statusmesh_node::reload::spawn(running.handle.clone(), certs_dir, node.clone(), certs_watch);
     println!(
         "statusmesh node {node} serving http://{}",
         running.http_addr

@@ -236,43 +236,6 @@ pub async fn start(
     })
 }
 
-/// On each SIGHUP, reloads this node's certificate, key and CA bundle from `certs_dir` (as
-/// `statusmesh certs` writes them) into the running transport; a set that does not load or
-/// make a TLS configuration is logged and changes nothing. Counted in
-/// `statusmesh_tls_reloads_total{result}`.
-pub fn reload_on_sighup(handle: NodeHandle, certs_dir: std::path::PathBuf, node: String) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("SIGHUP cannot be caught; certificates reload only with a restart");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            let loaded = crate::certs::load_identity(&certs_dir, &node).map_err(|e| e.to_string());
-            let result = match loaded {
-                Ok(identity) => match handle.reload_identity(identity).await {
-                    Ok(reloaded) => reloaded,
-                    Err(_) => return,
-                },
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(sha256) => {
-                    info!(node = %node, certificate_sha256 = %sha256, "TLS identity reloaded");
-                    metrics::counter!("statusmesh_tls_reloads_total", "result" => "ok")
-                        .increment(1);
-                }
-                Err(error) => {
-                    tracing::error!(node = %node, %error, "TLS identity not reloaded; the old one stays");
-                    metrics::counter!("statusmesh_tls_reloads_total", "result" => "error")
-                        .increment(1);
-                }
-            }
-        }
-    });
-}
-
 /// Pending connections the HTTP listener queues before the kernel drops new ones: a fleet of
 /// subscribers reconnecting at once (after a failover) must not overflow it (tokio's default
 /// is 128).

@@ -1,0 +1,107 @@
+//! Reloading the node's TLS identity while it runs: on SIGHUP, and (with
+//! `--certs-watch-s N`) when the files change. Reads the certificate, key and CA bundle from
+//! the `--certs` directory as `statusmesh certs` writes them and hands them to the driver's
+//! transport; a set that does not load or make a TLS configuration is logged, counted
+//! (`statusmesh_tls_reloads_total{result="error"}`) and changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, info, warn};
+
+use crate::driver::NodeHandle;
+
+/// The files of a node's identity in its certificate directory.
+fn identity_files(dir: &Path, node: &str) -> [PathBuf; 3] {
+    [
+        dir.join("ca.pem"),
+        dir.join(format!("{node}.pem")),
+        dir.join(format!("{node}.key")),
+    ]
+}
+
+/// When each identity file last changed (`None` where it cannot be read).
+fn stamps(dir: &Path, node: &str) -> Vec<Option<SystemTime>> {
+    identity_files(dir, node)
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Loads the identity from `dir` and makes it the node's; false when the driver is gone.
+async fn reload_once(handle: &NodeHandle, dir: &Path, node: &str, why: &str) -> bool {
+    let loaded = crate::certs::load_identity(dir, node).map_err(|e| e.to_string());
+    let result = match loaded {
+        Ok(identity) => match handle.reload_identity(identity).await {
+            Ok(reloaded) => reloaded,
+            Err(_) => return false,
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(sha256) => {
+            info!(node, why, certificate_sha256 = %sha256, "TLS identity reloaded");
+            metrics::counter!("statusmesh_tls_reloads_total", "result" => "ok").increment(1);
+        }
+        Err(error) => {
+            error!(node, why, %error, "TLS identity not reloaded; the old one stays");
+            metrics::counter!("statusmesh_tls_reloads_total", "result" => "error").increment(1);
+        }
+    }
+    true
+}
+
+/// Reloads on each SIGHUP and, every `watch` when given, when a file changed since the last
+/// look (a set caught half-copied fails, and loads at the next change).
+pub fn spawn(handle: NodeHandle, dir: PathBuf, node: String, watch: Option<Duration>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                warn!("SIGHUP cannot be caught; certificates reload only by watching or a restart");
+                None
+            }
+        };
+        let mut seen = stamps(&dir, &node);
+        let mut ticker = watch.map(tokio::time::interval);
+        loop {
+            let hup = async {
+                #[cfg(unix)]
+                if let Some(h) = hangups.as_mut() {
+                    return h.recv().await.is_some();
+                }
+                std::future::pending::<bool>().await
+            };
+            let tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let why = tokio::select! {
+                alive = hup => {
+                    if !alive {
+                        return;
+                    }
+                    "SIGHUP"
+                }
+                () = tick => {
+                    let now = stamps(&dir, &node);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    "the files changed"
+                }
+            };
+            if !reload_once(&handle, &dir, &node, why).await {
+                return;
+            }
+        }
+    });
+}
