@@ -17,7 +17,7 @@
 use statusmesh_crdt::webhooks::WebhookProgress;
 use statusmesh_crdt::{Cursor, Name};
 
-use crate::node::Node;
+use crate::node::{Node, NodeId};
 use crate::rendezvous;
 
 /// One (subscription, service) this node sends.
@@ -27,6 +27,14 @@ pub struct Assignment {
     pub service: Name,
     /// The progress record the replica holds for the pair; `None` before one replicated.
     pub progress: Option<WebhookProgress>,
+}
+
+/// The member of `members` that sends subscription `id`'s events of `service`.
+pub fn sender_of<'a>(members: &'a [NodeId], id: &str, service: &str) -> Option<&'a str> {
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    rendezvous::owner(&rendezvous::webhook_key(id, service), &refs)
+        .and_then(|owner| members.iter().find(|m| m.as_str() == owner))
+        .map(String::as_str)
 }
 
 /// Every (subscription, service) this node sends by the rendezvous rule on its own view, by
@@ -41,8 +49,7 @@ pub fn assignments(node: &Node) -> Vec<Assignment> {
             if webhook.disabled.is_some() {
                 continue;
             }
-            let key = rendezvous::webhook_key(id.as_str(), service.as_str());
-            if !rendezvous::owns(&key, &members, node.id()) {
+            if sender_of(&members, id.as_str(), service.as_str()) != Some(node.id()) {
                 continue;
             }
             out.push(Assignment {

@@ -338,8 +338,8 @@ impl Sim {
         let Some(n) = self.slots[node].node.as_ref() else {
             return false;
         };
-        let key = rendezvous::webhook_key(&subscription_id(pair.0), pair.1.as_str());
-        rendezvous::owns(&key, &rendezvous::live_members(n), n.id())
+        let members = rendezvous::live_members(n);
+        webhooks::sender_of(&members, &subscription_id(pair.0), pair.1.as_str()) == Some(n.id())
     }
 
     /// Submits the progress record of `pair` at `position` as a local write of `node`.

@@ -71,8 +71,7 @@ impl WebhookPlan {
     /// The member that sends subscription `id`'s events of `service`; `None` with no live
     /// member (never: this node is one).
     pub fn sender_of(&self, id: &str, service: &str) -> Option<String> {
-        let refs: Vec<&str> = self.members.iter().map(String::as_str).collect();
-        rendezvous::owner(&rendezvous::webhook_key(id, service), &refs).map(str::to_owned)
+        statusmesh_gossip::webhooks::sender_of(&self.members, id, service).map(str::to_owned)
     }
 
     /// The entries of subscription `id`, one per service whose document holds it.

@@ -32,7 +32,7 @@ use statusmesh_gossip::GossipError;
 
 use super::error::{parse_json, ApiError, JsonQuery};
 use super::limits::Limits;
-use super::writes::{authorize, forbidden, read_body, reply_after_acks, AckQuery};
+use super::writes::{authorize, forbidden, read_body, reply_after_acks, with_fields, AckQuery};
 use super::HttpState;
 use crate::driver::{now_ms, NodeHandle, RecordOp};
 use crate::settings::Token;
@@ -181,16 +181,7 @@ async fn apply(
             if extra.is_null() {
                 return Ok(response);
             }
-            // Merge what the caller needs to know (the generated id) into the JSON body.
-            let (parts, body) = response.into_parts();
-            let bytes = axum::body::to_bytes(body, 64 * 1024)
-                .await
-                .unwrap_or_default();
-            let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            if let (Some(map), Some(more)) = (value.as_object_mut(), extra.as_object()) {
-                map.extend(more.clone());
-            }
-            Ok((parts.status, Json(value)).into_response())
+            Ok(with_fields(response, &extra).await)
         }
         Err(GossipError::Crdt(e)) => Err(match &e {
             CrdtError::InvalidField {

@@ -28,7 +28,7 @@ use statusmesh_crdt::{Name, Put};
 
 use super::error::{parse_json, ApiError, JsonQuery};
 use super::records::{author, operator_service};
-use super::writes::{authorize, forbidden, read_body, reply_after_acks, AckQuery};
+use super::writes::{authorize, forbidden, read_body, reply_after_acks, with_fields, AckQuery};
 use super::HttpState;
 use crate::driver::{now_ms, HookEntry, RecordOp, WebhookPlan, WriteReply};
 use crate::notify::sign::generate_secret;
@@ -291,15 +291,5 @@ async fn finish(
         return Ok(Json(extra).into_response());
     };
     let response = reply_after_acks(&state.node, reply, ack, created).await?;
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    let mut merged: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
-    if let (Some(map), Some(add)) = (merged.as_object_mut(), extra.as_object()) {
-        for (k, v) in add {
-            map.insert(k.clone(), v.clone());
-        }
-    }
-    Ok((parts.status, Json(merged)).into_response())
+    Ok(with_fields(response, &extra).await)
 }

@@ -55,6 +55,20 @@ pub(crate) struct AckQuery {
     pub(crate) ack_timeout_ms: Option<u64>,
 }
 
+/// `response` (a write's JSON answer) with the fields of `extra` added: what the caller
+/// needs to know besides the cursor (a generated id, a secret shown once).
+pub(crate) async fn with_fields(response: Response, extra: &serde_json::Value) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let (Some(map), Some(more)) = (value.as_object_mut(), extra.as_object()) {
+        map.extend(more.clone());
+    }
+    (parts.status, Json(value)).into_response()
+}
+
 /// Longest `?ack=` wait a client may ask for.
 const ACK_TIMEOUT_MAX_MS: u64 = 30_000;
 

@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use rustls_pki_types::ServerName;
 use statusmesh_crdt::checks::Target;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsConnector;
 
-use crate::probe::run::{connect_checked, http1};
+use crate::probe::run::{connect_checked, http1, tls_over};
 
 /// Most bytes of a failed answer's body kept for the deliveries log.
 const ERROR_BODY_MAX: usize = 256;
@@ -77,12 +75,7 @@ async fn attempt(
     let stream = connect_checked(host, *port, |ip| refused(ip, allow_link_local)).await?;
     let request = (host.as_str(), *port, path.as_str());
     if *secure {
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
-        let stream = TlsConnector::from(tls.clone())
-            .connect(name, stream)
-            .await
-            .map_err(|e| format!("tls: {e}"))?;
+        let stream = tls_over(tls, host, stream).await?;
         send(stream, request, headers, body).await
     } else {
         send(stream, request, headers, body).await

@@ -92,12 +92,7 @@ async fn attempt(
             port,
             path,
         } => {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
-            let stream = TlsConnector::from(tls.clone())
-                .connect(name, stream)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
+            let stream = tls_over(tls, host, stream).await?;
             http_get(check, stream, (host, *port, path), agent, started).await
         }
     }
@@ -138,6 +133,21 @@ pub(crate) async fn connect_checked(
         }
     }
     Err(last)
+}
+
+/// TLS to `host` over `stream`, verified against the roots of `tls`. Shared with the
+/// webhook sender.
+pub(crate) async fn tls_over(
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
+    TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("tls: {e}"))
 }
 
 /// An HTTP/1.1 client connection over `stream` (its driving task aborted when the guard

@@ -56,23 +56,8 @@ fn text_width(text: &str) -> usize {
     (text.chars().count().max(1) * CHAR_WIDTH_TENTHS).div_ceil(10)
 }
 
-/// `text` with the five XML specials escaped, fit for element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 allows no other control characters.
-            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Badges escape as the feeds do: one XML escape for the node.
+pub use crate::http::feeds::xml::escape;
 
 #[cfg(test)]
 mod tests {

@@ -6,10 +6,10 @@
 
 use super::super::statuspage::ids::{civil_from_days, iso8601};
 
-/// `text` made safe as XML 1.0 character data or a double- or single-quoted attribute value:
-/// the five markup characters become entities, and characters XML 1.0 cannot carry at all
-/// (C0 controls other than tab, line feed and carriage return, U+FFFE, U+FFFF), which no
-/// entity can express either, become U+FFFD so the document stays well-formed.
+/// `text` made safe as XML 1.0 character data or a double- or single-quoted attribute value
+/// (the feeds' and the SVG badges'): the five markup characters become entities, and control
+/// characters other than tab, line feed and carriage return, U+FFFE and U+FFFF, which XML
+/// cannot carry or should not, become U+FFFD so the document stays well-formed.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for c in text.chars() {
@@ -20,7 +20,7 @@ pub fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
