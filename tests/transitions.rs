@@ -327,3 +327,77 @@ async fn assert_nothing_stored_of_mars(client: &reqwest::Client, node: &TestNode
         .expect("body");
     assert!(!status.contains("mars"), "nothing stored: {status}");
 }
+
+/// Writers at once in the test below, each writing its own component: the writer's node
+/// commits up to this many writes as one change.
+const BURST_WRITERS: usize = 16;
+/// Writes per writer.
+const BURST_WRITES: usize = 60;
+
+#[tokio::test]
+async fn a_reader_that_keeps_reading_behind_the_ring_is_told_every_transition_page_by_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A ring of 16 events: every burst of remote changes leaves a live reader behind it.
+    let mesh = harness::start_mesh_with_args(dir.path(), TOKEN, &["--sse-ring-events", "16"]).await;
+    let (nodes, client) = (&mesh.nodes, mesh.client.clone());
+    let (us, ap) = (nodes[1].clone(), &nodes[2]);
+    let mut reader = SseReader::connect(&client, &ap.url("/v1/events?service=rsvc"), None).await;
+    assert_eq!(reader.next().await.event, "snapshot");
+
+    let writers: Vec<_> = (0..BURST_WRITERS)
+        .map(|w| {
+            let (client, us) = (client.clone(), us.clone());
+            tokio::spawn(async move {
+                let mut messages = Vec::with_capacity(BURST_WRITES);
+                for i in 0..BURST_WRITES {
+                    let state = if i % 2 == 0 {
+                        "major_outage"
+                    } else {
+                        "operational"
+                    };
+                    let message = format!("burst {w} {i}");
+                    let (code, reply) = harness::put_status(
+                        &client,
+                        &us,
+                        TOKEN,
+                        &format!("rsvc/b{w}/{}", us.region),
+                        json!({ "state": state, "message": message }),
+                    )
+                    .await;
+                    assert_eq!(code, 200, "{reply}");
+                    messages.push(message);
+                }
+                (format!("b{w}"), messages)
+            })
+        })
+        .collect();
+    // Read while they write: this reader never stops reading.
+    let events = read_transitions(&mut reader, BURST_WRITERS * BURST_WRITES).await;
+    let mut written = BTreeMap::new();
+    for writer in writers {
+        let (component, messages) = writer.await.expect("writer");
+        written.insert(component, messages);
+    }
+    assert_eq!(
+        per_component(&events),
+        written,
+        "every transition, in order per component"
+    );
+    assert_eq!(
+        transition_ids(&events).len(),
+        BURST_WRITERS * BURST_WRITES,
+        "no duplicate"
+    );
+    let pages = harness::metric_sum(
+        &client,
+        ap,
+        "statusmesh_sse_catch_ups_total",
+        &["how=\"page\""],
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        pages > 0.0,
+        "the reader fell behind the ring and caught up by pages"
+    );
+}

@@ -15,8 +15,11 @@ use crate::model::Name;
 
 /// Format version of the encoded cursor: 2 adds each document's epoch (so a node can tell a
 /// cursor of a compacted epoch, which only a snapshot answers, from one it has not caught up
-/// with yet). Version 1 cursors still decode, with no epochs.
-const CURSOR_VERSION: u8 = 2;
+/// with yet); 3 adds, per document, the transitions told of a change that writes several
+/// records (a group commit), so that a client cut off within it resumes at the next one.
+/// Version 1 and 2 cursors still decode.
+const CURSOR_VERSION: u8 = 3;
+const CURSOR_VERSION_2: u8 = 2;
 const CURSOR_VERSION_1: u8 = 1;
 /// Longest encoded cursor accepted, in characters.
 pub const CURSOR_LEN_MAX: usize = 16 * 1024;
@@ -29,6 +32,17 @@ pub struct Cursor {
     heads: BTreeMap<Name, Vec<ChangeHash>>,
     /// The epoch of each document's heads, when known.
     epochs: BTreeMap<Name, u32>,
+    /// Per document, a change right after its heads of which the client has the first
+    /// transitions (in record order): that many.
+    within: BTreeMap<Name, Within>,
+}
+
+/// Part of one change told: the change, and how many of its transitions (in the order of
+/// their record keys) the client has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Within {
+    pub change: ChangeHash,
+    pub told: u32,
 }
 
 impl Cursor {
@@ -37,6 +51,7 @@ impl Cursor {
         Self {
             heads,
             epochs: BTreeMap::new(),
+            within: BTreeMap::new(),
         }
     }
 
@@ -45,7 +60,24 @@ impl Cursor {
         heads: BTreeMap<Name, Vec<ChangeHash>>,
         epochs: BTreeMap<Name, u32>,
     ) -> Self {
-        Self { heads, epochs }
+        Self {
+            heads,
+            epochs,
+            within: BTreeMap::new(),
+        }
+    }
+
+    /// The part of a change after a service's heads that the client has, if any.
+    pub fn within_of(&self, service: &Name) -> Option<Within> {
+        self.within.get(service).copied()
+    }
+
+    /// Says the client has part of the change after a service's heads (or none).
+    pub fn set_within(&mut self, service: &Name, within: Option<Within>) {
+        match within {
+            Some(within) => self.within.insert(service.clone(), within),
+            None => self.within.remove(service),
+        };
     }
 
     /// The epoch of a service's heads, when the cursor says.
@@ -72,18 +104,22 @@ impl Cursor {
         if let Some(epoch) = self.epochs.get(service) {
             only.epochs.insert(service.clone(), *epoch);
         }
+        only.set_within(service, self.within_of(service));
         only
     }
 
     /// Replaces the heads of one service (its epoch becomes unknown).
     pub fn set(&mut self, service: Name, heads: Vec<ChangeHash>) {
         self.epochs.remove(&service);
+        self.within.remove(&service);
         self.heads.insert(service, heads);
     }
 
-    /// Replaces the heads of one service with heads of its epoch `epoch`.
+    /// Replaces the heads of one service with heads of its epoch `epoch` (and nothing of a
+    /// change after them told).
     pub fn set_in_epoch(&mut self, service: Name, heads: Vec<ChangeHash>, epoch: u32) {
         self.epochs.insert(service.clone(), epoch);
+        self.within.remove(&service);
         self.heads.insert(service, heads);
     }
 
@@ -91,7 +127,8 @@ impl Cursor {
     pub fn encode(&self) -> String {
         let mut bytes = vec![CURSOR_VERSION];
         for (service, heads) in &self.heads {
-            if heads.is_empty() {
+            // A client within a document's first change has no heads of it, only that part.
+            if heads.is_empty() && !self.within.contains_key(service) {
                 continue;
             }
             bytes.push(service.as_str().len() as u8);
@@ -102,6 +139,14 @@ impl Cursor {
             bytes.push(heads.len().min(HEADS_PER_DOC_MAX) as u8);
             for head in heads.iter().take(HEADS_PER_DOC_MAX) {
                 bytes.extend_from_slice(head.as_ref());
+            }
+            match self.within.get(service) {
+                Some(within) => {
+                    bytes.push(1);
+                    bytes.extend_from_slice(within.change.as_ref());
+                    bytes.extend_from_slice(&within.told.to_be_bytes());
+                }
+                None => bytes.push(0),
             }
         }
         URL_SAFE_NO_PAD.encode(bytes)
@@ -117,12 +162,13 @@ impl Cursor {
             .decode(text.trim())
             .map_err(|_| bad("not base64url"))?;
         let (&version, mut rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
-        if version != CURSOR_VERSION && version != CURSOR_VERSION_1 {
+        if ![CURSOR_VERSION, CURSOR_VERSION_2, CURSOR_VERSION_1].contains(&version) {
             return Err(bad(&format!("unknown version {version}")));
         }
-        let epoch_len = if version == CURSOR_VERSION { 4 } else { 0 };
+        let epoch_len = if version == CURSOR_VERSION_1 { 0 } else { 4 };
         let mut heads = BTreeMap::new();
         let mut epochs = BTreeMap::new();
+        let mut within = BTreeMap::new();
         while let Some((&name_len, tail)) = rest.split_first() {
             let name_len = usize::from(name_len);
             if tail.len() < name_len + 1 {
@@ -143,7 +189,7 @@ impl Cursor {
             }
             let tail = &tail[epoch_len..];
             let count = usize::from(tail[0]);
-            if count == 0 || count > HEADS_PER_DOC_MAX {
+            if (count == 0 && version != CURSOR_VERSION) || count > HEADS_PER_DOC_MAX {
                 return Err(bad("head count out of range"));
             }
             let hashes_at = 1;
@@ -155,12 +201,34 @@ impl Cursor {
             for chunk in tail[hashes_at..hashes_end].chunks_exact(32) {
                 doc_heads.push(ChangeHash::try_from(chunk).map_err(|_| bad("invalid hash"))?);
             }
+            let mut tail = &tail[hashes_end..];
+            if version == CURSOR_VERSION {
+                let (&flag, after) = tail.split_first().ok_or_else(|| bad("truncated"))?;
+                tail = after;
+                match flag {
+                    0 if count == 0 => return Err(bad("no heads and nothing told")),
+                    0 => {}
+                    1 if tail.len() >= 36 => {
+                        let change =
+                            ChangeHash::try_from(&tail[..32]).map_err(|_| bad("invalid hash"))?;
+                        let told = u32::from_be_bytes([tail[32], tail[33], tail[34], tail[35]]);
+                        within.insert(service.clone(), Within { change, told });
+                        tail = &tail[36..];
+                    }
+                    1 => return Err(bad("truncated change told in part")),
+                    _ => return Err(bad("invalid flag")),
+                }
+            }
             if heads.insert(service, doc_heads).is_some() {
                 return Err(bad("service named twice"));
             }
-            rest = &tail[hashes_end..];
+            rest = tail;
         }
-        Ok(Self { heads, epochs })
+        Ok(Self {
+            heads,
+            epochs,
+            within,
+        })
     }
 }
 
@@ -198,7 +266,11 @@ mod tests {
                 .map(|(k, v)| (Name::parse("service", &k).expect("valid"), v.into_iter().map(ChangeHash).collect()))
                 .collect();
             let epochs = heads_epochs(&heads);
-            let cursor = Cursor::with_epochs(heads, epochs);
+            let first = heads.keys().next().cloned();
+            let mut cursor = Cursor::with_epochs(heads, epochs);
+            if let Some(service) = first {
+                cursor.set_within(&service, Some(Within { change: ChangeHash([9; 32]), told: 3 }));
+            }
             prop_assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
         }
 

@@ -52,7 +52,7 @@ pub mod view;
 pub mod webhooks;
 
 pub use automerge::{ActorId, ChangeHash};
-pub use cursor::Cursor;
+pub use cursor::{Cursor, Within};
 pub use doc::{
     transition_id, CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, FlagEvent,
     IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey, RemoteApplied,

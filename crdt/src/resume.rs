@@ -31,18 +31,37 @@ impl Replica {
             if before == now.as_slice() {
                 continue;
             }
+            let within = cursor.within_of(service);
             let transitions = if doc.has_all(before) {
-                doc.transitions_after(before, delivery)?
+                doc.transitions_after(before, within, delivery)?
             } else {
-                doc.transitions_since_prev(before, delivery)?
+                doc.transitions_since_prev(before, within, delivery)?
             };
+            // A page that stops short of the heads leaves the client there, not at the end.
+            let partial = delivery == Delivery::Pages
+                && transitions
+                    .last()
+                    .is_some_and(|t| t.heads != now || t.within.is_some());
             for transition in transitions {
                 running.set_in_epoch(service.clone(), transition.heads.clone(), transition.epoch);
+                running.set_within(service, transition.within);
                 out.push((transition, running.clone()));
             }
-            // Nothing to tell (only a base, or writes the client has): it is at the end now.
-            running.set_in_epoch(service.clone(), now, doc.epoch());
+            if !partial {
+                // Nothing (more) to tell (only a base, or writes the client has): it is at
+                // the end now.
+                running.set_in_epoch(service.clone(), now, doc.epoch());
+            }
         }
         Some(out)
+    }
+
+    /// Whether a client at `cursor` holds every document as this replica does now: after a
+    /// page of [`Delivery::Pages`], whether it must ask again.
+    pub fn is_at_end(&self, cursor: &Cursor) -> bool {
+        self.docs().all(|doc| {
+            cursor.heads_of(doc.service()) == doc.heads().as_slice()
+                && cursor.within_of(doc.service()).is_none()
+        })
     }
 }

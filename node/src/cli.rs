@@ -103,6 +103,15 @@ pub struct RunArgs {
     /// Most SSE subscribers and waiting long-polls served at once (503 beyond it).
     #[arg(long, default_value_t = crate::settings::SUBSCRIBERS_MAX)]
     pub subscribers_max: usize,
+    /// Events the node keeps for its SSE subscribers to read at their pace; one that falls
+    /// further behind catches up from the document's history (page by page while it keeps
+    /// reading). Each holds an event's bytes until it leaves the ring.
+    #[arg(
+        long,
+        default_value_t = crate::driver::PUBLISH_BUFFER as u32,
+        value_parser = clap::value_parser!(u32).range(16..=1 << 20)
+    )]
+    pub sse_ring_events: u32,
     /// Sustained writes per second per token, with a burst of two seconds' worth
     /// (429 with Retry-After beyond it).
     #[arg(
@@ -157,6 +166,7 @@ impl RunArgs {
         };
         let settings = NodeSettings {
             subscribers_max: self.subscribers_max,
+            sse_ring_events: self.sse_ring_events as usize,
             writes_per_second_per_token: self.writes_per_second_per_token,
             request_read_timeout: std::time::Duration::from_millis(self.request_read_timeout_ms),
             frame_ancestors: self.frame_ancestors,

@@ -451,6 +451,9 @@ pub struct NodeSettings {
     /// Most SSE subscribers and waiting long-polls served at once; beyond it a client gets
     /// 503 `too_many_subscribers`. Default [`SUBSCRIBERS_MAX`].
     pub subscribers_max: usize,
+    /// Events buffered for SSE subscribers (`--sse-ring-events`). Default
+    /// [`PUBLISH_BUFFER`](crate::driver::PUBLISH_BUFFER).
+    pub sse_ring_events: usize,
     /// Sustained writes per second per token (a burst of two seconds' worth above it); beyond
     /// it a write gets 429 `rate_limited` with `Retry-After`. Default
     /// [`WRITES_PER_SECOND_PER_TOKEN`](crate::http::limits::WRITES_PER_SECOND_PER_TOKEN).
@@ -480,6 +483,7 @@ impl NodeSettings {
             snapshot: crate::storage::SnapshotPolicy::default(),
             writes_per_commit_max: 512,
             subscribers_max: SUBSCRIBERS_MAX,
+            sse_ring_events: crate::driver::PUBLISH_BUFFER,
             writes_per_second_per_token: crate::http::limits::WRITES_PER_SECOND_PER_TOKEN,
             request_read_timeout: REQUEST_READ_TIMEOUT_DEFAULT,
             frame_ancestors: crate::http::frame_ancestors::FrameAncestors::none(),

@@ -107,6 +107,12 @@ pub const METRICS: &[Entry] = &[
         "Server-Sent Events streams connected.",
     ),
     (
+        "statusmesh_sse_catch_ups_total",
+        Kind::Counter,
+        "Catch-ups of streams that fell behind the event ring, by how: a page of every \
+         transition (`page`), or as a resuming client, coalesced beyond the bound (`resume`).",
+    ),
+    (
         "statusmesh_documents",
         Kind::Gauge,
         "Service documents held.",

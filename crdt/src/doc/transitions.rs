@@ -22,6 +22,7 @@ use super::reads::Source;
 use super::rollover::write_ids;
 use super::schema::{incident_key, RecordKey};
 use super::ServiceDoc;
+use crate::cursor::Within;
 use crate::epoch::{ActorKind, WriteId};
 use crate::model::Name;
 
@@ -66,6 +67,9 @@ pub struct Transition {
     /// The document's epoch and heads once the client has this event.
     pub epoch: u32,
     pub heads: Vec<ChangeHash>,
+    /// On every transition of a change that writes several records but its last: `heads`
+    /// are those before the change, and this says how much of it the client then has.
+    pub within: Option<Within>,
 }
 
 /// How a client wants the transitions after its cursor.
@@ -76,6 +80,10 @@ pub enum Delivery {
     Every,
     /// The latest value of each record that changed.
     StateOnly,
+    /// Every transition, never coalesced: at most [`TRANSITIONS_MAX`] of a document per
+    /// answer, the first ones, and the asker asks again from the last. For a subscriber that
+    /// keeps reading but fell behind the live feed (a burst larger than the node's ring).
+    Pages,
 }
 
 /// A change after a cursor and the records it wrote.
@@ -91,9 +99,11 @@ impl ServiceDoc {
     /// Every transition after `before` (heads of the current epoch, or empty for the whole
     /// document), in causal order, one per record a change wrote. The base of the epoch is
     /// no transition (it restates). `None` when this document does not hold `before`.
+    /// `within`: the client has part of the change right after `before` (see [`Within`]).
     pub fn transitions_after(
         &self,
         before: &[ChangeHash],
+        within: Option<Within>,
         delivery: Delivery,
     ) -> Option<Vec<Transition>> {
         if !self.has_all(before) {
@@ -101,8 +111,10 @@ impl ServiceDoc {
         }
         let skip = self.told_before(before);
         let steps = steps_after(self.source(), before, &skip);
-        if skip.is_empty() {
-            return Some(self.deliver(self.source(), before, steps, delivery));
+        // A partial page is followed by another ask: corrections come with the last page.
+        let partial = delivery == Delivery::Pages && count(&steps) > TRANSITIONS_MAX;
+        if skip.is_empty() || partial {
+            return Some(self.deliver(self.source(), (before, within), steps, delivery));
         }
         // Restated copies tell nothing, but a carried copy may resolve a record otherwise on
         // top of the base than the client holds it: then one correction, as after a rollover.
@@ -110,7 +122,7 @@ impl ServiceDoc {
             .iter()
             .flat_map(|s| s.restated.iter().map(|k| record_of(k)))
             .collect();
-        let mut out = self.deliver(self.source(), before, steps, delivery);
+        let mut out = self.deliver(self.source(), (before, within), steps, delivery);
         let told: BTreeSet<String> = out.iter().map(|t| t.event.record_key()).collect();
         let untold: BTreeSet<String> = restated.difference(&told).cloned().collect();
         if !untold.is_empty() {
@@ -167,6 +179,7 @@ impl ServiceDoc {
     pub fn transitions_since_prev(
         &self,
         before: &[ChangeHash],
+        within: Option<Within>,
         delivery: Delivery,
     ) -> Option<Vec<Transition>> {
         let prev = self.prev_source()?;
@@ -180,15 +193,27 @@ impl ServiceDoc {
         known.extend(prev_steps.iter().filter_map(|s| write_of(&s.change)));
         let current_steps = steps_after(self.source(), &[], &known);
         let total = count(&prev_steps) + count(&current_steps);
-        if delivery == Delivery::StateOnly || total > TRANSITIONS_MAX {
+        let paged = delivery == Delivery::Pages && total > TRANSITIONS_MAX;
+        if paged && count(&prev_steps) > 0 {
+            // A page that ends in the closed epoch; the next ask starts from its end.
+            return Some(replay(prev, (before, within), prev_steps, TRANSITIONS_MAX));
+        }
+        if !paged && (delivery == Delivery::StateOnly || total > TRANSITIONS_MAX) {
             let mut steps = prev_steps;
             steps.extend(current_steps);
-            return Some(self.coalesce(&steps, before, delivery));
+            return Some(self.coalesce(&steps, (before, within), delivery));
         }
-        let mut out = replay(prev, before, prev_steps);
+        let mut out = replay(prev, (before, within), prev_steps, usize::MAX);
         self.tell_folded_by_base(&mut out);
-        out.extend(replay(self.source(), &[], current_steps));
-        self.settle(&mut out);
+        let room = TRANSITIONS_MAX.saturating_sub(out.len()).max(1);
+        let partial = paged && count(&current_steps) > room;
+        let limit = if paged { room } else { usize::MAX };
+        out.extend(replay(self.source(), (&[], None), current_steps, limit));
+        // A partial page's records may change again after it: the correction waits for the
+        // page that ends at the heads.
+        if !partial {
+            self.settle(&mut out);
+        }
         Some(out)
     }
 
@@ -207,11 +232,11 @@ impl ServiceDoc {
         // A document that rolled over (even one that was empty) holds a new base: what it
         // restates is told below, never skipped as a base.
         let mut out = if !rolled_over && self.has_all(before) {
-            self.transitions_after(before, Delivery::Every)
+            self.transitions_after(before, None, Delivery::Every)
                 .unwrap_or_default()
         } else {
             let mut out = self
-                .transitions_since_prev(before, Delivery::Every)
+                .transitions_since_prev(before, None, Delivery::Every)
                 .unwrap_or_default();
             let told: BTreeSet<String> = out.iter().map(|t| t.event.record_key()).collect();
             let rest: BTreeSet<String> = changed_keys
@@ -256,6 +281,7 @@ impl ServiceDoc {
                     }),
                     epoch: self.epoch(),
                     heads: vec![base],
+                    within: None,
                 });
             }
         }
@@ -291,6 +317,7 @@ impl ServiceDoc {
                     }),
                     epoch: self.epoch(),
                     heads: heads.clone(),
+                    within: None,
                 });
             }
         }
@@ -298,21 +325,35 @@ impl ServiceDoc {
 
     /// The transitions of a local write just made: one per record the change `hash` wrote,
     /// with the events the write computed (cheaper than reading them back).
+    /// In record order, as every node replays the change, so that a cursor within it means
+    /// the same everywhere.
     pub fn transitions_of_local(
         &self,
         hash: &ChangeHash,
-        events: Vec<DocEvent>,
+        mut events: Vec<DocEvent>,
     ) -> Vec<Transition> {
         let write = self.write_of(hash);
-        let heads = self.heads();
+        events.sort_by_cached_key(DocEvent::record_key);
+        // A local change depends on every head it was made on: after it, it is the one head.
+        let before: Vec<ChangeHash> = self
+            .doc
+            .get_change_by_hash(hash)
+            .map(|c| c.deps().to_vec())
+            .unwrap_or_default();
+        let total = events.len();
         events
             .into_iter()
-            .map(|event| Transition {
-                id: write.map(|w| transition_id_of(&w, &event)),
-                event,
-                coalesced: None,
-                epoch: self.epoch(),
-                heads: heads.clone(),
+            .enumerate()
+            .map(|(i, event)| {
+                let (heads, within) = within_change(*hash, i, total, &before, &[*hash]);
+                Transition {
+                    id: write.map(|w| transition_id_of(&w, &event)),
+                    event,
+                    coalesced: None,
+                    epoch: self.epoch(),
+                    heads,
+                    within,
+                }
             })
             .collect()
     }
@@ -329,6 +370,7 @@ impl ServiceDoc {
                 coalesced: Some(Coalesced { count: 1, reason }),
                 epoch: self.epoch(),
                 heads: heads.clone(),
+                within: None,
             })
             .collect()
     }
@@ -336,34 +378,39 @@ impl ServiceDoc {
     fn deliver(
         &self,
         src: Source<'_>,
-        before: &[ChangeHash],
+        from: From<'_>,
         steps: Vec<Step>,
         delivery: Delivery,
     ) -> Vec<Transition> {
-        if delivery == Delivery::StateOnly || count(&steps) > TRANSITIONS_MAX {
-            return self.coalesce(&steps, before, delivery);
+        let beyond = count(&steps) > TRANSITIONS_MAX;
+        if delivery == Delivery::Pages {
+            return replay(src, from, steps, TRANSITIONS_MAX);
+        }
+        if delivery == Delivery::StateOnly || beyond {
+            return self.coalesce(&steps, from, delivery);
         }
         // Within one epoch the last read of each record is its value now: nothing to settle.
-        replay(src, before, steps)
+        replay(src, from, steps, usize::MAX)
     }
 
     /// Each record the steps wrote, once, with its value now and how many transitions it
     /// folds. All but the last event keep the client's `before` heads, so that a client cut
     /// off in the middle asks again for the rest; the last carries the current heads.
-    fn coalesce(
-        &self,
-        steps: &[Step],
-        before: &[ChangeHash],
-        delivery: Delivery,
-    ) -> Vec<Transition> {
+    fn coalesce(&self, steps: &[Step], from: From<'_>, delivery: Delivery) -> Vec<Transition> {
+        let (before, within) = from;
         let reason = match delivery {
             Delivery::StateOnly => CoalesceReason::Requested,
-            Delivery::Every => CoalesceReason::Backlog,
+            Delivery::Every | Delivery::Pages => CoalesceReason::Backlog,
         };
         let mut folded: BTreeMap<String, u64> = BTreeMap::new();
         for step in steps {
-            for key in &step.keys {
-                *folded.entry(record_of(key)).or_default() += 1;
+            let records: BTreeSet<String> = step.keys.iter().map(|k| record_of(k)).collect();
+            // What the client has of a change it was cut off in is not folded again.
+            let told = within
+                .filter(|w| w.change == step.change.hash())
+                .map_or(0, |w| w.told as usize);
+            for record in records.into_iter().skip(told) {
+                *folded.entry(record).or_default() += 1;
             }
         }
         let keys: BTreeSet<String> = steps.iter().flat_map(|s| s.keys.iter().cloned()).collect();
@@ -376,12 +423,12 @@ impl ServiceDoc {
             .enumerate()
             .map(|(i, event)| {
                 let count = folded.get(&event.record_key()).copied().unwrap_or(1).max(1);
-                let (epoch, heads) = if i == last {
-                    (self.epoch(), heads_now.clone())
+                let (epoch, heads, within) = if i == last {
+                    (self.epoch(), heads_now.clone(), None)
                 } else if resumes_in_prev {
-                    (epoch_before, before.to_vec())
+                    (epoch_before, before.to_vec(), within)
                 } else {
-                    (self.epoch(), before.to_vec())
+                    (self.epoch(), before.to_vec(), within)
                 };
                 Transition {
                     event,
@@ -389,6 +436,7 @@ impl ServiceDoc {
                     coalesced: Some(Coalesced { count, reason }),
                     epoch,
                     heads,
+                    within,
                 }
             })
             .collect()
@@ -420,6 +468,7 @@ impl ServiceDoc {
                     }),
                     epoch: self.epoch(),
                     heads: heads.clone(),
+                    within: None,
                 });
             }
         }
@@ -464,7 +513,11 @@ fn steps_after(src: Source<'_>, before: &[ChangeHash], skip: &BTreeSet<WriteId>)
 /// record that only one step touches reads the same then as now (nothing after it in the
 /// steps changed it), so it is read now, which costs Automerge no historical clock: a push
 /// of one change, the common case, makes no historical read at all.
-fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Transition> {
+///
+/// At most `limit` transitions, those of the first steps (always at least one step's): the
+/// heads then end after the last step told, so that the rest is what comes after them.
+fn replay(src: Source<'_>, from: From<'_>, steps: Vec<Step>, limit: usize) -> Vec<Transition> {
+    let (before, within) = from;
     let mut touches: BTreeMap<String, usize> = BTreeMap::new();
     for step in &steps {
         let records: BTreeSet<String> = step
@@ -480,6 +533,10 @@ fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Trans
     let mut heads: BTreeSet<ChangeHash> = before.iter().copied().collect();
     let mut out = Vec::new();
     for Step { change, keys, .. } in steps {
+        if !out.is_empty() && out.len() + keys.len() > limit {
+            break;
+        }
+        let prefix: Vec<ChangeHash> = heads.iter().copied().collect();
         // The heads of a prefix of a topological order: the change replaces its deps.
         for dep in change.deps() {
             heads.remove(dep);
@@ -493,26 +550,53 @@ fn replay(src: Source<'_>, before: &[ChangeHash], steps: Vec<Step>) -> Vec<Trans
             .into_iter()
             .partition(|k| touches.get(&record_of(k)).is_some_and(|&n| n == 1));
         let write = write_of(&change);
-        let events = events_for_keys_in(src, &once, None)
-            .into_iter()
-            .chain(events_for_keys_in(src, &again, Some(&at)));
-        for event in events {
+        let mut events = events_for_keys_in(src, &once, None);
+        events.extend(events_for_keys_in(src, &again, Some(&at)));
+        // Record order, the same on every node: a cursor within the change names a prefix.
+        events.sort_by_cached_key(DocEvent::record_key);
+        let total = events.len();
+        let told = within
+            .filter(|w| w.change == change.hash())
+            .map_or(0, |w| w.told as usize);
+        for (i, event) in events.into_iter().enumerate().skip(told) {
+            let (heads, within) = within_change(change.hash(), i, total, &prefix, &at);
             out.push(Transition {
                 id: write.map(|w| transition_id_of(&w, &event)),
                 event,
                 coalesced: None,
                 epoch: src.meta.epoch,
-                heads: at.clone(),
+                heads,
+                within,
             });
         }
     }
     // Later steps moved the heads past the last event's: the last one carries them all, so
     // that a client that has every event resumes at the end.
-    if let Some(last) = out.last_mut() {
+    if let Some(last) = out.last_mut().filter(|t| t.within.is_none()) {
         last.heads = heads.into_iter().collect();
     }
     out
 }
+
+/// A change's first heads and part told: the whole change is the heads `after` it once the
+/// client has its last transition (`i` of `total`); before that, the heads `before` it and
+/// how many of its transitions the client has.
+fn within_change(
+    change: ChangeHash,
+    i: usize,
+    total: usize,
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+) -> (Vec<ChangeHash>, Option<Within>) {
+    if i + 1 >= total {
+        return (after.to_vec(), None);
+    }
+    let told = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    (before.to_vec(), Some(Within { change, told }))
+}
+
+/// Where a client is: the heads it has, and the part of the change after them it has.
+type From<'a> = (&'a [ChangeHash], Option<Within>);
 
 fn count(steps: &[Step]) -> usize {
     steps.iter().map(|s| s.keys.len()).sum()

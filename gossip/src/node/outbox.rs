@@ -115,10 +115,12 @@ impl Node {
             coalesced,
             epoch,
             heads,
+            within,
         } in transitions
         {
             let mut at = cursor.clone();
             at.set_in_epoch(event.service().clone(), heads, epoch);
+            at.set_within(event.service(), within);
             self.push_event(match event {
                 DocEvent::Status(event) => Event::Status {
                     event,

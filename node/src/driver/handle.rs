@@ -16,6 +16,9 @@ use crate::settings::Tokens;
 pub struct Subscription {
     pub initial: Vec<Published>,
     pub live: broadcast::Receiver<Arc<Published>>,
+    /// Asked with [`statusmesh_crdt::Delivery::Pages`], `initial` is one page and more came
+    /// after it: ask again from its last event before following `live`.
+    pub more: bool,
 }
 
 /// The reply to a write.

@@ -58,8 +58,8 @@ use resume::WaitingResume;
 pub const COMMAND_QUEUE_MAX: usize = 1024;
 /// Frames queued from the transport to the driver; a full queue pushes back on peers.
 pub const INBOUND_QUEUE_MAX: usize = 8192;
-/// Events buffered for SSE subscribers; a subscriber that falls further behind gets a fresh
-/// snapshot instead of the events it missed.
+/// Events buffered for SSE subscribers by default (`--sse-ring-events`); a subscriber that
+/// falls further behind catches up from the document's history.
 pub const PUBLISH_BUFFER: usize = 4096;
 /// Frames taken from the inbound queue per loop iteration after the first, so that one
 /// commit covers them all without starving commands.
@@ -153,7 +153,7 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
         rand::random(),
     );
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let (publish_tx, _) = broadcast::channel(PUBLISH_BUFFER);
+    let (publish_tx, _) = broadcast::channel(settings.sse_ring_events.max(1));
     let info = Arc::new(info);
     let handle = NodeHandle::new(commands_tx, info.clone(), ready_rx);
     let driver = Driver {

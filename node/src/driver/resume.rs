@@ -53,8 +53,10 @@ impl Driver {
                     retry_at_ms,
                 });
             }
-            (Resume::Wait { .. }, _) => self.answer(Resume::Snapshot, service.as_deref(), reply),
-            (answer, _) => self.answer(answer, service.as_deref(), reply),
+            (Resume::Wait { .. }, _) => {
+                self.answer(Resume::Snapshot, service.as_deref(), delivery, reply);
+            }
+            (answer, _) => self.answer(answer, service.as_deref(), delivery, reply),
         }
     }
 
@@ -81,7 +83,12 @@ impl Driver {
                     waiting.retry_at_ms = retry_at_ms;
                     self.resumes.push(waiting);
                 }
-                answer => self.answer(answer, waiting.service.as_deref(), waiting.reply),
+                answer => self.answer(
+                    answer,
+                    waiting.service.as_deref(),
+                    waiting.delivery,
+                    waiting.reply,
+                ),
             }
         }
     }
@@ -98,11 +105,22 @@ impl Driver {
         &mut self,
         answer: Resume,
         service: Option<&str>,
+        delivery: Delivery,
         reply: oneshot::Sender<Subscription>,
     ) {
         let live = self.publish.subscribe();
+        let more = match (&answer, delivery) {
+            (Resume::Events(events), Delivery::Pages) => events
+                .last()
+                .is_some_and(|(_, cursor)| !self.node.replica().is_at_end(cursor)),
+            _ => false,
+        };
         let initial = self.first_events(answer, service);
-        let _ = reply.send(Subscription { initial, live });
+        let _ = reply.send(Subscription {
+            initial,
+            live,
+            more,
+        });
     }
 
     /// The core's answer as the events a subscriber is sent first.

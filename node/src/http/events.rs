@@ -1,5 +1,9 @@
 //! Server-Sent Events and long-poll: a subscriber gets the snapshot or the changes after its
-//! cursor, then live events; one that falls behind gets a fresh snapshot.
+//! cursor, then live events. One that falls behind the node's ring while it keeps reading
+//! catches up from the document's history page by page, every transition its own event; one
+//! that was away (its connection kept it waiting, see [`super::pace`]) catches up as a
+//! resuming client does: every transition up to the bound, beyond it each record once, saying
+//! what it folds.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,8 +20,11 @@ use serde::Deserialize;
 use serde_json::json;
 use statusmesh_crdt::{Cursor, Delivery, Name};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, JsonQuery};
+use super::limits::Limits;
+use super::pace::{Away, Paced};
 use super::HttpState;
 use crate::driver::{NodeHandle, Published, Subscription};
 
@@ -145,6 +152,7 @@ pub(crate) async fn open_event_stream(
         .await?;
     let stream = event_stream(
         node,
+        limits,
         subscription,
         Filter {
             service: query.service,
@@ -195,6 +203,7 @@ impl Resumed {
 
 struct StreamState {
     node: NodeHandle,
+    limits: Arc<Limits>,
     pending: VecDeque<Arc<Published>>,
     live: tokio::sync::broadcast::Receiver<Arc<Published>>,
     filter: Filter,
@@ -202,6 +211,10 @@ struct StreamState {
     sent_retry: bool,
     /// Fires after SSE_HEARTBEAT without a frame sent; reset by each frame.
     heartbeat: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether the connection kept the stream waiting (its reader was away).
+    away: Away,
+    /// Held while the stream catches up page by page: more pages are due before `live`.
+    paging: Option<OwnedSemaphorePermit>,
 }
 
 /// The comment sent on idle streams.
@@ -209,21 +222,37 @@ const SSE_HEARTBEAT_FRAME: &[u8] = b":heartbeat\n\n";
 
 fn event_stream(
     node: NodeHandle,
+    limits: Arc<Limits>,
     subscription: Subscription,
     filter: Filter,
     resumed: Resumed,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let away = Away::default();
     let mut state = StreamState {
         node,
+        limits,
         pending: VecDeque::new(),
         live: subscription.live,
         filter,
         resumed,
         sent_retry: false,
         heartbeat: Box::pin(tokio::time::sleep(SSE_HEARTBEAT)),
+        away: away.clone(),
+        paging: None,
     };
     state.queue(subscription.initial.into_iter().map(Arc::new));
-    stream::unfold(state, |mut state| async move {
+    let frames = stream::unfold(state, |mut state| async move {
+        let frame = state.next_frame().await?;
+        Some((Ok(frame), state))
+    });
+    Paced::new(frames, away)
+}
+
+impl StreamState {
+    /// The next frame: a queued event, the next page of a catch-up, a live event or a
+    /// heartbeat. `None` when the stream ends (the node stopped).
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        let state = self;
         loop {
             if let Some(published) = state.pending.pop_front() {
                 let mut frame = published.sse_frame();
@@ -236,43 +265,73 @@ fn event_stream(
                     state.sent_retry = true;
                 }
                 state.rearm_heartbeat();
-                return Some((Ok(frame), state));
+                return Some(frame);
+            }
+            if state.paging.is_some() {
+                // The page is told: the next one, or the live feed once at the end.
+                state.catch_up(Delivery::Pages).await?;
+                continue;
             }
             let received = tokio::select! {
                 received = state.live.recv() => received,
                 () = state.heartbeat.as_mut() => {
                     state.rearm_heartbeat();
-                    return Some((Ok(Bytes::from_static(SSE_HEARTBEAT_FRAME)), state));
+                    return Some(Bytes::from_static(SSE_HEARTBEAT_FRAME));
                 }
             };
             match received {
-                // The shared event itself, not a copy: its frame is made once.
-                Ok(published) => state.queue([published]),
+                // The shared event itself, not a copy: its frame is made once. Kept up with:
+                // whatever wait came before did not leave the stream behind.
+                Ok(published) => {
+                    state.away.take();
+                    state.queue([published]);
+                }
                 Err(RecvError::Lagged(_)) => {
-                    // Too slow to keep up with the shared ring: catch up from the last event
-                    // queued, as a reconnecting client would. Every transition it missed, or
-                    // beyond the bound each record once with what it folds; never silently.
-                    let Ok(fresh) = state
-                        .node
-                        .subscribe(
-                            state.resumed.cursor(),
-                            state.filter.service.clone(),
-                            state.resumed.delivery,
-                        )
-                        .await
-                    else {
-                        return None;
+                    // Behind the shared ring: catch up from the last event queued. A reader
+                    // that keeps reading is told every transition, page by page (while the
+                    // node has room for another paged catch-up); one that was away, as a
+                    // reconnecting client: beyond the bound each record once with what it
+                    // folds. Never silently.
+                    let delivery = state.resumed.delivery;
+                    let away = state.away.take();
+                    if delivery == Delivery::Every && !away {
+                        state.paging = state.limits.admit_paged_catch_up();
+                    }
+                    let delivery = if state.paging.is_some() {
+                        Delivery::Pages
+                    } else {
+                        delivery
                     };
-                    state.live = fresh.live;
-                    state.queue(fresh.initial.into_iter().map(Arc::new));
+                    state.catch_up(delivery).await?;
                 }
                 Err(RecvError::Closed) => return None,
             }
         }
-    })
-}
+    }
 
-impl StreamState {
+    /// Asks the node for what came after the last event queued, and queues it; a page that
+    /// is not the last keeps the stream paging, else it follows the new live feed (taken in
+    /// the same step as the answer: no gap, no duplicate). `None` when the node stopped.
+    async fn catch_up(&mut self, delivery: Delivery) -> Option<()> {
+        metrics::counter!(
+            "statusmesh_sse_catch_ups_total",
+            "node" => self.node.info.id.to_string(),
+            "how" => if delivery == Delivery::Pages { "page" } else { "resume" }
+        )
+        .increment(1);
+        let fresh = self
+            .node
+            .subscribe(self.resumed.cursor(), self.filter.service.clone(), delivery)
+            .await
+            .ok()?;
+        self.live = fresh.live;
+        self.queue(fresh.initial.into_iter().map(Arc::new));
+        if !fresh.more {
+            self.paging = None;
+        }
+        Some(())
+    }
+
     /// Queues the events this stream shows, and remembers the cursor after the last one
     /// (every event moves it, shown or filtered out).
     fn queue(&mut self, events: impl IntoIterator<Item = Arc<Published>>) {
@@ -352,34 +411,47 @@ pub(super) async fn get_poll(
     let keep = |p: &Published| matches_filter(p, query.service.as_deref(), query.region.as_deref());
     let mut events: Vec<Published> = initial.into_iter().filter(|p| keep(p)).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    // The cursor after a page that ends before the live feed (its events may be filtered out).
+    let mut page_end: Option<String> = None;
     while events.is_empty() {
         match tokio::time::timeout_at(deadline, live.recv()).await {
             Ok(Ok(published)) if keep(&published) => events.push((*published).clone()),
             Ok(Ok(_)) => {}
             Ok(Err(RecvError::Lagged(_))) => {
                 // Too far behind the shared ring: the answer is what came after the cursor,
-                // from the document (coalesced beyond its bound, and saying so).
+                // from the document, a page of every transition (the next poll asks for
+                // the rest); state only when that was asked for.
+                let paged = match delivery {
+                    Delivery::Every => Delivery::Pages,
+                    other => other,
+                };
                 let fresh = node
-                    .subscribe(resume.clone(), query.service.clone(), delivery)
+                    .subscribe(resume.clone(), query.service.clone(), paged)
                     .await?;
+                if fresh.more {
+                    page_end = fresh.initial.last().map(|p| p.id.clone());
+                }
                 events = fresh.initial.into_iter().filter(|p| keep(p)).collect();
                 live = fresh.live;
+                if page_end.is_some() {
+                    break;
+                }
             }
             Ok(Err(RecvError::Closed)) => return Err(ApiError::unavailable()),
             Err(_) => break,
         }
     }
-    // Whatever else is already there comes along, up to the bound.
-    while events.len() < POLL_EVENTS_MAX {
+    // Whatever else is already there comes along, up to the bound (after a page that ends
+    // before the live feed, the next poll asks for the rest).
+    while page_end.is_none() && events.len() < POLL_EVENTS_MAX {
         match live.try_recv() {
             Ok(published) if keep(&published) => events.push((*published).clone()),
             Ok(_) => {}
             Err(_) => break,
         }
     }
-    let cursor = events
-        .last()
-        .map(|p| p.id.clone())
+    let cursor = page_end
+        .or_else(|| events.last().map(|p| p.id.clone()))
         .or(query.cursor)
         .unwrap_or_default();
     let events: Vec<serde_json::Value> = events

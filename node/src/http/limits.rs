@@ -1,5 +1,5 @@
 //! Admission limits of the HTTP side: SSE subscribers per node, streams per client address,
-//! and writes per token. Each refusal is a clear status and JSON body (see `http::error`).
+//! streams catching up page by page at once, and writes per token. Each refusal is a clear status and JSON body (see `http::error`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,6 +17,10 @@ pub const STREAMS_PER_ADDRESS_MAX: usize = 1_000;
 pub const WRITES_PER_SECOND_PER_TOKEN: u32 = 20_000;
 /// A token's burst above its sustained rate: this many seconds' worth of writes.
 const BURST_SECONDS: f64 = 2.0;
+/// Most streams of a node catching up from history page by page at once (each holds up to
+/// a page, [`statusmesh_crdt::TRANSITIONS_MAX`] events, and costs a historical read per
+/// page). Beyond it a stream that fell behind catches up coalesced, as after an absence.
+pub const CATCH_UPS_PAGED_MAX: usize = 64;
 /// Most tokens tracked by the rate limiter (tokens are configured, so this is generous).
 const TOKENS_TRACKED_MAX: usize = 4_096;
 
@@ -39,6 +43,7 @@ pub struct Limits {
     write_rate: f64,
     write_burst: f64,
     subscribers: Arc<Semaphore>,
+    catch_ups: Arc<Semaphore>,
     streams: Mutex<BTreeMap<IpAddr, usize>>,
     buckets: Mutex<BTreeMap<String, (f64, Instant)>>,
 }
@@ -82,6 +87,7 @@ impl Limits {
             write_rate,
             write_burst: write_rate * BURST_SECONDS,
             subscribers: Arc::new(Semaphore::new(subscribers_max)),
+            catch_ups: Arc::new(Semaphore::new(CATCH_UPS_PAGED_MAX)),
             streams: Mutex::new(BTreeMap::new()),
             buckets: Mutex::new(BTreeMap::new()),
         }
@@ -118,6 +124,12 @@ impl Limits {
             address: counted,
             limits: self.clone(),
         })
+    }
+
+    /// A place for one more stream catching up page by page, if one is free; held until it
+    /// is live again.
+    pub fn admit_paged_catch_up(&self) -> Option<OwnedSemaphorePermit> {
+        self.catch_ups.clone().try_acquire_owned().ok()
     }
 
     /// Takes one write from `token`'s bucket, or says when to retry.

@@ -9,6 +9,7 @@
 //! - [`alertmanager`]: the Alertmanager webhook receiver; [`webhooks`]: outgoing webhook
 //!   subscriptions (`/v1/webhooks`, sent by `crate::notify`).
 //! - [`limits`]: admission (subscribers, streams per address, write rate per token).
+//! - [`pace`]: whether an event stream's reader keeps reading or was away.
 //! - [`negotiate`]: `Accept` (406) and `Content-Type` (415) on every route.
 //! - [`frame_ancestors`]: who may frame the page (`--frame-ancestors`).
 //! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
@@ -40,6 +41,7 @@ pub mod frame_ancestors;
 pub mod limits;
 pub mod negotiate;
 pub mod ofrep;
+pub mod pace;
 pub mod records;
 pub mod serve;
 pub mod sse_front;
