@@ -569,12 +569,14 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         certs_watch,
         settings,
         gossip,
+        http_tls: _,
     } = plan;
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
     topology.node(&node)?;
     let identity = certs::load_identity(&certs_dir, &node)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let http_tls = settings.http_tls.clone();
     let options = NodeOptions {
         topology,
         node_id: node.clone(),
@@ -586,10 +588,16 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
     let running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
-    statusmesh_node::reload::spawn(running.handle.clone(), certs_dir, node.clone(), certs_watch);
+    statusmesh_node::reload::spawn(
+        running.handle.clone(),
+        certs_dir,
+        node.clone(),
+        certs_watch,
+        http_tls,
+    );
     println!(
-        "statusmesh node {node} serving http://{}",
-        running.http_addr
+        "statusmesh node {node} serving {}://{}",
+        running.http_scheme, running.http_addr
     );
     shutdown_signal().await;
     let _ = stop_tx.send(true);

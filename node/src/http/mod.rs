@@ -14,7 +14,8 @@
 //! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
 //!   [`feeds`]: the incident and maintenance feeds (Atom and RSS);
 //!   [`cors`]: cross-origin reads (`--cors-origins`) and writes (`--cors-write-origins`).
-//! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
+//! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door;
+//!   [`tls`]: HTTPS (`--http-tls-cert`, `--http-tls-key`), reloaded with the node's certificates.
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub mod records;
 pub mod serve;
 pub mod sse_front;
 pub mod statuspage;
+pub mod tls;
 pub mod webhooks;
 pub mod writes;
 
