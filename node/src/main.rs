@@ -159,6 +159,11 @@ struct ClientArgs {
     /// The write token.
     #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the nodes' HTTPS certificates issued by this CA (PEM; every certificate in the
+    /// file is trusted); addresses without a scheme then use https://. Without it, https://
+    /// URLs are verified against the system's roots.
+    #[arg(long, value_name = "FILE", env = "STATUSMESH_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -166,7 +171,13 @@ impl ClientArgs {
         Ok(client::node_urls(
             self.nodes.as_deref(),
             self.topology()?.as_ref(),
+            self.ca.is_some(),
         )?)
+    }
+
+    /// The HTTP client, trusting `--ca` when given.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(client::http_client(self.ca.as_deref())?)
     }
 
     fn topology(&self) -> anyhow::Result<Option<Topology>> {
@@ -290,7 +301,7 @@ fn main() -> anyhow::Result<()> {
                     message,
                     ttl_s: client::parse_ttl(&ttl)?,
                 };
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 println!(
                     "{}",
                     client::set(&http, &conn.urls()?, conn.token()?, &args).await?
@@ -302,7 +313,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 conn,
             } => {
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 print!(
                     "{}",
                     client::get(&http, &conn.urls()?, service.as_deref(), json).await?
@@ -319,7 +330,7 @@ fn main() -> anyhow::Result<()> {
                 max_reconnects,
                 conn,
             } => {
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 let mut out = std::io::stdout();
                 client::watch(
                     &http,
@@ -382,7 +393,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     let (conn, method, path, body) = match command {
         IncidentCommand::Open {
             service,
@@ -436,6 +446,7 @@ async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
             )
         }
     };
+    let http = conn.client()?;
     let reply = client::incident(&http, &conn.urls()?, conn.token()?, method, &path, body).await?;
     println!(
         "{}",
