@@ -3,6 +3,7 @@
 //! HTTP/1.1 (the lean SSE door behind the TLS handshake) and HTTP/2 (ALPN h2); SIGHUP with a
 //! renewed certificate serves its serial to new connections while open streams go on, and a
 //! broken one keeps the old; the CLI trusts a node with `--ca` and fails clearly without.
+//! curl comes from the system's packages (`tests/setup/curl.sh`; `./test.sh` installs it).
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,17 @@ use crate::harness::{
 };
 
 const TOKEN: &str = "https-test-token-0123";
+/// curl from the system's packages (`tests/setup/curl.sh`), built with HTTP/2 (nghttp2).
+const CURL: &str = "/usr/bin/curl";
+
+/// A curl command; fails the test saying how to get curl when it is missing.
+fn curl() -> Command {
+    assert!(
+        Path::new(CURL).exists(),
+        "{CURL} is missing; ./test.sh installs it (tests/setup/curl.sh)"
+    );
+    Command::new(CURL)
+}
 
 /// The web CA and where each node's HTTPS certificate and key live.
 struct WebPki {
@@ -142,7 +154,7 @@ impl HttpsMesh {
     /// body (what `-w` and `-o` give).
     fn curl(&self, args: &[&str], url: &str) -> (String, String, String) {
         let body = self.dir.join(format!("body-{}", std::process::id()));
-        let output = Command::new("curl")
+        let output = curl()
             .args(["-sS", "--max-time", "10", "--cacert"])
             .arg(&self.pki.ca_file)
             .arg("-o")
@@ -163,7 +175,7 @@ impl HttpsMesh {
     /// The serial of the certificate a new connection to `node` is served (curl's
     /// `%{certs}`), lower-case hex.
     fn served_serial(&self, node: &TestNode) -> Option<String> {
-        let output = Command::new("curl")
+        let output = curl()
             .args(["-sS", "--max-time", "10", "--http1.1", "--cacert"])
             .arg(&self.pki.ca_file)
             .args(["-o", "/dev/null", "-w", "%{certs}"])
@@ -203,12 +215,28 @@ impl HttpsMesh {
     }
 
     /// A status write on `node` with curl over `version`; the status code and HTTP version.
-    fn put(&self, version: &str, node: &TestNode, component: &str, message: &str) -> (String, String) {
+    fn put(
+        &self,
+        version: &str,
+        node: &TestNode,
+        component: &str,
+        message: &str,
+    ) -> (String, String) {
         let url = https(node, &format!("/v1/status/api/{component}/{}", node.region));
         let body = format!(r#"{{"state":"degraded_performance","message":"{message}"}}"#);
         let auth = format!("Authorization: Bearer {TOKEN}");
         let (code, http, text) = self.curl(
-            &[version, "-X", "PUT", "-H", &auth, "-H", "content-type: application/json", "-d", &body],
+            &[
+                version,
+                "-X",
+                "PUT",
+                "-H",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+            ],
             &url,
         );
         assert!(code == "200", "PUT over {version}: {code} {text}");
@@ -263,9 +291,16 @@ impl Follower {
     /// curl following `/v1/events` on `node` over `version`, verbose (its stderr tells the
     /// protocol).
     fn curl_events(mesh: &HttpsMesh, version: &str, node: &TestNode, name: &str) -> Self {
-        let mut command = Command::new("curl");
+        let mut command = curl();
         command
-            .args(["-sSN", "-v", version, "-H", "accept: text/event-stream", "--cacert"])
+            .args([
+                "-sSN",
+                "-v",
+                version,
+                "-H",
+                "accept: text/event-stream",
+                "--cacert",
+            ])
             .arg(&mesh.pki.ca_file)
             .arg(https(node, "/v1/events?service=api"));
         Self::spawn(command, mesh.dir.join(format!("{name}.stderr")))
@@ -335,12 +370,30 @@ async fn curl_reads_writes_and_follows_events_over_http1_and_http2() {
     // hyper on an h2 connection.
     let id = format!("node=\"{}\"", eu.id);
     assert!(
-        mesh.metric(eu, "statusmesh_http_connections_total", &[&id, "path=\"events_lean\""]) >= 1.0
+        mesh.metric(
+            eu,
+            "statusmesh_http_connections_total",
+            &[&id, "path=\"events_lean\""]
+        ) >= 1.0
     );
-    assert!(mesh.metric(eu, "statusmesh_https_handshakes_total", &[&id, "result=\"h2\""]) >= 1.0);
+    assert!(
+        mesh.metric(
+            eu,
+            "statusmesh_https_handshakes_total",
+            &[&id, "result=\"h2\""]
+        ) >= 1.0
+    );
     // Plain HTTP on an HTTPS port gets no answer it could mistake for one.
-    let plain = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+    let plain = curl()
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .arg(format!("http://{}/healthz", eu.http))
         .output()
         .expect("curl");
@@ -378,7 +431,11 @@ async fn sighup_serves_a_renewed_certificate_to_new_connections_while_open_strea
     std::fs::write(&cert, "not a certificate").expect("break the certificate");
     mesh.hangup(0);
     wait_for("the refused reload counted", || async {
-        (mesh.metric(eu, "statusmesh_http_tls_reloads_total", &["result=\"error\""]) == 1.0)
+        (mesh.metric(
+            eu,
+            "statusmesh_http_tls_reloads_total",
+            &["result=\"error\""],
+        ) == 1.0)
             .then_some(())
     })
     .await;
@@ -422,7 +479,15 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     let watch = {
         let mut command = Command::new(BIN);
         command
-            .args(["watch", "--service", "api", "--nodes", &eu_addr, "--ca", &ca])
+            .args([
+                "watch",
+                "--service",
+                "api",
+                "--nodes",
+                &eu_addr,
+                "--ca",
+                &ca,
+            ])
             .env_remove("STATUSMESH_NODES")
             .env_remove("STATUSMESH_CA");
         Follower::spawn(command, dir.path().join("watch.stderr"))
@@ -430,8 +495,19 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     watch.wait_line(&format!("# following https://{eu_addr}"));
 
     let (ok, out, err) = statusmesh(&[
-        "set", "api/web", "partial_outage", "--region", &us.region, "--message", "set with --ca",
-        "--nodes", &us.http.to_string(), "--ca", &ca, "--token", TOKEN,
+        "set",
+        "api/web",
+        "partial_outage",
+        "--region",
+        &us.region,
+        "--message",
+        "set with --ca",
+        "--nodes",
+        &us.http.to_string(),
+        "--ca",
+        &ca,
+        "--token",
+        TOKEN,
     ]);
     assert!(ok, "set: {out} {err}");
     watch.wait_line("set with --ca");
@@ -458,7 +534,10 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     let not_ca = not_ca.to_str().expect("utf-8 path");
     let (ok, _, err) = statusmesh(&["get", "--nodes", &url, "--ca", not_ca]);
     assert!(!ok);
-    assert!(err.contains(&format!("--ca {not_ca}: no certificate in the file")), "{err}");
+    assert!(
+        err.contains(&format!("--ca {not_ca}: no certificate in the file")),
+        "{err}"
+    );
 
     // check-config loads the HTTPS files as run does: a key of another certificate fails
     // with the same message.
@@ -472,8 +551,19 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     let other_key = other_key.to_str().expect("utf-8");
     let data = data.to_str().expect("utf-8");
     args.extend([
-        config, "--node", &eu.id, "--certs", certs, "--data-dir", data, "--token", TOKEN,
-        "--http-tls-cert", cert, "--http-tls-key", other_key,
+        config,
+        "--node",
+        &eu.id,
+        "--certs",
+        certs,
+        "--data-dir",
+        data,
+        "--token",
+        TOKEN,
+        "--http-tls-cert",
+        cert,
+        "--http-tls-key",
+        other_key,
     ]);
     let (ok, _, err) = statusmesh(&args);
     assert!(!ok);

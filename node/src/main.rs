@@ -43,6 +43,11 @@ enum Command {
         /// removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve the client API over HTTPS (HTTP/2 and HTTP/1.1) with a throw-away CA and a
+        /// certificate for localhost, written into the data directory (the CA as
+        /// https-ca.pem, for `curl --cacert` and `statusmesh get --ca`).
+        #[arg(long)]
+        https: bool,
         #[command(flatten)]
         epoch: EpochArgs,
     },
@@ -260,8 +265,18 @@ fn main() -> anyhow::Result<()> {
                 config,
                 token,
                 data_dir,
+                https,
                 epoch,
-            } => dev(config, token, data_dir, epoch.apply(GossipConfig::lan())).await,
+            } => {
+                dev(
+                    config,
+                    token,
+                    data_dir,
+                    https,
+                    epoch.apply(GossipConfig::lan()),
+                )
+                .await
+            }
             Command::Run(args) => {
                 let plan = args.plan()?;
                 run(plan).await
@@ -490,6 +505,7 @@ async fn dev(
     config: Option<PathBuf>,
     token: Option<String>,
     data_dir: Option<PathBuf>,
+    https: bool,
     gossip: GossipConfig,
 ) -> anyhow::Result<()> {
     let topology = match &config {
@@ -517,14 +533,24 @@ async fn dev(
         }
     };
     let ca = ClusterCa::generate(&topology.cluster)?;
+    // One throw-away certificate for every node: they all serve on loopback.
+    let web = if https {
+        let files = statusmesh_node::http::tls::write_dev_files(&data_root.join("https"))?;
+        let (tls, _) = statusmesh_node::http::tls::HttpTls::load(&files.cert, &files.key)?;
+        Some((files, std::sync::Arc::new(tls)))
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = Vec::new();
     for spec in &topology.nodes {
+        let mut settings = NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token));
+        settings.http_tls = web.as_ref().map(|(_, tls)| std::sync::Arc::clone(tls));
         let options = NodeOptions {
             topology: topology.clone(),
             node_id: spec.id.clone(),
             identity: ca.identity(&spec.id)?,
-            settings: NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token)),
+            settings,
             gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
         };
@@ -540,8 +566,8 @@ async fn dev(
     );
     for (spec, node) in &running {
         println!(
-            "  {:<16} {:<14} http://{}",
-            spec.id, spec.region, node.http_addr
+            "  {:<16} {:<14} {}://{}",
+            spec.id, spec.region, node.http_scheme, node.http_addr
         );
     }
     println!("write token: {token}");
@@ -550,15 +576,31 @@ async fn dev(
         data_root.display(),
         if throw_away { " (removed on exit)" } else { "" }
     );
+    // The CA to trust, as curl and the client commands take it.
+    let (curl_ca, cli_ca) = match &web {
+        Some((files, _)) => {
+            println!("HTTPS CA: {}", files.ca.display());
+            (
+                format!("--cacert {} ", files.ca.display()),
+                format!(" --ca {}", files.ca.display()),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
     if let Some((spec, node)) = running.first() {
+        let scheme = node.http_scheme;
         println!();
         println!("try:");
         println!(
-            "  curl -X PUT -H 'Authorization: Bearer {token}' -d '{{\"state\":\"major_outage\",\"message\":\"db down\"}}' http://{}/v1/status/api/db/{}",
+            "  curl {curl_ca}-X PUT -H 'Authorization: Bearer {token}' -d '{{\"state\":\"major_outage\",\"message\":\"db down\"}}' {scheme}://{}/v1/status/api/db/{}",
             node.http_addr, spec.region
         );
         if let Some((_, other)) = running.iter().find(|(s, _)| s.region != spec.region) {
-            println!("  curl -N http://{}/v1/events", other.http_addr);
+            println!(
+                "  curl {curl_ca}-N {scheme}://{}/v1/events",
+                other.http_addr
+            );
+            println!("  statusmesh watch --nodes {}{cli_ca}", other.http_addr);
         }
     }
     shutdown_signal().await;

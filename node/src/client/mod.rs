@@ -387,6 +387,9 @@ mod tests {
         assert!(node_urls(None, None, false).is_err());
         let urls =
             node_urls(Some("127.0.0.1:8101,http://127.0.0.1:8201"), None, true).expect("urls");
-        assert_eq!(urls, vec!["https://127.0.0.1:8101", "http://127.0.0.1:8201"]);
+        assert_eq!(
+            urls,
+            vec!["https://127.0.0.1:8101", "http://127.0.0.1:8201"]
+        );
     }
 }

@@ -112,17 +112,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peeked<S> {
 }
 
 impl FrontStream for Peeked<tokio_rustls::server::TlsStream<TcpStream>> {
-    fn peek<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        async move {
-            self.fill().await?;
-            let ready = &self.buffered[self.at..];
-            let n = ready.len().min(buf.len());
-            buf[..n].copy_from_slice(&ready[..n]);
-            Ok(n)
-        }
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fill().await?;
+        let ready = &self.buffered[self.at..];
+        let n = ready.len().min(buf.len());
+        buf[..n].copy_from_slice(&ready[..n]);
+        Ok(n)
     }
 
     fn tcp(&self) -> &TcpStream {

@@ -7,6 +7,8 @@
 //! These files are apart from the cluster certificates of `--certs` on purpose: clients reach
 //! a node by a public name, usually with a certificate from a public CA, while the mesh
 //! trusts its own CA only.
+//!
+//! [`write_dev_files`] makes the throw-away CA and certificate of `statusmesh dev --https`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -41,6 +43,9 @@ pub enum HttpTlsError {
         what: &'static str,
         reason: String,
     },
+    /// The throw-away certificate of `statusmesh dev --https` could not be made or written.
+    #[error("cannot make the dev HTTPS certificate in {dir}: {reason}")]
+    Dev { dir: String, reason: String },
     /// Certificate and key do not go together (or rustls refuses them otherwise).
     #[error("--http-tls-cert {cert} and --http-tls-key {key} make no TLS configuration: {reason}")]
     Config {
@@ -108,6 +113,62 @@ impl HttpTls {
     pub fn files(&self) -> [&Path; 2] {
         [&self.cert, &self.key]
     }
+}
+
+/// The files [`write_dev_files`] wrote.
+#[derive(Debug, Clone)]
+pub struct DevFiles {
+    /// The throw-away CA a client trusts (`curl --cacert`, `statusmesh get --ca`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Writes into `dir` a throw-away CA (`https-ca.pem`) and, signed by it, a certificate and
+/// key for `localhost`, `127.0.0.1` and `::1` (`https.pem`, `https.key`), for
+/// `statusmesh dev --https`. The CA's key is not kept: nothing else can be issued from it.
+pub fn write_dev_files(dir: &Path) -> Result<DevFiles, HttpTlsError> {
+    let fail = |reason: String| HttpTlsError::Dev {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let generated = (|| -> Result<(String, String, String), rcgen::Error> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "statusmesh dev HTTPS CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let names = ["localhost", "127.0.0.1", "::1"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+    })()
+    .map_err(|e| fail(e.to_string()))?;
+    let files = DevFiles {
+        ca: dir.join("https-ca.pem"),
+        cert: dir.join("https.pem"),
+        key: dir.join("https.key"),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    for (path, text) in [
+        (&files.ca, &generated.0),
+        (&files.cert, &generated.1),
+        (&files.key, &generated.2),
+    ] {
+        std::fs::write(path, text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    }
+    Ok(files)
 }
 
 fn build(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Loaded), HttpTlsError> {
@@ -218,6 +279,17 @@ mod tests {
         std::fs::write(&empty, "").expect("write");
         let error = HttpTls::load(&cert, &empty).expect_err("refused");
         assert!(error.to_string().starts_with("--http-tls-key "), "{error}");
+    }
+
+    #[test]
+    fn the_dev_files_load_and_their_ca_is_apart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let files = write_dev_files(dir.path()).expect("written");
+        HttpTls::load(&files.cert, &files.key).expect("loads");
+        assert_ne!(
+            std::fs::read(&files.ca).expect("ca"),
+            std::fs::read(&files.cert).expect("cert")
+        );
     }
 
     #[test]
