@@ -106,7 +106,8 @@ struct HttpsMesh {
 }
 
 impl HttpsMesh {
-    async fn start(dir: &Path) -> Self {
+    /// Starts the mesh with `extra` flags on every node.
+    async fn start(dir: &Path, extra: &[&str]) -> Self {
         let (config, nodes) = topology(dir, 1);
         let certs = dir.join("certs");
         make_certs(&config, &certs);
@@ -123,6 +124,7 @@ impl HttpsMesh {
                 "--http-tls-key".into(),
                 key.into(),
             ];
+            let args = args.into_iter().chain(extra.iter().map(Into::into));
             procs.push(run_node_with_args(
                 dir,
                 &config,
@@ -337,7 +339,8 @@ impl Drop for Follower {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reads_writes_and_follows_events_over_http1_and_http2() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mesh = HttpsMesh::start(dir.path()).await;
+    // A short read timeout, to see a silent connection cut off during its handshake.
+    let mesh = HttpsMesh::start(dir.path(), &["--request-read-timeout-ms", "1000"]).await;
     let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
     for (version, expected) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let (code, http, body) = mesh.curl(&[version], &https(eu, "/v1/status"));
@@ -383,6 +386,35 @@ async fn curl_reads_writes_and_follows_events_over_http1_and_http2() {
             &[&id, "result=\"h2\""]
         ) >= 1.0
     );
+    // URLs made from the request's host are https, over HTTP/2 (:authority) too.
+    let (code, _, body) = mesh.curl(&["--http2"], &https(eu, "/api/v2/summary.json"));
+    assert_eq!(code, "200", "{body}");
+    let summary: Value = serde_json::from_str(&body).expect("summary JSON");
+    assert_eq!(
+        summary["page"]["url"],
+        format!("https://127.0.0.1:{}", eu.http.port())
+    );
+    // A connection that never sends its ClientHello is closed after the read timeout.
+    let silent = tokio::net::TcpStream::connect(eu.http)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, async {
+        let mut silent = silent;
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await
+    })
+    .await
+    .expect("the silent connection was not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    wait_for("the handshake timeout counted", || async {
+        let timeouts = mesh.metric(
+            eu,
+            "statusmesh_https_handshakes_total",
+            &[&id, "result=\"timeout\""],
+        );
+        (timeouts >= 1.0).then_some(())
+    })
+    .await;
     // Plain HTTP on an HTTPS port gets no answer it could mistake for one.
     let plain = curl()
         .args([
@@ -403,7 +435,7 @@ async fn curl_reads_writes_and_follows_events_over_http1_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_serves_a_renewed_certificate_to_new_connections_while_open_streams_continue() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mesh = HttpsMesh::start(dir.path()).await;
+    let mesh = HttpsMesh::start(dir.path(), &[]).await;
     let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
     assert_eq!(mesh.served_serial(eu).as_deref(), Some(SERIAL_FIRST));
     let lean = Follower::curl_events(&mesh, "--http1.1", eu, "lean");
@@ -470,7 +502,7 @@ fn statusmesh(args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mesh = HttpsMesh::start(dir.path()).await;
+    let mesh = HttpsMesh::start(dir.path(), &[]).await;
     let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
     let ca = mesh.pki.ca_file.to_str().expect("utf-8 path").to_owned();
     // A bare HOST:PORT with --ca is https.

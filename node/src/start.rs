@@ -212,6 +212,7 @@ pub async fn start(
         alertmanager: Arc::new(alertmanager),
         cors: http::cors::Cors::new(options.settings.cors.clone()),
         page_url: options.settings.page_url.as_deref().map(Arc::from),
+        https: options.settings.http_tls.is_some(),
         flags: Arc::default(),
         deliveries: Arc::default(),
     };

@@ -75,6 +75,8 @@ pub struct HttpState {
     pub cors: cors::Cors,
     /// `--page-url`: the Statuspage API's `page.url` (else from the request's `Host`).
     pub page_url: Option<Arc<str>>,
+    /// The client API is HTTPS (`--http-tls-cert`): URLs made from `Host` are `https://`.
+    pub https: bool,
     /// Feature flags: the cached flag set and the OFREP limiter.
     pub flags: Arc<flags::FlagState>,
     /// Outgoing webhooks: this node's recent delivery attempts.

@@ -103,6 +103,15 @@ pub async fn serve(
             router.clone(),
             move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(remote));
+                // HTTP/2 carries the host as :authority, in the URI; handlers read `Host`.
+                if !request.headers().contains_key(axum::http::header::HOST) {
+                    let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+                    if let Some(value) = authority.and_then(|a| a.parse().ok()) {
+                        request
+                            .headers_mut()
+                            .insert(axum::http::header::HOST, value);
+                    }
+                }
                 request.map(Body::new)
             },
         );
