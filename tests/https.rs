@@ -597,10 +597,44 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
         "--http-tls-key",
         other_key,
     ]);
-    let (ok, _, err) = statusmesh(&args);
+    let (ok, _, checked) = statusmesh(&args);
     assert!(!ok);
-    assert!(err.contains("make no TLS configuration"), "{err}");
+    assert!(checked.contains("make no TLS configuration"), "{checked}");
+    args[0] = "run";
+    let (ok, _, ran) = statusmesh(&args);
+    assert!(!ok);
+    assert_eq!(error_line(&ran), error_line(&checked));
+    args[0] = "check-config";
     let (ok, _, err) = statusmesh(&args[..args.len() - 2]);
     assert!(!ok);
     assert!(err.contains("--http-tls-key"), "{err}");
+}
+
+/// The `Error: ...` line of a command's stderr.
+fn error_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or(stderr)
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_certs_watch_a_renewed_https_certificate_loads_without_a_signal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = HttpsMesh::start(dir.path(), &["--certs-watch-s", "1"]).await;
+    let eu = &mesh.nodes[0];
+    assert_eq!(mesh.served_serial(eu).as_deref(), Some(SERIAL_FIRST));
+    let (cert, key) = web_files(dir.path(), eu);
+    mesh.pki.issue(SERIAL_RENEWED, &cert, &key);
+    wait_for("the renewed certificate, by watching", || async {
+        (mesh.served_serial(eu).as_deref() == Some(SERIAL_RENEWED)).then_some(())
+    })
+    .await;
+    // Only the HTTPS certificate changed: the cluster identity (and every link) stays.
+    assert_eq!(
+        mesh.metric(eu, "statusmesh_tls_reloads_total", &["result=\"ok\""]),
+        0.0
+    );
+    assert!(mesh.metric(eu, "statusmesh_http_tls_reloads_total", &["result=\"ok\""]) >= 1.0);
 }

@@ -7,6 +7,7 @@
 //! The client API's HTTPS certificate and key (`--http-tls-cert`, `--http-tls-key`) reload in
 //! the same pass, on their own (`statusmesh_http_tls_reloads_total`): a bad HTTPS file keeps
 //! the old HTTPS certificate and does not hold back the cluster identity, nor the reverse.
+//! SIGHUP reloads both; a watched change only the set whose files changed.
 //! New connections get what was loaded last; open ones keep theirs.
 
 use std::path::{Path, PathBuf};
@@ -27,16 +28,19 @@ fn identity_files(dir: &Path, node: &str) -> [PathBuf; 3] {
     ]
 }
 
-/// When each identity file (and HTTPS file) last changed (`None` where it cannot be read).
-fn stamps(dir: &Path, node: &str, http_tls: Option<&HttpTls>) -> Vec<Option<SystemTime>> {
-    let identity = identity_files(dir, node);
-    let https = http_tls.into_iter().flat_map(HttpTls::files);
-    identity
-        .iter()
-        .map(PathBuf::as_path)
-        .chain(https)
+/// When each of `files` last changed (`None` where it cannot be read).
+fn stamps<'a>(files: impl IntoIterator<Item = &'a Path>) -> Vec<Option<SystemTime>> {
+    files
+        .into_iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
         .collect()
+}
+
+/// What a watch tick found changed since the last look.
+#[derive(Debug)]
+struct Changed {
+    identity: bool,
+    https: bool,
 }
 
 /// Reloads the HTTPS certificate and key; an error keeps the previous ones.
@@ -98,7 +102,10 @@ pub fn spawn(
                 None
             }
         };
-        let mut seen = stamps(&dir, &node, http_tls.as_deref());
+        let identity = identity_files(&dir, &node);
+        let identity_stamps = || stamps(identity.iter().map(PathBuf::as_path));
+        let https_stamps = || stamps(http_tls.iter().flat_map(|tls| tls.files()));
+        let (mut seen_identity, mut seen_https) = (identity_stamps(), https_stamps());
         let mut ticker = watch.map(tokio::time::interval);
         loop {
             let hup = async {
@@ -116,26 +123,29 @@ pub fn spawn(
                     None => std::future::pending::<()>().await,
                 }
             };
-            let why = tokio::select! {
+            // A watch tick reloads only the set whose files changed: a renewed HTTPS
+            // certificate must not re-make every link of the mesh. SIGHUP reloads both.
+            let (why, changed) = tokio::select! {
                 alive = hup => {
                     if !alive {
                         return;
                     }
-                    "SIGHUP"
+                    ("SIGHUP", Changed { identity: true, https: true })
                 }
                 () = tick => {
-                    let now = stamps(&dir, &node, http_tls.as_deref());
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                    "the files changed"
+                    let (now_identity, now_https) = (identity_stamps(), https_stamps());
+                    let changed = Changed {
+                        identity: now_identity != seen_identity,
+                        https: now_https != seen_https,
+                    };
+                    (seen_identity, seen_https) = (now_identity, now_https);
+                    ("the files changed", changed)
                 }
             };
-            if let Some(tls) = &http_tls {
+            if let Some(tls) = http_tls.as_ref().filter(|_| changed.https) {
                 reload_http(tls, &node, why);
             }
-            if !reload_once(&handle, &dir, &node, why).await {
+            if changed.identity && !reload_once(&handle, &dir, &node, why).await {
                 return;
             }
         }
