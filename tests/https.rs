@@ -638,3 +638,102 @@ async fn with_certs_watch_a_renewed_https_certificate_loads_without_a_signal() {
     );
     assert!(mesh.metric(eu, "statusmesh_http_tls_reloads_total", &["result=\"ok\""]) >= 1.0);
 }
+
+/// An HTTP/2 connection to `node` over TLS (ALPN h2) with hyper's client; the task that
+/// drives it ends when the connection closes.
+async fn h2_connect(
+    mesh: &HttpsMesh,
+    node: &TestNode,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    let ca = std::fs::read(&mesh.pki.ca_file).expect("read CA");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    (send, tokio::spawn(connection))
+}
+
+fn h2_get(node: &TestNode, path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(https(node, path))
+        .header("accept", "text/event-stream, application/json")
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+/// Reads `events` into `received` until it holds `needle`, within [`WAIT`].
+async fn read_until(needle: &str, received: &mut String, events: &mut hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    tokio::time::timeout(WAIT, async {
+        while !received.contains(needle) {
+            let frame = events.frame().await.expect("stream open").expect("frame");
+            if let Ok(data) = frame.into_data() {
+                received.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    })
+    .await
+    .expect("event within WAIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_one_holding_a_stream_is_not() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = HttpsMesh::start(dir.path(), &["--request-read-timeout-ms", "1000"]).await;
+    let (eu, us) = (&mesh.nodes[0], &mesh.nodes[1]);
+
+    // A: an event stream, open from here on.
+    let (mut streaming, streaming_task) = h2_connect(&mesh, eu).await;
+    let response = streaming
+        .send_request(h2_get(eu, "/v1/events?service=api"))
+        .await
+        .expect("events response");
+    assert_eq!(response.status(), 200);
+    let mut events = response.into_body();
+    let mut received = String::new();
+    read_until("event: snapshot", &mut received, &mut events).await;
+
+    // B: one request, then nothing: closed once idle for the read timeout (1 s).
+    let (mut idle, idle_task) = h2_connect(&mesh, eu).await;
+    let response = idle
+        .send_request(h2_get(eu, "/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("healthz body");
+    let closed = tokio::time::timeout(WAIT, idle_task)
+        .await
+        .expect("the idle connection was not closed");
+    assert!(matches!(closed, Ok(Ok(()))), "{closed:?}");
+
+    // A was open all that time, with its stream: still open, still receiving.
+    assert!(!streaming_task.is_finished());
+    mesh.put("--http2", us, "db", "to the long stream");
+    read_until("to the long stream", &mut received, &mut events).await;
+}

@@ -14,7 +14,8 @@
 //! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
 //!   [`feeds`]: the incident and maintenance feeds (Atom and RSS);
 //!   [`cors`]: cross-origin reads (`--cors-origins`) and writes (`--cors-write-origins`).
-//! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door;
+//! - [`serve`]: the server loop with a header read timeout ([`idle`]: HTTP/2's idle bound);
+//!   [`sse_front`]: the lean SSE door;
 //!   [`tls`]: HTTPS (`--http-tls-cert`, `--http-tls-key`), reloaded with the node's certificates.
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub mod events;
 pub mod feeds;
 pub mod flags;
 pub mod frame_ancestors;
+pub mod idle;
 pub mod limits;
 pub mod negotiate;
 pub mod ofrep;

@@ -29,8 +29,9 @@
 //! `request_read_timeout`. A connection that negotiated `h2` by ALPN is served by hyper's
 //! HTTP/2 (hyper_util's auto builder, bounded to [`H2_STREAMS_MAX`] concurrent streams and
 //! header lists of [`HYPER_READ_BUF_BYTES_MAX`]; a peer that stops answering pings within
-//! [`H2_KEEP_ALIVE`] is closed); one that negotiated `http/1.1`, or nothing, goes through the
-//! same front door and HTTP/1.1 as plain connections.
+//! [`H2_KEEP_ALIVE`] is closed, and so is a connection without an open stream for
+//! `request_read_timeout`, see [`super::idle`]); one that negotiated `http/1.1`, or nothing,
+//! goes through the same front door and HTTP/1.1 as plain connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::error::{REQUEST_HEADERS_MAX, REQUEST_HEADER_BYTES_MAX};
+use super::idle::{Activity, Tracked};
 use super::sse_front::{self, Peeked};
 use super::tls::HttpTls;
 use super::HttpState;
@@ -191,8 +193,8 @@ async fn handshake(
 }
 
 /// Serves one connection with hyper until it closes, or, once `shutdown` turns true, until
-/// its current responses are done: HTTP/2 when `h2`, else HTTP/1.1 with the header read
-/// timeout.
+/// its current responses are done: HTTP/2 when `h2` (closed the same way once it had no open
+/// stream for `request_read_timeout`), else HTTP/1.1 with the header read timeout.
 async fn serve_connection<I, S>(
     io: I,
     service: S,
@@ -227,11 +229,17 @@ async fn serve_connection<I, S>(
     } else {
         builder.http1_only()
     };
+    let activity = Activity::new();
+    let service = Tracked::new(service, activity.clone());
     let connection = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
     let finished = tokio::select! {
         finished = connection.as_mut() => finished,
         () = stopped(&mut shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = activity.idle_for(request_read_timeout), if h2 => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
