@@ -200,7 +200,7 @@ async fn serve_connection<I, S>(
     service: S,
     h2: bool,
     request_read_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = axum::response::Response>
@@ -224,13 +224,36 @@ async fn serve_connection<I, S>(
         .max_header_list_size(HYPER_READ_BUF_BYTES_MAX as u32)
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(H2_KEEP_ALIVE);
-    let builder = if h2 {
-        builder.http2_only()
+    if h2 {
+        // Only HTTP/2 needs its exchanges counted: HTTP/1.1 has hyper's header read timeout.
+        let activity = Activity::new();
+        let idle = activity.clone();
+        let service = Tracked::new(service, activity);
+        let idle = idle.idle_for(request_read_timeout);
+        drive(builder.http2_only(), io, service, idle, shutdown).await;
     } else {
-        builder.http1_only()
-    };
-    let activity = Activity::new();
-    let service = Tracked::new(service, activity.clone());
+        let never = std::future::pending();
+        drive(builder.http1_only(), io, service, never, shutdown).await;
+    }
+}
+
+/// Drives one connection to its end; once `shutdown` turns true or `idle` resolves it
+/// finishes its current responses and closes.
+async fn drive<I, S>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    idle: impl std::future::Future<Output = ()>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = axum::response::Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
     let connection = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
     let finished = tokio::select! {
@@ -239,7 +262,7 @@ async fn serve_connection<I, S>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-        () = activity.idle_for(request_read_timeout), if h2 => {
+        () = idle => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
