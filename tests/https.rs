@@ -560,6 +560,10 @@ async fn the_cli_trusts_a_node_with_ca_and_fails_clearly_without() {
     assert!(!ok);
     assert!(err.contains("invalid peer certificate"), "{err}");
     assert!(err.contains("pass --ca FILE"), "{err}");
+    // watch says so at once too, instead of reconnecting until it gives up.
+    let (ok, _, err) = statusmesh(&["watch", "--nodes", &url, "--max-reconnects", "0"]);
+    assert!(!ok);
+    assert!(err.contains("pass --ca FILE"), "{err}");
     // A --ca file without a certificate is named.
     let not_ca = dir.path().join("not-a-ca.pem");
     std::fs::write(&not_ca, "nothing").expect("write");

@@ -52,6 +52,25 @@ pub fn describe(error: &reqwest::Error) -> String {
     text
 }
 
+/// When no node answered the round-trip probes: the first node's error if it is one that
+/// retrying does not mend (its certificate is not trusted), so `watch` says so at once
+/// instead of reconnecting until it gives up.
+pub async fn untrusted(client: &reqwest::Client, urls: &[String]) -> Option<ClientError> {
+    let url = urls.first()?;
+    let probe = client.get(format!("{url}/healthz")).send();
+    let error = tokio::time::timeout(super::PROBE_TIMEOUT, probe)
+        .await
+        .ok()?
+        .err()?;
+    let described = describe(&error);
+    described
+        .contains("invalid peer certificate")
+        .then(|| ClientError::Unreachable {
+            tried: urls.len(),
+            last: format!("{url}: {described}"),
+        })
+}
+
 fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
     let invalid = |reason: String| ClientError::Ca {
         path: path.display().to_string(),
