@@ -20,6 +20,7 @@ mod errors;
 mod feeds;
 mod flags;
 mod harness;
+mod https;
 mod mesh;
 mod negotiation;
 mod page;

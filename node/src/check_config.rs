@@ -3,8 +3,9 @@
 //! create anyway (the data directory and its lock file): the flags and gossip settings, the
 //! topology and this node's place in it, the certificates (CA, node certificate and key, and
 //! that they make a TLS configuration), the tokens, the data directory (creatable, not in use
-//! by another process, this node's), and that the gossip (UDP) and HTTP (TCP) addresses can
-//! be bound. A node that is running fails the last checks, as a second `run` would.
+//! by another process, this node's), the HTTPS certificate and key when given (loaded as `run`
+//! loads them, when the flags are read), and that the gossip (UDP) and HTTP (TCP) addresses
+//! can be bound. A node that is running fails the last checks, as a second `run` would.
 
 use anyhow::Context;
 
@@ -43,6 +44,16 @@ pub async fn check(plan: &RunPlan) -> anyhow::Result<Vec<String>> {
         plan.certs.display(),
         plan.node
     ));
+    if let (Some(tls), Some(loaded)) = (&plan.settings.http_tls, &plan.http_tls) {
+        let [cert, key] = tls.files();
+        passed.push(format!(
+            "HTTPS {} and {}: {} certificate(s), leaf sha256 {}, ALPN h2 and http/1.1",
+            cert.display(),
+            key.display(),
+            loaded.chain_len,
+            loaded.leaf_sha256
+        ));
+    }
     passed.push(format!(
         "tokens: {} (operator scope: {})",
         plan.settings.tokens.len(),
@@ -72,6 +83,11 @@ pub async fn check(plan: &RunPlan) -> anyhow::Result<Vec<String>> {
         })
         .with_context(starting)?;
     drop(listener);
-    passed.push(format!("HTTP (TCP) {}: free", spec.http));
+    let scheme = if plan.settings.http_tls.is_some() {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
+    passed.push(format!("{scheme} (TCP) {}: free", spec.http));
     Ok(passed)
 }

@@ -8,6 +8,7 @@ use anyhow::bail;
 use statusmesh_gossip::Config as GossipConfig;
 
 use crate::http::frame_ancestors::FrameAncestors;
+use crate::http::tls::HttpTls;
 use crate::settings::{NodeSettings, Tokens};
 
 /// When a document's history is compacted into a new epoch (its transitions go to the
@@ -85,6 +86,14 @@ pub struct RunArgs {
     /// this many seconds (0: only on SIGHUP).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub certs_watch_s: u64,
+    /// Serve the client API over HTTPS with this certificate chain (PEM, the leaf first; ALPN
+    /// h2 and http/1.1). Reloaded with the node's certificates (SIGHUP, --certs-watch-s).
+    /// Without it the client API is plain HTTP.
+    #[arg(long, value_name = "FILE", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --http-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// Where this node keeps its snapshots and change logs.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -153,16 +162,26 @@ pub struct RunPlan {
     pub certs_watch: Option<std::time::Duration>,
     pub settings: NodeSettings,
     pub gossip: GossipConfig,
+    /// What the HTTPS files held when the flags were checked (`None`: plain HTTP).
+    pub http_tls: Option<crate::http::tls::Loaded>,
 }
 
 impl RunArgs {
-    /// The node's settings from the flags; an empty token or an unreadable tokens file is
-    /// an error naming it.
+    /// The node's settings from the flags; an empty token, an unreadable tokens file or HTTPS
+    /// files that make no TLS configuration are an error naming it.
     pub fn plan(self) -> anyhow::Result<RunPlan> {
         let tokens = match (self.token, self.tokens) {
             (_, Some(path)) => Tokens::load(&path)?,
             (Some(token), None) if !token.is_empty() => Tokens::single(&token),
             _ => bail!("--token must not be empty (or give --tokens FILE)"),
+        };
+        let (http_tls, http_tls_loaded) = match (&self.http_tls_cert, &self.http_tls_key) {
+            (Some(cert), Some(key)) => {
+                let (tls, loaded) = HttpTls::load(cert, key)?;
+                (Some(std::sync::Arc::new(tls)), Some(loaded))
+            }
+            // clap requires both or neither.
+            _ => (None, None),
         };
         let settings = NodeSettings {
             subscribers_max: self.subscribers_max,
@@ -171,6 +190,7 @@ impl RunArgs {
             request_read_timeout: std::time::Duration::from_millis(self.request_read_timeout_ms),
             frame_ancestors: self.frame_ancestors,
             alertmanager: self.alertmanager.settings(),
+            http_tls,
             ..NodeSettings::new(self.data_dir, tokens)
         };
         let settings = self.webhooks.apply(self.web.apply(settings));
@@ -182,6 +202,7 @@ impl RunArgs {
                 .then(|| std::time::Duration::from_secs(self.certs_watch_s)),
             settings,
             gossip: self.epoch.apply(GossipConfig::wan()),
+            http_tls: http_tls_loaded,
         })
     }
 }

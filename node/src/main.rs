@@ -43,6 +43,11 @@ enum Command {
         /// removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve the client API over HTTPS (HTTP/2 and HTTP/1.1) with a throw-away CA and a
+        /// certificate for localhost, written into the data directory (the CA as
+        /// https-ca.pem, for `curl --cacert` and `statusmesh get --ca`).
+        #[arg(long)]
+        https: bool,
         #[command(flatten)]
         epoch: EpochArgs,
     },
@@ -159,6 +164,11 @@ struct ClientArgs {
     /// The write token.
     #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the nodes' HTTPS certificates issued by this CA (PEM; every certificate in the
+    /// file is trusted); addresses without a scheme then use https://. Without it, https://
+    /// URLs are verified against the system's roots.
+    #[arg(long, value_name = "FILE", env = "STATUSMESH_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -166,7 +176,13 @@ impl ClientArgs {
         Ok(client::node_urls(
             self.nodes.as_deref(),
             self.topology()?.as_ref(),
+            self.ca.is_some(),
         )?)
+    }
+
+    /// The HTTP client, trusting `--ca` when given.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(client::http_client(self.ca.as_deref())?)
     }
 
     fn topology(&self) -> anyhow::Result<Option<Topology>> {
@@ -249,8 +265,18 @@ fn main() -> anyhow::Result<()> {
                 config,
                 token,
                 data_dir,
+                https,
                 epoch,
-            } => dev(config, token, data_dir, epoch.apply(GossipConfig::lan())).await,
+            } => {
+                dev(
+                    config,
+                    token,
+                    data_dir,
+                    https,
+                    epoch.apply(GossipConfig::lan()),
+                )
+                .await
+            }
             Command::Run(args) => {
                 let plan = args.plan()?;
                 run(plan).await
@@ -290,7 +316,7 @@ fn main() -> anyhow::Result<()> {
                     message,
                     ttl_s: client::parse_ttl(&ttl)?,
                 };
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 println!(
                     "{}",
                     client::set(&http, &conn.urls()?, conn.token()?, &args).await?
@@ -302,7 +328,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 conn,
             } => {
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 print!(
                     "{}",
                     client::get(&http, &conn.urls()?, service.as_deref(), json).await?
@@ -319,7 +345,7 @@ fn main() -> anyhow::Result<()> {
                 max_reconnects,
                 conn,
             } => {
-                let http = reqwest::Client::new();
+                let http = conn.client()?;
                 let mut out = std::io::stdout();
                 client::watch(
                     &http,
@@ -382,7 +408,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     let (conn, method, path, body) = match command {
         IncidentCommand::Open {
             service,
@@ -436,6 +461,7 @@ async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
             )
         }
     };
+    let http = conn.client()?;
     let reply = client::incident(&http, &conn.urls()?, conn.token()?, method, &path, body).await?;
     println!(
         "{}",
@@ -479,6 +505,7 @@ async fn dev(
     config: Option<PathBuf>,
     token: Option<String>,
     data_dir: Option<PathBuf>,
+    https: bool,
     gossip: GossipConfig,
 ) -> anyhow::Result<()> {
     let topology = match &config {
@@ -506,14 +533,24 @@ async fn dev(
         }
     };
     let ca = ClusterCa::generate(&topology.cluster)?;
+    // One throw-away certificate for every node: they all serve on loopback.
+    let web = if https {
+        let files = statusmesh_node::http::tls::write_dev_files(&data_root.join("https"))?;
+        let (tls, _) = statusmesh_node::http::tls::HttpTls::load(&files.cert, &files.key)?;
+        Some((files, std::sync::Arc::new(tls)))
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = Vec::new();
     for spec in &topology.nodes {
+        let mut settings = NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token));
+        settings.http_tls = web.as_ref().map(|(_, tls)| std::sync::Arc::clone(tls));
         let options = NodeOptions {
             topology: topology.clone(),
             node_id: spec.id.clone(),
             identity: ca.identity(&spec.id)?,
-            settings: NodeSettings::new(data_root.join(&spec.id), Tokens::single(&token)),
+            settings,
             gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
         };
@@ -529,8 +566,8 @@ async fn dev(
     );
     for (spec, node) in &running {
         println!(
-            "  {:<16} {:<14} http://{}",
-            spec.id, spec.region, node.http_addr
+            "  {:<16} {:<14} {}://{}",
+            spec.id, spec.region, node.http_scheme, node.http_addr
         );
     }
     println!("write token: {token}");
@@ -539,15 +576,31 @@ async fn dev(
         data_root.display(),
         if throw_away { " (removed on exit)" } else { "" }
     );
+    // The CA to trust, as curl and the client commands take it.
+    let (curl_ca, cli_ca) = match &web {
+        Some((files, _)) => {
+            println!("HTTPS CA: {}", files.ca.display());
+            (
+                format!("--cacert {} ", files.ca.display()),
+                format!(" --ca {}", files.ca.display()),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
     if let Some((spec, node)) = running.first() {
+        let scheme = node.http_scheme;
         println!();
         println!("try:");
         println!(
-            "  curl -X PUT -H 'Authorization: Bearer {token}' -d '{{\"state\":\"major_outage\",\"message\":\"db down\"}}' http://{}/v1/status/api/db/{}",
+            "  curl {curl_ca}-X PUT -H 'Authorization: Bearer {token}' -d '{{\"state\":\"major_outage\",\"message\":\"db down\"}}' {scheme}://{}/v1/status/api/db/{}",
             node.http_addr, spec.region
         );
         if let Some((_, other)) = running.iter().find(|(s, _)| s.region != spec.region) {
-            println!("  curl -N http://{}/v1/events", other.http_addr);
+            println!(
+                "  curl {curl_ca}-N {scheme}://{}/v1/events",
+                other.http_addr
+            );
+            println!("  statusmesh watch --nodes {}{cli_ca}", other.http_addr);
         }
     }
     shutdown_signal().await;
@@ -569,12 +622,14 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         certs_watch,
         settings,
         gossip,
+        http_tls: _,
     } = plan;
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
     topology.node(&node)?;
     let identity = certs::load_identity(&certs_dir, &node)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let http_tls = settings.http_tls.clone();
     let options = NodeOptions {
         topology,
         node_id: node.clone(),
@@ -586,10 +641,16 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
     let running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
-    statusmesh_node::reload::spawn(running.handle.clone(), certs_dir, node.clone(), certs_watch);
+    statusmesh_node::reload::spawn(
+        running.handle.clone(),
+        certs_dir,
+        node.clone(),
+        certs_watch,
+        http_tls,
+    );
     println!(
-        "statusmesh node {node} serving http://{}",
-        running.http_addr
+        "statusmesh node {node} serving {}://{}",
+        running.http_scheme, running.http_addr
     );
     shutdown_signal().await;
     let _ = stop_tx.send(true);

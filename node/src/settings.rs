@@ -472,6 +472,9 @@ pub struct NodeSettings {
     pub page_url: Option<String>,
     /// Outgoing webhooks: the retry schedule and the SSRF exception.
     pub webhooks: crate::notify::NotifySettings,
+    /// HTTPS for the client API (`--http-tls-cert`, `--http-tls-key`); `None`: plain HTTP.
+    /// Shared with the reloader, which swaps the certificate in place.
+    pub http_tls: Option<std::sync::Arc<crate::http::tls::HttpTls>>,
 }
 
 impl NodeSettings {
@@ -491,6 +494,7 @@ impl NodeSettings {
             cors: crate::http::cors::CorsSettings::default(),
             page_url: None,
             webhooks: crate::notify::NotifySettings::default(),
+            http_tls: None,
         }
     }
 }

@@ -63,6 +63,8 @@ impl StartError {
 pub struct RunningNode {
     pub handle: NodeHandle,
     pub http_addr: SocketAddr,
+    /// `https` with `--http-tls-cert`, else `http`.
+    pub http_scheme: &'static str,
     pub gossip_addr: SocketAddr,
     driver: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
@@ -194,6 +196,11 @@ pub async fn start(
         reason: e.to_string(),
     })?;
     let http_addr = listener.local_addr().unwrap_or(spec.http);
+    let http_scheme = if options.settings.http_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let state = HttpState {
         node: handle.clone(),
         limits: Arc::new(Limits::new(
@@ -205,6 +212,7 @@ pub async fn start(
         alertmanager: Arc::new(alertmanager),
         cors: http::cors::Cors::new(options.settings.cors.clone()),
         page_url: options.settings.page_url.as_deref().map(Arc::from),
+        https: options.settings.http_tls.is_some(),
         flags: Arc::default(),
         deliveries: Arc::default(),
     };
@@ -224,12 +232,14 @@ pub async fn start(
         router,
         state,
         options.settings.request_read_timeout,
+        options.settings.http_tls.clone(),
         shutdown,
     ));
-    info!(node = %spec.id, http = %http_addr, gossip = %gossip_addr, "node started");
+    info!(node = %spec.id, http = %http_addr, scheme = http_scheme, gossip = %gossip_addr, "node started");
     Ok(RunningNode {
         handle,
         http_addr,
+        http_scheme,
         gossip_addr,
         driver,
         http,

@@ -296,6 +296,16 @@ pub const METRICS: &[Entry] = &[
         Kind::Counter,
         "SIGHUP reloads of the node's certificate, key and CA bundle, per result (ok, error).",
     ),
+    (
+        "statusmesh_http_tls_reloads_total",
+        Kind::Counter,
+        "Reloads of the client API's HTTPS certificate and key (SIGHUP or a file change), per result (ok, error).",
+    ),
+    (
+        "statusmesh_https_handshakes_total",
+        Kind::Counter,
+        "TLS handshakes on the client API, per result: the ALPN protocol (h2, http/1.1, none), failed or timeout.",
+    ),
     // Outgoing webhooks.
     (
         "statusmesh_webhook_attempts_total",

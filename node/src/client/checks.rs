@@ -24,6 +24,10 @@ pub struct ChecksConn {
     /// The token (operator scope for add and rm).
     #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Trust the nodes' HTTPS certificates issued by this CA (PEM); addresses without a
+    /// scheme then use https://.
+    #[arg(long, value_name = "FILE", env = "STATUSMESH_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 /// The check a `checks add` describes.
@@ -84,7 +88,11 @@ pub enum ChecksCommand {
 impl ChecksConn {
     fn urls(&self) -> anyhow::Result<Vec<String>> {
         let topology = self.config.as_deref().map(Topology::load).transpose()?;
-        Ok(node_urls(self.nodes.as_deref(), topology.as_ref())?)
+        Ok(node_urls(
+            self.nodes.as_deref(),
+            topology.as_ref(),
+            self.ca.is_some(),
+        )?)
     }
 }
 
@@ -133,7 +141,11 @@ pub fn spec_of(args: &AddArgs) -> Value {
 
 /// Runs a `checks` command; returns what to print.
 pub async fn run(command: ChecksCommand) -> anyhow::Result<String> {
-    let http = reqwest::Client::new();
+    let conn = match &command {
+        ChecksCommand::Add(args) => &args.conn,
+        ChecksCommand::List { conn, .. } | ChecksCommand::Rm { conn, .. } => conn,
+    };
+    let http = super::http_client(conn.ca.as_deref())?;
     match command {
         ChecksCommand::Add(args) => {
             let (service, component) = split_target(&args.target)?;

@@ -6,7 +6,7 @@
 //! exponential backoff, so the printed sequence of changes has no gap and no duplicate.
 //!
 //! [`watch`] holds the event-stream side (the SSE parser and `watch`); [`checks`] the
-//! `checks add|list|rm` commands.
+//! `checks add|list|rm` commands; [`tls`] the HTTP client and its trust (`--ca FILE`).
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 use crate::config::Topology;
 
 pub mod checks;
+pub mod tls;
 mod watch;
 
+pub use tls::http_client;
 pub use watch::{watch, SseEvent, SseParser};
 /// Round-trip probes per node; the median is used.
 const RTT_PROBES: usize = 3;
@@ -54,13 +56,23 @@ pub enum ClientError {
     Output(String),
     #[error("gave up after {0} reconnects")]
     GaveUp(u32),
+    /// The `--ca` file gives no CA certificate. Nothing was sent.
+    #[error("--ca {path}: {reason}")]
+    Ca { path: String, reason: String },
+    /// No TLS client could be made (not the user's fault). Nothing was sent.
+    #[error("cannot make the TLS client: {0}")]
+    Tls(String),
 }
 
-/// The node base URLs a command may use: from `--nodes` or from a topology.
+/// The node base URLs a command may use: from `--nodes` or from a topology. An address
+/// without a scheme (HOST:PORT, a topology's `http`) gets `https://` when `https` (the
+/// command was given `--ca`), else `http://`.
 pub fn node_urls(
     nodes: Option<&str>,
     topology: Option<&Topology>,
+    https: bool,
 ) -> Result<Vec<String>, ClientError> {
+    let scheme = if https { "https" } else { "http" };
     let mut urls: Vec<String> = match (nodes, topology) {
         (Some(list), _) => list
             .split(',')
@@ -70,14 +82,14 @@ pub fn node_urls(
                 if s.starts_with("http://") || s.starts_with("https://") {
                     s.trim_end_matches('/').to_owned()
                 } else {
-                    format!("http://{}", s.trim_end_matches('/'))
+                    format!("{scheme}://{}", s.trim_end_matches('/'))
                 }
             })
             .collect(),
         (None, Some(t)) => t
             .nodes
             .iter()
-            .map(|n| format!("http://{}", n.http))
+            .map(|n| format!("{scheme}://{}", n.http))
             .collect(),
         (None, None) => Vec::new(),
     };
@@ -145,7 +157,7 @@ async fn request_nearest(
                 }
                 last = format!("{url}: HTTP {status}");
             }
-            Err(e) => last = format!("{url}: {e}"),
+            Err(e) => last = format!("{url}: {}", tls::describe(&e)),
         }
     }
     Err(ClientError::Unreachable {
@@ -369,8 +381,15 @@ mod tests {
 
     #[test]
     fn node_lists_become_base_urls() {
-        let urls = node_urls(Some("127.0.0.1:8101, http://127.0.0.1:8201/"), None).expect("urls");
+        let urls =
+            node_urls(Some("127.0.0.1:8101, http://127.0.0.1:8201/"), None, false).expect("urls");
         assert_eq!(urls, vec!["http://127.0.0.1:8101", "http://127.0.0.1:8201"]);
-        assert!(node_urls(None, None).is_err());
+        assert!(node_urls(None, None, false).is_err());
+        let urls =
+            node_urls(Some("127.0.0.1:8101,http://127.0.0.1:8201"), None, true).expect("urls");
+        assert_eq!(
+            urls,
+            vec!["https://127.0.0.1:8101", "http://127.0.0.1:8201"]
+        );
     }
 }

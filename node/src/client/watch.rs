@@ -75,6 +75,11 @@ pub async fn watch(
     let mut backoff = BACKOFF_MIN;
     loop {
         let ranked = rank_by_rtt(client, urls).await;
+        if ranked.iter().all(|(_, rtt)| rtt.is_none()) {
+            if let Some(error) = super::tls::untrusted(client, urls).await {
+                return Err(error);
+            }
+        }
         let mut progressed = false;
         for (url, rtt) in ranked.iter().filter(|(_, rtt)| rtt.is_some()) {
             let mut request = client

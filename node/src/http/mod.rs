@@ -15,7 +15,9 @@
 //! - [`statuspage`]: Statuspage v2's read API; [`badge`]: SVG and shields.io badges;
 //!   [`feeds`]: the incident and maintenance feeds (Atom and RSS);
 //!   [`cors`]: cross-origin reads (`--cors-origins`) and writes (`--cors-write-origins`).
-//! - [`serve`]: the server loop with a header read timeout; [`sse_front`]: the lean SSE door.
+//! - [`serve`]: the server loop with a header read timeout ([`idle`]: HTTP/2's idle bound);
+//!   [`sse_front`]: the lean SSE door;
+//!   [`tls`]: HTTPS (`--http-tls-cert`, `--http-tls-key`), reloaded with the node's certificates.
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub mod events;
 pub mod feeds;
 pub mod flags;
 pub mod frame_ancestors;
+pub mod idle;
 pub mod limits;
 pub mod negotiate;
 pub mod ofrep;
@@ -46,6 +49,7 @@ pub mod records;
 pub mod serve;
 pub mod sse_front;
 pub mod statuspage;
+pub mod tls;
 pub mod webhooks;
 pub mod writes;
 
@@ -75,6 +79,8 @@ pub struct HttpState {
     pub cors: cors::Cors,
     /// `--page-url`: the Statuspage API's `page.url` (else from the request's `Host`).
     pub page_url: Option<Arc<str>>,
+    /// The client API is HTTPS (`--http-tls-cert`): URLs made from `Host` are `https://`.
+    pub https: bool,
     /// Feature flags: the cached flag set and the OFREP limiter.
     pub flags: Arc<flags::FlagState>,
     /// Outgoing webhooks: this node's recent delivery attempts.

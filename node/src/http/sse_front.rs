@@ -9,14 +9,23 @@
 //! the connection's close (valid HTTP/1.0 and 1.1, what EventSource expects), so no chunk
 //! framing is written per event. A stream requested on a reused keep-alive connection still
 //! goes to the axum route, with the same behaviour.
+//!
+//! Over HTTPS the door stands behind the TLS handshake ([`super::serve`]): a connection that
+//! negotiated HTTP/1.1 is looked into through [`Peeked`], which keeps the first decrypted
+//! bytes until they are read and then lets go of them, so an HTTPS subscriber holds its TLS
+//! session and the same lean state. HTTP/2 connections go to hyper: their streams share one
+//! connection, and a browser holds all of a page's streams on it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -35,17 +44,150 @@ const BATCH_BYTES_MAX: usize = 64 * 1024;
 /// subscriber further behind blocks its writer, falls behind the shared ring and gets a fresh
 /// snapshot, instead of its backlog growing in kernel memory up to the autotuned maximum.
 const SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a stream that ends on the node's side may take to say so (TLS `close_notify`,
+/// then FIN), so a client can tell the end of the stream from a cut connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A connection the front door can look into before anyone reads it: a plain TCP stream
+/// (the kernel's peek) or a TLS stream behind [`Peeked`].
+pub trait FrontStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Copies the first bytes that arrived into `buf` without consuming them; waits for at
+    /// least one byte, and returns 0 when the connection closed first.
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    /// The TCP socket underneath, to tune it for an event stream.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl FrontStream for TcpStream {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        TcpStream::peek(self, buf)
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A stream whose first bytes can be looked at before they are read: the first [`peek`]
+/// reads up to [`REQUEST_LINE_PEEK_BYTES`] from the inner stream and keeps them; reads hand
+/// them out first, and the buffer is freed once they are all read.
+///
+/// [`peek`]: FrontStream::peek
+#[derive(Debug)]
+pub struct Peeked<S> {
+    inner: S,
+    buffered: Vec<u8>,
+    /// How much of `buffered` was read already.
+    at: usize,
+}
+
+impl<S> Peeked<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            buffered: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Peeked<S> {
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.at < self.buffered.len() {
+            return Ok(());
+        }
+        let mut buffered = vec![0u8; REQUEST_LINE_PEEK_BYTES];
+        let n = self.inner.read(&mut buffered).await?;
+        buffered.truncate(n);
+        self.buffered = buffered;
+        self.at = 0;
+        Ok(())
+    }
+}
+
+impl FrontStream for Peeked<tokio_rustls::server::TlsStream<TcpStream>> {
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fill().await?;
+        let ready = &self.buffered[self.at..];
+        let n = ready.len().min(buf.len());
+        buf[..n].copy_from_slice(&ready[..n]);
+        Ok(n)
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        self.inner.get_ref().0
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Peeked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.buffered.len() {
+            let ready = &this.buffered[this.at..];
+            let n = ready.len().min(buf.remaining());
+            buf.put_slice(&ready[..n]);
+            this.at += n;
+            if this.at == this.buffered.len() {
+                // A subscriber lives for hours: it keeps nothing it no longer needs.
+                this.buffered = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Peeked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// Looks at the first bytes without consuming them: an events request is served here (and
 /// `None` returned when it ends); anything else, or a request line that arrived in pieces,
 /// is handed back untouched for axum. A connection silent for `head_timeout` is closed.
-pub async fn route(
-    stream: TcpStream,
+pub async fn route<S: FrontStream>(
+    mut stream: S,
     peer: SocketAddr,
     state: &HttpState,
     shutdown: &mut watch::Receiver<bool>,
     head_timeout: Duration,
-) -> Option<TcpStream> {
+) -> Option<S> {
     let mut first = [0u8; EVENTS_REQUEST.len() + 1];
     let peeked = match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => n,
@@ -60,16 +202,15 @@ pub async fn route(
     )
     .increment(1);
     if !lean {
-        let mut stream = stream;
-        if let Some(error) = refuse_request_line(&stream).await {
+        if let Some(error) = refuse_request_line(&mut stream).await {
             let _ = write_error(&mut stream, &error).await;
             return None;
         }
         return Some(stream);
     }
     // Events are small and must leave at once.
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
+    let _ = stream.tcp().set_nodelay(true);
+    let _ = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(SEND_BUFFER_BYTES);
     serve_events(stream, peer, state.clone(), shutdown, head_timeout).await;
     None
 }
@@ -81,7 +222,7 @@ const REQUEST_LINE_PEEK_BYTES: usize = 4 * 1024;
 /// UTF-8 in a path, control characters): hyper would refuse it with an empty body. Best
 /// effort: only what already arrived is looked at, and only on the connection's first
 /// request.
-async fn refuse_request_line(stream: &TcpStream) -> Option<ApiError> {
+async fn refuse_request_line<S: FrontStream>(stream: &mut S) -> Option<ApiError> {
     let mut buf = vec![0u8; REQUEST_LINE_PEEK_BYTES];
     let n = stream.peek(&mut buf).await.ok()?;
     let arrived = &buf[..n];
@@ -115,8 +256,8 @@ struct EventsRequest {
     origin: Option<Vec<u8>>,
 }
 
-async fn serve_events(
-    mut stream: TcpStream,
+async fn serve_events<S: FrontStream>(
+    mut stream: S,
     peer: SocketAddr,
     state: HttpState,
     shutdown: &mut watch::Receiver<bool>,
@@ -153,37 +294,43 @@ async fn serve_events(
     if stream.write_all(&response_head(&cors)).await.is_err() {
         return;
     }
-    let (mut reader, mut writer) = stream.split();
     // A client sends nothing after its request; reading notices at once when it goes away.
     let mut discard = [0u8; 64];
     // Registered once for the stream's life, not once per event.
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        // The read is dropped while a batch is written (reads are cancel-safe), so one
+        // stream serves both without being split.
+        let batch = tokio::select! {
             frame = events.next() => match frame {
-                Some(Ok(first)) => {
-                    let (batch, ended) = gather_ready(first, &mut events);
-                    if writer.write_all(&batch).await.is_err() || ended {
-                        return;
-                    }
-                }
+                Some(Ok(first)) => gather_ready(first, &mut events),
                 // The node is stopping: the stream ended.
-                _ => return,
+                _ => break,
             },
-            read = reader.read(&mut discard) => match read {
+            read = stream.read(&mut discard) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(_) => continue,
             },
-            () = &mut stop => return,
+            () = &mut stop => break,
+        };
+        let (batch, ended) = batch;
+        if stream.write_all(&batch).await.is_err() {
+            return;
+        }
+        if ended {
+            break;
         }
     }
+    // The stream ended on this side: say so (over TLS, close_notify tells the client the
+    // body is whole), within a bound for a client that reads no more.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
 }
 
 /// `first` and the frames that are ready right behind it, up to [`BATCH_BYTES_MAX`], as one
 /// buffer, so a subscriber that fell behind (the node is busy) catches up with one write
 /// instead of one per event; true when the stream ended.
-fn gather_ready<S>(first: Bytes, events: &mut std::pin::Pin<&mut S>) -> (Bytes, bool)
+fn gather_ready<S>(first: Bytes, events: &mut Pin<&mut S>) -> (Bytes, bool)
 where
     S: futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>>,
 {
@@ -222,8 +369,8 @@ fn response_head(cors: &str) -> Vec<u8> {
 }
 
 /// Reads the request head (bounded in size and time) and parses it.
-async fn read_events_request(
-    stream: &mut TcpStream,
+async fn read_events_request<S: FrontStream>(
+    stream: &mut S,
     head_timeout: Duration,
 ) -> Result<EventsRequest, ApiError> {
     let mut head = Vec::with_capacity(1024);
@@ -335,12 +482,16 @@ fn bad_request(
 }
 
 /// The error as a whole HTTP response, then the connection closes.
-async fn write_error(stream: &mut TcpStream, error: &ApiError) -> io::Result<()> {
+async fn write_error<W: AsyncWrite + Unpin>(stream: &mut W, error: &ApiError) -> io::Result<()> {
     write_error_with(stream, error, "").await
 }
 
 /// [`write_error`] with extra header lines (`cors`, each ending in CRLF).
-async fn write_error_with(stream: &mut TcpStream, error: &ApiError, cors: &str) -> io::Result<()> {
+async fn write_error_with<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    error: &ApiError,
+    cors: &str,
+) -> io::Result<()> {
     let body = error.body().to_string();
     let status = error.status();
     let head = format!(

@@ -178,7 +178,7 @@ async fn answer(
             ));
         }
     }
-    let page_url = statuspage::page_url(state.page_url.as_deref(), headers);
+    let page_url = statuspage::page_url(state.page_url.as_deref(), state.https, headers);
     let self_url = match &service {
         Some(s) => format!("{page_url}{}?service={s}", format.path()),
         None => format!("{page_url}{}", format.path()),

@@ -100,7 +100,7 @@ pub async fn mapped(
     let cluster = &state.node.info.cluster;
     let cx = model::Context {
         page_id: model::page_id(cluster),
-        page_url: page_url(state.page_url.as_deref(), headers),
+        page_url: page_url(state.page_url.as_deref(), state.https, headers),
     };
     Ok((model::map(&view, &cx, cluster, now_ms()), cursor))
 }
@@ -123,9 +123,10 @@ pub(crate) async fn view(
     Ok((view, cursor))
 }
 
-/// `--page-url` without its trailing `/`, else `http://` and the request's `Host` (a host
-/// that is not a plain host name and port is not echoed).
-pub(crate) fn page_url(configured: Option<&str>, headers: &HeaderMap) -> String {
+/// `--page-url` without its trailing `/`, else `http://` (`https://` when the node serves
+/// HTTPS) and the request's `Host` (a host that is not a plain host name and port is not
+/// echoed).
+pub(crate) fn page_url(configured: Option<&str>, https: bool, headers: &HeaderMap) -> String {
     if let Some(url) = configured {
         return url.trim_end_matches('/').to_owned();
     }
@@ -139,7 +140,8 @@ pub(crate) fn page_url(configured: Option<&str>, headers: &HeaderMap) -> String 
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 async fn answer(
@@ -260,13 +262,14 @@ mod tests {
     fn the_page_url_is_the_flag_else_the_host_when_it_is_a_plain_host() {
         let mut headers = HeaderMap::new();
         assert_eq!(
-            page_url(Some("https://status.example.com/"), &headers),
+            page_url(Some("https://status.example.com/"), false, &headers),
             "https://status.example.com"
         );
-        assert_eq!(page_url(None, &headers), "http://localhost");
+        assert_eq!(page_url(None, false, &headers), "http://localhost");
         headers.insert(header::HOST, "127.0.0.1:8101".parse().expect("host"));
-        assert_eq!(page_url(None, &headers), "http://127.0.0.1:8101");
+        assert_eq!(page_url(None, false, &headers), "http://127.0.0.1:8101");
+        assert_eq!(page_url(None, true, &headers), "https://127.0.0.1:8101");
         headers.insert(header::HOST, "evil\"><x".parse().expect("host"));
-        assert_eq!(page_url(None, &headers), "http://localhost");
+        assert_eq!(page_url(None, false, &headers), "http://localhost");
     }
 }
