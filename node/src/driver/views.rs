@@ -64,6 +64,10 @@ impl Driver {
 /// The history answer of `component`: its timeline and daily uptime over the last `days`
 /// (1 to 365) up to `now_ms`, over the archived writes of closed epochs and the live epoch
 /// of `doc`. The newest 200 transitions are listed, newest first.
+///
+/// A day before the component's first observation (`first_observed_ms`) knew nothing: its
+/// `uptime` is null, and `days_with_data` counts only the days that knew something, so a
+/// component first seen today is not shown 89 days of zero uptime.
 pub fn history_json(
     doc: &ServiceDoc,
     archived: &[ArchivedWrite],
@@ -81,12 +85,16 @@ pub fn history_json(
         history::uptime_buckets_with(doc, archived, component, from, to.min(now_ms), DAY_MS);
     let whole = history::uptime_with(doc, archived, component, from, now_ms);
     let overall = whole.last();
+    let first_observed_ms = transitions.iter().map(|t| t.at_ms).min();
+    let days_with_data = buckets.iter().filter(|d| d.known_ms > 0).count();
     json!({
         "service": doc.service(),
         "component": component,
         "from_ms": from,
         "to_ms": now_ms,
         "uptime": overall.and_then(|u| u.uptime),
+        "first_observed_ms": first_observed_ms,
+        "days_with_data": days_with_data,
         "days": buckets,
         "regions": whole.iter().filter(|u| u.region.is_some()).collect::<Vec<_>>(),
         "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
