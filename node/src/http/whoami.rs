@@ -10,6 +10,7 @@
 //! `services` and `regions` are `null` for "any". 401 without a valid token, as a write.
 
 use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -28,6 +29,14 @@ async fn get_whoami(
     State(HttpState { node, .. }): State<HttpState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("authorization"),
+            "GET /v1/whoami needs an Authorization: Bearer <token> header",
+        ));
+    }
     let token = authorize(&node, request.headers())?;
     let scope = &token.scope;
     Ok(Json(json!({

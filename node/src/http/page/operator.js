@@ -172,6 +172,8 @@
   function confirmIfDone(op) {
     if (!op.answer || !op.eventSeen) return false;
     clearTimeout(op.timer);
+    // Once more with the answer (an incident's id), so the model holds what the node made.
+    if (op.overlay) op.overlay(SM.model);
     ops.delete(op.id);
     const text = `Confirmed: ${op.what} is in the mesh${heldText(op)}.`;
     setResult(op, "confirmed", text);
