@@ -22,6 +22,7 @@ mod flags;
 mod harness;
 mod mesh;
 mod negotiation;
+mod operator;
 mod page;
 mod probes;
 mod prometheus;
