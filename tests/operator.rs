@@ -333,6 +333,12 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     )
     .await;
     assert!(confirmed.contains("held by 3 of 3 regions"), "{confirmed}");
+    let took = text_of(
+        &a,
+        "return document.getElementById('op-status-result').dataset.ms",
+    )
+    .await;
+    eprintln!("click to confirmed (ack=3, 1.5 s of added latency): {took} ms");
     let announced = text_of(&a, "return document.getElementById('announce').textContent").await;
     assert!(
         announced.contains("Confirmed"),
@@ -443,6 +449,8 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     .await;
     assert_eq!(received, json!(messages), "each change once, in order");
     assert_eq!(a.eval("return SM.conn.duplicates").await, 0);
+    let gap = a.eval("return SM.conn.lastGapMs").await;
+    eprintln!("page A was without a stream for {gap} ms after kill -9 of its node");
     let now_following = text_of(
         &a,
         "return document.getElementById('following').dataset.node",
@@ -685,6 +693,12 @@ async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page(
     .await;
     let held = wait_confirmed(&browser, "op-status-result").await;
     assert!(held.contains("held by 3 of 3 regions"), "{held}");
+    let took = text_of(
+        &browser,
+        "return document.getElementById('op-status-result').dataset.ms",
+    )
+    .await;
+    eprintln!("override click to confirmed (ack=3, loopback): {took} ms");
     wait_text(
         &browser,
         "the override",

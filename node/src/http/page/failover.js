@@ -26,6 +26,8 @@
     failovers: 0,
     attempts: 0,
     recovering: false,
+    lostAt: null,
+    lastGapMs: null,
   };
   SM.conn = state;
 
@@ -77,11 +79,17 @@
     const resume = state.lastEventId ? `?last_event_id=${encodeURIComponent(state.lastEventId)}` : "";
     const es = new EventSource(`${node.url}/v1/events${resume}`);
     state.es = es;
-    es.addEventListener("open", () => { state.attempts = 0; setConn("live", "live"); });
+    es.addEventListener("open", () => {
+      state.attempts = 0;
+      // How long the page was without a stream: shown to the operator, read by the tests.
+      if (state.lostAt != null) { state.lastGapMs = Math.round(performance.now() - state.lostAt); state.lostAt = null; }
+      setConn("live", "live");
+    });
     es.addEventListener("error", () => {
       if (state.es !== es) return;
       // The browser would retry the same node forever; the page decides where to go.
       es.close();
+      if (state.lostAt == null) state.lostAt = performance.now();
       recover();
     });
     for (const kind of KINDS) es.addEventListener(kind, (e) => { if (state.es === es) deliver(kind, e); });

@@ -8,7 +8,7 @@
 // on the model that survives re-reads. It is confirmed only when both the node's answer and
 // the event carrying the answer's cursor (or the write's own transition) have arrived, so the
 // page shows that the change is in the mesh, not merely accepted. A 4xx, no answer in time,
-// no event in time or a conflicting newer value reverts it, with the reason next to the
+// no event in time or a concurrent write that won reverts it, with the reason next to the
 // control and said to screen readers.
 (() => {
   const TOKEN_KEY = "statusmesh.operator.token";
@@ -133,6 +133,7 @@
     if (!session) return;
     if (ops.size >= OPS_MAX) { $(op.result).textContent = `At most ${OPS_MAX} actions may be pending at once.`; return; }
     op.id = nextOp++;
+    op.sentAt = performance.now();
     ops.set(op.id, op);
     const target = nodeName();
     setResult(op, "pending", `Pending: sent to ${target}…`);
@@ -177,6 +178,7 @@
     ops.delete(op.id);
     const text = `Confirmed: ${op.what} is in the mesh${heldText(op)}.`;
     setResult(op, "confirmed", text);
+    $(op.result).dataset.ms = String(Math.round(performance.now() - op.sentAt));
     SM.announce(text);
     clearMarks(op.id);
     SM.render();
@@ -215,16 +217,19 @@
     }
   }
 
+  // The stream is in causal order: a value that replaces ours comes after our own event,
+  // so the only conflict to catch is a concurrent write that won over ours (our event then
+  // carries the winning value).
   SM.on("*", (data, id, kind) => {
     for (const op of [...ops.values()]) {
       const mine = (op.answer && op.answer.cursor && id === op.answer.cursor) || (op.matches && op.matches(kind, data));
-      if (mine && !op.eventSeen) {
-        if (data && data.conflict && op.answer) { revert(op, `a concurrent write conflicts with it; the mesh keeps ${data.state}`); continue; }
-        op.eventSeen = true;
-        confirmIfDone(op);
-      } else if (op.answer && op.conflicts && op.conflicts(kind, data)) {
-        revert(op, `superseded by a newer value: ${data.state}${data.message ? ` (“${data.message}”)` : ""} from ${data.reporter}`);
+      if (!mine || op.eventSeen) continue;
+      if (op.lost && op.lost(kind, data)) {
+        revert(op, `a concurrent write won: ${data.state}${data.message ? ` (“${data.message}”)` : ""} from ${data.reporter}`);
+        continue;
       }
+      op.eventSeen = true;
+      confirmIfDone(op);
     }
   });
 
@@ -309,7 +314,7 @@
         dropEmpty(model);
       },
       matches: (kind, d) => kind === "status" && d.service === service && d.component === component && d.region === region && d.state === state && d.message === message && d.reporter === session.name,
-      conflicts: (kind, d) => kind === "status" && d.service === service && d.component === component && d.region === region && (d.state !== state || d.message !== message),
+      lost: (kind, d) => kind === "status" && (d.state !== state || d.message !== message),
     });
   }
 
