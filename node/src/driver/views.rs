@@ -100,3 +100,50 @@ pub fn history_json(
         "transitions": transitions.iter().rev().take(200).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statusmesh_crdt::{Observation, State, StatusWrite};
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn days_before_the_first_observation_are_no_data_and_not_counted() {
+        let mut doc = ServiceDoc::new(
+            Name::parse("service", "web").expect("name"),
+            automerge::ActorId::from(vec![7; 16]),
+        );
+        let first_ms = 100 * DAY_MS + 3_600_000;
+        let write = StatusWrite::parse(
+            "web",
+            "api",
+            "eu-west",
+            Observation {
+                state: State::MajorOutage,
+                message: "down".into(),
+                reporter: "probe".into(),
+                observed_at_ms: first_ms,
+                ttl_ms: 60_000,
+            },
+        )
+        .expect("write");
+        doc.put_observation(first_ms, "n1", &write).expect("put");
+        let api = Name::parse("component", "api").expect("name");
+        let history = history_json(&doc, &[], &api, 5, first_ms + 60_000);
+        assert_eq!(history["first_observed_ms"], first_ms);
+        assert_eq!(history["days_with_data"], 1);
+        let days = history["days"].as_array().expect("days");
+        assert_eq!(days.len(), 5);
+        assert!(days[..4].iter().all(|d| d["uptime"].is_null()));
+        // Over the one day with data, not over five days of which four are unknown.
+        assert_eq!(history["uptime"], 0.0);
+        assert_eq!(days[4]["uptime"], 0.0);
+
+        let never = Name::parse("component", "other").expect("name");
+        let empty = history_json(&doc, &[], &never, 5, first_ms);
+        assert!(empty["first_observed_ms"].is_null());
+        assert_eq!(empty["days_with_data"], 0);
+        assert!(empty["uptime"].is_null());
+    }
+}
