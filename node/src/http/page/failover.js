@@ -95,6 +95,8 @@
     for (const kind of KINDS) es.addEventListener(kind, (e) => { if (state.es === es) deliver(kind, e); });
   }
 
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   // The round-trip time of one GET /healthz, or null when the node does not answer in time.
   async function rtt(url) {
     const started = performance.now();
@@ -112,6 +114,9 @@
     try {
       while (state.attempts < ATTEMPTS_MAX) {
         state.attempts += 1;
+        // The first attempt is at once (a failover should be quick); a node that keeps
+        // refusing the stream (a full node answers 503) is not asked again in a tight loop.
+        if (state.attempts > 1) await sleep(Math.min(BACKOFF_MAX_MS, 250 * 2 ** Math.min(state.attempts - 1, 6)));
         const current = state.following;
         const again = await rtt(current.url);
         if (again != null) { open({ ...current, rtt_ms: again }); return; }
@@ -126,8 +131,6 @@
           return;
         }
         setConn("offline", "no node answers; retrying");
-        const wait = Math.min(BACKOFF_MAX_MS, 500 * 2 ** Math.min(state.attempts, 5));
-        await new Promise((resolve) => setTimeout(resolve, wait));
       }
       setConn("offline", "disconnected");
     } finally {
