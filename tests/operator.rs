@@ -499,6 +499,32 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
         "live"
     );
     shot(&a, "operator-failover.png").await;
+
+    // Writes follow too (to another origin, listed in --cors-write-origins): with eu-west's
+    // only node gone, ?ack=3 ends at 2 regions, and the page says so.
+    a.eval(&fill_status(
+        "web",
+        "api",
+        "us-east",
+        "degraded_performance",
+        "written after failover",
+    ))
+    .await;
+    let at_once = a.eval(SUBMIT_AND_LOOK).await;
+    assert_eq!(at_once[0], "pending", "{at_once}");
+    let confirmed = wait_text(
+        &a,
+        "the write after the failover to be confirmed",
+        "const r = document.getElementById('op-status-result'); return r.dataset.state + ': ' + r.textContent",
+        &["confirmed: "],
+    )
+    .await;
+    assert!(
+        confirmed.contains("held by 2 of 3 regions when the wait ended"),
+        "{confirmed}"
+    );
+    let state = harness::cell_state(&client, &nodes[ap], "web", "api", "us-east").await;
+    assert_eq!(state.as_deref(), Some("degraded_performance"));
     a.close().await;
 }
 
