@@ -229,13 +229,25 @@ async fn every_error_status_answers_the_json_shape() {
         html.contains("<script src=\"/page.js\"></script>"),
         "{html}"
     );
+    // Every script from a file (the page's scripts are one per concern), none inline.
     assert_eq!(
         html.matches("<script").count(),
-        1,
-        "one script, from a file"
+        html.matches("<script src=\"/").count(),
+        "scripts only from files"
+    );
+    assert_eq!(
+        html.matches("></script>").count(),
+        html.matches("<script").count(),
+        "no script has a body"
     );
     assert!(!html.contains("<style"), "no inline style");
-    for (path, kind) in [("/page.js", "text/javascript"), ("/page.css", "text/css")] {
+    for (path, kind) in [
+        ("/page.js", "text/javascript"),
+        ("/history.js", "text/javascript"),
+        ("/failover.js", "text/javascript"),
+        ("/operator.js", "text/javascript"),
+        ("/page.css", "text/css"),
+    ] {
         let response = client.get(node.url(path)).send().await.expect("asset");
         assert_eq!(response.status().as_u16(), 200, "{path}");
         let content_type = response

@@ -23,6 +23,7 @@ mod harness;
 mod https;
 mod mesh;
 mod negotiation;
+mod operator;
 mod page;
 mod probes;
 mod prometheus;

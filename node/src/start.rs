@@ -176,6 +176,11 @@ pub async fn start(
             tokens: options.settings.tokens.clone(),
             request_read_timeout: options.settings.request_read_timeout,
             data_dir: options.settings.data_dir.clone(),
+            http_addrs: topology
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.http))
+                .collect(),
         },
         gossip: options.gossip.clone(),
         peers: gossip_peers,
@@ -208,7 +213,11 @@ pub async fn start(
             options.settings.writes_per_second_per_token,
         )),
         metrics: options.metrics.clone(),
-        frame_ancestors: options.settings.frame_ancestors.clone(),
+        frame_ancestors: options
+            .settings
+            .frame_ancestors
+            .clone()
+            .with_mesh_connect(topology.nodes.iter().map(|n| n.http)),
         alertmanager: Arc::new(alertmanager),
         cors: http::cors::Cors::new(options.settings.cors.clone()),
         page_url: options.settings.page_url.as_deref().map(Arc::from),

@@ -113,6 +113,9 @@ pub struct NodeInfo {
     pub request_read_timeout: Duration,
     /// The data directory: the history endpoint reads a document's archive from it.
     pub data_dir: std::path::PathBuf,
+    /// Each node's HTTP address as the topology gives it (node id → address), so that
+    /// `/v1/nodes` can tell a page where else it can read from.
+    pub http_addrs: std::collections::BTreeMap<String, std::net::SocketAddr>,
 }
 
 /// A cheap, cloneable handle to a running node's driver.

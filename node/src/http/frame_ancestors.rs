@@ -90,6 +90,37 @@ impl FrameAncestors {
         })
     }
 
+    /// The same policy with the mesh's other nodes (their HTTP addresses) allowed in
+    /// `connect-src`, so that the page can follow another node when its own is gone. An
+    /// unspecified address (`0.0.0.0`) allows any host on its port, since the page reaches
+    /// it by the host name it was served from.
+    pub fn with_mesh_connect(
+        mut self,
+        addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+    ) -> Self {
+        let mut connect = vec!["'self'".to_owned()];
+        for addr in addrs {
+            let source = if addr.ip().is_unspecified() {
+                format!("http://*:{}", addr.port())
+            } else {
+                format!("http://{addr}")
+            };
+            if !connect.contains(&source) {
+                connect.push(source);
+            }
+        }
+        let document = DOCUMENT_POLICY.replace(
+            "connect-src 'self'",
+            &format!("connect-src {}", connect.join(" ")),
+        );
+        let policy = format!("{document}; frame-ancestors {}", self.sources);
+        // Socket addresses are visible ASCII without `;` or `,`: the value is always valid.
+        if let Ok(value) = HeaderValue::from_str(&policy) {
+            self.content_security_policy = value;
+        }
+        self
+    }
+
     /// The whole `Content-Security-Policy` of a document.
     pub fn content_security_policy(&self) -> &HeaderValue {
         &self.content_security_policy
@@ -205,6 +236,24 @@ fn is_path(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mesh_nodes_are_allowed_to_connect_and_frame_ancestors_stays_last() {
+        let policy = FrameAncestors::none().with_mesh_connect([
+            "127.0.0.1:8101".parse().expect("addr"),
+            "0.0.0.0:8201".parse().expect("addr"),
+        ]);
+        let text = policy
+            .content_security_policy()
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            text.contains("connect-src 'self' http://127.0.0.1:8101 http://*:8201;"),
+            "{text}"
+        );
+        assert!(text.ends_with("; frame-ancestors 'none'"), "{text}");
+    }
 
     #[test]
     fn the_default_forbids_framing_with_both_headers() {

@@ -18,6 +18,8 @@
 //! - [`serve`]: the server loop with a header read timeout ([`idle`]: HTTP/2's idle bound);
 //!   [`sse_front`]: the lean SSE door;
 //!   [`tls`]: HTTPS (`--http-tls-cert`, `--http-tls-key`), reloaded with the node's certificates.
+//! - [`whoami`]: what a token may do (the operator page reads it).
+//! - The page (`/`, its scripts and style sheet) is served from `page/`, embedded.
 
 use std::sync::Arc;
 
@@ -51,6 +53,7 @@ pub mod sse_front;
 pub mod statuspage;
 pub mod tls;
 pub mod webhooks;
+pub mod whoami;
 pub mod writes;
 
 pub use error::ApiError;
@@ -109,7 +112,22 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(get_ready))
         .route("/metrics", get(get_metrics))
         .route("/", get(get_page))
-        .route("/page.js", get(get_page_script))
+        .route(
+            "/page.js",
+            get(|| page_script(include_str!("page/page.js"))),
+        )
+        .route(
+            "/history.js",
+            get(|| page_script(include_str!("page/history.js"))),
+        )
+        .route(
+            "/operator.js",
+            get(|| page_script(include_str!("page/operator.js"))),
+        )
+        .route(
+            "/failover.js",
+            get(|| page_script(include_str!("page/failover.js"))),
+        )
         .route("/page.css", get(get_page_style))
         .merge(records::routes())
         .merge(alertmanager::routes())
@@ -120,6 +138,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(ofrep::routes())
         .merge(checks::routes())
         .merge(webhooks::routes())
+        .merge(whoami::routes())
         .route_layer(axum::middleware::from_fn(negotiate::negotiate))
         .route_layer(axum::middleware::from_fn_with_state(
             cors.clone(),
@@ -245,14 +264,14 @@ async fn get_page() -> Response {
         .into_response()
 }
 
-/// The page's script, served from the binary (the CSP allows no inline script).
-async fn get_page_script() -> Response {
+/// One of the page's scripts, served from the binary (the CSP allows no inline script).
+async fn page_script(source: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        include_str!("page/page.js"),
+        source,
     )
         .into_response()
 }
@@ -269,8 +288,21 @@ async fn get_page_style() -> Response {
         .into_response()
 }
 
+/// The membership, with each node's public URL (its HTTP address as the topology gives it),
+/// so that a page can follow another node when this one is gone.
 async fn get_nodes(State(HttpState { node, .. }): State<HttpState>) -> Result<Response, ApiError> {
-    Ok(Json(node.nodes().await?).into_response())
+    let mut mesh = node.nodes().await?;
+    let urls = &node.info.http_addrs;
+    if let Some(nodes) = mesh["nodes"].as_array_mut() {
+        for entry in nodes {
+            let url = entry["id"]
+                .as_str()
+                .and_then(|id| urls.get(id))
+                .map(|addr| format!("http://{addr}"));
+            entry["url"] = json!(url);
+        }
+    }
+    Ok(Json(mesh).into_response())
 }
 
 async fn get_ready(State(HttpState { node, .. }): State<HttpState>) -> Response {

@@ -83,7 +83,7 @@ pub fn produces(path: &str) -> &'static MediaType<'static> {
         "/feeds/incidents.atom" => &ATOM,
         "/feeds/incidents.rss" => &RSS,
         "/" => &HTML,
-        "/page.js" => &JAVASCRIPT,
+        "/page.js" | "/history.js" | "/operator.js" | "/failover.js" => &JAVASCRIPT,
         "/page.css" => &CSS,
         "/metrics" => &PROMETHEUS_TEXT,
         "/v1/events" => &EVENT_STREAM,

@@ -111,7 +111,11 @@ pub(crate) async fn reply_after_acks(
         Ok(Ok(regions)) if regions >= wanted => (ok, regions),
         Ok(Ok(regions)) => (StatusCode::ACCEPTED, regions),
         Ok(Err(e)) => return Err(e.into()),
-        Err(_) => (StatusCode::ACCEPTED, 0),
+        // The wait ended first: say how many regions hold it now (asking for 0 answers at once).
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            node.await_regions(change, 0).await.unwrap_or(0),
+        ),
     };
     let body = json!({
         "changed": reply.changed,
