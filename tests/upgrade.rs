@@ -148,15 +148,28 @@ async fn peer_versions(client: &reqwest::Client, node: &TestNode) -> Option<BTre
     Some(versions)
 }
 
-/// Waits until every node in `nodes` speaks `version` with each of the other five.
+/// Waits until every node in `nodes` speaks `version` with each of the other five; the
+/// failure names what each node speaks.
 async fn wait_all_speak(client: &reqwest::Client, nodes: &[TestNode], version: u64) {
-    for node in nodes {
-        harness::wait_for(&format!("{} to speak version {version} with every peer", node.id), || async {
-            let versions = peer_versions(client, node).await?;
-            (versions.len() == nodes.len() - 1 && versions.values().all(|v| *v == version))
-                .then_some(())
-        })
-        .await;
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let mut all = BTreeMap::new();
+        for node in nodes {
+            all.insert(node.id.clone(), peer_versions(client, node).await);
+        }
+        let done = all.values().all(|versions| {
+            versions.as_ref().is_some_and(|v| {
+                v.len() == nodes.len() - 1 && v.values().all(|spoken| *spoken == version)
+            })
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node speaks version {version} with every peer: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -236,18 +249,33 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
             .map(|(c, seqs)| (c.clone(), seqs.iter().copied().collect()))
             .collect()
     };
-    harness::wait_for("the client to receive every acknowledged write", || async {
-        let record = record.lock().expect("record");
-        expected
-            .iter()
-            .all(|(c, acked)| {
-                let got: BTreeSet<u64> =
-                    record.received.get(c).into_iter().flatten().copied().collect();
-                acked.is_subset(&got)
-            })
-            .then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + harness::WAIT;
+    loop {
+        let missing: BTreeMap<String, Vec<u64>> = {
+            let record = record.lock().expect("record");
+            expected
+                .iter()
+                .map(|(c, acked)| {
+                    let got: BTreeSet<u64> =
+                        record.received.get(c).into_iter().flatten().copied().collect();
+                    (c.clone(), acked.difference(&got).copied().collect::<Vec<u64>>())
+                })
+                .filter(|(_, missing)| !missing.is_empty())
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let record = record.lock().expect("record");
+            panic!(
+                "acknowledged writes the client never received: {missing:?}; resumes {:?}; \
+                 received {:?}",
+                record.resumes, record.received
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     stop_follower.send(true).expect("stop");
     follower_task.await.expect("follower");
 

@@ -18,6 +18,12 @@
 //!    crossed with a restart), and is read without changing what is spoken. Without that
 //!    grace two upgraded nodes whose frames cross could flip each other between 2 and 3.
 //!
+//! 4. While a peer's ranges are only implied by its version-2 frames, this node probes it
+//!    every [`PROBE_INTERVAL_MS`] with one frame at its highest version: two upgraded nodes
+//!    that each heard the other's version-2 frames first (one restarted while the other
+//!    still took it for an old node) would otherwise speak version 2 for ever. A node of the
+//!    previous release refuses that one frame (a refusal per probe, counted on its side).
+//!
 //! A node that emulates the previous release (`statusmesh run --protocol-max 2`) has ranges
 //! whose frame max is 2: it sends and reads version 2 only, as that release did.
 
@@ -33,6 +39,10 @@ pub const FRAME_VERSION_MAX: u8 = 3;
 /// a frame is in flight, shorter than a restart (a node rolled back to the previous release
 /// is spoken to in version 2 again at most this long after its last frame of version 3).
 pub const DOWNGRADE_AFTER_MS: u64 = 5_000;
+
+/// How often a peer whose ranges are only implied by its version-2 frames is sent one frame
+/// at this node's highest version (step 4 of the flow), in ms.
+pub const PROBE_INTERVAL_MS: u64 = 5_000;
 
 /// An inclusive range of versions, `min ≤ max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,6 +166,11 @@ pub struct PeerVersion {
     pub advertised_ms: Option<u64>,
     /// Whether this node refused the peer's last frame on its versions.
     pub refused: bool,
+    /// The last refusal (the frame's version, the ranges its header said), so that a driver
+    /// logs a refusal once while the same one repeats.
+    pub last_refusal: Option<(u8, Option<Ranges>)>,
+    /// When this node last probed the peer at its highest version (step 4), in ms.
+    pub probed_ms: Option<u64>,
 }
 
 impl PeerVersion {
@@ -178,6 +193,24 @@ impl PeerVersion {
             }
         }
         self.theirs.unwrap_or(Ranges::RELEASE_2)
+    }
+
+    /// Whether to probe the peer now (step 4): its ranges are implied, not advertised (or
+    /// advertised long ago), this node speaks a version above 2, and the last probe is at
+    /// least [`PROBE_INTERVAL_MS`] old. Notes the probe when it is due.
+    pub fn probe_due(&mut self, now_ms: u64, ours: &Ranges) -> bool {
+        let implied = self.theirs == Some(Ranges::RELEASE_2)
+            && !self
+                .advertised_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < DOWNGRADE_AFTER_MS);
+        let due = self
+            .probed_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= PROBE_INTERVAL_MS);
+        if implied && ours.frame.max > 2 && due {
+            self.probed_ms = Some(now_ms);
+            return true;
+        }
+        false
     }
 
     /// The versions to send to this peer in: negotiated from what is known of it, or the
@@ -280,5 +313,22 @@ mod tests {
         // Long after its last advertisement, version 2 alone: the peer was rolled back.
         peer.heard(1_000 + DOWNGRADE_AFTER_MS, 2, None);
         assert_eq!(peer.spoken(&Ranges::CURRENT).expect("meet").frame, 2);
+    }
+
+    #[test]
+    fn a_peer_known_only_by_version_2_frames_is_probed_at_the_highest_version_now_and_then() {
+        let mut peer = PeerVersion::default();
+        peer.heard(0, 2, None);
+        assert!(peer.probe_due(100, &Ranges::CURRENT));
+        assert!(!peer.probe_due(100 + PROBE_INTERVAL_MS - 1, &Ranges::CURRENT));
+        assert!(peer.probe_due(100 + PROBE_INTERVAL_MS, &Ranges::CURRENT));
+        // A node that emulates the previous release has nothing to probe with.
+        let mut old = PeerVersion::default();
+        old.heard(0, 2, None);
+        assert!(!old.probe_due(100, &Ranges::CURRENT.with_frame_max(2)));
+        // An advertised peer is not probed.
+        let mut new = PeerVersion::default();
+        new.heard(0, 3, Some(Ranges::CURRENT));
+        assert!(!new.probe_due(100, &Ranges::CURRENT));
     }
 }

@@ -406,7 +406,8 @@ impl Node {
 
     /// Runs what is due at `now_ms`: the first announcement to the seeds, the failure
     /// detector's timers, batched announcements and grafts, the re-choice of this node's
-    /// entries into other regions, and the anti-entropy round (with the rollover trigger).
+    /// entries into other regions, the anti-entropy round (with the rollover trigger), and the
+    /// version probes of peers known only by their version-2 frames.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         if !self.announced {
@@ -426,6 +427,7 @@ impl Node {
         let swaps = self.plumtree.rechoose_own_entries(&mesh, now_ms);
         self.stats.entries_swapped += swaps as u64;
         self.anti_entropy_round(now_ms);
+        self.probe_versions(now_ms);
         debug_assert_invariants(self);
     }
 

@@ -73,15 +73,21 @@ impl Node {
         }
     }
 
-    /// Queues `frame` for `to`, a peer (never this node).
+    /// Queues `frame` for `to`, a peer (never this node), in the version it speaks.
     pub(super) fn send(&mut self, to: &str, frame: &Frame) {
-        debug_assert!(to != self.id, "a frame addressed to this node itself");
         let Some(spoken) = self.spoken_to(to) else {
             // A peer outside this node's versions is refused both ways.
             self.stats.transmits_refused += 1;
             return;
         };
-        let bytes = match codec::encode_as(frame, spoken.frame, &self.config.versions) {
+        self.send_as(to, frame, spoken.frame);
+    }
+
+    /// Queues `frame` for `to` in frame version `version` (a probe's may differ from what
+    /// the peer is spoken to in).
+    pub(super) fn send_as(&mut self, to: &str, frame: &Frame, version: u8) {
+        debug_assert!(to != self.id, "a frame addressed to this node itself");
+        let bytes = match codec::encode_as(frame, version, &self.config.versions) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Only an oversized frame fails, which chunking prevents; count it as a drop.

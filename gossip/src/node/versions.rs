@@ -48,7 +48,9 @@ impl Node {
                 peer.version.heard(now_ms, frame_version, Some(theirs));
             }
         }
-        let first = !peer.version.refused;
+        let refusal = Some((frame_version, theirs));
+        let first = peer.version.last_refusal != refusal;
+        peer.version.last_refusal = refusal;
         peer.version.refused = true;
         let ours = self.config.versions;
         self.push_event(Event::VersionRefused {
@@ -58,6 +60,25 @@ impl Node {
             theirs,
             first,
         });
+    }
+
+    /// Probes each peer known only by its version-2 frames with one digest at this node's
+    /// highest version ([`crate::version`], step 4): on each timeout, at most once per
+    /// [`crate::version::PROBE_INTERVAL_MS`] per peer.
+    pub(super) fn probe_versions(&mut self, now_ms: u64) {
+        let ours = self.config.versions;
+        let due: Vec<String> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, peer)| peer.version.probe_due(now_ms, &ours).then(|| id.clone()))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let frame = self.digest_frame();
+        for peer in due {
+            self.send_as(&peer, &frame, ours.frame.max);
+        }
     }
 
     /// The versions to send to `to` in; `None` when its ranges do not meet this node's
