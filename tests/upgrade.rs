@@ -35,6 +35,8 @@ struct Record {
     unsure: u64,
     /// Per component, the sequence numbers the client received, in the order received.
     received: BTreeMap<String, Vec<u64>>,
+    /// Every status event's id and data as received, for failure messages.
+    events: Vec<String>,
     /// Events that say transitions were folded, or a fresh snapshot after the first.
     coalesced_or_snapshot: Vec<String>,
     /// How often the client resumed with Last-Event-ID, and on which nodes.
@@ -47,8 +49,15 @@ fn parse_message(message: &str) -> Option<(String, u64)> {
     Some((component.to_owned(), seq.parse().ok()?))
 }
 
-/// One writer: `w{index}`'s writes in turn on every node, each with `?ack=2`.
-async fn writer(index: usize, nodes: Vec<TestNode>, record: Arc<Mutex<Record>>, stop: watch::Receiver<bool>) {
+/// One writer: `w{index}`'s writes with `?ack=2`, on one node while it answers. When it does
+/// not (it is restarting), the writer moves to the next node once that one holds its last
+/// acknowledged write, so that each write is made after the one before it (causally).
+async fn writer(
+    index: usize,
+    nodes: Vec<TestNode>,
+    record: Arc<Mutex<Record>>,
+    stop: watch::Receiver<bool>,
+) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -56,29 +65,74 @@ async fn writer(index: usize, nodes: Vec<TestNode>, record: Arc<Mutex<Record>>, 
     let component = format!("w{index}");
     let region = nodes[0].region.clone();
     let started = Instant::now();
+    let mut at = index;
+    let mut last_acked = 0u64;
     for seq in 1..=WRITES_PER_WRITER_MAX {
         if *stop.borrow() || started.elapsed() > RUN_MAX {
             break;
         }
-        let node = &nodes[(seq as usize + index) % nodes.len()];
-        let state = if seq % 2 == 0 { "operational" } else { "major_outage" };
+        let node = &nodes[at % nodes.len()];
+        let state = if seq % 2 == 0 {
+            "operational"
+        } else {
+            "major_outage"
+        };
         let response = client
-            .put(node.url(&format!("/v1/status/{SERVICE}/{component}/{region}?ack=2")))
+            .put(node.url(&format!(
+                "/v1/status/{SERVICE}/{component}/{region}?ack=2"
+            )))
             .bearer_auth(TOKEN)
             .json(&json!({"state": state, "message": format!("{component} {seq}")}))
             .send()
             .await;
-        let acked = matches!(&response, Ok(r) if r.status() == 200);
+        let status = response.as_ref().map(|r| r.status().as_u16()).ok();
         {
             let mut record = record.lock().expect("record");
-            if acked {
+            if status == Some(200) {
                 record.acked.entry(component.clone()).or_default().push(seq);
+                last_acked = seq;
             } else {
                 record.unsure += 1;
             }
         }
+        // 202: held here, not yet by two regions; go on here. Anything else: move on.
+        if !matches!(status, Some(200 | 202)) {
+            at = next_holding(&client, &nodes, at + 1, &component, last_acked).await;
+        }
         tokio::time::sleep(WRITE_EVERY).await;
     }
+}
+
+/// The first node from `from` on that answers and holds `component`'s write `seq` (or a
+/// later one); each node is given a bounded time.
+async fn next_holding(
+    client: &reqwest::Client,
+    nodes: &[TestNode],
+    from: usize,
+    component: &str,
+    seq: u64,
+) -> usize {
+    for at in from..from + 2 * nodes.len() {
+        let node = &nodes[at % nodes.len()];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let held = harness::messages(client, node, SERVICE)
+                .await
+                .map(|cells| {
+                    seq == 0
+                        || cells
+                            .get(component)
+                            .and_then(|m| parse_message(m))
+                            .is_some_and(|(_, held)| held >= seq)
+                });
+            match held {
+                Some(true) => return at,
+                Some(false) => tokio::time::sleep(Duration::from_millis(20)).await,
+                None => break, // down: the next one
+            }
+        }
+    }
+    panic!("no node holds {component} {seq}");
 }
 
 /// The client: follows `/v1/events?service=upg`, and when its node goes away resumes with
@@ -117,6 +171,7 @@ async fn follower(nodes: Vec<TestNode>, record: Arc<Mutex<Record>>, mut stop: wa
                     if event.data.get("coalesced").is_some() {
                         record.coalesced_or_snapshot.push(event.data.to_string());
                     }
+                    record.events.push(format!("{} at {} {}", event.id, node.id, event.data));
                     if let Some((component, seq)) =
                         event.data["message"].as_str().and_then(parse_message)
                     {
@@ -294,7 +349,8 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
         // Each write once and in its writer's order: strictly increasing.
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
-            "{component}: a duplicate or out of order: {seqs:?}"
+            "{component}: a duplicate or out of order: {seqs:?}\n{}",
+            record.events.join("\n")
         );
     }
     // Nothing acknowledged is lost: every node holds each component's last write.

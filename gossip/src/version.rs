@@ -23,6 +23,8 @@
 //!    that each heard the other's version-2 frames first (one restarted while the other
 //!    still took it for an old node) would otherwise speak version 2 for ever. A node of the
 //!    previous release refuses that one frame (a refusal per probe, counted on its side).
+//!    A peer whose ranges do not meet is probed as often: nothing else goes to it, and so it
+//!    learns this node's ranges and logs its side of the refusal too.
 //!
 //! A node that emulates the previous release (`statusmesh run --protocol-max 2`) has ranges
 //! whose frame max is 2: it sends and reads version 2 only, as that release did.
@@ -196,8 +198,9 @@ impl PeerVersion {
     }
 
     /// Whether to probe the peer now (step 4): its ranges are implied, not advertised (or
-    /// advertised long ago), this node speaks a version above 2, and the last probe is at
-    /// least [`PROBE_INTERVAL_MS`] old. Notes the probe when it is due.
+    /// advertised long ago) and this node speaks a version above 2, or the peer is refused
+    /// (it then learns why from the probe); and the last probe is at least
+    /// [`PROBE_INTERVAL_MS`] old. Notes the probe when it is due.
     pub fn probe_due(&mut self, now_ms: u64, ours: &Ranges) -> bool {
         let implied = self.theirs == Some(Ranges::RELEASE_2)
             && !self
@@ -206,7 +209,9 @@ impl PeerVersion {
         let due = self
             .probed_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= PROBE_INTERVAL_MS);
-        if implied && ours.frame.max > 2 && due {
+        // A refused peer is told this node's ranges as often, so that both sides log why.
+        let outside = self.theirs.is_some_and(|theirs| negotiate(ours, &theirs).is_err());
+        if ((implied && ours.frame.max > 2) || outside) && due {
             self.probed_ms = Some(now_ms);
             return true;
         }
@@ -330,5 +335,13 @@ mod tests {
         let mut new = PeerVersion::default();
         new.heard(0, 3, Some(Ranges::CURRENT));
         assert!(!new.probe_due(100, &Ranges::CURRENT));
+        // A refused one is, so that it learns why.
+        let mut later = PeerVersion::default();
+        let future = Ranges {
+            frame: VersionRange { min: 4, max: 4 },
+            ..Ranges::CURRENT
+        };
+        later.heard(0, 4, Some(future));
+        assert!(later.probe_due(100, &Ranges::CURRENT));
     }
 }
