@@ -78,9 +78,7 @@ async fn writer(
             "major_outage"
         };
         let response = client
-            .put(node.url(&format!(
-                "/v1/status/{SERVICE}/{component}/{region}?ack=2"
-            )))
+            .put(node.url(&format!("/v1/status/{SERVICE}/{component}/{region}?ack=2")))
             .bearer_auth(TOKEN)
             .json(&json!({"state": state, "message": format!("{component} {seq}")}))
             .send()
@@ -116,15 +114,13 @@ async fn next_holding(
         let node = &nodes[at % nodes.len()];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let held = harness::messages(client, node, SERVICE)
-                .await
-                .map(|cells| {
-                    seq == 0
-                        || cells
-                            .get(component)
-                            .and_then(|m| parse_message(m))
-                            .is_some_and(|(_, held)| held >= seq)
-                });
+            let held = harness::messages(client, node, SERVICE).await.map(|cells| {
+                seq == 0
+                    || cells
+                        .get(component)
+                        .and_then(|m| parse_message(m))
+                        .is_some_and(|(_, held)| held >= seq)
+            });
             match held {
                 Some(true) => return at,
                 Some(false) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -137,7 +133,11 @@ async fn next_holding(
 
 /// The client: follows `/v1/events?service=upg`, and when its node goes away resumes with
 /// the last event id on the next node that answers.
-async fn follower(nodes: Vec<TestNode>, record: Arc<Mutex<Record>>, mut stop: watch::Receiver<bool>) {
+async fn follower(
+    nodes: Vec<TestNode>,
+    record: Arc<Mutex<Record>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = reqwest::Client::new();
     let url = |node: &TestNode| node.url(&format!("/v1/events?service={SERVICE}"));
     let mut last_id: Option<String> = None;
@@ -171,7 +171,9 @@ async fn follower(nodes: Vec<TestNode>, record: Arc<Mutex<Record>>, mut stop: wa
                     if event.data.get("coalesced").is_some() {
                         record.coalesced_or_snapshot.push(event.data.to_string());
                     }
-                    record.events.push(format!("{} at {} {}", event.id, node.id, event.data));
+                    record
+                        .events
+                        .push(format!("{} at {} {}", event.id, node.id, event.data));
                     if let Some((component, seq)) =
                         event.data["message"].as_str().and_then(parse_message)
                     {
@@ -231,7 +233,14 @@ async fn wait_all_speak(client: &reqwest::Client, nodes: &[TestNode], version: u
 fn start(dir: &Path, config: &Path, certs: &Path, node: &TestNode, extra: &[&str]) -> Proc {
     let mut args = vec!["--token", TOKEN];
     args.extend_from_slice(extra);
-    harness::run_node_with_args(dir, config, certs, node, &harness::data_dir(dir, node), args)
+    harness::run_node_with_args(
+        dir,
+        config,
+        certs,
+        node,
+        &harness::data_dir(dir, node),
+        args,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -262,10 +271,23 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
     })
     .await;
     let writers: Vec<_> = (0..WRITERS)
-        .map(|i| tokio::spawn(writer(i, nodes.clone(), record.clone(), writers_stopped.clone())))
+        .map(|i| {
+            tokio::spawn(writer(
+                i,
+                nodes.clone(),
+                record.clone(),
+                writers_stopped.clone(),
+            ))
+        })
         .collect();
     let acked_count = |record: &Arc<Mutex<Record>>| -> usize {
-        record.lock().expect("record").acked.values().map(Vec::len).sum()
+        record
+            .lock()
+            .expect("record")
+            .acked
+            .values()
+            .map(Vec::len)
+            .sum()
     };
     harness::wait_for("writes before the upgrade", || async {
         (acked_count(&record) >= 20).then_some(())
@@ -311,9 +333,17 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
             expected
                 .iter()
                 .map(|(c, acked)| {
-                    let got: BTreeSet<u64> =
-                        record.received.get(c).into_iter().flatten().copied().collect();
-                    (c.clone(), acked.difference(&got).copied().collect::<Vec<u64>>())
+                    let got: BTreeSet<u64> = record
+                        .received
+                        .get(c)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .collect();
+                    (
+                        c.clone(),
+                        acked.difference(&got).copied().collect::<Vec<u64>>(),
+                    )
                 })
                 .filter(|(_, missing)| !missing.is_empty())
                 .collect()
@@ -343,8 +373,16 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
         record.resumes.len(),
         record.resumes
     );
-    assert!(record.coalesced_or_snapshot.is_empty(), "{:?}", record.coalesced_or_snapshot);
-    assert!(record.resumes.len() >= 2, "the client never resumed: {:?}", record.resumes);
+    assert!(
+        record.coalesced_or_snapshot.is_empty(),
+        "{:?}",
+        record.coalesced_or_snapshot
+    );
+    assert!(
+        record.resumes.len() >= 2,
+        "the client never resumed: {:?}",
+        record.resumes
+    );
     for (component, seqs) in &record.received {
         // Each write once and in its writer's order: strictly increasing.
         assert!(
@@ -357,11 +395,14 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
     for (component, acked) in &expected {
         let last = acked.iter().max().copied().expect("acked writes");
         for node in &nodes {
-            harness::wait_for(&format!("{} to hold {component}'s last write", node.id), || async {
-                let cells = harness::messages(&client, node, SERVICE).await?;
-                let (_, held) = parse_message(cells.get(component)?)?;
-                (held >= last).then_some(())
-            })
+            harness::wait_for(
+                &format!("{} to hold {component}'s last write", node.id),
+                || async {
+                    let cells = harness::messages(&client, node, SERVICE).await?;
+                    let (_, held) = parse_message(cells.get(component)?)?;
+                    (held >= last).then_some(())
+                },
+            )
             .await;
         }
     }
@@ -388,7 +429,11 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
                 &client,
                 node,
                 "statusmesh_gossip_version_refused_total",
-                &[&peer_label, "theirs=\"frame 4-4 schema 1-1\"", "ours=\"frame 2-3 schema 1-1\""],
+                &[
+                    &peer_label,
+                    "theirs=\"frame 4-4 schema 1-1\"",
+                    "ours=\"frame 2-3 schema 1-1\"",
+                ],
             )
             .await?;
             (refused >= 1.0).then_some(())
@@ -397,9 +442,11 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
     }
     let log = procs[0].output();
     assert!(
-        log.lines().any(|l| l.contains("refused a peer outside this node's version ranges")
-            && l.contains(&outsider.id)
-            && l.contains("frame 4-4")),
+        log.lines().any(
+            |l| l.contains("refused a peer outside this node's version ranges")
+                && l.contains(&outsider.id)
+                && l.contains("frame 4-4")
+        ),
         "no refusal in the log of {}:\n{log}",
         nodes[0].id
     );
@@ -415,6 +462,11 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
         (refused >= 1.0).then_some(())
     })
     .await;
-    let held = harness::messages(&client, outsider, SERVICE).await.expect("outsider status");
-    assert!(held.is_empty(), "the outsider read the mesh's documents: {held:?}");
+    let held = harness::messages(&client, outsider, SERVICE)
+        .await
+        .expect("outsider status");
+    assert!(
+        held.is_empty(),
+        "the outsider read the mesh's documents: {held:?}"
+    );
 }

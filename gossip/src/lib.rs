@@ -23,12 +23,14 @@
 //!   [`webhooks`]: the sender rule on top of it (which (subscription, service) pairs this
 //!   node sends, and the cursor a sender resumes with).
 //! - [`codec`]: the wire format and its limits. [`version`]: which frame version and schema
-//!   two nodes speak (the negotiation rule both drivers apply). [`topology`]: regions.toml, parsed from text.
+//!   two nodes speak (the negotiation rule both drivers apply). [`topology`]: regions.toml,
+//!   parsed from text.
 //! - [`error`]: [`GossipError`] and [`ConfigError`]. [`invariants`]: the checker the
 //!   simulator, the tests and `debug_assert!`s share ([`invariants::Violation`]).
 //! - [`fuzz`]: the pure entry points of the fuzz targets.
 //!
-//! Dependencies point one way: `inputs` → `node` → `plumtree`, `membership`, `codec`.
+//! Dependencies point one way: `inputs` → `node` → `plumtree`, `membership`, `codec`,
+//! `version`.
 #![forbid(unsafe_code)]
 
 pub mod codec;

@@ -210,7 +210,9 @@ impl PeerVersion {
             .probed_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= PROBE_INTERVAL_MS);
         // A refused peer is told this node's ranges as often, so that both sides log why.
-        let outside = self.theirs.is_some_and(|theirs| negotiate(ours, &theirs).is_err());
+        let outside = self
+            .theirs
+            .is_some_and(|theirs| negotiate(ours, &theirs).is_err());
         if ((implied && ours.frame.max > 2) || outside) && due {
             self.probed_ms = Some(now_ms);
             return true;
@@ -255,15 +257,33 @@ mod tests {
     fn overlapping_ranges_speak_the_highest_common_version() {
         let ours = ranges((2, 3), (1, 1));
         let spoken = negotiate(&ours, &ranges((2, 2), (1, 1))).expect("they meet");
-        assert_eq!(spoken, Spoken { frame: 2, schema: 1 });
+        assert_eq!(
+            spoken,
+            Spoken {
+                frame: 2,
+                schema: 1
+            }
+        );
         let spoken = negotiate(&ours, &ranges((3, 5), (1, 2))).expect("they meet");
-        assert_eq!(spoken, Spoken { frame: 3, schema: 1 });
+        assert_eq!(
+            spoken,
+            Spoken {
+                frame: 3,
+                schema: 1
+            }
+        );
         assert_eq!(
             negotiate(&ranges((3, 5), (1, 2)), &ours).expect("symmetric"),
             spoken
         );
         let spoken = negotiate(&ranges((2, 4), (1, 3)), &ranges((3, 6), (2, 4))).expect("meet");
-        assert_eq!(spoken, Spoken { frame: 4, schema: 3 });
+        assert_eq!(
+            spoken,
+            Spoken {
+                frame: 4,
+                schema: 3
+            }
+        );
     }
 
     #[test]

@@ -138,7 +138,11 @@ impl Config {
             u64::from(frame.min),
             u64::from(FRAME_VERSION_MIN),
         )?;
-        ConfigError::at_least("versions.frame.max", u64::from(frame.max), u64::from(frame.min))?;
+        ConfigError::at_least(
+            "versions.frame.max",
+            u64::from(frame.max),
+            u64::from(frame.min),
+        )?;
         let schema = &self.versions.schema;
         ConfigError::at_least("versions.schema.min", u64::from(schema.min), 1)?;
         ConfigError::at_least(

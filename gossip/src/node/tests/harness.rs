@@ -56,13 +56,7 @@ impl Harness {
             .enumerate()
             .map(|(i, config)| {
                 let replica = Replica::new(&format!("n{i}"), ActorId::from(vec![i as u8 + 1; 16]));
-                Node::new(
-                    format!("n{i}"),
-                    config,
-                    peers.clone(),
-                    replica,
-                    i as u64,
-                )
+                Node::new(format!("n{i}"), config, peers.clone(), replica, i as u64)
             })
             .collect();
         Self {

@@ -98,16 +98,16 @@ fn a_node_of_a_later_release_outside_the_range_is_refused_and_never_read() {
     h.write(0, "web", State::DegradedPerformance);
     h.run_for(3_000);
     let api = Name::parse("service", "api").expect("name");
-    let n0_db = h.nodes[0]
-        .replica()
-        .doc(&api)
-        .and_then(|d| {
-            let component = Name::parse("component", "db").expect("name");
-            d.cell(&component, &Name::parse("region", "r0").expect("name"))
-        });
+    let n0_db = h.nodes[0].replica().doc(&api).and_then(|d| {
+        let component = Name::parse("component", "db").expect("name");
+        d.cell(&component, &Name::parse("region", "r0").expect("name"))
+    });
     assert!(n0_db.is_none(), "a refused node's write was read");
     assert!(h.nodes[0].stats().versions_refused > 0);
-    assert!(h.nodes[0].stats().transmits_refused > 0, "sent to a refused node");
+    assert!(
+        h.nodes[0].stats().transmits_refused > 0,
+        "sent to a refused node"
+    );
     assert!(h.nodes[2].stats().versions_refused > 0);
     assert_eq!(h.nodes[0].spoken_with("n2"), None);
     // The refusal names the peer and both ranges.
@@ -159,7 +159,9 @@ fn version_ranges_that_break_their_rules_are_invalid_configs() {
         ..Ranges::CURRENT
     };
     assert!(config(below).validate().is_err());
-    assert!(config(Ranges::CURRENT.with_frame_max(1)).validate().is_err());
+    assert!(config(Ranges::CURRENT.with_frame_max(1))
+        .validate()
+        .is_err());
     let empty_schema = Ranges {
         schema: VersionRange { min: 0, max: 1 },
         ..Ranges::CURRENT
