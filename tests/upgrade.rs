@@ -364,7 +364,8 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
     stop_follower.send(true).expect("stop");
     follower_task.await.expect("follower");
 
-    let record = record.lock().expect("record");
+    // The writers and the client are done: the record is the test's alone now.
+    let record = std::mem::take(&mut *record.lock().expect("record"));
     let acked_total: usize = record.acked.values().map(Vec::len).sum();
     let received_total: usize = record.received.values().map(Vec::len).sum();
     eprintln!(
@@ -406,7 +407,6 @@ async fn six_nodes_upgrade_one_at_a_time_under_writes_and_a_following_client() {
             .await;
         }
     }
-    drop(record);
 
     // A node of a later release (frame versions 4 only) in place of the last one: every
     // peer refuses it, logs it with both ranges, and counts it.

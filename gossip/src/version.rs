@@ -203,9 +203,9 @@ impl PeerVersion {
     /// [`PROBE_INTERVAL_MS`] old. Notes the probe when it is due.
     pub fn probe_due(&mut self, now_ms: u64, ours: &Ranges) -> bool {
         let implied = self.theirs == Some(Ranges::RELEASE_2)
-            && !self
+            && self
                 .advertised_ms
-                .is_some_and(|at| now_ms.saturating_sub(at) < DOWNGRADE_AFTER_MS);
+                .is_none_or(|at| now_ms.saturating_sub(at) >= DOWNGRADE_AFTER_MS);
         let due = self
             .probed_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= PROBE_INTERVAL_MS);

@@ -111,7 +111,7 @@ fn a_node_of_a_later_release_outside_the_range_is_refused_and_never_read() {
     assert!(h.nodes[2].stats().versions_refused > 0);
     assert_eq!(h.nodes[0].spoken_with("n2"), None);
     // The refusal names the peer and both ranges.
-    let frame = crate::codec::encode_as(
+    let frame = codec::encode_as(
         &Frame::Digest {
             docs: 1,
             liveness: 1,
