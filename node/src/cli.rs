@@ -221,3 +221,32 @@ impl RunArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_range(
+        protocol_min: Option<u8>,
+        protocol_max: Option<u8>,
+    ) -> anyhow::Result<VersionRange> {
+        let args = ProtocolArgs {
+            protocol_max,
+            protocol_min,
+        };
+        Ok(args.apply(GossipConfig::wan())?.versions.frame)
+    }
+
+    #[test]
+    fn protocol_flags_make_the_advertised_frame_range() {
+        let range = |min, max| VersionRange { min, max };
+        assert_eq!(frame_range(None, None).expect("default"), range(2, 3));
+        assert_eq!(frame_range(None, Some(2)).expect("previous"), range(2, 2));
+        assert_eq!(frame_range(Some(4), None).expect("later"), range(4, 4));
+        let error = frame_range(Some(3), Some(2)).expect_err("empty range");
+        assert_eq!(
+            error.to_string(),
+            "--protocol-min 3 is above --protocol-max 2"
+        );
+    }
+}
