@@ -17,7 +17,6 @@
 //!    frame sent before the peer heard this node's ranges (both nodes started at once, or
 //!    crossed with a restart), and is read without changing what is spoken. Without that
 //!    grace two upgraded nodes whose frames cross could flip each other between 2 and 3.
-//!
 //! 4. While a peer's ranges are only implied by its version-2 frames, this node probes it
 //!    every [`PROBE_INTERVAL_MS`] with one frame at its highest version: two upgraded nodes
 //!    that each heard the other's version-2 frames first (one restarted while the other
@@ -28,6 +27,18 @@
 //!
 //! A node that emulates the previous release (`statusmesh run --protocol-max 2`) has ranges
 //! whose frame max is 2: it sends and reads version 2 only, as that release did.
+//!
+//! ```
+//! use statusmesh_gossip::version::{negotiate, Ranges, VersionRange};
+//!
+//! // This release and one that emulates the previous: they speak frames of version 2.
+//! let previous = Ranges::CURRENT.with_frame_max(2);
+//! let spoken = negotiate(&Ranges::CURRENT, &previous).expect("they meet");
+//! assert_eq!((spoken.frame, spoken.schema), (2, 1));
+//! // A release that speaks frames of version 4 only is refused, naming both ranges.
+//! let later = Ranges { frame: VersionRange { min: 4, max: 4 }, ..Ranges::CURRENT };
+//! assert!(negotiate(&Ranges::CURRENT, &later).is_err());
+//! ```
 
 use serde::{Deserialize, Serialize};
 use statusmesh_crdt::{SCHEMA_VERSION, SCHEMA_VERSION_MIN};
