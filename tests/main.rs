@@ -34,4 +34,5 @@ mod statuspage;
 mod tls;
 mod tls_reload;
 mod transitions;
+mod upgrade;
 mod webhooks;

@@ -56,7 +56,7 @@ pub use cursor::{Cursor, Within};
 pub use doc::{
     transition_id, CellRead, CoalesceReason, Coalesced, Delivery, DocEvent, FlagEvent,
     IncidentEvent, MaintenanceEvent, OverrideEvent, Put, Read, RecordKey, RemoteApplied,
-    ServiceDoc, StatusEvent, Transition, TRANSITIONS_MAX,
+    ServiceDoc, StatusEvent, Transition, SCHEMA_VERSION, SCHEMA_VERSION_MIN, TRANSITIONS_MAX,
 };
 pub use error::CrdtError;
 pub use liveness::Liveness;

@@ -3,17 +3,27 @@
 //!
 //! This is the only module that knows about bincode; SWIM messages of the failure
 //! detector are encoded here too.
+//!
+//! # Versions
+//! The first byte of every frame is its version; which version goes to which peer is
+//! [`crate::version`]'s rule. This release reads and writes two:
+//! - Version 2 (the previous release): `version, frame`. Changes travel by Plumtree
+//!   ([`Frame::Push`], [`Frame::IHave`], [`Frame::Graft`], [`Frame::Prune`]).
+//! - Version 3: `version, ranges, frame`: the sender's advertised [`Ranges`] (frame and
+//!   schema, 4 bytes) in every frame, so that a receiver learns what its peer speaks from
+//!   the first frame, without a handshake. From version 3 on this header is fixed: a later
+//!   release may change what follows it, and a node of this release still reads the header
+//!   of its frames and refuses them naming both ranges, instead of misreading them.
+//!
+//! A frame of any other version is rejected, not guessed at.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::GossipError;
 use crate::liveness_range::BUCKETS;
 use crate::membership::SwimId;
+use crate::version::{Ranges, FRAME_VERSION_MAX, FRAME_VERSION_MIN};
 
-/// Version of the frame format. A frame of another version is rejected, not guessed at.
-/// Version 2: changes travel by Plumtree ([`Frame::Push`], [`Frame::IHave`], [`Frame::Graft`],
-/// [`Frame::Prune`]); a version-1 node expects every origin to push to it directly.
-pub const WIRE_VERSION: u8 = 2;
 /// Hard upper bound on an encoded frame, in bytes; the transport enforces it too.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most message ids one [`Frame::IHave`] or [`Frame::Graft`] carries.
@@ -23,10 +33,34 @@ pub const ROOTS_PER_FRAME_MAX: usize = 1_024;
 /// Longest root (a node id, a DNS label), in bytes.
 pub const ROOT_BYTES_MAX: usize = 63;
 
-/// Everything that crosses the wire between two nodes.
+/// A frame of version 2, as it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub version: u8,
+    pub frame: Frame,
+}
+
+/// A frame of version 3, as it crosses the wire: the sender's ranges before the frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeV3 {
+    pub version: u8,
+    pub ranges: Ranges,
+    pub frame: Frame,
+}
+
+/// The header every frame from version 3 on starts with (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Header {
+    version: u8,
+    ranges: Ranges,
+}
+
+/// A decoded frame with what its header said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub version: u8,
+    /// The sender's ranges; `None` in a frame of version 2.
+    pub ranges: Option<Ranges>,
     pub frame: Frame,
 }
 
@@ -168,18 +202,41 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
 }
 
-/// Encodes a frame. Fails only when the frame exceeds [`FRAME_BYTES_MAX`] or the counts of
+/// Encodes a frame in this release's newest version, advertising this release's ranges.
+/// Fails only when the frame exceeds [`FRAME_BYTES_MAX`] or the counts of
 /// [`Frame::check_limits`].
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, GossipError> {
+    encode_as(frame, FRAME_VERSION_MAX, &Ranges::CURRENT)
+}
+
+/// Encodes a frame in `version`, advertising `ranges` (a version-2 frame carries none).
+/// A version above [`FRAME_VERSION_MAX`] gets the version-3 layout under its own version
+/// byte: only a node that emulates a later release for a test asks for one, and every node
+/// of this release refuses it after the header. Fails as [`encode`] does, and for a version
+/// below [`FRAME_VERSION_MIN`].
+pub fn encode_as(frame: &Frame, version: u8, ranges: &Ranges) -> Result<Vec<u8>, GossipError> {
     frame
         .check_limits()
         .map_err(|e| GossipError::Encode(e.to_string()))?;
-    let envelope = Envelope {
-        version: WIRE_VERSION,
-        frame: frame.clone(),
+    let encoded = if version == 2 {
+        let envelope = Envelope {
+            version,
+            frame: frame.clone(),
+        };
+        bincode::serde::encode_to_vec(&envelope, config())
+    } else if version >= 3 {
+        let envelope = EnvelopeV3 {
+            version,
+            ranges: *ranges,
+            frame: frame.clone(),
+        };
+        bincode::serde::encode_to_vec(&envelope, config())
+    } else {
+        return Err(GossipError::Encode(format!(
+            "frame version {version} is older than {FRAME_VERSION_MIN}"
+        )));
     };
-    let bytes = bincode::serde::encode_to_vec(&envelope, config())
-        .map_err(|e| GossipError::Encode(e.to_string()))?;
+    let bytes = encoded.map_err(|e| GossipError::Encode(e.to_string()))?;
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(GossipError::FrameTooLarge {
             bytes: bytes.len(),
@@ -189,30 +246,68 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, GossipError> {
     Ok(bytes)
 }
 
-/// Decodes a frame from a peer. Never panics; every error says what was wrong.
+/// Decodes a frame from a peer, of any version this release reads. Never panics; every
+/// error says what was wrong.
 pub fn decode(bytes: &[u8]) -> Result<Frame, GossipError> {
+    decode_envelope(bytes).map(|d| d.frame)
+}
+
+/// Decodes a frame with its header. A frame of a version this release does not read is a
+/// [`GossipError::Version`] that carries the ranges its header advertised, when it has the
+/// header of version 3 on.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Decoded, GossipError> {
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(GossipError::FrameTooLarge {
             bytes: bytes.len(),
             limit: FRAME_BYTES_MAX,
         });
     }
-    let (envelope, used): (Envelope, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| GossipError::Decode(e.to_string()))?;
+    let version = *bytes
+        .first()
+        .ok_or_else(|| GossipError::Decode("an empty frame".into()))?;
+    let (decoded, used) = match version {
+        2 => {
+            let (envelope, used): (Envelope, usize) =
+                bincode::serde::decode_from_slice(bytes, config())
+                    .map_err(|e| GossipError::Decode(e.to_string()))?;
+            let decoded = Decoded {
+                version,
+                ranges: None,
+                frame: envelope.frame,
+            };
+            (decoded, used)
+        }
+        3..=FRAME_VERSION_MAX => {
+            let (envelope, used): (EnvelopeV3, usize) =
+                bincode::serde::decode_from_slice(bytes, config())
+                    .map_err(|e| GossipError::Decode(e.to_string()))?;
+            let decoded = Decoded {
+                version,
+                ranges: Some(envelope.ranges),
+                frame: envelope.frame,
+            };
+            (decoded, used)
+        }
+        _ => {
+            // Older than version 3 has no header; a later version keeps it (module doc).
+            let advertised = (version > FRAME_VERSION_MAX)
+                .then(|| bincode::serde::decode_from_slice::<Header, _>(bytes, config()).ok())
+                .flatten()
+                .map(|(header, _)| header.ranges);
+            return Err(GossipError::Version {
+                got: version,
+                advertised,
+            });
+        }
+    };
     if used != bytes.len() {
         return Err(GossipError::Decode(format!(
             "{} trailing bytes after the frame",
             bytes.len() - used
         )));
     }
-    if envelope.version != WIRE_VERSION {
-        return Err(GossipError::Version {
-            got: envelope.version,
-            expected: WIRE_VERSION,
-        });
-    }
-    envelope.frame.check_limits()?;
-    Ok(envelope.frame)
+    decoded.frame.check_limits()?;
+    Ok(decoded)
 }
 
 /// The kinds of [`Frame`] in the order of its variants: the variant index on the wire.
@@ -236,15 +331,24 @@ const KINDS: [&str; 12] = [
 /// simulator decodes each broadcast's bytes once, not once per receiver). Says nothing about
 /// whether the rest of the frame is valid; [`decode`] does.
 pub fn peek_kind(bytes: &[u8]) -> Result<&'static str, GossipError> {
-    let (&version, rest) = bytes
-        .split_first()
+    let version = *bytes
+        .first()
         .ok_or_else(|| GossipError::Decode("an empty frame".into()))?;
-    if version != WIRE_VERSION {
-        return Err(GossipError::Version {
-            got: version,
-            expected: WIRE_VERSION,
-        });
-    }
+    let header_bytes = match version {
+        2 => 1,
+        3..=FRAME_VERSION_MAX => {
+            let (_, used): (Header, usize) = bincode::serde::decode_from_slice(bytes, config())
+                .map_err(|e| GossipError::Decode(e.to_string()))?;
+            used
+        }
+        _ => {
+            return Err(GossipError::Version {
+                got: version,
+                advertised: None,
+            })
+        }
+    };
+    let rest = bytes.get(header_bytes..).unwrap_or_default();
     let (index, _): (u32, usize) = bincode::decode_from_slice(rest, config())
         .map_err(|e| GossipError::Decode(e.to_string()))?;
     usize::try_from(index)
@@ -381,8 +485,18 @@ mod tests {
         ];
         for frame in frames.iter().chain([&Frame::Swim { data: vec![1] }]) {
             let bytes = encode(frame).expect("encode");
-            assert_eq!(&decode(&bytes).expect("decode"), frame);
+            let decoded = decode_envelope(&bytes).expect("decode");
+            assert_eq!(&decoded.frame, frame);
+            assert_eq!(decoded.version, FRAME_VERSION_MAX);
+            assert_eq!(decoded.ranges, Some(Ranges::CURRENT));
             assert_eq!(peek_kind(&bytes).expect("peek"), frame.kind());
+            // The previous release's layout: the same frame without the four bytes of ranges.
+            let old = encode_as(frame, 2, &Ranges::CURRENT).expect("encode v2");
+            assert_eq!(old.len() + 4, bytes.len());
+            let decoded = decode_envelope(&old).expect("decode v2");
+            assert_eq!((decoded.version, decoded.ranges), (2, None));
+            assert_eq!(&decoded.frame, frame);
+            assert_eq!(peek_kind(&old).expect("peek v2"), frame.kind());
         }
     }
 
@@ -390,11 +504,13 @@ mod tests {
     fn a_header_that_is_not_a_frame_has_no_kind() {
         assert!(peek_kind(&[]).is_err());
         assert!(matches!(
-            peek_kind(&[WIRE_VERSION + 1, 0]),
+            peek_kind(&[FRAME_VERSION_MAX + 1, 0]),
             Err(GossipError::Version { .. })
         ));
-        assert!(peek_kind(&[WIRE_VERSION]).is_err());
-        assert!(peek_kind(&[WIRE_VERSION, KINDS.len() as u8]).is_err());
+        assert!(peek_kind(&[2]).is_err());
+        assert!(peek_kind(&[2, KINDS.len() as u8]).is_err());
+        assert!(peek_kind(&[3, 2, 3, 1]).is_err());
+        assert!(peek_kind(&[3, 2, 3, 1, 1, KINDS.len() as u8]).is_err());
     }
 
     #[test]
@@ -406,8 +522,23 @@ mod tests {
             liveness: 2,
         })
         .expect("encode");
-        bytes[0] = WIRE_VERSION + 1;
-        assert!(matches!(decode(&bytes), Err(GossipError::Version { .. })));
+        bytes[0] = 1;
+        assert!(matches!(
+            decode(&bytes),
+            Err(GossipError::Version {
+                got: 1,
+                advertised: None
+            })
+        ));
+        // A later release keeps the header: its ranges are read, the rest is not.
+        bytes[0] = FRAME_VERSION_MAX + 1;
+        assert!(matches!(
+            decode(&bytes),
+            Err(GossipError::Version {
+                advertised: Some(Ranges::CURRENT),
+                ..
+            })
+        ));
         // A length prefix that claims more than the limit must not allocate it.
         let huge = [0u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode(&huge).is_err());
@@ -438,8 +569,9 @@ mod tests {
         ] {
             assert!(encode(&frame).is_err(), "{frame:?}");
             // Encoded by hand, past the check: the receiver refuses it too.
-            let envelope = Envelope {
-                version: WIRE_VERSION,
+            let envelope = EnvelopeV3 {
+                version: FRAME_VERSION_MAX,
+                ranges: Ranges::CURRENT,
                 frame,
             };
             let bytes = bincode::serde::encode_to_vec(&envelope, config()).expect("encode");

@@ -14,9 +14,18 @@ pub enum GossipError {
     /// A frame is larger than the hard limit. The state did not change.
     #[error("frame of {bytes} bytes exceeds the limit of {limit}")]
     FrameTooLarge { bytes: usize, limit: usize },
-    /// A peer speaks another version of the wire. The state did not change.
-    #[error("frame version {got} is not the supported version {expected}")]
-    Version { got: u8, expected: u8 },
+    /// A frame of a version this release does not read; `advertised` holds the sender's
+    /// ranges when its header (version 3 on) could be read. The peer is refused; the state
+    /// did not change.
+    #[error(
+        "frame version {got} is outside the versions this release reads, {}-{}",
+        crate::version::FRAME_VERSION_MIN,
+        crate::version::FRAME_VERSION_MAX
+    )]
+    Version {
+        got: u8,
+        advertised: Option<crate::version::Ranges>,
+    },
     /// A frame came from a node that is not a member. The state did not change.
     #[error("frame from unknown node {0:?}")]
     UnknownPeer(String),

@@ -18,7 +18,7 @@ use statusmesh_crdt::{
     ChangeHash, Cursor, Delivery, Incident, IncidentChange, Name, Put, StatusWrite, Transition,
 };
 
-use crate::codec::{self, Frame, FRAME_BYTES_MAX};
+use crate::codec::{Frame, FRAME_BYTES_MAX};
 use crate::error::GossipError;
 use crate::node::{Config, Node, NodeId};
 
@@ -129,11 +129,15 @@ impl Node {
         let mut merged: Vec<MergedChanges> = Vec::new();
         let mut others = Vec::new();
         for frame in frames {
-            let (service, changes, pushed) = match codec::decode(&frame.bytes) {
-                Ok(Frame::Changes { service, changes }) => (service, changes, false),
-                Ok(Frame::Push { service, changes }) => (service, changes, true),
-                _ => {
-                    others.push(frame);
+            // Counted, checked for its versions and decoded once, here.
+            let Some(decoded) = self.receive(now_ms, &frame.from, &frame.bytes) else {
+                continue;
+            };
+            let (service, changes, pushed) = match decoded {
+                Frame::Changes { service, changes } => (service, changes, false),
+                Frame::Push { service, changes } => (service, changes, true),
+                other => {
+                    others.push((frame.from, other));
                     continue;
                 }
             };
@@ -159,13 +163,14 @@ impl Node {
                 }),
             }
         }
-        for frame in others {
-            self.handle_frame(now_ms, &frame.from, &frame.bytes);
+        for (from, frame) in others {
+            self.dispatch(now_ms, &from, frame);
         }
         let mut accepted = Vec::new();
         for batch in merged {
             let name = Name::parse("service", &batch.service).ok();
             let heads_before = self.heads_of_doc(name.as_ref());
+            let changes = batch.changes.clone();
             let frame = if batch.pushed {
                 Frame::Push {
                     service: batch.service,
@@ -177,16 +182,8 @@ impl Node {
                     changes: batch.changes,
                 }
             };
-            // Within the bounds above a merged frame always encodes; a failure would be a bug
-            // of the bounds, and dropping the batch only delays it until anti-entropy.
-            let Ok(bytes) = codec::encode(&frame) else {
-                debug_assert!(false, "a merged change frame within its bounds encodes");
-                continue;
-            };
-            self.handle_frame(now_ms, &batch.from, &bytes);
-            let (Some(service), Frame::Changes { changes, .. } | Frame::Push { changes, .. }) =
-                (name, frame)
-            else {
+            self.dispatch(now_ms, &batch.from, frame);
+            let Some(service) = name else {
                 continue;
             };
             let heads_after = self.heads_of_doc(Some(&service));

@@ -7,6 +7,7 @@ use statusmesh_crdt::{
 };
 
 use super::*;
+use crate::codec;
 use crate::node::Peer;
 use crate::Event;
 
@@ -120,7 +121,8 @@ fn a_merged_batch_with_one_bad_change_is_rejected_whole_and_counted() {
     });
     frames.push(InboundFrame {
         from: "n0".into(),
-        bytes: vec![0xff; 8],
+        // Version 2, then noise (a first byte of 0xff would be a later release, refused).
+        bytes: [vec![2], vec![0xff; 7]].concat(),
     });
     let rejected_before = n[1].stats().frames_rejected;
     let accepted = n[1].handle_frames(2_000, frames);

@@ -22,12 +22,15 @@
 //!   senders): highest-random-weight hashing over the members SWIM considers alive.
 //!   [`webhooks`]: the sender rule on top of it (which (subscription, service) pairs this
 //!   node sends, and the cursor a sender resumes with).
-//! - [`codec`]: the wire format and its limits. [`topology`]: regions.toml, parsed from text.
+//! - [`codec`]: the wire format and its limits. [`version`]: which frame version and schema
+//!   two nodes speak (the negotiation rule both drivers apply). [`topology`]: regions.toml,
+//!   parsed from text.
 //! - [`error`]: [`GossipError`] and [`ConfigError`]. [`invariants`]: the checker the
 //!   simulator, the tests and `debug_assert!`s share ([`invariants::Violation`]).
 //! - [`fuzz`]: the pure entry points of the fuzz targets.
 //!
-//! Dependencies point one way: `inputs` → `node` → `plumtree`, `membership`, `codec`.
+//! Dependencies point one way: `inputs` → `node` → `plumtree`, `membership`, `codec`,
+//! `version`.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -41,6 +44,7 @@ pub mod node;
 pub mod plumtree;
 pub mod rendezvous;
 pub mod topology;
+pub mod version;
 pub mod webhooks;
 
 pub use codec::Frame;
@@ -52,3 +56,4 @@ pub use inputs::{
 pub use membership::MemberState;
 pub use node::{Config, Event, Node, NodeId, Peer, PeerState, Stats, Transmit};
 pub use topology::{LatencyModel, Topology, TopologyError};
+pub use version::{Ranges, VersionError, VersionRange};

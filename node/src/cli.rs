@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use statusmesh_gossip::Config as GossipConfig;
+use statusmesh_gossip::version::{FRAME_VERSION_MAX, FRAME_VERSION_MIN};
+use statusmesh_gossip::{Config as GossipConfig, VersionRange};
 
 use crate::http::frame_ancestors::FrameAncestors;
 use crate::http::tls::HttpTls;
@@ -35,6 +36,49 @@ impl EpochArgs {
         gossip.epoch.history_bytes_max = self.epoch_history_bytes_max;
         gossip.epoch.age_ms_max = self.epoch_age_s_max.saturating_mul(1_000);
         gossip
+    }
+}
+
+/// Which frame versions the node advertises and speaks to its peers (see the README's
+/// "Rolling upgrades").
+#[derive(Debug, clap::Args)]
+pub struct ProtocolArgs {
+    /// Speak frame versions up to this one only: the node emulates the release whose newest
+    /// version this is (the previous release's is 2), for staged rollouts and their tests.
+    #[arg(
+        long,
+        value_name = "V",
+        value_parser = clap::value_parser!(u8)
+            .range(i64::from(FRAME_VERSION_MIN)..=i64::from(FRAME_VERSION_MAX))
+    )]
+    pub protocol_max: Option<u8>,
+    /// For tests of the refusal only: advertise frame versions from this one on. Above the
+    /// newest this release speaks, the node emulates a later release that no node of this
+    /// one talks to (every peer refuses it, and it them).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "V",
+        value_parser = clap::value_parser!(u8).range(i64::from(FRAME_VERSION_MIN)..)
+    )]
+    pub protocol_min: Option<u8>,
+}
+
+impl ProtocolArgs {
+    /// The gossip settings with these versions; a min above the max is an error naming both
+    /// flags.
+    pub fn apply(&self, mut gossip: GossipConfig) -> anyhow::Result<GossipConfig> {
+        let min = self.protocol_min.unwrap_or(FRAME_VERSION_MIN);
+        let max = match self.protocol_max {
+            Some(max) => max,
+            // A min beyond this release's newest version makes a range of that one version.
+            None => FRAME_VERSION_MAX.max(min),
+        };
+        if min > max {
+            bail!("--protocol-min {min} is above --protocol-max {max}");
+        }
+        gossip.versions.frame = VersionRange { min, max };
+        Ok(gossip)
     }
 }
 
@@ -145,6 +189,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub epoch: EpochArgs,
     #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
     pub alertmanager: AlertmanagerArgs,
     #[command(flatten)]
     pub web: crate::http::cors::WebArgs,
@@ -201,8 +247,37 @@ impl RunArgs {
             certs_watch: (self.certs_watch_s > 0)
                 .then(|| std::time::Duration::from_secs(self.certs_watch_s)),
             settings,
-            gossip: self.epoch.apply(GossipConfig::wan()),
+            gossip: self.protocol.apply(self.epoch.apply(GossipConfig::wan()))?,
             http_tls: http_tls_loaded,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_range(
+        protocol_min: Option<u8>,
+        protocol_max: Option<u8>,
+    ) -> anyhow::Result<VersionRange> {
+        let args = ProtocolArgs {
+            protocol_max,
+            protocol_min,
+        };
+        Ok(args.apply(GossipConfig::wan())?.versions.frame)
+    }
+
+    #[test]
+    fn protocol_flags_make_the_advertised_frame_range() {
+        let range = |min, max| VersionRange { min, max };
+        assert_eq!(frame_range(None, None).expect("default"), range(2, 3));
+        assert_eq!(frame_range(None, Some(2)).expect("previous"), range(2, 2));
+        assert_eq!(frame_range(Some(4), None).expect("later"), range(4, 4));
+        let error = frame_range(Some(3), Some(2)).expect_err("empty range");
+        assert_eq!(
+            error.to_string(),
+            "--protocol-min 3 is above --protocol-max 2"
+        );
     }
 }

@@ -148,6 +148,26 @@ pub const METRICS: &[Entry] = &[
         "Changes requested after an announcement.",
     ),
     (
+        "statusmesh_gossip_version_refused_total",
+        Kind::Counter,
+        "Frames refused unread because the peer's version ranges do not meet this node's, per peer, with both ranges (labels ours, theirs).",
+    ),
+    (
+        "statusmesh_gossip_versions_refused_total",
+        Kind::Counter,
+        "Frames refused on their versions, all peers together.",
+    ),
+    (
+        "statusmesh_gossip_transmits_refused_total",
+        Kind::Counter,
+        "Frames not sent because the peer's version ranges do not meet this node's.",
+    ),
+    (
+        "statusmesh_gossip_peer_frame_version",
+        Kind::Gauge,
+        "The frame version spoken with each peer (0: not heard yet, or refused), per peer.",
+    ),
+    (
         "statusmesh_gossip_announcements_dropped_total",
         Kind::Counter,
         "Announcements dropped because a peer's batch was full.",

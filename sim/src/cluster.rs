@@ -11,7 +11,7 @@ use rand::Rng;
 use statusmesh_crdt::liveness::Fnv64;
 use statusmesh_crdt::{ActorId, Name, Replica, ServiceDoc, State};
 use statusmesh_gossip::topology::Member;
-use statusmesh_gossip::{Config, Node, Peer};
+use statusmesh_gossip::{Config, Node, Peer, Ranges};
 
 use crate::failure::Failure;
 use crate::network::Arrival;
@@ -276,6 +276,7 @@ impl Sim {
     /// end: a restart starts them from zero).
     pub(crate) fn retire(&mut self, node: &Node) {
         let stats = node.stats();
+        self.out.versions_refused += stats.versions_refused;
         let epochs = &mut self.out.epochs;
         epochs.proposed += stats.rollovers_proposed;
         epochs.adopted += stats.rollovers;
@@ -337,11 +338,18 @@ pub(crate) fn actor_id(seed: u64, node: usize, incarnation: u32) -> ActorId {
 }
 
 /// The protocol settings of a node incarnation: the WAN defaults with the plan's rollover
-/// triggers, and the incarnation as the SWIM generation (as the node driver builds it from its
+/// triggers and versions, and the incarnation as the SWIM generation (as the node driver builds it from its
 /// start count), so that peers that declared the previous life down take the new one.
 fn node_config(plan: &Plan, incarnation: u32) -> Config {
+    // A rolling upgrade: the first life emulates the previous release (`Plan::upgrade`).
+    let versions = if plan.upgrade && incarnation == 0 {
+        Ranges::CURRENT.with_frame_max(2)
+    } else {
+        Ranges::CURRENT
+    };
     Config {
         epoch: plan.epochs.config.clone(),
+        versions,
         ..Config::wan()
     }
     .with_incarnation(u64::from(incarnation))

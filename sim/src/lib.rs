@@ -218,6 +218,16 @@ mod tests {
     }
 
     #[test]
+    fn a_rolling_upgrade_converges_with_old_and_new_nodes_side_by_side_on_fixed_seeds() {
+        for seed in [1, 2] {
+            let outcome = passing_outcome("rolling-upgrade", seed, Some(60));
+            assert!(!outcome.crashes.is_empty(), "no node was upgraded");
+            // New nodes open at version 3, which the old ones refuse until they answer.
+            assert!(outcome.versions_refused > 0, "no old node met a new one");
+        }
+    }
+
+    #[test]
     fn each_probe_has_one_prober_per_region_after_crashes_and_a_cut_off_node() {
         for seed in [1, 2] {
             let outcome = passing_outcome("probes", seed, Some(60));

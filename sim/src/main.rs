@@ -39,7 +39,7 @@ enum Command {
         /// One of: steady, broadcast, burst, region-partition, one-way-partition,
         /// continent-split, isolate-node, random-halves, flapping, lossy, crash-restart,
         /// empty-disk-restart, clock-skew, swarm, rollover, rollover-concurrent,
-        /// rollover-partition, rollover-crash, swarm-epochs, probes, webhooks.
+        /// rollover-partition, rollover-crash, swarm-epochs, probes, webhooks, rolling-upgrade.
         #[arg(long, default_value = "steady")]
         scenario: String,
         #[arg(long, default_value_t = 1)]

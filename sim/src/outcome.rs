@@ -136,6 +136,8 @@ pub struct Outcome {
     pub late_retold: u64,
     pub events_processed: u64,
     pub frames_rejected: u64,
+    /// Frames refused on their versions (a rolling upgrade's first frames to an old node).
+    pub versions_refused: u64,
     pub trace_digest: u64,
     pub epochs: EpochFigures,
     pub driver: DriverFigures,
@@ -185,6 +187,7 @@ impl Outcome {
             late_retold: 0,
             events_processed: 0,
             frames_rejected: 0,
+            versions_refused: 0,
             trace_digest: 0,
             epochs: EpochFigures::default(),
             driver: DriverFigures::default(),

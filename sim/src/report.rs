@@ -277,6 +277,17 @@ pub fn text(spec: &Spec, outcome: &Outcome) -> String {
             w.waited_at_end
         );
     }
+    if spec.plan.upgrade {
+        let upgraded: std::collections::BTreeSet<usize> =
+            outcome.crashes.iter().map(|c| c.node).collect();
+        let _ = writeln!(
+            out,
+            "versions: {} of {} nodes upgraded (restarted at this release), {} frames refused on their versions (upgraded nodes' openings and probes, refused by old ones)",
+            upgraded.len(),
+            outcome.members.len(),
+            outcome.versions_refused
+        );
+    }
     let _ = write!(out, "frames:");
     for (kind, sent) in &outcome.sent_by_kind {
         let _ = write!(out, " {kind} {} ({} B)", sent.frames, sent.bytes);

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use statusmesh_gossip::node::EpochConfig;
 
 /// Every scenario name `run --scenario` accepts, in the order the tests sweep them.
-pub const SCENARIOS: [&str; 21] = [
+pub const SCENARIOS: [&str; 22] = [
     "steady",
     "broadcast",
     "burst",
@@ -31,6 +31,7 @@ pub const SCENARIOS: [&str; 21] = [
     "swarm-epochs",
     "probes",
     "webhooks",
+    "rolling-upgrade",
 ];
 
 /// How a partition chooses the side that is cut off.
@@ -305,6 +306,10 @@ pub struct Plan {
     pub roam_interval_ms: u64,
     /// Rollover triggers and epoch faults.
     pub epochs: EpochPlan,
+    /// A rolling upgrade: each node's first incarnation emulates the previous release (frame
+    /// versions up to 2, as `statusmesh run --protocol-max 2`), each restart comes back at
+    /// this release's ranges, so that old and new nodes run side by side.
+    pub upgrade: bool,
 }
 
 /// Longest safety phase a plan may ask for: a day of simulated time.
@@ -344,6 +349,7 @@ impl Plan {
             subscribers: 3,
             roam_interval_ms: 20_000,
             epochs: EpochPlan::default_triggers(),
+            upgrade: false,
         };
         // Steady writes under load for the epoch scenarios: ~10 changes per second.
         let load = Workload::Flips {
@@ -412,6 +418,12 @@ impl Plan {
                 plan.epochs.config = EpochConfig::off();
             }
             "empty-disk-restart" => plan.faults.crash = Some(crash_plan(1.0)),
+            // Crashes with their disk are the restarts of a rolling upgrade: every node starts
+            // at the previous release and comes back at this one.
+            "rolling-upgrade" => {
+                plan.faults.crash = Some(crash_plan(0.0));
+                plan.upgrade = true;
+            }
             "clock-skew" => plan.faults.clock_skew_ms = 5_000,
             "swarm" => plan = swarm(rng),
             "rollover" => {
@@ -555,6 +567,7 @@ fn swarm(rng: &mut ChaCha8Rng) -> Plan {
         subscribers: 3,
         roam_interval_ms: rng.random_range(2_000..15_000),
         epochs: EpochPlan::default_triggers(),
+        upgrade: false,
     }
 }
 

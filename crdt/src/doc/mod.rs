@@ -35,7 +35,7 @@ pub use self::events::{
 pub use self::local::LocalChange;
 pub(crate) use self::local::PlannedPuts;
 pub use self::reads::{CellRead, Read};
-pub use self::schema::{Put, RecordKey};
+pub use self::schema::{Put, RecordKey, SCHEMA_VERSION, SCHEMA_VERSION_MIN};
 pub use self::transitions::{
     transition_id, CoalesceReason, Coalesced, Delivery, Transition, TRANSITIONS_MAX,
 };

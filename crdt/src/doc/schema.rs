@@ -21,6 +21,14 @@
 //! their own, never conflict at all. (A base change also holds the epoch's meta under
 //! [`crate::epoch::META_KEY`], which is not a record.)
 
+/// The version of this layout, which nodes advertise beside their frame versions
+/// (`statusmesh_gossip::version`): a release that changes what a key means or how its value
+/// is encoded bumps it, and keeps reading the version before it. Version 1 is the layout
+/// above, the only one so far.
+pub const SCHEMA_VERSION: u8 = 1;
+/// The oldest layout this release still reads and writes.
+pub const SCHEMA_VERSION_MIN: u8 = 1;
+
 use std::ops::Range;
 
 use automerge::{ScalarValue, Value};

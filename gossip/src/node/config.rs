@@ -5,6 +5,7 @@
 use crate::error::ConfigError;
 use crate::membership::Preset;
 use crate::plumtree::BroadcastConfig;
+use crate::version::{Ranges, FRAME_VERSION_MIN};
 
 /// Tuning and bounds of the protocol. Every queue has a bound here.
 #[derive(Debug, Clone)]
@@ -32,6 +33,13 @@ pub struct Config {
     pub broadcast: BroadcastConfig,
     /// When documents roll over to a new epoch (bounded history).
     pub epoch: EpochConfig,
+    /// The frame and schema versions this node advertises and speaks
+    /// ([`crate::version`]). Frame min at least [`FRAME_VERSION_MIN`], schema min at least
+    /// 1, each min at most its max. Default [`Ranges::CURRENT`]; a lower frame max emulates
+    /// an older release (`--protocol-max`), a frame min above
+    /// [`FRAME_VERSION_MAX`](crate::version::FRAME_VERSION_MAX) a later
+    /// one that this release cannot talk to (for tests of the refusal).
+    pub versions: Ranges,
 }
 
 /// When a document's history is compacted into a new epoch (see `statusmesh_crdt::epoch`).
@@ -103,6 +111,7 @@ impl Config {
             generation: 0,
             broadcast: BroadcastConfig::wan(),
             epoch: EpochConfig::default(),
+            versions: Ranges::CURRENT,
         }
     }
 
@@ -122,6 +131,24 @@ impl Config {
             "liveness_per_frame_max",
             self.liveness_per_frame_max as u64,
             1,
+        )?;
+        let frame = &self.versions.frame;
+        ConfigError::at_least(
+            "versions.frame.min",
+            u64::from(frame.min),
+            u64::from(FRAME_VERSION_MIN),
+        )?;
+        ConfigError::at_least(
+            "versions.frame.max",
+            u64::from(frame.max),
+            u64::from(frame.min),
+        )?;
+        let schema = &self.versions.schema;
+        ConfigError::at_least("versions.schema.min", u64::from(schema.min), 1)?;
+        ConfigError::at_least(
+            "versions.schema.max",
+            u64::from(schema.max),
+            u64::from(schema.min),
         )?;
         self.broadcast.validate()
     }

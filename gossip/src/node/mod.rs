@@ -23,8 +23,8 @@
 //! detector's glue, the mesh view the tree policy reads), `broadcast.rs` (Plumtree's pushes,
 //! announcements, grafts and prunes), `anti_entropy.rs` (digests, heads, repair),
 //! `liveness.rs` (heartbeat repair), `acks.rs` (who holds this node's changes),
-//! `rollover.rs` (the rollover trigger and proposer rule) and `outbox.rs` (the transmit and
-//! event queues). The tree policy lives in [`crate::plumtree`], next to the doc that
+//! `rollover.rs` (the rollover trigger and proposer rule), `versions.rs` (what each peer
+//! speaks, refusals) and `outbox.rs` (the transmit and event queues). The tree policy lives in [`crate::plumtree`], next to the doc that
 //! describes it. Private fields stay private to this module; its files use them directly.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -50,6 +50,7 @@ mod peers;
 mod rollover;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 use acks::PendingAck;
 use anti_entropy::DigestSent;
@@ -88,6 +89,10 @@ pub struct Stats {
     pub rollovers_proposed: u64,
     /// Rollovers this node went through (proposed here or adopted from a peer).
     pub rollovers: u64,
+    /// Frames refused on their versions ([`Event::VersionRefused`]).
+    pub versions_refused: u64,
+    /// Frames not sent because the peer's versions do not meet this node's.
+    pub transmits_refused: u64,
 }
 
 /// Peers a starting node announces itself to.
@@ -319,14 +324,25 @@ impl Node {
     }
 
     /// Handles a frame that arrived from `from` (the transport vouches for the identity).
-    /// Bad frames are counted, reported as [`Event::FrameRejected`] and otherwise ignored.
+    /// Bad frames are counted, reported as [`Event::FrameRejected`] and otherwise ignored;
+    /// a frame of a peer outside this node's version ranges is refused unread
+    /// ([`Event::VersionRefused`]).
     pub fn handle_frame(&mut self, now_ms: u64, from: &str, bytes: &[u8]) {
+        if let Some(frame) = self.receive(now_ms, from, bytes) {
+            self.dispatch(now_ms, from, frame);
+        }
+    }
+
+    /// The first half of [`Node::handle_frame`]: counts the frame, notes the contact,
+    /// decodes it and checks its versions (`versions.rs`). `None` when it was rejected or
+    /// refused (and counted and reported as such).
+    pub(crate) fn receive(&mut self, now_ms: u64, from: &str, bytes: &[u8]) -> Option<Frame> {
         self.now_ms = self.now_ms.max(now_ms);
         self.stats.frames_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let Some(peer) = self.peers.get_mut(from) else {
             self.reject(from, GossipError::UnknownPeer(from.to_owned()));
-            return;
+            return None;
         };
         let first_contact = peer.last_heard_ms.is_none();
         peer.last_heard_ms = Some(now_ms);
@@ -335,13 +351,23 @@ impl Node {
                 peer: from.to_owned(),
             });
         }
-        let frame = match codec::decode(bytes) {
-            Ok(frame) => frame,
+        let decoded = match codec::decode_envelope(bytes) {
+            Ok(decoded) => decoded,
+            Err(GossipError::Version { got, advertised }) => {
+                self.refuse_version(now_ms, from, got, advertised);
+                return None;
+            }
             Err(e) => {
                 self.reject(from, e);
-                return;
+                return None;
             }
         };
+        self.check_versions(now_ms, from, decoded.version, decoded.ranges)
+            .then_some(decoded.frame)
+    }
+
+    /// The second half of [`Node::handle_frame`]: acts on a frame that was received whole.
+    pub(crate) fn dispatch(&mut self, now_ms: u64, from: &str, frame: Frame) {
         match frame {
             Frame::Changes { service, changes } => {
                 self.on_changes(from, &service, changes, false);
@@ -380,7 +406,8 @@ impl Node {
 
     /// Runs what is due at `now_ms`: the first announcement to the seeds, the failure
     /// detector's timers, batched announcements and grafts, the re-choice of this node's
-    /// entries into other regions, and the anti-entropy round (with the rollover trigger).
+    /// entries into other regions, the anti-entropy round (with the rollover trigger), and the
+    /// version probes of peers known only by their version-2 frames.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         if !self.announced {
@@ -400,6 +427,7 @@ impl Node {
         let swaps = self.plumtree.rechoose_own_entries(&mesh, now_ms);
         self.stats.entries_swapped += swaps as u64;
         self.anti_entropy_round(now_ms);
+        self.probe_versions(now_ms);
         debug_assert_invariants(self);
     }
 

@@ -8,6 +8,7 @@ use statusmesh_crdt::{Coalesced, Cursor, DocEvent, StatusEvent, Transition};
 use super::{Node, NodeId};
 use crate::codec::{self, Frame};
 use crate::error::GossipError;
+use crate::version::Ranges;
 
 /// A frame for the driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,18 @@ pub enum Event {
         from: NodeId,
         error: std::sync::Arc<GossipError>,
     },
+    /// A peer's frame was refused on its versions: of a version this node does not speak, or
+    /// from a peer whose ranges (`theirs`, when its header could be read) do not meet this
+    /// node's (`ours`). The frame was not read; nothing is sent to a peer whose ranges do not
+    /// meet. `first` is false while the peer's frames go on being refused (for drivers that
+    /// log once and count every frame).
+    VersionRefused {
+        peer: NodeId,
+        frame_version: u8,
+        ours: Ranges,
+        theirs: Option<Ranges>,
+        first: bool,
+    },
     /// The failure detector found a peer alive (first contact, or back after being down).
     PeerUp { peer: NodeId },
     /// The failure detector declared a peer down (it did not refute a suspicion in time).
@@ -60,10 +73,21 @@ impl Node {
         }
     }
 
-    /// Queues `frame` for `to`, a peer (never this node).
+    /// Queues `frame` for `to`, a peer (never this node), in the version it speaks.
     pub(super) fn send(&mut self, to: &str, frame: &Frame) {
+        let Some(spoken) = self.spoken_to(to) else {
+            // A peer outside this node's versions is refused both ways.
+            self.stats.transmits_refused += 1;
+            return;
+        };
+        self.send_as(to, frame, spoken.frame);
+    }
+
+    /// Queues `frame` for `to` in frame version `version` (a probe's may differ from what
+    /// the peer is spoken to in).
+    pub(super) fn send_as(&mut self, to: &str, frame: &Frame, version: u8) {
         debug_assert!(to != self.id, "a frame addressed to this node itself");
-        let bytes = match codec::encode(frame) {
+        let bytes = match codec::encode_as(frame, version, &self.config.versions) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Only an oversized frame fails, which chunking prevents; count it as a drop.

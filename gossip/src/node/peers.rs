@@ -26,6 +26,8 @@ pub struct PeerState {
     pub last_heard_ms: Option<u64>,
     /// Heads per service the peer reported in its last [`Frame::Heads`].
     pub heads: BTreeMap<Name, Vec<ChangeHash>>,
+    /// What the peer speaks, as far as this node knows (`versions.rs`).
+    pub version: crate::version::PeerVersion,
 }
 
 /// The node's mesh as the tree policy sees it, borrowed from the node's fields.

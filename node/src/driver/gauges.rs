@@ -52,6 +52,24 @@ impl Driver {
         );
         counter("statusmesh_gossip_grafts_sent_total", stats.grafts_sent);
         counter(
+            "statusmesh_gossip_versions_refused_total",
+            stats.versions_refused,
+        );
+        counter(
+            "statusmesh_gossip_transmits_refused_total",
+            stats.transmits_refused,
+        );
+        // The frame version spoken with each peer (0: not heard yet, or refused).
+        for peer in self.node.peers().keys() {
+            let version = self.node.spoken_with(peer).map_or(0, |s| s.frame);
+            metrics::gauge!(
+                "statusmesh_gossip_peer_frame_version",
+                "node" => node.clone(),
+                "peer" => peer.clone()
+            )
+            .set(f64::from(version));
+        }
+        counter(
             "statusmesh_gossip_announcements_dropped_total",
             stats.announcements_dropped,
         );

@@ -454,6 +454,33 @@ impl Driver {
                     info!(node = %self.info.id, %peer, "first frame from peer");
                     let _ = self.ready.send(true);
                 }
+                Event::VersionRefused {
+                    peer,
+                    frame_version,
+                    ours,
+                    theirs,
+                    first,
+                } => {
+                    let theirs = theirs.map_or_else(|| "unknown".to_owned(), |r| r.to_string());
+                    if first {
+                        warn!(
+                            node = %self.info.id,
+                            %peer,
+                            frame_version,
+                            ours = %ours,
+                            theirs = %theirs,
+                            "refused a peer outside this node's version ranges (frame not read)"
+                        );
+                    }
+                    metrics::counter!(
+                        "statusmesh_gossip_version_refused_total",
+                        "node" => self.info.id.clone(),
+                        "peer" => peer,
+                        "ours" => ours.to_string(),
+                        "theirs" => theirs
+                    )
+                    .increment(1);
+                }
                 Event::FrameRejected { from, error } => {
                     warn!(node = %self.info.id, peer = %from, %error, "rejected a frame");
                     metrics::counter!(

@@ -15,4 +15,5 @@ mod epochs;
 mod harness;
 mod membership;
 mod repair;
+mod versions;
 mod writes;

@@ -116,7 +116,7 @@ fn garbage_broadcast_frames_change_nothing_and_are_counted() {
     let truncated_ihave = ihave[..ihave.len() - 1].to_vec();
     // Version, then the variant index of each broadcast frame, then noise.
     let noise: Vec<Vec<u8>> = (6u8..=9)
-        .map(|tag| [vec![codec::WIRE_VERSION, tag], vec![0xff; 40]].concat())
+        .map(|tag| [vec![2, tag], vec![0xff; 40]].concat())
         .collect();
     let garbage: Vec<Vec<u8>> = [vec![bad_push, truncated_ihave], noise].concat();
     let count = garbage.len() as u64;
@@ -148,7 +148,9 @@ fn garbage_frames_change_nothing_and_are_counted() {
         changes: vec![vec![0xde, 0xad]],
     })
     .expect("encode");
-    for bytes in [vec![], vec![0xff; 100], bad_changes] {
+    // A version this release reads, then noise.
+    let noise = [vec![3], vec![0xff; 99]].concat();
+    for bytes in [vec![], noise, bad_changes] {
         h.nodes[1].handle_frame(h.now_ms, "n0", &bytes);
     }
     h.nodes[1].handle_frame(h.now_ms, "stranger", &[1, 2, 3]);
