@@ -58,8 +58,12 @@ async fn writer(
     record: Arc<Mutex<Record>>,
     stop: watch::Receiver<bool>,
 ) {
+    // A fresh connection per write: hyper resends a request whose reused connection closed
+    // under it (a node draining), and a node that took the write before closing plus the
+    // restarted one that takes the resent copy make two writes of one message.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
     let component = format!("w{index}");

@@ -395,6 +395,13 @@ impl Driver {
         while let Some(transmit) = self.node.poll_transmit() {
             self.transport.send(&transmit.to, transmit.bytes);
         }
+        self.publish_events();
+    }
+
+    /// Hands the core's events to subscribers (and logs and counts the rest). Also called
+    /// before a subscriber is answered: its first events are computed from the state they
+    /// describe, so they must be out before it takes the live feed (or it gets them twice).
+    fn publish_events(&mut self) {
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::Status {

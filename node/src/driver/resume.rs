@@ -36,6 +36,7 @@ impl Driver {
         delivery: Delivery,
         reply: oneshot::Sender<Subscription>,
     ) {
+        self.publish_events();
         let now = now_ms();
         match (
             self.node.resume(now, cursor.as_ref(), now, delivery),
@@ -66,6 +67,7 @@ impl Driver {
         if self.resumes.is_empty() {
             return;
         }
+        self.publish_events();
         let now = now_ms();
         for mut waiting in std::mem::take(&mut self.resumes) {
             if waiting.reply.is_closed() {
