@@ -103,3 +103,40 @@ async fn bench_sse_and_soak_report_no_lost_and_no_duplicated_deliveries() {
         );
     }
 }
+
+#[tokio::test]
+async fn bench_write_reports_every_acknowledged_write_seen_on_the_observer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "bench-write-token";
+    let mesh = harness::start_mesh(dir.path(), token).await;
+    let nodes = &mesh.nodes;
+    let (target, observe) = (nodes[0].url(""), nodes[2].url(""));
+    let args = [
+        "write",
+        "--target",
+        &target,
+        "--token",
+        token,
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--observe",
+        &observe,
+    ];
+    let report = run_bench(dir.path(), &args).await;
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("of "))
+        .unwrap_or_else(|| panic!("no visibility line:\n{report}"));
+    let acked: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(acked > 0, "{report}");
+    assert!(
+        line.contains(&format!("{acked} seen as their own event")) && line.contains(", 0 not seen"),
+        "a light load: every write seen as its own event:\n{report}"
+    );
+}

@@ -255,6 +255,10 @@ enum BenchCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    // reqwest is built without a crypto provider of its own: every client that is not given
+    // a TLS configuration (the benches' plain-HTTP clients) takes the process's default, ring,
+    // the one every other TLS use here is given. Installing it twice is no error to act on.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
