@@ -4,7 +4,8 @@
 # writes/s, write latency, and remote visibility of every acknowledged write.
 #
 #   bench/write-3.sh [BIN] [-- extra bench write flags]   (BIN: target/release/statusmesh)
-# Environment: DURATION (default 20s), CONCURRENCY (default 64).
+# Environment: DURATION (default 20s), CONCURRENCY (default 64), NODE_FLAGS (more flags of
+# `statusmesh run`, e.g. "--epoch-history-changes-max 20000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/statusmesh}
@@ -35,7 +36,7 @@ done
 "$bin" certs --config "$work/regions.toml" --out "$work/certs" >/dev/null
 for region in eu-west us-east ap-southeast; do
   "$bin" run --config "$work/regions.toml" --node "$region-1" --certs "$work/certs" \
-    --data-dir "$work/$region" --token secret >"$work/$region.log" 2>&1 &
+    --data-dir "$work/$region" --token secret ${NODE_FLAGS:-} >"$work/$region.log" 2>&1 &
   pids+=($!)
 done
 for port in 18101 18102 18103; do
@@ -47,3 +48,5 @@ done
 "$bin" bench write --target http://127.0.0.1:18102 --token secret \
   --concurrency "${CONCURRENCY:-64}" --duration "${DURATION:-20s}" \
   --observe http://127.0.0.1:18103 "$@"
+# How often the written document rolled over meanwhile (each rollover is a new epoch).
+curl -fs http://127.0.0.1:18103/metrics | grep -E '^statusmesh_(epoch_rollovers_total|document_epoch)' || true

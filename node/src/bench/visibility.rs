@@ -1,6 +1,6 @@
 //! Remote visibility of acknowledged writes: what the observer's event stream said about
 //! each one — seen as its own event (with its latency), folded into a coalesced event (and
-//! why), or not seen at all.
+//! why) or into a fresh snapshot the stream was sent, or not seen at all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ struct Observed {
 pub(super) struct Ledger {
     events: HashMap<u32, BTreeMap<u64, Observed>>,
     count: usize,
+    /// When the stream was sent a fresh snapshot after its first (it fell too far behind).
+    last_snapshot: Option<Instant>,
 }
 
 /// What became of the acknowledged writes on the observed node.
@@ -61,6 +63,11 @@ impl Ledger {
             .or_insert(Observed { at, coalesced });
     }
 
+    /// Records a fresh snapshot on the stream, at `at`: it stands for every write before it.
+    pub(super) fn observe_snapshot(&mut self, at: Instant) {
+        self.last_snapshot = Some(at);
+    }
+
     /// Classifies each acknowledged write `(worker, seq, sent)`.
     pub(super) fn classify(&self, acknowledged: &[(u32, u64, Instant)]) -> Visibility {
         let mut out = Visibility::default();
@@ -75,8 +82,12 @@ impl Ledger {
                     // Folded when a coalesced event of its cell came at or after it.
                     let folding =
                         events.and_then(|e| e.range(seq..).find_map(|(_, o)| o.coalesced.clone()));
+                    let in_snapshot = self.last_snapshot.is_some_and(|at| at >= sent);
                     match folding {
                         Some(reason) => *out.coalesced.entry(reason).or_default() += 1,
+                        None if in_snapshot => {
+                            *out.coalesced.entry("snapshot".into()).or_default() += 1;
+                        }
                         None => out.not_seen += 1,
                     }
                 }
@@ -112,5 +123,9 @@ mod tests {
             v.not_seen, 1,
             "w1-1 has no event of its own and none folds it"
         );
+        // A fresh snapshot after it stands for it.
+        ledger.observe_snapshot(now + Duration::from_millis(1));
+        let v = ledger.classify(&acked);
+        assert_eq!((v.not_seen, v.coalesced.get("snapshot")), (0, Some(&1)));
     }
 }

@@ -345,14 +345,21 @@ async fn start_observer(
 }
 
 fn observe_block(block: &str, ledger: &Mutex<Ledger>) {
-    let mut is_status = false;
+    let (mut is_status, mut kind_is_snapshot) = (false, false);
     let mut data = String::new();
     for line in block.lines() {
         if let Some(kind) = line.strip_prefix("event:") {
             is_status = kind.trim() == "status";
+            kind_is_snapshot = kind.trim() == "snapshot";
         } else if let Some(payload) = line.strip_prefix("data:") {
             data.push_str(payload.trim_start());
         }
+    }
+    if kind_is_snapshot {
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.observe_snapshot(Instant::now());
+        }
+        return;
     }
     if !is_status {
         return;
