@@ -402,16 +402,20 @@ pub async fn metric_sum(
     labels: &[&str],
 ) -> Option<f64> {
     let text = metrics_text(client, node).await?;
-    Some(
-        text.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|line| labels.iter().all(|label| line.contains(label)))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(metric_sum_in(&text, name, labels))
+}
+
+/// The sum of the series of metric `name` in the exposition `text` whose labels contain
+/// every one of `labels`.
+pub fn metric_sum_in(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// PUTs a status and returns the JSON reply.
