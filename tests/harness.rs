@@ -161,6 +161,20 @@ pub fn run_node(dir: &Path, config: &Path, certs: &Path, node: &TestNode, token:
     run_node_with_data(dir, config, certs, node, token, &data_dir(dir, node))
 }
 
+/// [`run_node`] with `extra` flags after the token.
+pub fn run_node_with_extra(
+    dir: &Path,
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    token: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec!["--token", token];
+    args.extend_from_slice(extra);
+    run_node_with_args(dir, config, certs, node, &data_dir(dir, node), args)
+}
+
 /// The data directory [`run_node`] gives a node.
 pub fn data_dir(dir: &Path, node: &TestNode) -> PathBuf {
     dir.join(format!("{}-data", node.id))
@@ -525,11 +539,7 @@ pub async fn start_mesh_with_args(dir: &Path, token: &str, args: &[&str]) -> Mes
     make_certs(&config, &certs);
     let procs = nodes
         .iter()
-        .map(|n| {
-            let mut all = vec!["--token", token];
-            all.extend_from_slice(args);
-            run_node_with_args(dir, &config, &certs, n, &data_dir(dir, n), all)
-        })
+        .map(|n| run_node_with_extra(dir, &config, &certs, n, token, args))
         .collect();
     let client = reqwest::Client::new();
     wait_healthy(&client, &nodes).await;
