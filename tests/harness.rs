@@ -550,3 +550,23 @@ pub async fn start_mesh_with_args(dir: &Path, token: &str, args: &[&str]) -> Mes
         client,
     }
 }
+
+/// Starts `statusmesh dev` (one process serving every node of a topology with `per_region`
+/// nodes in each region) in `dir` with write token `token`, and waits until every node is
+/// healthy and ready. The process is killed when the returned [`Proc`] is dropped.
+pub async fn start_dev(
+    client: &reqwest::Client,
+    dir: &Path,
+    per_region: usize,
+    token: &str,
+) -> (Vec<TestNode>, Proc) {
+    let (config, nodes) = topology(dir, per_region);
+    let mut command = Command::new(BIN);
+    command
+        .args(["dev", "--token", token, "--config"])
+        .arg(&config);
+    let dev = Proc::spawn(command, dir.join("dev.log"));
+    wait_healthy(client, &nodes).await;
+    wait_ready(client, &nodes).await;
+    (nodes, dev)
+}

@@ -8,18 +8,14 @@
 //! With `STATUSMESH_SCREENSHOTS=DIR` each state is saved as a PNG in DIR (the committed ones
 //! are in `artifacts/`); CI leaves the repository alone.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 
+use crate::browser::{self, Browser};
 use crate::harness::{self, Proc, TestNode};
-use crate::page::{Browser, CHROMEDRIVER, CHROMIUM};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const WEBOPS: &str = "webops-secret-0123456789";
-/// WebDriver's key for an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn screenshots() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("STATUSMESH_SCREENSHOTS")?);
@@ -33,27 +29,16 @@ async fn shot(browser: &Browser, name: &str) {
     }
 }
 
-/// Finds one element by CSS selector; its WebDriver id.
-async fn element(browser: &Browser, css: &str) -> String {
-    let found = browser
-        .command("/element", json!({ "using": "css selector", "value": css }))
-        .await;
-    found[ELEMENT]
-        .as_str()
-        .unwrap_or_else(|| panic!("no element {css}: {found}"))
-        .to_owned()
-}
-
 /// Types `text` into the element as keystrokes.
 async fn type_into(browser: &Browser, css: &str, text: &str) {
-    let id = element(browser, css).await;
+    let id = browser.element(css).await;
     browser
         .command(&format!("/element/{id}/value"), json!({ "text": text }))
         .await;
 }
 
 async fn click(browser: &Browser, css: &str) {
-    let id = element(browser, css).await;
+    let id = browser.element(css).await;
     browser
         .command(&format!("/element/{id}/click"), json!({}))
         .await;
@@ -174,13 +159,7 @@ async fn start_mesh(dir: &Path) -> (Vec<TestNode>, Vec<Proc>) {
 
 #[tokio::test]
 async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -238,16 +217,7 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
         assert_eq!(listed["url"], format!("http://{}", node.http));
     }
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, dir.path().join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(&client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(&client, dir.path()).await;
 
     // Page A on the eu-west node.
     let a = Browser::start(&client, &driver, &dir.path().join("profile-a")).await;
@@ -561,25 +531,12 @@ async fn submit(browser: &Browser, fields: &[(&str, &str)], button: &str) {
 
 #[tokio::test]
 async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page() {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let mut command = Command::new(harness::BIN);
-    command
-        .args(["dev", "--token", ADMIN, "--config"])
-        .arg(&config);
-    let _dev = Proc::spawn(command, dir.path().join("dev.log"));
     let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    let (nodes, _dev) = harness::start_dev(&client, dir.path(), 1, ADMIN).await;
     let (code, reply) = harness::put_status(
         &client,
         &nodes[0],
@@ -590,16 +547,7 @@ async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page(
     .await;
     assert_eq!(code, 200, "{reply}");
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, dir.path().join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(&client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(&client, dir.path()).await;
     let browser = Browser::start(&client, &driver, &dir.path().join("profile")).await;
     browser.goto(&nodes[1].url("/")).await;
     wait_text(
