@@ -5,15 +5,12 @@
 //! Chromium and chromedriver come from the system's packages (`tests/setup/browser.sh`);
 //! without them the browser part says so and passes, unless `STATUSMESH_REQUIRE_BROWSER=1`.
 
-use std::path::Path;
-use std::process::Command;
-
-use base64::Engine as _;
 use serde_json::{json, Value};
+use std::path::Path;
 
+use crate::browser::{self, artifacts_dir, Browser};
 use crate::errors::start_one;
-use crate::harness::{self, Proc, TestNode};
-use crate::page::{artifacts_dir, Browser, CHROMEDRIVER, CHROMIUM};
+use crate::harness::{self, TestNode};
 
 const TOKEN: &str = "badge-token-0123456789";
 
@@ -170,13 +167,7 @@ async fn badges_say_the_state_in_words_and_the_json_is_a_shields_endpoint() {
 /// Shows every SVG badge on a page in Chromium; each must load with a size, and the
 /// screenshot of them is kept.
 async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNode) {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let badges = [
@@ -198,16 +189,7 @@ async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNod
     )
     .expect("write the page");
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, dir.join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(client, dir).await;
     let browser = Browser::start(client, &driver, &dir.join("profile")).await;
     browser.goto(&format!("file://{}", page.display())).await;
     let sizes = harness::wait_for("every badge to load", || async {
@@ -236,30 +218,8 @@ async fn render_in_chromium(client: &reqwest::Client, dir: &Path, node: &TestNod
         (done == true).then_some(())
     })
     .await;
-    let element = browser
-        .command(
-            "/element",
-            json!({"using": "css selector", "value": "#badges"}),
-        )
-        .await;
-    let id = element
-        .as_object()
-        .and_then(|o| o.values().next())
-        .and_then(Value::as_str)
-        .expect("the badges element")
-        .to_owned();
-    let reply: Value = browser
-        .client
-        .get(format!("{}/element/{id}/screenshot", browser.base))
-        .send()
-        .await
-        .expect("element screenshot")
-        .json()
-        .await
-        .expect("screenshot reply");
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(reply["value"].as_str().unwrap_or_default())
-        .expect("screenshot is base64");
+    let id = browser.element("#badges").await;
+    let png = browser.png(&format!("/element/{id}/screenshot")).await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     std::fs::write(artifacts_dir().join("badges.png"), png).expect("write the screenshot");
     browser.close().await;

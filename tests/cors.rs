@@ -7,9 +7,9 @@
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
+use crate::browser::{self, Browser};
 use crate::errors::start_one;
-use crate::harness::{self, Proc, TestNode};
-use crate::page::{Browser, CHROMEDRIVER, CHROMIUM};
+use crate::harness::{self, TestNode};
 
 const TOKEN: &str = "cors-token-0123456789";
 const OPS: &str = "https://ops.example";
@@ -302,13 +302,7 @@ async fn cross_origin_reads(browser: &Browser, page: &str, node: &TestNode) -> (
 
 #[tokio::test]
 async fn a_page_of_another_origin_reads_and_follows_a_node_in_chromium_only_when_allowed() {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let open_dir = tempfile::tempdir().expect("tempdir");
@@ -329,16 +323,7 @@ async fn a_page_of_another_origin_reads_and_follows_a_node_in_chromium_only_when
     std::fs::write(&page, "<!doctype html><title>another origin</title>").expect("page");
     let page = format!("file://{}", page.display());
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = std::process::Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, open_dir.path().join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(&client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(&client, open_dir.path()).await;
     let browser = Browser::start(&client, &driver, &open_dir.path().join("profile")).await;
     browser
         .command("/timeouts", json!({ "script": 20_000 }))

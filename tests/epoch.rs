@@ -23,13 +23,13 @@ fn run(
     certs: &std::path::Path,
     node: &TestNode,
 ) -> Proc {
-    harness::run_node_with_args(
+    harness::run_node_with_extra(
         dir,
         config,
         certs,
         node,
-        &harness::data_dir(dir, node),
-        ["--token", TOKEN, "--epoch-history-changes-max", HISTORY_MAX],
+        TOKEN,
+        &["--epoch-history-changes-max", HISTORY_MAX],
     )
 }
 

@@ -161,6 +161,20 @@ pub fn run_node(dir: &Path, config: &Path, certs: &Path, node: &TestNode, token:
     run_node_with_data(dir, config, certs, node, token, &data_dir(dir, node))
 }
 
+/// [`run_node`] with `extra` flags after the token.
+pub fn run_node_with_extra(
+    dir: &Path,
+    config: &Path,
+    certs: &Path,
+    node: &TestNode,
+    token: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec!["--token", token];
+    args.extend_from_slice(extra);
+    run_node_with_args(dir, config, certs, node, &data_dir(dir, node), args)
+}
+
 /// The data directory [`run_node`] gives a node.
 pub fn data_dir(dir: &Path, node: &TestNode) -> PathBuf {
     dir.join(format!("{}-data", node.id))
@@ -402,16 +416,20 @@ pub async fn metric_sum(
     labels: &[&str],
 ) -> Option<f64> {
     let text = metrics_text(client, node).await?;
-    Some(
-        text.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|line| labels.iter().all(|label| line.contains(label)))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(metric_sum_in(&text, name, labels))
+}
+
+/// The sum of the series of metric `name` in the exposition `text` whose labels contain
+/// every one of `labels`.
+pub fn metric_sum_in(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// PUTs a status and returns the JSON reply.
@@ -521,11 +539,7 @@ pub async fn start_mesh_with_args(dir: &Path, token: &str, args: &[&str]) -> Mes
     make_certs(&config, &certs);
     let procs = nodes
         .iter()
-        .map(|n| {
-            let mut all = vec!["--token", token];
-            all.extend_from_slice(args);
-            run_node_with_args(dir, &config, &certs, n, &data_dir(dir, n), all)
-        })
+        .map(|n| run_node_with_extra(dir, &config, &certs, n, token, args))
         .collect();
     let client = reqwest::Client::new();
     wait_healthy(&client, &nodes).await;
@@ -535,4 +549,24 @@ pub async fn start_mesh_with_args(dir: &Path, token: &str, args: &[&str]) -> Mes
         procs,
         client,
     }
+}
+
+/// Starts `statusmesh dev` (one process serving every node of a topology with `per_region`
+/// nodes in each region) in `dir` with write token `token`, and waits until every node is
+/// healthy and ready. The process is killed when the returned [`Proc`] is dropped.
+pub async fn start_dev(
+    client: &reqwest::Client,
+    dir: &Path,
+    per_region: usize,
+    token: &str,
+) -> (Vec<TestNode>, Proc) {
+    let (config, nodes) = topology(dir, per_region);
+    let mut command = Command::new(BIN);
+    command
+        .args(["dev", "--token", token, "--config"])
+        .arg(&config);
+    let dev = Proc::spawn(command, dir.join("dev.log"));
+    wait_healthy(client, &nodes).await;
+    wait_ready(client, &nodes).await;
+    (nodes, dev)
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    data_dir, make_certs, run_node_with_args, topology, wait_for, Proc, TestNode, BIN, WAIT,
+    data_dir, make_certs, metric_sum_in, run_node_with_args, topology, wait_for, Proc, TestNode,
+    BIN, WAIT,
 };
 
 const TOKEN: &str = "https-test-token-0123";
@@ -206,14 +207,7 @@ impl HttpsMesh {
     /// A metric of `node` summed over the series whose labels contain each of `labels`.
     fn metric(&self, node: &TestNode, name: &str, labels: &[&str]) -> f64 {
         let (_, _, text) = self.curl(&["--http1.1"], &https(node, "/metrics"));
-        text.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|line| labels.iter().all(|label| line.contains(label)))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum_in(&text, name, labels)
     }
 
     /// A status write on `node` with curl over `version`; the status code and HTTP version.

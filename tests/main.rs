@@ -6,6 +6,7 @@
 mod alertmanager;
 mod badges;
 mod bench_sse;
+mod browser;
 mod chaos;
 mod chaos_net;
 mod chaos_probes;

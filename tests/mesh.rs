@@ -1,10 +1,8 @@
 //! A change crosses the mesh: written on one node, seen on SSE and reads of the others.
 
-use std::process::Command;
-
 use serde_json::json;
 
-use crate::harness::{self, Proc, SseReader, BIN};
+use crate::harness::{self, SseReader};
 
 #[tokio::test]
 async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
@@ -69,15 +67,8 @@ async fn status_written_in_one_region_reaches_sse_and_reads_in_the_others() {
 #[tokio::test]
 async fn statusmesh_dev_serves_every_node_and_carries_a_change_across_regions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 2);
-    let mut command = Command::new(BIN);
-    command
-        .args(["dev", "--token", "dev-token", "--config"])
-        .arg(&config);
-    let dev = Proc::spawn(command, dir.path().join("dev.log"));
     let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
+    let (nodes, dev) = harness::start_dev(&client, dir.path(), 2, "dev-token").await;
     let output = dev.output();
     for node in &nodes {
         assert!(

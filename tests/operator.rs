@@ -8,18 +8,14 @@
 //! With `STATUSMESH_SCREENSHOTS=DIR` each state is saved as a PNG in DIR (the committed ones
 //! are in `artifacts/`); CI leaves the repository alone.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 
+use crate::browser::{self, Browser};
 use crate::harness::{self, Proc, TestNode};
-use crate::page::{Browser, CHROMEDRIVER, CHROMIUM};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const WEBOPS: &str = "webops-secret-0123456789";
-/// WebDriver's key for an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn screenshots() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("STATUSMESH_SCREENSHOTS")?);
@@ -33,27 +29,16 @@ async fn shot(browser: &Browser, name: &str) {
     }
 }
 
-/// Finds one element by CSS selector; its WebDriver id.
-async fn element(browser: &Browser, css: &str) -> String {
-    let found = browser
-        .command("/element", json!({ "using": "css selector", "value": css }))
-        .await;
-    found[ELEMENT]
-        .as_str()
-        .unwrap_or_else(|| panic!("no element {css}: {found}"))
-        .to_owned()
-}
-
 /// Types `text` into the element as keystrokes.
 async fn type_into(browser: &Browser, css: &str, text: &str) {
-    let id = element(browser, css).await;
+    let id = browser.element(css).await;
     browser
         .command(&format!("/element/{id}/value"), json!({ "text": text }))
         .await;
 }
 
 async fn click(browser: &Browser, css: &str) {
-    let id = element(browser, css).await;
+    let id = browser.element(css).await;
     browser
         .command(&format!("/element/{id}/click"), json!({}))
         .await;
@@ -112,14 +97,25 @@ async fn sign_in(browser: &Browser, token: &str, name: &str) {
     assert!(!url.contains(token), "the token is never in a URL: {url}");
 }
 
-/// Fills the "set a state" form (by value, as a user picking from the lists would).
-fn fill_status(service: &str, component: &str, target: &str, state: &str, message: &str) -> String {
-    format!(
+/// Fills the "set a state" form (by value, as a user picking from the lists would) and
+/// submits it; the page shows the write as pending at once, in the same turn.
+async fn set_state(
+    browser: &Browser,
+    service: &str,
+    component: &str,
+    target: &str,
+    state: &str,
+    message: &str,
+) {
+    let fill = format!(
         "const set = (id, v) => {{ document.getElementById(id).value = v; }};\
          set('op-status-service', {service:?}); set('op-status-component', {component:?});\
          set('op-status-target', {target:?}); set('op-status-state', {state:?});\
          set('op-status-message', {message:?});"
-    )
+    );
+    browser.eval(&fill).await;
+    let at_once = browser.eval(SUBMIT_AND_LOOK).await;
+    assert_eq!(at_once[0], "pending", "{at_once}");
 }
 
 /// Clicks the form's button and reports, in the same turn, what the page shows at once.
@@ -129,6 +125,19 @@ const SUBMIT_AND_LOOK: &str = "document.getElementById('op-status-submit').click
 
 fn cell(key: &str) -> String {
     format!("return document.querySelector('td[data-key=\"{key}\"]')?.outerHTML || ''")
+}
+
+/// An admin's write of `state` with `message` at `path` on `node`; it must succeed.
+async fn write(client: &reqwest::Client, node: &TestNode, path: &str, state: &str, message: &str) {
+    let (code, reply) = harness::put_status(
+        client,
+        node,
+        ADMIN,
+        path,
+        json!({"state": state, "message": message}),
+    )
+    .await;
+    assert_eq!(code, 200, "{reply}");
 }
 
 async fn start_mesh(dir: &Path) -> (Vec<TestNode>, Vec<Proc>) {
@@ -174,13 +183,7 @@ async fn start_mesh(dir: &Path) -> (Vec<TestNode>, Vec<Proc>) {
 
 #[tokio::test]
 async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -194,15 +197,14 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     };
     let (eu, us, ap) = (index("eu-west"), index("us-east"), index("ap-southeast"));
 
-    let (code, reply) = harness::put_status(
+    write(
         &client,
         &nodes[eu],
-        ADMIN,
         "web/api/eu-west",
-        json!({"state": "operational", "message": "fine"}),
+        "operational",
+        "fine",
     )
     .await;
-    assert_eq!(code, 200, "{reply}");
 
     // What the page learns of a token, and of the mesh.
     let whoami = client
@@ -238,16 +240,7 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
         assert_eq!(listed["url"], format!("http://{}", node.http));
     }
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, dir.path().join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(&client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(&client, dir.path()).await;
 
     // Page A on the eu-west node.
     let a = Browser::start(&client, &driver, &dir.path().join("profile-a")).await;
@@ -309,16 +302,7 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     // Sign in and set a state: pending at once, confirmed once the mesh has it.
     sign_in(&a, ADMIN, "admin").await;
     latency(&a, 1500).await;
-    a.eval(&fill_status(
-        "web",
-        "api",
-        "us-east",
-        "major_outage",
-        "db down",
-    ))
-    .await;
-    let at_once = a.eval(SUBMIT_AND_LOOK).await;
-    assert_eq!(at_once[0], "pending", "{at_once}");
+    set_state(&a, "web", "api", "us-east", "major_outage", "db down").await;
     let pending_cell = text_of(&a, &cell("web/api/us-east")).await;
     assert!(
         pending_cell.contains("pending") && pending_cell.contains("Major outage"),
@@ -328,7 +312,7 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     let confirmed = wait_text(
         &a,
         "the write to be confirmed",
-        "const r = document.getElementById('op-status-result'); return r.dataset.state + ': ' + r.textContent",
+        &result("op-status-result"),
         &["confirmed: "],
     )
     .await;
@@ -381,20 +365,19 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
         .eval("return [...document.getElementById('op-status-target').options].map(o => o.value)")
         .await;
     assert_eq!(targets, json!(["eu-west"]), "only the regions of its scope");
-    b.eval(&fill_status(
+    set_state(
+        &b,
         "billing",
         "db",
         "eu-west",
         "degraded_performance",
         "slow",
-    ))
+    )
     .await;
-    let at_once = b.eval(SUBMIT_AND_LOOK).await;
-    assert_eq!(at_once[0], "pending", "{at_once}");
     let reverted = wait_text(
         &b,
         "the forbidden write to be reverted",
-        "const r = document.getElementById('op-status-result'); return r.dataset.state + ': ' + r.textContent",
+        &result("op-status-result"),
         &["reverted: "],
     )
     .await;
@@ -429,15 +412,7 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
         } else {
             "operational"
         };
-        let (code, reply) = harness::put_status(
-            &client,
-            &nodes[us],
-            ADMIN,
-            "web/api/ap-southeast",
-            json!({"state": state, "message": message}),
-        )
-        .await;
-        assert_eq!(code, 200, "{reply}");
+        write(&client, &nodes[us], "web/api/ap-southeast", state, message).await;
     }
     let received_script =
         "return SM.conn.received.filter(e => e.kind === 'status' && e.service === 'web' \
@@ -474,15 +449,14 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
     )
     .await;
     // And a live change after the failover arrives too.
-    let (code, reply) = harness::put_status(
+    write(
         &client,
         &nodes[ap],
-        ADMIN,
         "web/api/ap-southeast",
-        json!({"state": "operational", "message": "after failover"}),
+        "operational",
+        "after failover",
     )
     .await;
-    assert_eq!(code, 200, "{reply}");
     wait_text(
         &a,
         "a live change after the failover",
@@ -502,20 +476,19 @@ async fn an_operator_acts_from_the_page_and_the_page_follows_another_node() {
 
     // Writes follow too (to another origin, listed in --cors-write-origins): with eu-west's
     // only node gone, ?ack=3 ends at 2 regions, and the page says so.
-    a.eval(&fill_status(
+    set_state(
+        &a,
         "web",
         "api",
         "us-east",
         "degraded_performance",
         "written after failover",
-    ))
+    )
     .await;
-    let at_once = a.eval(SUBMIT_AND_LOOK).await;
-    assert_eq!(at_once[0], "pending", "{at_once}");
     let confirmed = wait_text(
         &a,
         "the write after the failover to be confirmed",
-        "const r = document.getElementById('op-status-result'); return r.dataset.state + ': ' + r.textContent",
+        &result("op-status-result"),
         &["confirmed: "],
     )
     .await;
@@ -545,6 +518,15 @@ async fn wait_confirmed(browser: &Browser, id: &str) -> String {
     text
 }
 
+/// Waits until the list `select` offers `count` options.
+async fn wait_options(browser: &Browser, what: &str, select: &str, count: u64) {
+    let script = format!("return document.getElementById({select:?}).options.length");
+    harness::wait_for(what, || async {
+        (browser.eval(&script).await == count).then_some(())
+    })
+    .await;
+}
+
 /// Sets form fields by id (as a user picking from the lists would) and clicks `button`.
 async fn submit(browser: &Browser, fields: &[(&str, &str)], button: &str) {
     let mut script = String::new();
@@ -561,45 +543,15 @@ async fn submit(browser: &Browser, fields: &[(&str, &str)], button: &str) {
 
 #[tokio::test]
 async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page() {
-    let required = std::env::var("STATUSMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "{CHROMEDRIVER} or {CHROMIUM} is missing; ./test.sh installs them"
-        );
-        eprintln!("skipped: {CHROMEDRIVER} not installed (run ./test.sh)");
+    if !browser::installed() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, nodes) = harness::topology(dir.path(), 1);
-    let mut command = Command::new(harness::BIN);
-    command
-        .args(["dev", "--token", ADMIN, "--config"])
-        .arg(&config);
-    let _dev = Proc::spawn(command, dir.path().join("dev.log"));
     let client = reqwest::Client::new();
-    harness::wait_healthy(&client, &nodes).await;
-    harness::wait_ready(&client, &nodes).await;
-    let (code, reply) = harness::put_status(
-        &client,
-        &nodes[0],
-        ADMIN,
-        "web/api/eu-west",
-        json!({"state": "operational", "message": "fine"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{reply}");
+    let (nodes, _dev) = harness::start_dev(&client, dir.path(), 1, ADMIN).await;
+    write(&client, &nodes[0], "web/api/eu-west", "operational", "fine").await;
 
-    let driver_addr = harness::free_tcp();
-    let mut driver_cmd = Command::new(CHROMEDRIVER);
-    driver_cmd.arg(format!("--port={}", driver_addr.port()));
-    let _driver = Proc::spawn(driver_cmd, dir.path().join("chromedriver.log"));
-    let driver = format!("http://{driver_addr}");
-    harness::wait_for("chromedriver to be ready", || async {
-        let status = harness::get_json(&client, format!("{driver}/status")).await?;
-        (status["value"]["ready"] == true).then_some(())
-    })
-    .await;
+    let (_driver, driver) = browser::start_chromedriver(&client, dir.path()).await;
     let browser = Browser::start(&client, &driver, &dir.path().join("profile")).await;
     browser.goto(&nodes[1].url("/")).await;
     wait_text(
@@ -632,12 +584,12 @@ async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page(
         &["Elevated errors", "looking into it"],
     )
     .await;
-    harness::wait_for("the incident to be offered for updates", || async {
-        let n = browser
-            .eval("return document.getElementById('op-incident-id').options.length")
-            .await;
-        (n == 1).then_some(())
-    })
+    wait_options(
+        &browser,
+        "the incident to be offered for updates",
+        "op-incident-id",
+        1,
+    )
     .await;
     submit(
         &browser,
@@ -687,12 +639,12 @@ async fn incidents_maintenance_overrides_and_checks_are_confirmed_from_the_page(
     wait_confirmed(&browser, "op-maint-new-result").await;
     let maintenance = "return document.getElementById('maintenance').textContent";
     wait_text(&browser, "the window", maintenance, &["Database upgrade"]).await;
-    harness::wait_for("the window to be offered for cancelling", || async {
-        let n = browser
-            .eval("return document.getElementById('op-maint-id').options.length")
-            .await;
-        (n == 1).then_some(())
-    })
+    wait_options(
+        &browser,
+        "the window to be offered for cancelling",
+        "op-maint-id",
+        1,
+    )
     .await;
     submit(&browser, &[], "op-maint-cancel-submit").await;
     wait_confirmed(&browser, "op-maint-cancel-result").await;

@@ -235,16 +235,7 @@ async fn wait_all_speak(client: &reqwest::Client, nodes: &[TestNode], version: u
 }
 
 fn start(dir: &Path, config: &Path, certs: &Path, node: &TestNode, extra: &[&str]) -> Proc {
-    let mut args = vec!["--token", TOKEN];
-    args.extend_from_slice(extra);
-    harness::run_node_with_args(
-        dir,
-        config,
-        certs,
-        node,
-        &harness::data_dir(dir, node),
-        args,
-    )
+    harness::run_node_with_extra(dir, config, certs, node, TOKEN, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
