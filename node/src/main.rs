@@ -139,6 +139,27 @@ enum CertsAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A certificate for a node that joins without being listed in regions.toml: its subject
+    /// names the node id and region. Writes <node>.pem, <node>.key and the CA's ca.pem into
+    /// OUT, the joining node's --certs directory (see the README's "Adding a node").
+    Issue {
+        /// The directory of the cluster CA (ca.pem, ca.key).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The new node's id (a DNS label: a-z, 0-9, '-').
+        #[arg(long)]
+        node: String,
+        /// The region it runs in: one of the topology's regions.
+        #[arg(long)]
+        region: String,
+        /// Where to write the certificate, its key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// The topology file: when given, the region must be one of its regions and the id
+        /// none of its nodes'.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +408,19 @@ fn main() -> anyhow::Result<()> {
                         let ids: Vec<String> =
                             topology.nodes.iter().map(|n| n.id.clone()).collect();
                         certs::rotate_ca(&dir, &out, &topology.cluster, &ids)?
+                    }
+                    Some(CertsAction::Issue {
+                        ca_dir,
+                        node,
+                        region,
+                        out,
+                        config,
+                    }) => {
+                        if let Some(config) = config {
+                            let topology = Topology::load(&config)?;
+                            topology.check_joiner(&config, &node, &region)?;
+                        }
+                        certs::issue_member(&ca_dir, &out, &node, &region)?
                     }
                     None => {
                         let (Some(config), Some(out)) = (args.config, args.out) else {
