@@ -21,6 +21,7 @@ mod feeds;
 mod flags;
 mod harness;
 mod https;
+mod join;
 mod mesh;
 mod negotiation;
 mod operator;

@@ -104,6 +104,19 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Make a joined node leave the mesh: it announces it, its peers drop it from their
+    /// membership, and it stops (a node listed in regions.toml is refused).
+    Leave {
+        /// The node (URL, or HOST:PORT of its client API).
+        #[arg(long)]
+        node: String,
+        /// An operator token of the node.
+        #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Trust the node's HTTPS certificate issued by this CA (PEM).
+        #[arg(long, value_name = "FILE", env = "STATUSMESH_CA")]
+        ca: Option<PathBuf>,
+    },
     /// Make a cluster CA (unless DIR has one) and a certificate for every node;
     /// `certs rotate-ca` makes a new CA and what a rotation without restart needs.
     Certs(CertsArgs),
@@ -342,6 +355,11 @@ fn main() -> anyhow::Result<()> {
                     "{}",
                     client::set(&http, &conn.urls()?, conn.token()?, &args).await?
                 );
+                Ok(())
+            }
+            Command::Leave { node, token, ca } => {
+                let http = client::http_client(ca.as_deref())?;
+                println!("{}", leave(&http, &node, &token, ca.is_some()).await?);
                 Ok(())
             }
             Command::Get {
@@ -587,6 +605,7 @@ async fn dev(
             settings,
             gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
+            join: None,
         };
         let node = start::start(options, stop_rx.clone())
             .await
@@ -648,6 +667,42 @@ async fn dev(
     Ok(())
 }
 
+/// `statusmesh leave`: asks `node` to leave; the answer's error detail when it refuses.
+async fn leave(
+    http: &reqwest::Client,
+    node: &str,
+    token: &str,
+    https: bool,
+) -> anyhow::Result<String> {
+    if token.is_empty() {
+        bail!("--token must not be empty");
+    }
+    let base = if node.contains("://") {
+        node.trim_end_matches('/').to_owned()
+    } else {
+        format!("{}://{node}", if https { "https" } else { "http" })
+    };
+    let response = http
+        .post(format!("{base}/v1/leave"))
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("--node {node}: cannot reach it"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "--node {node}: refused ({status}): {}",
+            body["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(format!(
+        "node {} is leaving the mesh",
+        body["node"].as_str().unwrap_or(node)
+    ))
+}
+
 async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
     let statusmesh_node::cli::RunPlan {
         config,
@@ -657,10 +712,30 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         settings,
         gossip,
         http_tls: _,
+        join,
     } = plan;
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
-    topology.node(&node)?;
+    let join = match join {
+        Some(join) => {
+            topology.check_joiner(&config, &node, &join.region)?;
+            let seeds = join
+                .seeds
+                .iter()
+                .map(|addr| topology.seed(*addr).map(|n| n.id.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(start::JoinOptions {
+                region: join.region,
+                gossip: join.gossip,
+                http: join.http,
+                seeds,
+            })
+        }
+        None => {
+            topology.node(&node)?;
+            None
+        }
+    };
     let identity = certs::load_identity(&certs_dir, &node)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let http_tls = settings.http_tls.clone();
@@ -671,8 +746,9 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         settings,
         gossip,
         metrics: Some(metrics),
+        join,
     };
-    let running = start::start(options, stop_rx)
+    let mut running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
     statusmesh_node::reload::spawn(
@@ -686,7 +762,11 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         "statusmesh node {node} serving {}://{}",
         running.http_scheme, running.http_addr
     );
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        // `statusmesh leave`: the node announced it and closed its connections.
+        _ = running.left.wait_for(|left| *left) => {}
+    }
     let _ = stop_tx.send(true);
     running.join().await;
     Ok(())
