@@ -1,6 +1,7 @@
 //! Dynamic membership: a node not listed in regions.toml joins a running mesh with a
 //! certificate from `statusmesh certs issue` and `--join`, gets every document, writes to
-//! every node and leaves; a certificate from another CA is refused.
+//! every node and leaves; a certificate from another CA is refused; a joined node that dies
+//! is forgotten after `--forget-after-s`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -202,4 +203,33 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
     for node in &mesh.nodes {
         assert_eq!(lists(&mesh, node, "edge-9").await, Some(false));
     }
+}
+
+#[tokio::test]
+async fn a_joined_node_that_dies_is_forgotten_after_forget_after_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = harness::start_mesh_with_args(dir.path(), TOKEN, &["--forget-after-s", "2"]).await;
+    let config = dir.path().join("regions.toml");
+    let certs = dir.path().join("edge-5-certs");
+    issue(&config, &dir.path().join("certs"), "edge-5", &certs);
+    let edge = joiner("edge-5");
+    let mut proc = run_joiner(dir.path(), &certs, &edge, &[&mesh.nodes[1]]);
+    for node in &mesh.nodes {
+        let what = format!("edge-5 alive in {}'s /v1/nodes", node.id);
+        harness::wait_for(&what, || async {
+            (member_state(&mesh, node, "edge-5").await? == "alive").then_some(())
+        })
+        .await;
+    }
+    // Killed, not left: only the failure detector and forget-after remove it.
+    proc.child.kill().expect("kill edge-5");
+    let _ = proc.child.wait();
+    for node in &mesh.nodes {
+        let what = format!("edge-5 forgotten by {}", node.id);
+        harness::wait_for(&what, || async {
+            (!lists(&mesh, node, "edge-5").await?).then_some(())
+        })
+        .await;
+    }
+    assert!(mesh.procs[2].output().contains("member removed"));
 }
