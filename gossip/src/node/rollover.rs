@@ -117,7 +117,7 @@ impl Node {
     /// majority of the voters (this node and the `alive` peers that are voters) is alive.
     /// Joined members count for nothing here: the voter set is fixed by regions.toml, so
     /// two lineages cannot both gather a majority (`members.rs`).
-    fn is_proposer(&self, alive: &[NodeId]) -> bool {
+    pub(super) fn is_proposer(&self, alive: &[NodeId]) -> bool {
         if !self.voter {
             return false;
         }

@@ -113,3 +113,22 @@ fn a_node_that_leaves_is_declared_down_by_the_others() {
     });
     assert!(down.is_some(), "the leave was not heard within 5 s");
 }
+
+#[test]
+fn the_rollover_majority_counts_voters_only_and_a_joined_node_never_proposes() {
+    let mut h = with_joined(Config::lan());
+    let now_ms = h.now_ms;
+    let another = Peer {
+        id: "n4".to_owned(),
+        region: "r1".to_owned(),
+    };
+    assert_eq!(h.nodes[0].add_member(now_ms, another).ok(), Some(true));
+    let ids = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // n0 with both joined members alive but no other voter: 3 of 5 members, 1 of 3 voters.
+    assert!(!h.nodes[0].is_proposer(&ids(&["n3", "n4"])));
+    // With one more voter it is a majority of the voters (2 of 3), joined members or not.
+    assert!(h.nodes[0].is_proposer(&ids(&["n1"])));
+    assert!(h.nodes[0].is_proposer(&ids(&["n1", "n3", "n4"])));
+    // A joined node proposes nothing, even with every voter alive.
+    assert!(!h.nodes[3].is_proposer(&ids(&["n0", "n1", "n2"])));
+}
