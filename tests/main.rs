@@ -22,6 +22,7 @@ mod feeds;
 mod flags;
 mod harness;
 mod https;
+mod join;
 mod mesh;
 mod negotiation;
 mod operator;

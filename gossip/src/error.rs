@@ -29,6 +29,10 @@ pub enum GossipError {
     /// A frame came from a node that is not a member. The state did not change.
     #[error("frame from unknown node {0:?}")]
     UnknownPeer(String),
+    /// A member cannot be added or removed (see `Node::add_member`, `Node::remove_member`).
+    /// The caller's fault; the state did not change.
+    #[error("member {node:?}: {reason}")]
+    Membership { node: String, reason: String },
     /// The crdt layer refused a local write or a remote change. The state did not change.
     #[error(transparent)]
     Crdt(#[from] statusmesh_crdt::CrdtError),

@@ -163,6 +163,15 @@ impl Membership {
         self.drain(now_ms);
     }
 
+    /// Tells the members this node knows that it leaves: foca declares this identity down
+    /// and gossips it (to be sent before the driver stops).
+    pub fn leave(&mut self, now_ms: u64) {
+        if self.foca.leave_cluster(&mut self.runtime).is_err() {
+            self.errors += 1;
+        }
+        self.drain(now_ms);
+    }
+
     /// Handles SWIM bytes that arrived from `from`. A message whose sender is not `from`
     /// (the transport's authenticated identity) is refused: no one speaks for another node.
     pub fn handle_data(&mut self, now_ms: u64, from: &str, data: &[u8]) -> Result<(), String> {

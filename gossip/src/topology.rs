@@ -355,7 +355,8 @@ pub fn one_way_ms(a: &Region, b: &Region) -> f64 {
     (RTT_BASE_MS + great_circle_km(a, b) / RTT_KM_PER_MS) / 2.0
 }
 
-fn check_name(value: &str) -> Result<(), &'static str> {
+/// The rule of cluster and region names; the error is the rule.
+pub fn check_name(value: &str) -> Result<(), &'static str> {
     statusmesh_crdt::Name::parse("name", value)
         .map(|_| ())
         .map_err(|_| {
@@ -363,8 +364,9 @@ fn check_name(value: &str) -> Result<(), &'static str> {
         })
 }
 
-/// Node ids end up as DNS names in certificates, so they use the DNS label charset.
-fn check_node_id(value: &str) -> Result<(), &'static str> {
+/// Node ids end up as DNS names in certificates, so they use the DNS label charset; the
+/// error is the rule.
+pub fn check_node_id(value: &str) -> Result<(), &'static str> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value

@@ -5,6 +5,11 @@
 //! the certificate is valid for: a node cannot claim another node's id.
 //!
 //! Directory layout: `ca.pem`, `ca.key`, and `<node-id>.pem`, `<node-id>.key` per node.
+//!
+//! A node that is not listed in regions.toml joins with a certificate from
+//! `statusmesh certs issue` ([`issue_member`]): its subject names the node id (common name)
+//! and its region (organizational unit), which is how listed nodes learn where it belongs
+//! ([`member_claim`]); the id is also its DNS name, as for listed nodes.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +30,13 @@ pub enum CertError {
     /// A file could not be read or written.
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
+    /// A node id or region of `certs issue` breaks its rule (nothing was written).
+    #[error("{flag} {value:?}: {rule}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        rule: String,
+    },
     /// A file does not hold what it should.
     #[error("{path}: not a valid PEM {what}: {reason}")]
     Pem {
@@ -97,6 +109,37 @@ impl ClusterCa {
         })
     }
 
+    /// Reads `ca.pem` and `ca.key` from `dir`, the cluster named by the CA certificate's own
+    /// subject (for `certs issue`, which is given no topology).
+    pub fn load_dir(dir: &Path) -> Result<Self, CertError> {
+        let path = dir.join("ca.pem");
+        let cert_pem = read(&path)?;
+        let not_ca = |reason: String| CertError::Pem {
+            path: path.display().to_string(),
+            what: "CA certificate",
+            reason,
+        };
+        let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .ok_or_else(|| not_ca("no certificate in the file".to_owned()))?
+            .map_err(|e| not_ca(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| not_ca(e.to_string()))?;
+        let subject = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .filter(|cn| cn.starts_with("statusmesh cluster "))
+            .ok_or_else(|| not_ca("its subject names no statusmesh cluster".to_owned()))?
+            .to_owned();
+        Ok(Self {
+            subject,
+            cert_pem,
+            key_pem: read(&dir.join("ca.key"))?,
+        })
+    }
+
     /// Writes `ca.pem` and `ca.key` (owner-only) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), CertError> {
         write(&dir.join("ca.pem"), &self.cert_pem, false)?;
@@ -110,6 +153,16 @@ impl ClusterCa {
 
     /// Issues a certificate for `node_id`, valid for both ends of a mutual-TLS connection.
     pub fn issue(&self, node_id: &str) -> Result<NodeCertPem, CertError> {
+        self.issue_with(node_id, None)
+    }
+
+    /// Issues the certificate of a node that joins without being listed in regions.toml: as
+    /// [`ClusterCa::issue`], and its subject names `region` too (see [`member_claim`]).
+    pub fn issue_member(&self, node_id: &str, region: &str) -> Result<NodeCertPem, CertError> {
+        self.issue_with(node_id, Some(region))
+    }
+
+    fn issue_with(&self, node_id: &str, region: Option<&str>) -> Result<NodeCertPem, CertError> {
         let fail = |e: rcgen::Error| CertError::Generate {
             subject: node_id.to_owned(),
             reason: e.to_string(),
@@ -119,6 +172,11 @@ impl ClusterCa {
         let issuer = Issuer::new(ca_params(&self.subject).map_err(fail)?, ca_key);
         let mut params = CertificateParams::new(vec![node_id.to_owned()]).map_err(fail)?;
         params.distinguished_name.push(DnType::CommonName, node_id);
+        if let Some(region) = region {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, region);
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -168,6 +226,70 @@ pub fn write_cluster(
         written.extend([cert, key]);
     }
     Ok(written)
+}
+
+/// `statusmesh certs issue`: a certificate for `node_id` in `region` from the CA in `ca_dir`,
+/// written into `out` as `<node-id>.pem` and `<node-id>.key`, with the CA certificate as
+/// `ca.pem` beside them (so that `out` is the joining node's `--certs` directory). The id and
+/// region are checked against the rules of regions.toml first; nothing is written when one
+/// breaks them.
+pub fn issue_member(
+    ca_dir: &Path,
+    out: &Path,
+    node_id: &str,
+    region: &str,
+) -> Result<Vec<PathBuf>, CertError> {
+    use statusmesh_gossip::topology::{check_name, check_node_id};
+    check_node_id(node_id).map_err(|rule| CertError::Invalid {
+        flag: "--node",
+        value: node_id.to_owned(),
+        rule: rule.to_owned(),
+    })?;
+    check_name(region).map_err(|rule| CertError::Invalid {
+        flag: "--region",
+        value: region.to_owned(),
+        rule: rule.to_owned(),
+    })?;
+    let ca = ClusterCa::load_dir(ca_dir)?;
+    let issued = ca.issue_member(node_id, region)?;
+    std::fs::create_dir_all(out).map_err(|e| CertError::Io {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let (cert, key) = node_paths(out, node_id);
+    write(&cert, &issued.cert_pem, false)?;
+    write(&key, &issued.key_pem, true)?;
+    let mut written = vec![cert, key];
+    let same_dir = match (ca_dir.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same_dir {
+        let ca_pem = out.join("ca.pem");
+        write(&ca_pem, &ca.cert_pem, false)?;
+        written.push(ca_pem);
+    }
+    Ok(written)
+}
+
+/// The node id and region a joined node's certificate names in its subject (common name and
+/// organizational unit, as [`ClusterCa::issue_member`] writes them); `None` when it names no
+/// region (a listed node's certificate) or does not parse. The chain is not checked here:
+/// the TLS handshake did that.
+pub fn member_claim(leaf: &CertificateDer<'_>) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let subject = cert.subject();
+    let one = |mut values: Box<dyn Iterator<Item = _> + '_>| -> Option<String> {
+        let first: &x509_parser::x509::AttributeTypeAndValue<'_> = values.next()?;
+        // A subject with two ids or two regions names neither.
+        if values.next().is_some() {
+            return None;
+        }
+        first.as_str().ok().map(str::to_owned)
+    };
+    let id = one(Box::new(subject.iter_common_name()))?;
+    let region = one(Box::new(subject.iter_organizational_unit()))?;
+    Some((id, region))
 }
 
 /// Loads the identity of `node_id` from a directory made by [`write_cluster`].
@@ -321,4 +443,53 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     #[cfg(not(unix))]
     let _ = private;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(issued: &NodeCertPem) -> CertificateDer<'static> {
+        CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+            .next()
+            .expect("a certificate")
+            .expect("valid PEM")
+    }
+
+    #[test]
+    fn a_member_certificate_names_its_id_and_region_and_a_listed_one_no_region() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let member = ca.issue_member("edge-7", "eu-west").expect("member");
+        assert_eq!(
+            member_claim(&leaf(&member)),
+            Some(("edge-7".to_owned(), "eu-west".to_owned()))
+        );
+        let listed = ca.issue("edge-1").expect("listed");
+        assert_eq!(member_claim(&leaf(&listed)), None);
+    }
+
+    #[test]
+    fn issue_writes_a_certs_directory_from_a_ca_directory_and_checks_its_flags() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_dir = dir.path().join("ca");
+        write_cluster(&ca_dir, "test", &[]).expect("ca");
+        let out = dir.path().join("joiner");
+        let written = issue_member(&ca_dir, &out, "edge-7", "eu-west").expect("issued");
+        assert_eq!(written.len(), 3);
+        let identity = load_identity(&out, "edge-7").expect("a --certs directory");
+        assert_eq!(identity.cas.len(), 1);
+        let error = issue_member(&ca_dir, &out, "Edge_7", "eu-west").expect_err("bad id");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--node \"Edge_7\": must be 1-63"),
+            "{error}"
+        );
+        let error = issue_member(&ca_dir, &out, "edge-8", "EU").expect_err("bad region");
+        assert!(error.to_string().starts_with("--region \"EU\""), "{error}");
+        assert!(!out.join("edge-8.pem").exists());
+        let error =
+            issue_member(&dir.path().join("none"), &out, "edge-8", "eu").expect_err("no ca");
+        assert!(error.to_string().contains("ca.pem"), "{error}");
+    }
 }

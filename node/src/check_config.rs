@@ -26,7 +26,22 @@ pub async fn check(plan: &RunPlan) -> anyhow::Result<Vec<String>> {
         .map_err(StartError::gossip)
         .with_context(starting)?;
     let topology = Topology::load(&plan.config)?;
-    let spec = topology.node(&plan.node)?.clone();
+    let spec = match &plan.join {
+        // A node not listed: its region and seeds are checked as `run` checks them.
+        Some(join) => {
+            topology.check_joiner(&plan.config, &plan.node, &join.region)?;
+            for seed in &join.seeds {
+                topology.seed(*seed)?;
+            }
+            crate::config::NodeSpec {
+                id: plan.node.clone(),
+                region: join.region.clone(),
+                gossip: join.gossip,
+                http: join.http,
+            }
+        }
+        None => topology.node(&plan.node)?.clone(),
+    };
     passed.push(format!(
         "topology {}: cluster {}, {} nodes in {} regions; {} is in {}",
         plan.config.display(),

@@ -186,6 +186,25 @@ pub struct RunArgs {
     /// X-Frame-Options: DENY too.
     #[arg(long, value_name = "SOURCES", default_value = "'none'", value_parser = FrameAncestors::parse)]
     pub frame_ancestors: FrameAncestors,
+    /// Join the mesh without being listed in regions.toml: this node's region, one of the
+    /// topology's (its certificate, from `statusmesh certs issue`, names the same). Needs
+    /// --join, --gossip-addr and --http-addr.
+    #[arg(long, requires_all = ["join", "gossip_addr", "http_addr"])]
+    pub region: Option<String>,
+    /// The seeds a joining node announces itself to: gossip addresses (HOST:PORT,
+    /// comma-separated) of nodes listed in regions.toml.
+    #[arg(long, value_delimiter = ',', requires = "region")]
+    pub join: Vec<String>,
+    /// Where a joining node serves gossip (QUIC, UDP).
+    #[arg(long, value_name = "ADDR", requires = "region")]
+    pub gossip_addr: Option<std::net::SocketAddr>,
+    /// Where a joining node serves the client API.
+    #[arg(long, value_name = "ADDR", requires = "region")]
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Remove a joined member from this node's membership once it has been down this many
+    /// seconds (0: never; it stays listed as down). Listed nodes are never removed.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
+    pub forget_after_s: u64,
     #[command(flatten)]
     pub epoch: EpochArgs,
     #[command(flatten)]
@@ -210,6 +229,39 @@ pub struct RunPlan {
     pub gossip: GossipConfig,
     /// What the HTTPS files held when the flags were checked (`None`: plain HTTP).
     pub http_tls: Option<crate::http::tls::Loaded>,
+    /// Set for a node not listed in regions.toml (`--region`).
+    pub join: Option<JoinPlan>,
+}
+
+/// How a node not listed in regions.toml joins: `--region`, `--join`, `--gossip-addr`,
+/// `--http-addr` (clap requires them together).
+#[derive(Debug, Clone)]
+pub struct JoinPlan {
+    pub region: String,
+    /// The seeds' gossip addresses, resolved.
+    pub seeds: Vec<std::net::SocketAddr>,
+    pub gossip: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+}
+
+/// Resolves each `--join` seed (HOST:PORT); an error names the seed.
+fn resolve_seeds(seeds: &[String]) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    if seeds.is_empty() {
+        bail!("--join needs at least one seed (HOST:PORT)");
+    }
+    seeds
+        .iter()
+        .map(|seed| {
+            let addr = seed
+                .to_socket_addrs()
+                .map_err(|e| {
+                    anyhow::anyhow!("--join {seed:?}: not a HOST:PORT that resolves: {e}")
+                })?
+                .next();
+            addr.ok_or_else(|| anyhow::anyhow!("--join {seed:?}: resolves to no address"))
+        })
+        .collect()
 }
 
 impl RunArgs {
@@ -240,6 +292,18 @@ impl RunArgs {
             ..NodeSettings::new(self.data_dir, tokens)
         };
         let settings = self.webhooks.apply(self.web.apply(settings));
+        let join = match (self.region, self.gossip_addr, self.http_addr) {
+            (Some(region), Some(gossip), Some(http)) => Some(JoinPlan {
+                region,
+                seeds: resolve_seeds(&self.join)?,
+                gossip,
+                http,
+            }),
+            // clap requires all three with --region.
+            _ => None,
+        };
+        let mut gossip = self.protocol.apply(self.epoch.apply(GossipConfig::wan()))?;
+        gossip.forget_after_ms = self.forget_after_s.saturating_mul(1_000);
         Ok(RunPlan {
             config: self.config,
             node: self.node,
@@ -247,8 +311,9 @@ impl RunArgs {
             certs_watch: (self.certs_watch_s > 0)
                 .then(|| std::time::Duration::from_secs(self.certs_watch_s)),
             settings,
-            gossip: self.protocol.apply(self.epoch.apply(GossipConfig::wan()))?,
+            gossip,
             http_tls: http_tls_loaded,
+            join,
         })
     }
 }

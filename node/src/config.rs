@@ -162,6 +162,69 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Checks that a node not listed in the topology may join it as `id` in `region`: the
+    /// region is one of the topology's (`file` names it in the error) and the id is none of
+    /// its nodes' (a listed node runs with `--node` alone).
+    pub fn check_joiner(&self, file: &Path, id: &str, region: &str) -> Result<(), ConfigError> {
+        if !self.regions.iter().any(|r| r.name == region) {
+            return Err(ConfigError::Invalid {
+                file: "--region".into(),
+                key: "region".into(),
+                value: region.to_owned(),
+                rule: format!(
+                    "not a region of {}; regions are: {}",
+                    file.display(),
+                    self.regions
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        if self.nodes.iter().any(|n| n.id == id) {
+            return Err(ConfigError::Invalid {
+                file: "--node".into(),
+                key: "node".into(),
+                value: id.to_owned(),
+                rule: format!(
+                    "listed in {}: a listed node runs without --region and --join",
+                    file.display()
+                ),
+            });
+        }
+        shared::check_node_id(id).map_err(|rule| ConfigError::Invalid {
+            file: "--node".into(),
+            key: "node".into(),
+            value: id.to_owned(),
+            rule: rule.to_owned(),
+        })
+    }
+
+    /// The listed node whose gossip address is `seed` (a `--join` address), or an error
+    /// naming the addresses there are: a seed is dialled by the node id its certificate must
+    /// be valid for.
+    pub fn seed(&self, seed: SocketAddr) -> Result<&NodeSpec, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.gossip == seed)
+            .ok_or_else(|| ConfigError::Invalid {
+                file: "--join".into(),
+                key: "join".into(),
+                value: seed.to_string(),
+                rule: format!(
+                    "no node of the topology has this gossip address; they are: {}",
+                    self.nodes
+                        .iter()
+                        .map(|n| n.gossip.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+}
+
 impl From<TopologyError> for ConfigError {
     fn from(error: TopologyError) -> Self {
         match error {

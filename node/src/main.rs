@@ -104,6 +104,19 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Make a joined node leave the mesh: it announces it, its peers drop it from their
+    /// membership, and it stops (a node listed in regions.toml is refused).
+    Leave {
+        /// The node (URL, or HOST:PORT of its client API).
+        #[arg(long)]
+        node: String,
+        /// An operator token of the node.
+        #[arg(long, env = "STATUSMESH_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Trust the node's HTTPS certificate issued by this CA (PEM).
+        #[arg(long, value_name = "FILE", env = "STATUSMESH_CA")]
+        ca: Option<PathBuf>,
+    },
     /// Make a cluster CA (unless DIR has one) and a certificate for every node;
     /// `certs rotate-ca` makes a new CA and what a rotation without restart needs.
     Certs(CertsArgs),
@@ -138,6 +151,27 @@ enum CertsAction {
         /// Where to write the new CA, the bundle and the certificates.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// A certificate for a node that joins without being listed in regions.toml: its subject
+    /// names the node id and region. Writes <node>.pem, <node>.key and the CA's ca.pem into
+    /// OUT, the joining node's --certs directory (see the README's "Adding a node").
+    Issue {
+        /// The directory of the cluster CA (ca.pem, ca.key).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The new node's id (a DNS label: a-z, 0-9, '-').
+        #[arg(long)]
+        node: String,
+        /// The region it runs in: one of the topology's regions.
+        #[arg(long)]
+        region: String,
+        /// Where to write the certificate, its key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// The topology file: when given, the region must be one of its regions and the id
+        /// none of its nodes'.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -327,6 +361,11 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            Command::Leave { node, token, ca } => {
+                let http = client::http_client(ca.as_deref())?;
+                println!("{}", leave(&http, &node, &token, ca.is_some()).await?);
+                Ok(())
+            }
             Command::Get {
                 service,
                 json,
@@ -391,6 +430,19 @@ fn main() -> anyhow::Result<()> {
                         let ids: Vec<String> =
                             topology.nodes.iter().map(|n| n.id.clone()).collect();
                         certs::rotate_ca(&dir, &out, &topology.cluster, &ids)?
+                    }
+                    Some(CertsAction::Issue {
+                        ca_dir,
+                        node,
+                        region,
+                        out,
+                        config,
+                    }) => {
+                        if let Some(config) = config {
+                            let topology = Topology::load(&config)?;
+                            topology.check_joiner(&config, &node, &region)?;
+                        }
+                        certs::issue_member(&ca_dir, &out, &node, &region)?
                     }
                     None => {
                         let (Some(config), Some(out)) = (args.config, args.out) else {
@@ -557,6 +609,7 @@ async fn dev(
             settings,
             gossip: gossip.clone(),
             metrics: Some(metrics.clone()),
+            join: None,
         };
         let node = start::start(options, stop_rx.clone())
             .await
@@ -618,6 +671,42 @@ async fn dev(
     Ok(())
 }
 
+/// `statusmesh leave`: asks `node` to leave; the answer's error detail when it refuses.
+async fn leave(
+    http: &reqwest::Client,
+    node: &str,
+    token: &str,
+    https: bool,
+) -> anyhow::Result<String> {
+    if token.is_empty() {
+        bail!("--token must not be empty");
+    }
+    let base = if node.contains("://") {
+        node.trim_end_matches('/').to_owned()
+    } else {
+        format!("{}://{node}", if https { "https" } else { "http" })
+    };
+    let response = http
+        .post(format!("{base}/v1/leave"))
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("--node {node}: cannot reach it"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "--node {node}: refused ({status}): {}",
+            body["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(format!(
+        "node {} is leaving the mesh",
+        body["node"].as_str().unwrap_or(node)
+    ))
+}
+
 async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
     let statusmesh_node::cli::RunPlan {
         config,
@@ -627,10 +716,30 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         settings,
         gossip,
         http_tls: _,
+        join,
     } = plan;
     let metrics = install_metrics()?;
     let topology = Topology::load(&config)?;
-    topology.node(&node)?;
+    let join = match join {
+        Some(join) => {
+            topology.check_joiner(&config, &node, &join.region)?;
+            let seeds = join
+                .seeds
+                .iter()
+                .map(|addr| topology.seed(*addr).map(|n| n.id.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(start::JoinOptions {
+                region: join.region,
+                gossip: join.gossip,
+                http: join.http,
+                seeds,
+            })
+        }
+        None => {
+            topology.node(&node)?;
+            None
+        }
+    };
     let identity = certs::load_identity(&certs_dir, &node)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let http_tls = settings.http_tls.clone();
@@ -641,8 +750,9 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         settings,
         gossip,
         metrics: Some(metrics),
+        join,
     };
-    let running = start::start(options, stop_rx)
+    let mut running = start::start(options, stop_rx)
         .await
         .with_context(|| format!("starting node {node}"))?;
     statusmesh_node::reload::spawn(
@@ -656,7 +766,11 @@ async fn run(plan: statusmesh_node::cli::RunPlan) -> anyhow::Result<()> {
         "statusmesh node {node} serving {}://{}",
         running.http_scheme, running.http_addr
     );
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        // `statusmesh leave`: the node announced it and closed its connections.
+        _ = running.left.wait_for(|left| *left) => {}
+    }
     let _ = stop_tx.send(true);
     running.join().await;
     Ok(())

@@ -66,6 +66,8 @@ pub struct RunningNode {
     /// `https` with `--http-tls-cert`, else `http`.
     pub http_scheme: &'static str,
     pub gossip_addr: SocketAddr,
+    /// Turns true once the node left the mesh (`statusmesh leave`): the caller stops it.
+    pub left: watch::Receiver<bool>,
     driver: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
 }
@@ -78,6 +80,18 @@ impl RunningNode {
     }
 }
 
+/// How a node not listed in the topology runs (`statusmesh run --region --join`).
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// Its region: one of the topology's.
+    pub region: String,
+    /// Where it serves gossip (QUIC) and the client API.
+    pub gossip: SocketAddr,
+    pub http: SocketAddr,
+    /// The listed nodes it announces itself to (ids of the `--join` addresses).
+    pub seeds: Vec<String>,
+}
+
 /// Everything needed to start one node.
 #[derive(Debug)]
 pub struct NodeOptions {
@@ -88,6 +102,8 @@ pub struct NodeOptions {
     pub gossip: GossipConfig,
     /// The Prometheus recorder installed by `main`, served at `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Set for a node not listed in the topology.
+    pub join: Option<JoinOptions>,
 }
 
 /// Starts a node: loads its data directory, then the QUIC transport, the driver, and the
@@ -100,10 +116,18 @@ pub async fn start(
     // Checked before anything is built: the core asserts a valid configuration.
     options.gossip.validate().map_err(StartError::gossip)?;
     let topology = &options.topology;
-    let spec = topology
-        .node(&options.node_id)
-        .map_err(|e| StartError::Config(e.to_string()))?
-        .clone();
+    let spec = match &options.join {
+        Some(join) => crate::config::NodeSpec {
+            id: options.node_id.clone(),
+            region: join.region.clone(),
+            gossip: join.gossip,
+            http: join.http,
+        },
+        None => topology
+            .node(&options.node_id)
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .clone(),
+    };
     let peers: Vec<(String, SocketAddr)> = topology
         .nodes
         .iter()
@@ -142,11 +166,15 @@ pub async fn start(
     } = loaded;
     let storage = StorageHandle::start(options.settings.data_dir.clone(), spec.id.clone(), lock)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(driver::INBOUND_QUEUE_MAX);
+    let (notices_tx, notices_rx) = mpsc::channel(driver::NOTICES_QUEUE_MAX);
+    let region_names: Vec<String> = topology.regions.iter().map(|r| r.name.clone()).collect();
     let transport = Transport::start(
         &options.identity,
         spec.gossip,
         &peers,
+        &region_names,
         inbound_tx,
+        notices_tx,
         shutdown.clone(),
     )?;
     let gossip_addr = transport.local_addr().unwrap_or(spec.gossip);
@@ -162,11 +190,21 @@ pub async fn start(
             region: n.region.clone(),
         })
         .collect();
-    let regions: BTreeMap<String, String> = topology
+    let mut regions: BTreeMap<String, String> = topology
         .nodes
         .iter()
         .map(|n| (n.id.clone(), n.region.clone()))
         .collect();
+    let mut http_addrs: BTreeMap<String, SocketAddr> = topology
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.http))
+        .collect();
+    if options.join.is_some() {
+        regions.insert(spec.id.clone(), spec.region.clone());
+        http_addrs.insert(spec.id.clone(), spec.http);
+    }
+    let (left_tx, left_rx) = watch::channel(false);
     let (handle, driver) = driver::spawn(driver::Launch {
         info: driver::NodeInfo {
             id: spec.id.clone(),
@@ -176,12 +214,11 @@ pub async fn start(
             tokens: options.settings.tokens.clone(),
             request_read_timeout: options.settings.request_read_timeout,
             data_dir: options.settings.data_dir.clone(),
-            http_addrs: topology
-                .nodes
-                .iter()
-                .map(|n| (n.id.clone(), n.http))
-                .collect(),
+            http_addrs: http_addrs.into_iter().collect(),
         },
+        join: options.join.clone(),
+        notices: notices_rx,
+        left: left_tx,
         gossip: options.gossip.clone(),
         peers: gossip_peers,
         regions,
@@ -250,6 +287,7 @@ pub async fn start(
         http_addr,
         http_scheme,
         gossip_addr,
+        left: left_rx,
         driver,
         http,
     })
@@ -295,6 +333,7 @@ mod tests {
             node_id,
             gossip,
             metrics: None,
+            join: None,
         };
         let (_stop, shutdown) = watch::channel(false);
         let error = start(options, shutdown).await.expect_err("refused");

@@ -6,6 +6,13 @@
 //! topology: without a certificate from the cluster CA a peer cannot even finish the
 //! handshake, and with one it cannot claim another node's id.
 //!
+//! A node not listed in the topology joins with a certificate from the cluster CA whose
+//! subject names its id and region (`statusmesh certs issue`): a listed node accepts it when
+//! the region is one of the topology's, reports it ([`MemberNotice::Joined`], before any of
+//! its frames) and dials it back at the address it connected from (the peer's endpoint: one
+//! UDP socket serves both directions). A joined node that leaves closes its connections
+//! with [`LEAVE_CODE`], which its peers report as [`MemberNotice::Left`].
+//!
 //! [`Transport::reload`] swaps the node's certificate, key and trusted CAs without a
 //! restart (SIGHUP): new handshakes use them at once, and every open connection, both ways,
 //! is closed so that it is made again on the new identity (frames in flight then are
@@ -34,6 +41,10 @@ pub const PEER_QUEUE_MAX: usize = 4096;
 pub const INBOUND_CONNECTIONS_MAX: usize = 256;
 /// Streams a peer may have open towards us at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// The QUIC application close code of a node that leaves the mesh (`statusmesh leave`).
+pub const LEAVE_CODE: u32 = 3;
+/// How long a leaving node waits for its queued frames to go out before it closes, at most.
+const LEAVE_FLUSH: Duration = Duration::from_secs(1);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -55,6 +66,32 @@ pub enum TransportError {
 pub struct Inbound {
     pub from: String,
     pub bytes: Vec<u8>,
+}
+
+/// What the transport learned about membership, for the driver (sent before any frame of
+/// the connection it is about).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberNotice {
+    /// A node not listed in the topology connected with a certificate from the cluster CA
+    /// naming `id` in `region` (a region of the topology); `addr` is where to dial it.
+    Joined {
+        id: String,
+        region: String,
+        addr: SocketAddr,
+    },
+    /// A peer closed its connection saying it leaves ([`LEAVE_CODE`]).
+    Left { id: String },
+}
+
+/// Who may connect: the listed nodes, and joined nodes of these regions.
+#[derive(Debug)]
+struct Admission {
+    /// The ids of the listed nodes other than this one.
+    listed: Vec<String>,
+    /// The topology's regions: a joined node's certificate must name one.
+    regions: Vec<String>,
+    /// This node's id: a certificate naming it is refused.
+    node: String,
 }
 
 /// Counters of one peer link.
@@ -79,18 +116,23 @@ pub struct Transport {
     generation: watch::Sender<u64>,
     /// SHA-256 of this node's certificate (hex), to tell which one it presents.
     fingerprint: String,
+    /// What new links (to joined members) are started with.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Transport {
     /// Binds `bind`, accepts authenticated peers (frames go to `inbound`) and starts one
-    /// sender per peer in `peers` (id → address). Only the ids in `peers` may connect: a
-    /// certificate naming this node itself, or a node outside the topology, is refused.
-    /// Stops when `shutdown` turns true.
+    /// sender per peer in `peers` (id → address). The ids in `peers` may connect, and nodes
+    /// whose certificate names an id and one of `regions` (they are reported on `notices`);
+    /// a certificate naming this node itself, or no member, is refused. Stops when
+    /// `shutdown` turns true.
     pub fn start(
         identity: &NodeIdentity,
         bind: SocketAddr,
         peers: &[(String, SocketAddr)],
+        regions: &[String],
         inbound: mpsc::Sender<Inbound>,
+        notices: mpsc::Sender<MemberNotice>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, TransportError> {
         let server = server_config(identity)?;
@@ -102,18 +144,21 @@ impl Transport {
         let generation = watch::Sender::new(0u64);
         let node = identity.node_id.clone();
         // This node's own id is not among `peers`: a certificate for it is refused too.
-        let known: Arc<Vec<String>> = Arc::new(
-            peers
+        let admission = Arc::new(Admission {
+            listed: peers
                 .iter()
                 .filter(|(id, _)| *id != node)
                 .map(|(id, _)| id.clone())
                 .collect(),
-        );
+            regions: regions.to_vec(),
+            node: node.clone(),
+        });
         tokio::spawn(accept_loop(
             endpoint.clone(),
             node.clone(),
-            known,
+            admission,
             inbound,
+            notices,
             generation.subscribe(),
             shutdown.clone(),
         ));
@@ -143,7 +188,54 @@ impl Transport {
             client,
             generation,
             fingerprint: fingerprint(identity),
+            shutdown,
         })
+    }
+
+    /// Starts a link to `id` at `addr` (a joined member); a link it has already is kept.
+    pub fn add_link(&mut self, id: &str, addr: SocketAddr) {
+        if self.links.contains_key(id) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        let stats = Arc::new(LinkStats::default());
+        tokio::spawn(send_loop(
+            Dial {
+                endpoint: self.endpoint.clone(),
+                client: self.client.subscribe(),
+                generation: self.generation.subscribe(),
+            },
+            self.node.clone(),
+            id.to_owned(),
+            addr,
+            rx,
+            stats.clone(),
+            self.shutdown.clone(),
+        ));
+        self.links.insert(id.to_owned(), (tx, stats));
+    }
+
+    /// Drops the link to `id` (a member that left or was forgotten): its sender ends.
+    pub fn remove_link(&mut self, id: &str) {
+        self.links.remove(id);
+    }
+
+    /// Leaves the mesh: waits (at most [`LEAVE_FLUSH`]) for the queued frames to go out,
+    /// then closes every connection with [`LEAVE_CODE`], so that peers drop this node.
+    pub async fn leave(&self) {
+        let step = Duration::from_millis(10);
+        for _ in 0..(LEAVE_FLUSH.as_millis() / step.as_millis()) {
+            if self
+                .links
+                .values()
+                .all(|(tx, _)| tx.capacity() == PEER_QUEUE_MAX)
+            {
+                break;
+            }
+            tokio::time::sleep(step).await;
+        }
+        self.endpoint.close(LEAVE_CODE.into(), b"leaving");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 
     /// The SHA-256 (hex) of the certificate this node presents now.
@@ -308,11 +400,34 @@ pub fn peer_node_id(connection: &quinn::Connection, known: &[String]) -> Option<
     matches.next().is_none().then_some(first)
 }
 
+/// Who the peer of an authenticated connection is: a listed node its certificate is valid
+/// for, or a joined node its certificate names (with its region); `None`: refused.
+fn admit(
+    connection: &quinn::Connection,
+    admission: &Admission,
+) -> Option<(String, Option<String>)> {
+    if let Some(id) = peer_node_id(connection, &admission.listed) {
+        return Some((id, None));
+    }
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    let (id, region) = crate::certs::member_claim(leaf)?;
+    statusmesh_gossip::topology::check_node_id(&id).ok()?;
+    if id == admission.node || !admission.regions.contains(&region) {
+        return None;
+    }
+    // The id it names must be the DNS name it is valid for, as for listed nodes.
+    peer_node_id(connection, std::slice::from_ref(&id))?;
+    Some((id, Some(region)))
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     node: String,
-    known: Arc<Vec<String>>,
+    admission: Arc<Admission>,
     inbound: mpsc::Sender<Inbound>,
+    notices: mpsc::Sender<MemberNotice>,
     generation: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -329,8 +444,9 @@ async fn accept_loop(
                 .increment(1);
             continue;
         };
-        let known = known.clone();
+        let admission = admission.clone();
         let inbound = inbound.clone();
+        let notices = notices.clone();
         let node = node.clone();
         let mut generation = generation.clone();
         generation.mark_unchanged();
@@ -340,46 +456,66 @@ async fn accept_loop(
             let connection = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(%remote, error = %e, "peer handshake failed");
+                    // A certificate not from the cluster CA ends here (unknown issuer).
+                    warn!(%node, %remote, error = %e, "peer handshake failed: refused (a certificate from another CA, or none)");
                     metrics::counter!("statusmesh_transport_handshakes_failed_total", "node" => node)
                         .increment(1);
                     return;
                 }
             };
-            let Some(peer) = peer_node_id(&connection, &known) else {
-                warn!(%node, %remote, "peer certificate names no other member of this cluster; closing");
+            let Some((peer, joined)) = admit(&connection, &admission) else {
+                warn!(%node, %remote, "peer certificate names no other member of this cluster (nor an id and a region of it); closing");
                 metrics::counter!("statusmesh_transport_connections_refused_total", "node" => node)
                     .increment(1);
                 connection.close(1u32.into(), b"unknown node id");
                 return;
             };
             debug!(%remote, %peer, "peer connected");
-            receive_frames(connection, node, peer, inbound, generation).await;
+            if let Some(region) = joined {
+                let notice = MemberNotice::Joined {
+                    id: peer.clone(),
+                    region,
+                    addr: remote,
+                };
+                if notices.send(notice).await.is_err() {
+                    return;
+                }
+            }
+            let left = receive_frames(connection, node, peer.clone(), inbound, generation).await;
+            if left {
+                let _ = notices.send(MemberNotice::Left { id: peer }).await;
+            }
         });
     }
 }
 
+/// Reads the frames of one connection until it ends; true when the peer closed it saying
+/// it leaves ([`LEAVE_CODE`]).
 async fn receive_frames(
     connection: quinn::Connection,
     node: String,
     peer: String,
     inbound: mpsc::Sender<Inbound>,
     mut generation: watch::Receiver<u64>,
-) {
+) -> bool {
     loop {
         let accepted = tokio::select! {
             accepted = connection.accept_uni() => accepted,
             _ = generation.changed() => {
                 // This node's identity changed: the peer must handshake with the new one.
                 connection.close(2u32.into(), b"identity reloaded");
-                return;
+                return false;
             }
         };
         let mut stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 debug!(%peer, error = %e, "peer connection ended");
-                return;
+                return matches!(
+                    e,
+                    quinn::ConnectionError::ApplicationClosed(ref close)
+                        if close.error_code == quinn::VarInt::from_u32(LEAVE_CODE)
+                );
             }
         };
         // Read one frame at a time per connection: the bounded inbound queue then pushes
@@ -398,7 +534,7 @@ async fn receive_frames(
                     .await
                     .is_err()
                 {
-                    return;
+                    return false;
                 }
             }
             Err(e) => {

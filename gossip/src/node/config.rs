@@ -40,11 +40,17 @@ pub struct Config {
     /// [`FRAME_VERSION_MAX`](crate::version::FRAME_VERSION_MAX) a later
     /// one that this release cannot talk to (for tests of the refusal).
     pub versions: Ranges,
+    /// How long a joined member (one added by [`crate::Node::add_member`], not listed in
+    /// regions.toml) may stay down before it is removed from this node's membership, in ms;
+    /// 0: never (it stays in the peer table, shown down). Listed members are never removed.
+    /// Default 0 (`statusmesh run --forget-after-s`).
+    pub forget_after_ms: u64,
 }
 
 /// When a document's history is compacted into a new epoch (see `statusmesh_crdt::epoch`).
-/// A rollover is proposed by the live member with the smallest id, only while a majority of
-/// the mesh is alive, at a cut every live member was seen to hold.
+/// A rollover is proposed by the live voter with the smallest id, only while a majority of
+/// the voters (the members listed in regions.toml) is alive, at a cut every live member was
+/// seen to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochConfig {
     /// Roll over when the live epoch holds more than this many changes; 0 never does on
@@ -112,6 +118,7 @@ impl Config {
             broadcast: BroadcastConfig::wan(),
             epoch: EpochConfig::default(),
             versions: Ranges::CURRENT,
+            forget_after_ms: 0,
         }
     }
 

@@ -45,6 +45,7 @@ mod anti_entropy;
 mod broadcast;
 mod config;
 mod liveness;
+mod members;
 mod outbox;
 mod peers;
 mod rollover;
@@ -59,6 +60,7 @@ use rollover::RolloverCut;
 
 pub use acks::PENDING_ACKS_MAX;
 pub use config::{Config, EpochConfig};
+pub use members::JOINED_MEMBERS_MAX;
 pub use outbox::{Event, Transmit};
 pub use peers::{Peer, PeerState};
 
@@ -103,6 +105,8 @@ pub const ANNOUNCE_SEEDS: usize = 3;
 pub struct Node {
     id: NodeId,
     region: String,
+    /// Whether this node counts toward a rollover's majority (see `members.rs`).
+    voter: bool,
     config: Config,
     replica: Replica,
     peers: BTreeMap<NodeId, PeerState>,
@@ -118,6 +122,8 @@ pub struct Node {
     membership: Membership,
     /// Whether this node announced itself to its seeds yet (on the first timeout).
     announced: bool,
+    /// The seeds to announce to (`--join`); empty: a few peers at random.
+    seeds: Vec<NodeId>,
     /// Plumtree: trees per root, seen changes, missing announcements.
     plumtree: Plumtree,
     /// When a graft was last sent to each peer (ms), to time its answer (a round trip).
@@ -151,6 +157,8 @@ impl Node {
             .find(|p| p.id == id)
             .map(|p| p.region.clone())
             .unwrap_or_default();
+        // A node built here is listed (a voter); [`Node::new_joined`] makes one that is not.
+        let voter = true;
         let membership = Membership::new(
             &id,
             config.generation,
@@ -166,6 +174,7 @@ impl Node {
                     p.id,
                     PeerState {
                         region: p.region,
+                        voter: true,
                         ..PeerState::default()
                     },
                 )
@@ -175,6 +184,7 @@ impl Node {
         Self {
             id,
             region,
+            voter,
             config,
             replica,
             peers,
@@ -188,6 +198,7 @@ impl Node {
             last_local_change: None,
             membership,
             announced: false,
+            seeds: Vec::new(),
             plumtree: Plumtree::new(config_broadcast),
             graft_sent_ms: BTreeMap::new(),
             digest_sent: None,
@@ -415,13 +426,19 @@ impl Node {
             // A few seeds are enough: each answers with the members it knows, and SWIM spreads
             // the rest. Announcing to everyone makes every node answer every node at start
             // (quadratic in the mesh size).
-            let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
-            for seed in plumtree::pick_random(&mut self.rng, peers, ANNOUNCE_SEEDS) {
+            let seeds = if self.seeds.is_empty() {
+                let peers: Vec<NodeId> = self.peers.keys().cloned().collect();
+                plumtree::pick_random(&mut self.rng, peers, ANNOUNCE_SEEDS)
+            } else {
+                self.seeds.clone()
+            };
+            for seed in seeds {
                 self.membership.announce(now_ms, &seed);
             }
         }
         self.membership.handle_timeout(now_ms);
         self.flush_membership();
+        self.forget_dead_members(now_ms);
         self.flush_broadcast(now_ms);
         let mesh = mesh_view!(self);
         let swaps = self.plumtree.rechoose_own_entries(&mesh, now_ms);

@@ -62,6 +62,9 @@ pub enum Event {
     PeerUp { peer: NodeId },
     /// The failure detector declared a peer down (it did not refute a suspicion in time).
     PeerDown { peer: NodeId },
+    /// A joined member was removed (it left, or was down longer than
+    /// [`super::Config::forget_after_ms`]): the driver drops its link.
+    MemberRemoved { peer: NodeId },
 }
 
 impl Node {

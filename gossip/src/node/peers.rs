@@ -28,6 +28,13 @@ pub struct PeerState {
     pub heads: BTreeMap<Name, Vec<ChangeHash>>,
     /// What the peer speaks, as far as this node knows (`versions.rs`).
     pub version: crate::version::PeerVersion,
+    /// Whether the peer counts toward a rollover's majority: the members given to
+    /// [`Node::new`] (listed in regions.toml) do, members added at runtime do not
+    /// (`members.rs`).
+    pub voter: bool,
+    /// Since when the failure detector holds a joined peer down (ms), for
+    /// [`super::Config::forget_after_ms`].
+    pub down_since_ms: Option<u64>,
 }
 
 /// The node's mesh as the tree policy sees it, borrowed from the node's fields.
@@ -150,6 +157,9 @@ impl Node {
             if !change.up && self.heard_recently(&change.node) {
                 // Hearsay against direct evidence: not reported.
                 continue;
+            }
+            if let Some(peer) = self.peers.get_mut(&change.node) {
+                peer.down_since_ms = (!change.up).then_some(self.now_ms);
             }
             let mesh = mesh_view!(self);
             if change.up {

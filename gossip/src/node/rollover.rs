@@ -4,8 +4,9 @@
 //! # Flow
 //! 1. Each anti-entropy round, a document whose live epoch is over a bound (changes, bytes,
 //!    age) is due.
-//! 2. Only the live member with the smallest id proposes, and only while a majority of the
-//!    mesh is alive.
+//! 2. Only the live voter with the smallest id proposes, and only while a majority of the
+//!    voters (the members listed in regions.toml, see `members.rs`) is alive; a joined
+//!    member neither proposes nor counts toward the majority.
 //! 3. The proposer chooses a cut (its heads) and asks every live peer for its heads.
 //! 4. Once every live peer was seen to hold the cut, it rolls over there; the base and the
 //!    writes carried on top are broadcast like local changes. A cut is chosen again after
@@ -112,12 +113,19 @@ impl Node {
         }
     }
 
-    /// The proposer rule: no live peer has a smaller id, and a majority of the mesh (this
-    /// node and the `alive` peers) is alive.
-    fn is_proposer(&self, alive: &[NodeId]) -> bool {
-        let members = self.peers.len() + 1;
-        let smallest = !alive.iter().any(|p| *p < self.id);
-        let majority = (alive.len() + 1) * 2 > members;
+    /// The proposer rule: this node is a voter, no live voter has a smaller id, and a
+    /// majority of the voters (this node and the `alive` peers that are voters) is alive.
+    /// Joined members count for nothing here: the voter set is fixed by regions.toml, so
+    /// two lineages cannot both gather a majority (`members.rs`).
+    pub(super) fn is_proposer(&self, alive: &[NodeId]) -> bool {
+        if !self.voter {
+            return false;
+        }
+        let is_voter = |p: &NodeId| self.peers.get(p).is_some_and(|state| state.voter);
+        let voters = self.peers.values().filter(|p| p.voter).count() + 1;
+        let alive_voters: Vec<&NodeId> = alive.iter().filter(|p| is_voter(p)).collect();
+        let smallest = !alive_voters.iter().any(|p| **p < self.id);
+        let majority = (alive_voters.len() + 1) * 2 > voters;
         smallest && majority
     }
 

@@ -57,6 +57,10 @@ pub(super) enum Command {
     Nodes {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// Leave the mesh and stop (`statusmesh leave`); refused for a listed node.
+    Leave {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     ProbePlan {
         since: Option<Cursor>,
         reply: oneshot::Sender<super::ProbePlan>,
@@ -183,6 +187,12 @@ impl NodeHandle {
     /// Membership and replication state.
     pub async fn nodes(&self) -> Result<serde_json::Value, Unavailable> {
         self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Makes this node leave the mesh: it announces it, closes its connections saying so and
+    /// stops. `Err` names why it may not (a node listed in regions.toml is a voter).
+    pub async fn leave(&self) -> Result<Result<(), String>, Unavailable> {
+        self.ask(|reply| Command::Leave { reply }).await
     }
 
     /// Every check and the live members of each region, for the prober (and

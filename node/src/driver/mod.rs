@@ -31,6 +31,7 @@ use tracing::{info, warn};
 mod commit;
 mod gauges;
 pub mod handle;
+mod members;
 mod probes;
 pub mod published;
 mod resume;
@@ -49,8 +50,9 @@ use views::history_json;
 pub use webhooks::{HookEntry, WebhookPlan};
 
 use crate::settings::NodeSettings;
+use crate::start::JoinOptions;
 use crate::storage::{LogSize, StorageHandle};
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, MemberNotice, Transport};
 use handle::Command;
 use resume::WaitingResume;
 
@@ -64,6 +66,8 @@ pub const PUBLISH_BUFFER: usize = 4096;
 /// Frames taken from the inbound queue per loop iteration after the first, so that one
 /// commit covers them all without starving commands.
 pub const INBOUND_DRAIN_MAX: usize = 1024;
+/// Membership notices queued from the transport to the driver.
+pub const NOTICES_QUEUE_MAX: usize = 1024;
 /// How often queue depths and similar gauges are exported.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -97,6 +101,12 @@ pub struct Launch {
     pub inbound: mpsc::Receiver<Inbound>,
     pub settings: NodeSettings,
     pub shutdown: watch::Receiver<bool>,
+    /// Set for a node not listed in the topology (`peers` are then its seeds, all listed).
+    pub join: Option<JoinOptions>,
+    /// Members that joined or left, from the transport.
+    pub notices: mpsc::Receiver<MemberNotice>,
+    /// Set true once the node left the mesh.
+    pub left: watch::Sender<bool>,
 }
 
 /// Builds the gossip core from what was loaded and spawns the task that owns it; returns
@@ -117,6 +127,9 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
         inbound,
         settings,
         shutdown,
+        join,
+        notices,
+        left,
     } = launch;
     let mut replica = Replica::from_docs(&info.id, actor, docs);
     replica.set_regions(
@@ -144,14 +157,20 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     // A node without peers is ready at once.
     let alone = peers.iter().all(|peer| peer.id == info.id);
     let (ready_tx, ready_rx) = watch::channel(alone);
-    let node = Node::new(
-        info.id.clone(),
-        // Each start is a new life in SWIM: peers that declared the last one down take it.
-        gossip.with_incarnation(incarnation),
-        peers,
-        replica,
-        rand::random(),
-    );
+    // Each start is a new life in SWIM: peers that declared the last one down take it.
+    let gossip = gossip.with_incarnation(incarnation);
+    let node = match join {
+        Some(join) => Node::new_joined(
+            info.id.clone(),
+            join.region,
+            gossip,
+            peers,
+            replica,
+            rand::random(),
+        )
+        .with_seeds(join.seeds),
+        None => Node::new(info.id.clone(), gossip, peers, replica, rand::random()),
+    };
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (publish_tx, _) = broadcast::channel(settings.sse_ring_events.max(1));
     let info = Arc::new(info);
@@ -175,6 +194,9 @@ pub fn spawn(launch: Launch) -> (NodeHandle, tokio::task::JoinHandle<()>) {
         ack_waiters: Vec::new(),
         write_batch: Vec::new(),
         resumes: Vec::new(),
+        notices,
+        left,
+        leaving: None,
     };
     let task = tokio::spawn(driver.run(inbound, commands_rx, shutdown));
     (handle, task)
@@ -209,6 +231,11 @@ struct Driver {
     /// Subscribers whose cursor names changes this node lacks (at most
     /// [`RESUMES_WAITING_MAX`]).
     resumes: Vec<WaitingResume>,
+    /// Members that joined or left, from the transport (`members.rs`).
+    notices: mpsc::Receiver<MemberNotice>,
+    left: watch::Sender<bool>,
+    /// The answer to a `leave`, once this node announced it.
+    leaving: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl Driver {
@@ -260,6 +287,8 @@ impl Driver {
                 }
             }
             self.apply_write_batch();
+            // Before the frames: a joined member's notice precedes its first frame.
+            self.handle_notices();
             self.handle_frames(frames);
             // Durable before anything leaves: a change a peer holds but this node lost in a
             // crash would, after the restart (a new actor), be concurrent with the node's
@@ -271,6 +300,9 @@ impl Driver {
             if self.gauges_at.elapsed() >= GAUGE_INTERVAL {
                 self.export_gauges(inbound.len(), commands.len());
             }
+            if self.leaving.is_some() {
+                break;
+            }
         }
         // Graceful stop: what was applied is written and fsynced (and its writers answered)
         // before connections close.
@@ -279,6 +311,12 @@ impl Driver {
         self.flush();
         if let Some(storage) = self.storage.take() {
             storage.close().await;
+        }
+        if let Some(reply) = self.leaving.take() {
+            let _ = reply.send(Ok(()));
+            self.transport.leave().await;
+            info!(node = %self.info.id, "left the mesh");
+            let _ = self.left.send(true);
         }
         self.transport.close().await;
         info!(node = %self.info.id, "driver stopped");
@@ -301,6 +339,7 @@ impl Driver {
                 delivery,
                 reply,
             } => self.subscribe(resume, service, delivery, reply),
+            Command::Leave { reply } => self.start_leave(reply),
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
@@ -457,6 +496,7 @@ impl Driver {
                     metrics::gauge!("statusmesh_peer_up", "node" => self.info.id.clone(), "peer" => peer)
                         .set(0.0);
                 }
+                Event::MemberRemoved { peer } => self.drop_member(&peer),
                 Event::PeerContact { peer } => {
                     info!(node = %self.info.id, %peer, "first frame from peer");
                     let _ = self.ready.send(true);

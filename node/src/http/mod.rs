@@ -43,6 +43,7 @@ pub mod feeds;
 pub mod flags;
 pub mod frame_ancestors;
 pub mod idle;
+pub mod leave;
 pub mod limits;
 pub mod negotiate;
 pub mod ofrep;
@@ -105,6 +106,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/events", get(events::get_events))
         .route("/v1/poll", get(events::get_poll))
         .route("/v1/nodes", get(get_nodes))
+        .route("/v1/leave", axum::routing::post(leave::post_leave))
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),

@@ -13,6 +13,7 @@ mod broadcast;
 mod entries;
 mod epochs;
 mod harness;
+mod joins;
 mod membership;
 mod repair;
 mod versions;
