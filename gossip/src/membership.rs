@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, Timer};
@@ -91,6 +92,11 @@ pub struct Membership {
     probes: BTreeMap<String, (foca::ProbeNumber, u64)>,
     /// Round trips (member, ms) timed from probes and their acks, for the broadcast.
     rtt_samples: Vec<(String, u64)>,
+    /// Index of [`Self::state_of`], built on the first query after foca changed (reset in
+    /// `drain`, which follows every foca call): the positions in foca's member list of each
+    /// node's latest generation, sorted by node id. The tree policy, rollover and the
+    /// simulator's checkers ask about every peer in turn; a scan each was quadratic.
+    states: OnceLock<Vec<usize>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -148,6 +154,7 @@ impl Membership {
             rtt_samples: Vec::new(),
             changes: Vec::new(),
             errors: 0,
+            states: OnceLock::new(),
         }
     }
 
@@ -232,15 +239,38 @@ impl Membership {
 
     /// What the failure detector says about `node` now.
     pub fn state_of(&self, node: &str) -> MemberState {
-        self.foca
-            .iter_membership_state()
-            .filter(|m| m.id().node == node)
-            .max_by_key(|m| m.id().generation)
+        let index = self.states.get_or_init(|| self.index_states());
+        let member = |i: usize| self.foca.iter_membership_state().nth(i);
+        index
+            .binary_search_by(|&i| member(i).map_or("", |m| m.id().node.as_str()).cmp(node))
+            .ok()
+            .and_then(|found| member(index[found]))
             .map_or(MemberState::Unknown, |m| match m.state() {
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,
                 foca::State::Down => MemberState::Down,
             })
+    }
+
+    /// The index of [`Self::state_of`]: per node, the member of the highest generation (the
+    /// last one listed among equals, as a scan with `max_by_key` picks).
+    fn index_states(&self) -> Vec<usize> {
+        let members: Vec<&foca::Member<SwimId>> = self.foca.iter_membership_state().collect();
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        // Stable: equal ids keep foca's order, so the last of the highest generation wins.
+        order.sort_by(|&a, &b| members[a].id().node.cmp(&members[b].id().node));
+        let mut index: Vec<usize> = Vec::with_capacity(order.len());
+        for i in order {
+            match index.last_mut() {
+                Some(last) if members[*last].id().node == members[i].id().node => {
+                    if members[i].id().generation >= members[*last].id().generation {
+                        *last = i;
+                    }
+                }
+                _ => index.push(i),
+            }
+        }
+        index
     }
 
     /// Errors foca reported (bad messages, mostly), for metrics.
@@ -249,6 +279,7 @@ impl Membership {
     }
 
     fn drain(&mut self, now_ms: u64) {
+        self.states = OnceLock::new();
         while let Some((to, bytes)) = self.runtime.to_send() {
             if let Ok(foca::Message::Ping(number)) =
                 SwimCodec::peek_header(&bytes).map(|h| h.message)
