@@ -93,10 +93,10 @@ pub struct Membership {
     /// Round trips (member, ms) timed from probes and their acks, for the broadcast.
     rtt_samples: Vec<(String, u64)>,
     /// Index of [`Self::state_of`], built on the first query after foca changed (reset in
-    /// `drain`, which follows every foca call): the positions in foca's member list of each
-    /// node's latest generation, sorted by node id. The tree policy, rollover and the
+    /// `drain`, which follows every foca call): positions in foca's member list by a hash
+    /// of the node id. The tree policy, rollover and the
     /// simulator's checkers ask about every peer in turn; a scan each was quadratic.
-    states: OnceLock<Vec<usize>>,
+    states: OnceLock<Vec<(u64, usize)>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -240,36 +240,42 @@ impl Membership {
     /// What the failure detector says about `node` now.
     pub fn state_of(&self, node: &str) -> MemberState {
         let index = self.states.get_or_init(|| self.index_states());
-        let member = |i: usize| self.foca.iter_membership_state().nth(i);
-        index
-            .binary_search_by(|&i| member(i).map_or("", |m| m.id().node.as_str()).cmp(node))
-            .ok()
-            .and_then(|found| member(index[found]))
-            .map_or(MemberState::Unknown, |m| match m.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            })
-    }
-
-    /// The index of [`Self::state_of`]: per node, the member of the highest generation (the
-    /// last one listed among equals, as a scan with `max_by_key` picks).
-    fn index_states(&self) -> Vec<usize> {
-        let members: Vec<&foca::Member<SwimId>> = self.foca.iter_membership_state().collect();
-        let mut order: Vec<usize> = (0..members.len()).collect();
-        // Stable: equal ids keep foca's order, so the last of the highest generation wins.
-        order.sort_by(|&a, &b| members[a].id().node.cmp(&members[b].id().node));
-        let mut index: Vec<usize> = Vec::with_capacity(order.len());
-        for i in order {
-            match index.last_mut() {
-                Some(last) if members[*last].id().node == members[i].id().node => {
-                    if members[i].id().generation >= members[*last].id().generation {
-                        *last = i;
-                    }
-                }
-                _ => index.push(i),
+        let hash = id_hash(node);
+        let start = index.partition_point(|&(h, _)| h < hash);
+        // Within one hash, positions ascend: the last member of the highest generation
+        // wins, as a scan with `max_by_key` picks.
+        let mut found: Option<&foca::Member<SwimId>> = None;
+        for &(h, i) in &index[start..] {
+            if h != hash {
+                break;
+            }
+            let Some(member) = self.foca.iter_membership_state().nth(i) else {
+                continue;
+            };
+            if member.id().node == node
+                && found.is_none_or(|f| member.id().generation >= f.id().generation)
+            {
+                found = Some(member);
             }
         }
+        found.map_or(MemberState::Unknown, |m| match m.state() {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down => MemberState::Down,
+        })
+    }
+
+    /// The index of [`Self::state_of`]: (hash of the node id, position) of every member,
+    /// sorted. Hashes sort without comparing the ids; a lookup compares ids only within one
+    /// hash, so a collision costs a comparison, never a wrong answer.
+    fn index_states(&self) -> Vec<(u64, usize)> {
+        let mut index: Vec<(u64, usize)> = self
+            .foca
+            .iter_membership_state()
+            .enumerate()
+            .map(|(i, m)| (id_hash(&m.id().node), i))
+            .collect();
+        index.sort_unstable();
         index
     }
 
@@ -313,4 +319,11 @@ impl Membership {
             }
         }
     }
+}
+
+/// The hash [`Membership::state_of`] indexes node ids by.
+fn id_hash(node: &str) -> u64 {
+    let mut hash = statusmesh_crdt::liveness::Fnv64::new();
+    hash.write(node.as_bytes());
+    hash.finish()
 }
