@@ -321,9 +321,11 @@ impl Membership {
     }
 }
 
-/// The hash [`Membership::state_of`] indexes node ids by.
+/// The hash [`Membership::state_of`] indexes node ids by: FxHash, a word at a time (the
+/// index is rebuilt after most foca calls; only equality of hashes matters, never a value).
 fn id_hash(node: &str) -> u64 {
-    let mut hash = statusmesh_crdt::liveness::Fnv64::new();
+    use std::hash::Hasher as _;
+    let mut hash = rustc_hash::FxHasher::default();
     hash.write(node.as_bytes());
     hash.finish()
 }
