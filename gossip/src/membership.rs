@@ -321,11 +321,9 @@ impl Membership {
     }
 }
 
-/// The hash [`Membership::state_of`] indexes node ids by: FxHash, a word at a time (the
-/// index is rebuilt after most foca calls; only equality of hashes matters, never a value).
+/// The hash [`Membership::state_of`] indexes node ids by.
 fn id_hash(node: &str) -> u64 {
-    use std::hash::Hasher as _;
-    let mut hash = rustc_hash::FxHasher::default();
+    let mut hash = statusmesh_crdt::liveness::Fnv64::new();
     hash.write(node.as_bytes());
     hash.finish()
 }
