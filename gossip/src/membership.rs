@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, Timer};
@@ -91,6 +92,11 @@ pub struct Membership {
     probes: BTreeMap<String, (foca::ProbeNumber, u64)>,
     /// Round trips (member, ms) timed from probes and their acks, for the broadcast.
     rtt_samples: Vec<(String, u64)>,
+    /// Index of [`Self::state_of`], built on the first query after foca changed (reset in
+    /// `drain`, which follows every foca call): positions in foca's member list by a hash
+    /// of the node id. The tree policy, rollover and the
+    /// simulator's checkers ask about every peer in turn; a scan each was quadratic.
+    states: OnceLock<Vec<(u64, usize)>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -148,6 +154,7 @@ impl Membership {
             rtt_samples: Vec::new(),
             changes: Vec::new(),
             errors: 0,
+            states: OnceLock::new(),
         }
     }
 
@@ -241,15 +248,44 @@ impl Membership {
 
     /// What the failure detector says about `node` now.
     pub fn state_of(&self, node: &str) -> MemberState {
-        self.foca
+        let index = self.states.get_or_init(|| self.index_states());
+        let hash = id_hash(node);
+        let start = index.partition_point(|&(h, _)| h < hash);
+        // Within one hash, positions ascend: the last member of the highest generation
+        // wins, as a scan with `max_by_key` picks.
+        let mut found: Option<&foca::Member<SwimId>> = None;
+        for &(h, i) in &index[start..] {
+            if h != hash {
+                break;
+            }
+            let Some(member) = self.foca.iter_membership_state().nth(i) else {
+                continue;
+            };
+            if member.id().node == node
+                && found.is_none_or(|f| member.id().generation >= f.id().generation)
+            {
+                found = Some(member);
+            }
+        }
+        found.map_or(MemberState::Unknown, |m| match m.state() {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down => MemberState::Down,
+        })
+    }
+
+    /// The index of [`Self::state_of`]: (hash of the node id, position) of every member,
+    /// sorted. Hashes sort without comparing the ids; a lookup compares ids only within one
+    /// hash, so a collision costs a comparison, never a wrong answer.
+    fn index_states(&self) -> Vec<(u64, usize)> {
+        let mut index: Vec<(u64, usize)> = self
+            .foca
             .iter_membership_state()
-            .filter(|m| m.id().node == node)
-            .max_by_key(|m| m.id().generation)
-            .map_or(MemberState::Unknown, |m| match m.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            })
+            .enumerate()
+            .map(|(i, m)| (id_hash(&m.id().node), i))
+            .collect();
+        index.sort_unstable();
+        index
     }
 
     /// Errors foca reported (bad messages, mostly), for metrics.
@@ -258,6 +294,7 @@ impl Membership {
     }
 
     fn drain(&mut self, now_ms: u64) {
+        self.states = OnceLock::new();
         while let Some((to, bytes)) = self.runtime.to_send() {
             if let Ok(foca::Message::Ping(number)) =
                 SwimCodec::peek_header(&bytes).map(|h| h.message)
@@ -291,4 +328,11 @@ impl Membership {
             }
         }
     }
+}
+
+/// The hash [`Membership::state_of`] indexes node ids by.
+fn id_hash(node: &str) -> u64 {
+    let mut hash = statusmesh_crdt::liveness::Fnv64::new();
+    hash.write(node.as_bytes());
+    hash.finish()
 }

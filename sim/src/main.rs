@@ -17,6 +17,11 @@ use statusmesh_sim::{
 const SEEDS_MAX: u64 = 10_000_000;
 /// Most failures a swarm lists in full.
 const FAILURES_LISTED_MAX: usize = 20;
+/// Most threads one swarm may run seeds on.
+const JOBS_MAX: usize = 256;
+/// How far past the next seed to print a swarm's threads may run ahead, per thread: bounds
+/// the results held back to print in seed order while one seed runs long.
+const AHEAD_PER_JOB: u64 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +83,10 @@ enum Command {
         /// Redistribute the topology's region node counts to this many nodes.
         #[arg(long)]
         nodes: Option<usize>,
+        /// Threads to run seeds on (default: the available cores). The output is the same
+        /// for any number: results print in seed order.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// List the scenarios.
     Scenarios,
@@ -148,7 +157,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
             scenario,
             topology,
             nodes,
+            jobs,
         } => {
+            let jobs = match jobs {
+                Some(n) if n == 0 || n > JOBS_MAX => {
+                    anyhow::bail!("--jobs {n}: must be between 1 and {JOBS_MAX}")
+                }
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            };
             if seeds == 0 || seeds > SEEDS_MAX {
                 anyhow::bail!("--seeds {seeds}: must be between 1 and {SEEDS_MAX}");
             }
@@ -161,12 +178,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
                 );
             }
             swarm(
-                &scenario,
-                seeds,
-                first_seed,
-                topology_text,
-                topology_arg,
-                nodes,
+                &Swarm {
+                    scenario,
+                    seeds,
+                    first_seed,
+                    topology_text,
+                    topology_arg,
+                    nodes,
+                },
+                jobs,
             )
         }
         Command::Scenarios => {
@@ -178,47 +198,158 @@ fn run_cli(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-// The CLI: prints each failure as it happens, progress, and the summary.
-#[allow(clippy::disallowed_macros)]
-fn swarm(
-    scenario: &str,
+/// What a swarm runs: the same request for every seed but the seed.
+struct Swarm {
+    scenario: String,
     seeds: u64,
     first_seed: u64,
     topology_text: String,
     topology_arg: String,
     nodes: Option<usize>,
-) -> anyhow::Result<bool> {
-    let progress_every = (seeds / 20).max(1);
-    let mut failures: Vec<(u64, String, String)> = Vec::new();
-    let mut failed: u64 = 0;
-    for k in 0..seeds {
-        let seed = first_seed.wrapping_add(k);
+}
+
+/// One seed's result as the swarm prints it: `None` when it passed, else the reason and the
+/// replay command.
+type SeedResult = Result<Option<(String, String)>, String>;
+
+/// What the swarm's threads and its printer share.
+#[derive(Default)]
+struct Shared {
+    /// The index (from `first_seed`) the next thread to ask runs.
+    next_claim: u64,
+    /// The index whose result prints next.
+    next_print: u64,
+    /// Results that finished before an earlier seed's, held to print in seed order.
+    done: std::collections::BTreeMap<u64, SeedResult>,
+    /// A seed failed to start: every thread stops claiming.
+    stop: bool,
+}
+
+impl Swarm {
+    fn run_seed(&self, k: u64) -> SeedResult {
         let request = Request {
-            seed,
-            scenario: scenario.to_owned(),
-            topology_text: topology_text.clone(),
-            topology_arg: topology_arg.clone(),
-            nodes,
+            seed: self.first_seed.wrapping_add(k),
+            scenario: self.scenario.clone(),
+            topology_text: self.topology_text.clone(),
+            topology_arg: self.topology_arg.clone(),
+            nodes: self.nodes,
             duration_s: None,
         };
-        let output = statusmesh_sim::run(&request).map_err(anyhow::Error::msg)?;
-        if !output.passed {
-            failed += 1;
-            let reason = output
-                .failure
-                .map(|failure| failure.to_string())
-                .unwrap_or_default();
-            println!("FAIL seed {seed}: {reason}\nreplay: {}", output.replay);
-            if failures.len() < FAILURES_LISTED_MAX {
-                failures.push((seed, reason, output.replay));
+        let output = statusmesh_sim::run(&request)?;
+        if output.passed {
+            return Ok(None);
+        }
+        let reason = output
+            .failure
+            .map(|failure| failure.to_string())
+            .unwrap_or_default();
+        Ok(Some((reason, output.replay)))
+    }
+}
+
+/// A swarm thread: claims the next seed (at most `ahead` past the next to print), runs it,
+/// and hands the result back, until every seed is claimed or the printer stops.
+fn swarm_worker(
+    swarm: &Swarm,
+    ahead: u64,
+    state: &std::sync::Mutex<Shared>,
+    cv: &std::sync::Condvar,
+) {
+    loop {
+        let k = {
+            let Ok(mut shared) = state.lock() else {
+                return;
+            };
+            loop {
+                if shared.stop || shared.next_claim >= swarm.seeds {
+                    return;
+                }
+                if shared.next_claim < shared.next_print + ahead {
+                    break;
+                }
+                shared = match cv.wait(shared) {
+                    Ok(shared) => shared,
+                    Err(_) => return,
+                };
+            }
+            shared.next_claim += 1;
+            shared.next_claim - 1
+        };
+        // A seed that panics (a simulator bug) is reported as its result, so that the
+        // printer waiting for it does not wait forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| swarm.run_seed(k)))
+            .unwrap_or_else(|_| Err("the simulation panicked (see above)".to_owned()));
+        let Ok(mut shared) = state.lock() else {
+            return;
+        };
+        shared.done.insert(k, result);
+        cv.notify_all();
+    }
+}
+
+// The CLI: prints each failure in seed order as soon as every earlier seed is done,
+// progress, and the summary. Seeds run on `jobs` threads; each seed is a separate
+// deterministic simulation, so the output does not depend on `jobs`.
+#[allow(clippy::disallowed_macros)]
+fn swarm(swarm: &Swarm, jobs: usize) -> anyhow::Result<bool> {
+    let seeds = swarm.seeds;
+    let progress_every = (seeds / 20).max(1);
+    let ahead = AHEAD_PER_JOB * jobs as u64;
+    let state = std::sync::Mutex::new(Shared::default());
+    let cv = std::sync::Condvar::new();
+    let mut failures: Vec<(u64, String, String)> = Vec::new();
+    let mut failed: u64 = 0;
+    let printed = std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..jobs {
+            scope.spawn(|| swarm_worker(swarm, ahead, &state, &cv));
+        }
+        let stop = |state: &std::sync::Mutex<Shared>| {
+            if let Ok(mut shared) = state.lock() {
+                shared.stop = true;
+            }
+            cv.notify_all();
+        };
+        let mut shared = state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a swarm thread panicked"))?;
+        while shared.next_print < seeds {
+            let k = shared.next_print;
+            let Some(result) = shared.done.remove(&k) else {
+                shared = cv
+                    .wait(shared)
+                    .map_err(|_| anyhow::anyhow!("a swarm thread panicked"))?;
+                continue;
+            };
+            shared.next_print += 1;
+            cv.notify_all();
+            let seed = swarm.first_seed.wrapping_add(k);
+            match result {
+                Ok(None) => {}
+                Ok(Some((reason, replay))) => {
+                    failed += 1;
+                    println!("FAIL seed {seed}: {reason}\nreplay: {replay}");
+                    if failures.len() < FAILURES_LISTED_MAX {
+                        failures.push((seed, reason, replay));
+                    }
+                }
+                Err(e) => {
+                    drop(shared);
+                    stop(&state);
+                    anyhow::bail!("seed {seed}: {e}");
+                }
+            }
+            if (k + 1) % progress_every == 0 || k + 1 == seeds {
+                eprintln!("swarm: {}/{seeds} seeds, {failed} failed", k + 1);
             }
         }
-        if (k + 1) % progress_every == 0 || k + 1 == seeds {
-            eprintln!("swarm: {}/{seeds} seeds, {failed} failed", k + 1);
-        }
-    }
+        Ok(())
+    });
+    printed?;
     println!(
-        "swarm: {seeds} seeds of {scenario} from {first_seed} on {topology_arg}: {} passed, {failed} failed",
+        "swarm: {seeds} seeds of {} from {} on {}: {} passed, {failed} failed",
+        swarm.scenario,
+        swarm.first_seed,
+        swarm.topology_arg,
         seeds - failed
     );
     for (seed, reason, replay) in &failures {

@@ -189,9 +189,9 @@ struct Rtt {
 
 /// A live peer of another region, as a possible entry of a root's tree into its region.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryCandidate {
-    pub peer: String,
-    pub region: String,
+pub struct EntryCandidate<'a> {
+    pub peer: &'a str,
+    pub region: &'a str,
     /// Suspected by the failure detector (and not heard from directly since).
     pub failing: bool,
 }

@@ -76,12 +76,12 @@ fn a_missing_change_is_grafted_from_each_announcer_in_turn_then_forgotten() {
     assert_eq!(p.missing_count(), 0);
 }
 
-fn candidates(failing: &[&str]) -> Vec<EntryCandidate> {
+fn candidates(failing: &[&str]) -> Vec<EntryCandidate<'static>> {
     ["a", "b", "c"]
         .iter()
         .map(|p| EntryCandidate {
-            peer: (*p).to_owned(),
-            region: "far".to_owned(),
+            peer: p,
+            region: "far",
             failing: failing.contains(p),
         })
         .collect()

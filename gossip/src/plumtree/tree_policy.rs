@@ -186,15 +186,18 @@ impl Plumtree {
             return 0;
         }
         self.next_entry_check_ms = now_ms + self.bounds.graft_timeout_ms;
-        let candidates: Vec<EntryCandidate> = mesh
+        // Borrowed, and the failure detector asked once per peer: this runs every graft
+        // timeout on every node, over every peer.
+        let candidates: Vec<EntryCandidate<'_>> = mesh
             .peers()
-            .filter(|(id, region)| {
-                *region != mesh.region() && mesh.swim_state(id) != MemberState::Down
-            })
-            .map(|(id, region)| EntryCandidate {
-                peer: id.to_owned(),
-                region: region.to_owned(),
-                failing: mesh.swim_state(id) == MemberState::Suspect && !mesh.heard_recently(id),
+            .filter(|(_, region)| *region != mesh.region())
+            .filter_map(|(id, region)| {
+                let state = mesh.swim_state(id);
+                (state != MemberState::Down).then(|| EntryCandidate {
+                    peer: id,
+                    region,
+                    failing: state == MemberState::Suspect && !mesh.heard_recently(id),
+                })
             })
             .collect();
         self.rechoose_entries(mesh.me(), &candidates).len()
@@ -210,41 +213,42 @@ impl Plumtree {
     pub fn rechoose_entries(
         &mut self,
         root: &str,
-        candidates: &[EntryCandidate],
+        candidates: &[EntryCandidate<'_>],
     ) -> Vec<(String, String)> {
         let mut swaps = Vec::new();
         let Some(tree) = self.trees.get(root) else {
             return swaps;
         };
-        let mut by_region: BTreeMap<&str, Vec<&EntryCandidate>> = BTreeMap::new();
-        for candidate in candidates {
-            by_region
-                .entry(candidate.region.as_str())
-                .or_default()
-                .push(candidate);
-        }
-        for peers in by_region.values() {
+        // Each candidate's role and round trip, looked up once; grouped by region (a stable
+        // sort keeps the candidates' order within a region).
+        let mut facts: Vec<(&EntryCandidate<'_>, bool, Option<u64>)> = candidates
+            .iter()
+            .map(|c| (c, tree.eager.contains(c.peer), self.rtt_ms(c.peer)))
+            .collect();
+        facts.sort_by(|a, b| a.0.region.cmp(b.0.region));
+        for peers in facts.chunk_by(|a, b| a.0.region == b.0.region) {
             // The worst entry: a failing one first, then the slowest measured one.
             let entry = peers
                 .iter()
-                .filter(|c| tree.eager.contains(&c.peer))
-                .max_by_key(|c| (c.failing, self.rtt_ms(&c.peer)));
-            let Some(entry) = entry else {
+                .filter(|(_, eager, _)| *eager)
+                .max_by_key(|(c, _, rtt)| (c.failing, *rtt));
+            let Some(&(entry, _, entry_rtt)) = entry else {
                 continue;
             };
+            // The lowest round trip, then the lowest spread rank (hashed only on a tie).
             let best = peers
                 .iter()
-                .filter(|c| !c.failing && !tree.eager.contains(&c.peer))
-                .min_by_key(|c| {
-                    (
-                        self.rtt_ms(&c.peer).unwrap_or(u64::MAX),
-                        spread_rank(root, &c.peer),
-                    )
+                .filter(|(c, eager, _)| !c.failing && !*eager)
+                .min_by(|(a, _, a_rtt), (b, _, b_rtt)| {
+                    a_rtt
+                        .unwrap_or(u64::MAX)
+                        .cmp(&b_rtt.unwrap_or(u64::MAX))
+                        .then_with(|| spread_rank(root, a.peer).cmp(&spread_rank(root, b.peer)))
                 });
-            let Some(best) = best else {
+            let Some(&(best, _, best_rtt)) = best else {
                 continue;
             };
-            let clearly_faster = match (self.rtt_ms(&entry.peer), self.rtt_ms(&best.peer)) {
+            let clearly_faster = match (entry_rtt, best_rtt) {
                 (Some(old), Some(new)) => {
                     new.saturating_mul(100) <= old.saturating_mul(100 - RTT_SWAP_MIN_PERCENT)
                         && old.saturating_sub(new) >= RTT_SWAP_MIN_MS
@@ -252,7 +256,7 @@ impl Plumtree {
                 _ => false,
             };
             if entry.failing || clearly_faster {
-                swaps.push((entry.peer.clone(), best.peer.clone()));
+                swaps.push((entry.peer.to_owned(), best.peer.to_owned()));
             }
         }
         let lazy_max = self.bounds.lazy_peers_max;

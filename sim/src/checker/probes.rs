@@ -38,12 +38,29 @@ pub(crate) fn claimants<'a>(
             .iter()
             .map(|n| (*n, rendezvous::live_members_in(n, region)))
             .collect();
+        // The nodes of a region mostly share one view: each check's owner is computed once
+        // per distinct view (it is what `rendezvous::owns` computes for each node).
+        let mut distinct: Vec<Vec<&str>> = Vec::new();
+        let mut view_of: Vec<usize> = Vec::with_capacity(views.len());
+        for (_, members) in &views {
+            let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+            let at = distinct.iter().position(|d| *d == refs).unwrap_or_else(|| {
+                distinct.push(refs);
+                distinct.len() - 1
+            });
+            view_of.push(at);
+        }
         for check in 0..PROBE_CHECKS {
             let key = rendezvous::probe_key(SERVICE, &format!("c{check}"), region);
+            let owner_of: Vec<Option<&str>> = distinct
+                .iter()
+                .map(|members| rendezvous::owner(&key, members))
+                .collect();
             let owners: Vec<String> = views
                 .iter()
-                .filter(|(n, members)| rendezvous::owns(&key, members, n.id()))
-                .map(|(n, _)| n.id().to_owned())
+                .zip(&view_of)
+                .filter(|((n, _), at)| owner_of[**at] == Some(n.id()))
+                .map(|((n, _), _)| n.id().to_owned())
                 .collect();
             out.insert((check, region.clone()), owners);
         }
