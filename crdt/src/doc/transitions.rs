@@ -532,20 +532,6 @@ fn replay(src: Source<'_>, from: From<'_>, steps: Vec<Step>, limit: usize) -> Ve
     }
     let mut heads: BTreeSet<ChangeHash> = before.iter().copied().collect();
     let mut out = Vec::new();
-    // Many steps that read history: one copy of the document at `before`, moved forward one
-    // change at a time and read as it is, costs one pass over the history; a historical read
-    // per step costs one each (a catch-up of thousands of steps held the driver for seconds).
-    let rereads = steps
-        .iter()
-        .filter(|s| {
-            s.keys
-                .iter()
-                .any(|k| touches.get(&record_of(k)).is_some_and(|&n| n > 1))
-        })
-        .count();
-    let mut forward = (rereads > FORWARD_AFTER_REREADS)
-        .then(|| src.doc.fork_at(before).ok())
-        .flatten();
     for Step { change, keys, .. } in steps {
         if !out.is_empty() && out.len() + keys.len() > limit {
             break;
@@ -556,12 +542,6 @@ fn replay(src: Source<'_>, from: From<'_>, steps: Vec<Step>, limit: usize) -> Ve
             heads.remove(dep);
         }
         heads.insert(change.hash());
-        // The copy follows every change, told or not; one it cannot take ends it.
-        if let Some(doc) = forward.as_mut() {
-            if doc.apply_changes([change.clone()]).is_err() {
-                forward = None;
-            }
-        }
         if keys.is_empty() {
             continue;
         }
@@ -571,10 +551,7 @@ fn replay(src: Source<'_>, from: From<'_>, steps: Vec<Step>, limit: usize) -> Ve
             .partition(|k| touches.get(&record_of(k)).is_some_and(|&n| n == 1));
         let write = write_of(&change);
         let mut events = events_for_keys_in(src, &once, None);
-        match forward.as_ref() {
-            Some(doc) => events.extend(events_for_keys_in(Source { doc, ..src }, &again, None)),
-            None => events.extend(events_for_keys_in(src, &again, Some(&at))),
-        }
+        events.extend(events_for_keys_in(src, &again, Some(&at)));
         // Record order, the same on every node: a cursor within the change names a prefix.
         events.sort_by_cached_key(DocEvent::record_key);
         let total = events.len();
@@ -620,10 +597,6 @@ fn within_change(
 
 /// Where a client is: the heads it has, and the part of the change after them it has.
 type From<'a> = (&'a [ChangeHash], Option<Within>);
-
-/// Steps that read history beyond which a replay moves a copy of the document forward
-/// instead (its fork costs about a pass over the history).
-const FORWARD_AFTER_REREADS: usize = 32;
 
 fn count(steps: &[Step]) -> usize {
     steps.iter().map(|s| s.keys.len()).sum()
